@@ -1,0 +1,1 @@
+"""vpc-flow-peers: the pipeline's options, builder and command line."""

@@ -1,0 +1,96 @@
+"""`python -m pipeline`: runs vpc-flow-peers over files (or, with the Kinesis
+flags, a stream) and POSTs each window's JSON to the endpoint.
+
+Exit status of a bounded run: 0 when every window was delivered, 2 when any
+window went to the dead letters, 1 on failure. A short summary is printed at
+the end.
+"""
+
+import logging
+import sys
+from typing import List, Optional
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline.builder import build_pipeline, log_format_from
+from pipeline.options import VpcFlowPeersOptions
+from pipeline.runners import apply_runner_defaults
+from pipeline.summary import RunSummary, summarize
+from transforms.http_sink import DeliveryConfig, PostWindows, validate_endpoint_template
+from transforms.sources import ReadFlowLogFiles
+
+_LOG = logging.getLogger('pipeline')
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_WINDOWS_DEAD_LETTERED = 2
+
+
+class UsageError(ValueError):
+  """A flag is missing or wrong; the message says which and why."""
+
+
+def delivery_config(options: VpcFlowPeersOptions) -> DeliveryConfig:
+  return DeliveryConfig(
+      endpoint_template=options.endpoint,
+      token_env=options.endpoint_token_env,
+      connect_timeout=options.http_connect_timeout,
+      read_timeout=options.http_read_timeout,
+      max_retry_seconds=options.max_retry_seconds,
+      verify_tls=not options.no_verify_tls,
+      ca_bundle=options.ca_bundle)
+
+
+def check_options(options: VpcFlowPeersOptions) -> None:
+  if not options.input:
+    raise UsageError('--input=GLOB is required')
+  if not options.endpoint:
+    raise UsageError('--endpoint=URL_TEMPLATE is required')
+  try:
+    validate_endpoint_template(options.endpoint)
+    log_format_from(options)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  if options.window_seconds <= 0:
+    raise UsageError('--window_seconds must be positive')
+  if options.allowed_lateness < 0:
+    raise UsageError('--allowed_lateness must not be negative')
+  if options.max_retry_seconds < 0:
+    raise UsageError('--max_retry_seconds must not be negative')
+  if options.input and not FileSystems.match([options.input])[0].metadata_list:
+    raise UsageError(f'--input matches no file: {options.input}')
+
+
+def run(argv: Optional[List[str]] = None) -> RunSummary:
+  """Builds and runs the pipeline; returns the summary of a finished run."""
+  options = PipelineOptions(argv)
+  apply_runner_defaults(options)
+  flags = options.view_as(VpcFlowPeersOptions)
+  check_options(flags)
+  pipeline = beam.Pipeline(options=options)
+  build_pipeline(
+      pipeline, ReadFlowLogFiles(flags.input), PostWindows(delivery_config(flags)), flags)
+  result = pipeline.run()
+  result.wait_until_finish()
+  return summarize(result, flags.dead_letter_dir)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  logging.basicConfig(
+      level=logging.WARNING, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+  try:
+    summary = run(argv)
+  except UsageError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return EXIT_FAILURE
+  except Exception:  # pylint: disable=broad-except
+    _LOG.exception('the pipeline failed')
+    return EXIT_FAILURE
+  print(summary.render())
+  return EXIT_WINDOWS_DEAD_LETTERED if summary.windows_dead_lettered else EXIT_OK
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))

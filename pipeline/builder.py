@@ -1,0 +1,62 @@
+"""Builds the pipeline from a source and a sink, so that production, the command
+line and tests share one graph: tests pass `beam.Create`/`TestStream` sources and
+a recording sink; production passes files or Kinesis and the HTTP sink.
+
+A source is a PTransform applied to the pipeline that returns
+{'batches': PCollection[LogBatch], 'dead_letters': PCollection[DeadLetter]}.
+A sink is a PTransform applied to the PCollection[WindowCounts] that returns
+{'delivered': ..., 'dead_letters': ...} or a single PCollection.
+"""
+
+from typing import NamedTuple, Optional
+
+import apache_beam as beam
+from apache_beam.transforms import window
+
+from transforms.count import CountDistinctPeers
+from transforms.dead_letter import WriteDeadLetters
+from transforms.flow_record import LogFormat
+from pipeline.options import VpcFlowPeersOptions
+
+
+class PipelineOutputs(NamedTuple):
+  documents: beam.PCollection  # WindowCounts, before the sink
+  delivered: beam.PCollection  # what the sink returned as delivered
+  dead_letters: beam.PCollection  # every DeadLetter, in the global window
+
+
+def log_format_from(options: VpcFlowPeersOptions) -> LogFormat:
+  if options.log_format:
+    return LogFormat.from_aws_format(options.log_format)
+  return LogFormat.default()
+
+
+def _outputs(result, main_name: str):
+  if isinstance(result, dict):
+    return result[main_name], result.get('dead_letters')
+  return result, None
+
+
+def build_pipeline(pipeline: beam.Pipeline, source: beam.PTransform,
+                   sink: beam.PTransform, options: VpcFlowPeersOptions,
+                   dead_letter_dir: Optional[str] = None) -> PipelineOutputs:
+  """Adds read -> count -> deliver -> dead letters to `pipeline`.
+
+  Dead letters are written under `dead_letter_dir` (default: the option)."""
+  batches, read_dead = _outputs(pipeline | 'Read' >> source, 'batches')
+  counted = batches | 'CountDistinctPeers' >> CountDistinctPeers(
+      window_seconds=options.window_seconds,
+      log_format=log_format_from(options),
+      allowed_lateness_seconds=options.allowed_lateness)
+  delivered, sink_dead = _outputs(counted['documents'] | 'Deliver' >> sink, 'delivered')
+  dead = [('Read', read_dead), ('Count', counted['dead_letters']), ('Deliver', sink_dead)]
+  # Dead letters of windowed stages are moved to the global window so that
+  # they can be flattened together (Flatten needs one windowing).
+  dead_letters = [
+      letters | f'Unwindow{stage}DeadLetters' >> beam.WindowInto(window.GlobalWindows())
+      for stage, letters in dead if letters is not None
+  ] | 'AllDeadLetters' >> beam.Flatten()
+  directory = dead_letter_dir or options.dead_letter_dir
+  if directory:
+    dead_letters | 'WriteDeadLetters' >> WriteDeadLetters(directory)
+  return PipelineOutputs(counted['documents'], delivered, dead_letters)

@@ -1,0 +1,64 @@
+"""The project's command-line flags, as one PipelineOptions subclass. Runner
+flags (--runner, --flink_master, --direct_num_workers, ...) pass through to Beam
+untouched."""
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from transforms.count import DEFAULT_WINDOW_SECONDS
+from transforms.http_sink import DEFAULT_TOKEN_ENV
+
+DEFAULT_DEAD_LETTER_DIR = 'dead_letters'
+# Flow logs reach CloudWatch Logs one aggregation interval (up to 10 minutes)
+# plus about 5 minutes of delivery after the flow, sometimes much later; a window
+# is kept open for late data this long after the watermark passes its end.
+DEFAULT_ALLOWED_LATENESS_SECONDS = 3600
+
+
+class VpcFlowPeersOptions(PipelineOptions):
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--input',
+        help='Glob of input files: Lambda test events, JSON Lines of Kinesis '
+        'records, `aws kinesis get-records` output, S3 flow log files or plain '
+        'flow lines, each gzip-compressed or not (told apart by content).')
+    parser.add_argument(
+        '--endpoint',
+        help='URL template each window is POSTed to; {bucket_time} becomes the '
+        'window start in Unix seconds.')
+    parser.add_argument(
+        '--window_seconds', type=int, default=DEFAULT_WINDOW_SECONDS,
+        help='Length of the fixed event-time windows, in seconds.')
+    parser.add_argument(
+        '--dead_letter_dir', default=DEFAULT_DEAD_LETTER_DIR,
+        help='Directory (or s3://, gs:// prefix) for dead letters: bad input '
+        'and windows the endpoint did not take, kept for replay.')
+    parser.add_argument(
+        '--log_format',
+        help="Field order of flow lines inside Kinesis records and of files "
+        "without a header, in AWS's syntax: '${version} ${account-id} ...'. "
+        'Default: the version 2 format.')
+    parser.add_argument(
+        '--allowed_lateness', type=int, default=DEFAULT_ALLOWED_LATENESS_SECONDS,
+        help='Seconds after the watermark passes a window end during which late '
+        'flows still update that window (it is posted again, complete).')
+    parser.add_argument(
+        '--endpoint_token_env', default=DEFAULT_TOKEN_ENV,
+        help='Name of the environment variable holding a bearer token for the '
+        'endpoint (unset or empty: no Authorization header).')
+    parser.add_argument(
+        '--http_connect_timeout', type=float, default=5.0,
+        help='Seconds to wait for a connection to the endpoint.')
+    parser.add_argument(
+        '--http_read_timeout', type=float, default=30.0,
+        help='Seconds to wait for the endpoint to answer one POST.')
+    parser.add_argument(
+        '--max_retry_seconds', type=float, default=300.0,
+        help='Total time to keep retrying one window before it is dead-lettered.')
+    parser.add_argument(
+        '--ca_bundle',
+        help='CA bundle file to verify the endpoint with, instead of the system '
+        'certificates.')
+    parser.add_argument(
+        '--no_verify_tls', action='store_true', default=False,
+        help='Do not verify the endpoint TLS certificate (testing only).')

@@ -1,0 +1,63 @@
+"""The end-of-run summary, read from the pipeline's Beam counters."""
+
+from typing import NamedTuple
+
+from apache_beam.metrics.metric import MetricsFilter
+
+from transforms import METRICS_NAMESPACE
+
+
+class RunSummary(NamedTuple):
+  records: int
+  files: int
+  flow_lines: int
+  counted_flows: int
+  skipped_control: int
+  skipped_nodata: int
+  skipped_skipdata: int
+  skipped_no_address: int
+  skipped_other_status: int
+  bad_inputs: int
+  windows_delivered: int
+  windows_dead_lettered: int
+  dead_letters_written: int
+  dead_letter_dir: str
+
+  def render(self) -> str:
+    return '\n'.join([
+        'vpc-flow-peers summary',
+        f'  input files:            {self.files}',
+        f'  Kinesis records:        {self.records}',
+        f'  flow lines:             {self.flow_lines} ({self.counted_flows} counted)',
+        f'  skipped:                {self.skipped_control} control, {self.skipped_nodata} NODATA, '
+        f'{self.skipped_skipdata} SKIPDATA, {self.skipped_no_address} without addresses, '
+        f'{self.skipped_other_status} without log-status',
+        f'  bad inputs:             {self.bad_inputs}',
+        f'  windows delivered:      {self.windows_delivered}',
+        f'  windows dead-lettered:  {self.windows_dead_lettered}',
+        f'  dead letters:           {self.dead_letters_written} written under {self.dead_letter_dir}',
+    ])
+
+
+def counter_values(result) -> dict:
+  """Committed (or, where a runner has none, attempted) counter totals by name."""
+  metrics = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+  values = {}
+  for counter in metrics['counters']:
+    value = counter.committed if counter.committed is not None else counter.attempted
+    values[counter.key.metric.name] = values.get(counter.key.metric.name, 0) + (value or 0)
+  return values
+
+
+def summarize(result, dead_letter_dir: str) -> RunSummary:
+  values = counter_values(result)
+  get = lambda name: int(values.get(name, 0))
+  return RunSummary(
+      records=get('records'), files=get('files'), flow_lines=get('flow_lines'),
+      counted_flows=get('counted_flows'), skipped_control=get('control_messages'),
+      skipped_nodata=get('skipped_nodata'), skipped_skipdata=get('skipped_skipdata'),
+      skipped_no_address=get('skipped_no_address'),
+      skipped_other_status=get('skipped_other_status'), bad_inputs=get('bad_inputs'),
+      windows_delivered=get('windows_delivered'),
+      windows_dead_lettered=get('windows_dead_lettered'),
+      dead_letters_written=get('dead_letters_written'), dead_letter_dir=dead_letter_dir)

@@ -1,0 +1,25 @@
+"""vpc-flow-peers: distinct peers per IP address per window from AWS VPC Flow Logs,
+as an Apache Beam pipeline."""
+
+import setuptools
+
+# apache-beam is pinned: the Flink runner needs a job-server jar of exactly this
+# Beam version built for Flink 1.19, and Maven Central here serves the Beam Flink
+# runner artifacts for 2.70.0 (see deploy/flink/).
+BEAM_VERSION = '2.70.0'
+
+setuptools.setup(
+    name='vpc-flow-peers',
+    version='0.1.0',
+    description=__doc__.strip().splitlines()[0],
+    packages=setuptools.find_packages(include=['pipeline', 'pipeline.*', 'transforms', 'transforms.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        f'apache-beam=={BEAM_VERSION}',
+        'boto3>=1.34',
+        'requests>=2.31',
+    ],
+    extras_require={
+        'test': ['pytest>=8', 'hypothesis>=6.100', 'moto[server]>=5.0'],
+    },
+)

@@ -1,0 +1,115 @@
+"""Dead letters: every input the pipeline could not use, and every window it could
+not deliver, kept as one JSON line with the reason, so nothing vanishes.
+
+Input dead letters hold the raw input cut to `MAX_RAW_CHARS`; window dead letters
+hold the whole document so that `python -m pipeline.replay` can post it later.
+They are written by `WriteDeadLetters`, one new file per bundle, which works the
+same on a local disk, on S3 and in streaming pipelines.
+"""
+
+import base64
+import json
+import logging
+import time
+import uuid
+from typing import NamedTuple, Optional, Union
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from transforms import METRICS_NAMESPACE
+
+_LOG = logging.getLogger(__name__)
+
+# How much of a bad input a dead letter keeps: enough to see what went wrong.
+MAX_RAW_CHARS = 4096
+
+# Dead letter kinds (the "kind" key, and the prefix of the files holding them).
+KIND_BAD_INPUT = 'bad_input'
+KIND_LATE_DATA = 'late_data'
+KIND_UNDELIVERED_WINDOW = 'undelivered_window'
+
+DEAD_LETTER_TAG = 'dead_letter'
+
+
+def cut_raw(raw: Union[bytes, str, None]) -> dict:
+  """The raw input as JSON-safe fields, cut to MAX_RAW_CHARS."""
+  if raw is None:
+    return {}
+  if isinstance(raw, (bytes, bytearray)):
+    raw = bytes(raw)
+    try:
+      text = raw[:MAX_RAW_CHARS].decode('utf-8')
+      out = {'raw': text}
+    except UnicodeDecodeError:
+      out = {'raw_base64': base64.b64encode(raw[:MAX_RAW_CHARS * 3 // 4]).decode()}
+  else:
+    out = {'raw': raw[:MAX_RAW_CHARS]}
+  if len(raw) > MAX_RAW_CHARS:
+    out['raw_truncated_from'] = len(raw)
+  return out
+
+
+class DeadLetter(NamedTuple):
+  """One thing the pipeline could not use. `details` must be JSON-serialisable."""
+  kind: str
+  reason: str
+  origin: str
+  details: dict
+
+  @classmethod
+  def bad_input(cls, reason: str, origin: str, raw=None) -> 'DeadLetter':
+    return cls(KIND_BAD_INPUT, reason, origin, cut_raw(raw))
+
+  def to_json(self) -> str:
+    return json.dumps({
+        'kind': self.kind, 'reason': self.reason, 'origin': self.origin,
+        **self.details
+    }, sort_keys=True)
+
+
+class _WriteDeadLetterFiles(beam.DoFn):
+  """Appends the bundle's dead letters to one new file per kind."""
+  def __init__(self, directory: str):
+    self._directory = directory
+    self._written = Metrics.counter(METRICS_NAMESPACE, 'dead_letters_written')
+
+  def start_bundle(self):
+    self._by_kind = {}
+
+  def process(self, letter: DeadLetter):
+    self._by_kind.setdefault(letter.kind, []).append(letter.to_json())
+
+  def finish_bundle(self):
+    for kind, lines in self._by_kind.items():
+      name = f'{kind}-{time.strftime("%Y%m%dT%H%M%S", time.gmtime())}-{uuid.uuid4().hex[:12]}.jsonl'
+      path = FileSystems.join(self._directory, name)
+      with FileSystems.create(path) as f:
+        f.write(('\n'.join(lines) + '\n').encode('utf-8'))
+      self._written.inc(len(lines))
+      _LOG.warning('wrote %d %s dead letter(s) to %s', len(lines), kind, path)
+    self._by_kind = {}
+
+
+class WriteDeadLetters(beam.PTransform):
+  """Writes dead letters as JSON Lines files under a directory (any Beam
+  filesystem: a local path, s3://, gs://)."""
+  def __init__(self, directory: str):
+    super().__init__()
+    self._directory = directory
+
+  def expand(self, letters):
+    return letters | 'WriteFiles' >> beam.ParDo(_WriteDeadLetterFiles(self._directory))
+
+
+def read_dead_letters(directory: str, kind: Optional[str] = None):
+  """Yields (path, parsed JSON) for every dead letter under a local directory."""
+  import glob
+  import os
+  pattern = f'{kind}-*.jsonl' if kind else '*.jsonl'
+  for path in sorted(glob.glob(os.path.join(directory, pattern))):
+    with open(path, encoding='utf-8') as f:
+      for line in f:
+        if line.strip():
+          yield path, json.loads(line)

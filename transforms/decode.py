@@ -1,0 +1,292 @@
+"""Decoding what users hold into batches of flow log lines.
+
+Two kinds of input reach the pipeline. A Kinesis record's data is a gzip-compressed
+CloudWatch Logs subscription message whose log events are flow log lines. A file
+may hold such records in one of several shapes (a Lambda test event, JSON Lines of
+Kinesis records, `aws kinesis get-records` output), or flow log lines themselves
+(as AWS delivers them to S3, with a header line, or plain), each gzip-compressed or
+not. The shape is told from the content, never from the file name.
+
+Everything here is a pure function from bytes to `LogBatch`es and `BadInput`s;
+the thin DoFns that call them live in `transforms.sources`.
+"""
+
+import base64
+import binascii
+import gzip
+import io
+import json
+import zlib
+from typing import IO, Iterator, List, NamedTuple, Optional, Tuple, Union
+
+from transforms.flow_record import LogFormat
+
+# CloudWatch Logs subscription message types. CONTROL_MESSAGE records are sent
+# when the subscription is created, to check that the destination is reachable;
+# they carry no flow logs.
+DATA_MESSAGE = 'DATA_MESSAGE'
+CONTROL_MESSAGE = 'CONTROL_MESSAGE'
+
+GZIP_MAGIC = b'\x1f\x8b'
+
+# A Kinesis record is at most 1 MiB; its data decompresses to far less than
+# this unless it is a gzip bomb.
+MAX_RECORD_DECOMPRESSED_BYTES = 64 * 1024 * 1024
+# A flow log file is split into batches of this many lines.
+FILE_BATCH_LINES = 5000
+# A JSON document (not JSON Lines) file is parsed whole; cap what it may hold.
+MAX_JSON_DOCUMENT_BYTES = 512 * 1024 * 1024
+
+
+class BadInput(ValueError):
+  """Input that cannot be decoded. `raw` is the offending input (bytes or str)."""
+  def __init__(self, reason: str, raw: Union[bytes, str, None] = None):
+    super().__init__(reason)
+    self.reason = reason
+    self.raw = raw
+
+
+class LogBatch(NamedTuple):
+  """Flow log lines that share a log format.
+
+  `origin` says where they came from (file and line, or Kinesis record);
+  `fields` is the field order of their format, or None for the pipeline's
+  configured format (`--log_format`, else version 2)."""
+  origin: str
+  lines: Tuple[str, ...]
+  fields: Optional[Tuple[str, ...]] = None
+  from_record: bool = False  # True when decoded from a Kinesis record
+  first_line_number: int = 1  # in a file, the number of the first line
+
+  def line_origin(self, index: int) -> str:
+    """Where the batch's line `index` came from, for dead letters."""
+    if self.from_record:
+      return f'{self.origin} logEvents[{index}]'
+    return f'{self.origin}:{self.first_line_number + index}'
+
+
+class Skipped(NamedTuple):
+  """A record that was read and deliberately not counted (a CONTROL_MESSAGE)."""
+  origin: str
+  reason: str
+
+
+def gunzip_capped(data: bytes, limit: int = MAX_RECORD_DECOMPRESSED_BYTES) -> bytes:
+  """Decompresses gzip data, refusing to produce more than `limit` bytes."""
+  decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
+  try:
+    out = decompressor.decompress(data, limit + 1)
+  except zlib.error as e:
+    raise BadInput(f'not valid gzip: {e}', data) from None
+  if len(out) > limit:
+    raise BadInput(f'gzip data decompresses to more than {limit} bytes', data)
+  if not decompressor.eof:
+    raise BadInput('truncated gzip data', data)
+  return out
+
+
+def decode_subscription_message(payload: bytes, origin: str) -> Iterator[Union[LogBatch, Skipped]]:
+  """Reads one decompressed CloudWatch Logs subscription message."""
+  try:
+    message = json.loads(payload)
+  except (UnicodeDecodeError, ValueError) as e:
+    raise BadInput(f'subscription message is not JSON: {e}', payload) from None
+  yield from read_subscription_message(message, origin, payload)
+
+
+def read_subscription_message(message, origin: str, raw) -> Iterator[Union[LogBatch, Skipped]]:
+  """Reads a parsed CloudWatch Logs subscription message; `raw` is what it was
+  parsed from, for the dead letter if it is of the wrong shape."""
+  if not isinstance(message, dict):
+    raise BadInput('subscription message is not a JSON object', raw)
+  message_type = message.get('messageType')
+  if message_type == CONTROL_MESSAGE:
+    yield Skipped(origin, 'control message')
+    return
+  if message_type != DATA_MESSAGE:
+    raise BadInput(f'unknown messageType {message_type!r}', raw)
+  events = message.get('logEvents')
+  if not isinstance(events, list):
+    raise BadInput('DATA_MESSAGE without a logEvents list', raw)
+  lines = []
+  for event in events:
+    # Events carry "id" (a string or an int), "timestamp" (ingestion, not flow
+    # time) and sometimes "extractedFields"; only "message" matters here.
+    line = event.get('message') if isinstance(event, dict) else None
+    if not isinstance(line, str):
+      raise BadInput('a log event has no string message', raw)
+    lines.append(line)
+  yield LogBatch(origin, tuple(lines), None, True)
+
+
+def decode_kinesis_data(data: bytes, origin: str) -> Iterator[Union[LogBatch, Skipped]]:
+  """Decodes a Kinesis record's data (already base64-decoded, as boto3 gives it)."""
+  if not isinstance(data, (bytes, bytearray)):
+    raise BadInput('Kinesis record data is not bytes', repr(data))
+  if not data.startswith(GZIP_MAGIC):
+    raise BadInput('Kinesis record data is not gzip', data)
+  yield from decode_subscription_message(gunzip_capped(data), origin)
+
+
+def decode_base64(text: str) -> bytes:
+  try:
+    return base64.b64decode(text, validate=True)
+  except (binascii.Error, ValueError) as e:
+    raise BadInput(f'record data is not valid base64: {e}', text) from None
+
+
+def kinesis_record_data(record) -> Optional[str]:
+  """The base64 data of a Kinesis record as a file holds it: `kinesis.data` in
+  Lambda events, `Data` in `aws kinesis get-records` output. None if neither."""
+  if not isinstance(record, dict):
+    return None
+  kinesis = record.get('kinesis')
+  if isinstance(kinesis, dict) and 'data' in kinesis:
+    return kinesis['data']
+  for key in ('Data', 'data'):
+    if key in record:
+      return record[key]
+  return None
+
+
+def _decode_json_record(record, origin: str) -> Iterator[Union[LogBatch, Skipped]]:
+  data = kinesis_record_data(record)
+  if not isinstance(data, str):
+    raise BadInput('JSON record has no base64 kinesis.data or Data', json.dumps(record)[:4096])
+  yield from decode_kinesis_data(decode_base64(data), origin)
+
+
+def _decode_json_value(value, origin: str) -> Iterator[Union[LogBatch, Skipped, BadInput]]:
+  """A JSON value from a file: an event or get-records output with "Records",
+  one Kinesis record, or an already decoded subscription message."""
+  if isinstance(value, dict) and isinstance(value.get('Records'), list):
+    for i, record in enumerate(value['Records']):
+      try:
+        yield from _decode_json_record(record, f'{origin} record {i}')
+      except BadInput as e:
+        yield e
+  elif isinstance(value, dict) and 'messageType' in value:
+    try:
+      yield from read_subscription_message(value, origin, json.dumps(value)[:4096])
+    except BadInput as e:
+      yield e
+  elif kinesis_record_data(value) is not None:
+    try:
+      yield from _decode_json_record(value, origin)
+    except BadInput as e:
+      yield e
+  else:
+    yield BadInput('JSON value is neither a Kinesis record, an event with '
+                   'Records, nor a subscription message',
+                   json.dumps(value)[:4096])
+
+
+def _text_lines(stream: IO[bytes], first_number: int = 1) -> Iterator[Tuple[int, Union[str, BadInput]]]:
+  for number, raw in enumerate(stream, first_number):
+    try:
+      yield number, raw.decode('utf-8')
+    except UnicodeDecodeError:
+      yield number, BadInput(f'line {number} is not UTF-8', raw)
+
+
+def _decode_json_lines(stream: IO[bytes], origin: str, first_number: int = 1):
+  for number, line in _text_lines(stream, first_number):
+    if isinstance(line, BadInput):
+      yield line
+      continue
+    if not line.strip():
+      continue
+    try:
+      value = json.loads(line)
+    except ValueError as e:
+      yield BadInput(f'line {number} is not JSON: {e}', line)
+      continue
+    yield from _decode_json_value(value, f'{origin}:{number}')
+
+
+def _decode_flow_lines(stream: IO[bytes], origin: str):
+  """Flow log lines, after an optional header line naming their fields. Blank
+  lines stay in the batches (and are passed over when parsing) so that a line's
+  position in its batch gives its line number."""
+  fields = None
+  batch: List[str] = []
+  first_line = 1
+  for number, line in _text_lines(stream):
+    if isinstance(line, BadInput):
+      yield line
+      line = ''
+    elif number == 1:
+      header = LogFormat.from_header(line)
+      if header is not None:
+        fields = header.fields
+        first_line = 2
+        continue
+    batch.append(line)
+    if len(batch) >= FILE_BATCH_LINES:
+      yield LogBatch(origin, tuple(batch), fields, False, first_line)
+      batch = []
+      first_line = number + 1
+  if batch:
+    yield LogBatch(origin, tuple(batch), fields, False, first_line)
+
+
+def _first_byte(stream) -> bytes:
+  """The first non-blank byte ahead in a buffered stream, without consuming it."""
+  while True:
+    ahead = stream.peek(64)
+    if not ahead:
+      return b''
+    stripped = ahead.lstrip()
+    if stripped:
+      return stripped[:1]
+    stream.read(len(ahead))
+
+
+def decode_file(raw: IO[bytes], origin: str) -> Iterator[Union[LogBatch, Skipped, BadInput]]:
+  """Reads a file of any supported shape, gzip-compressed or not.
+
+  Yields LogBatches and Skipped records, and a BadInput for each part that
+  cannot be read; good data beside bad data in the same file still comes out."""
+  stream = io.BufferedReader(raw, 1 << 20) if not hasattr(raw, 'peek') else raw
+  if stream.peek(2)[:2] == GZIP_MAGIC:
+    stream = io.BufferedReader(gzip.GzipFile(fileobj=stream), 1 << 20)
+  try:
+    first = _first_byte(stream)
+    if first == b'{':
+      yield from _decode_json_file(stream, origin)
+    elif first == b'[':
+      yield from _decode_json_document(stream.read(MAX_JSON_DOCUMENT_BYTES + 1), origin)
+    elif first:
+      yield from _decode_flow_lines(stream, origin)
+  except (OSError, EOFError, zlib.error) as e:
+    # A truncated or corrupt gzip file: what was read before the damage has
+    # already been yielded.
+    yield BadInput(f'file cannot be read to its end: {e}', origin)
+
+
+def _decode_json_file(stream, origin: str):
+  """A file starting with "{": JSON Lines (each line one record, event or
+  message), or one JSON document spread over several lines."""
+  first_line = stream.readline()
+  try:
+    first_value = json.loads(first_line)
+  except ValueError:
+    yield from _decode_json_document(
+        first_line + stream.read(MAX_JSON_DOCUMENT_BYTES), origin)
+    return
+  yield from _decode_json_value(first_value, f'{origin}:1')
+  yield from _decode_json_lines(stream, origin, first_number=2)
+
+
+def _decode_json_document(document: bytes, origin: str):
+  if len(document) > MAX_JSON_DOCUMENT_BYTES:
+    yield BadInput(f'JSON document larger than {MAX_JSON_DOCUMENT_BYTES} bytes', document[:4096])
+    return
+  try:
+    value = json.loads(document)
+  except (UnicodeDecodeError, ValueError) as e:
+    yield BadInput(f'file is not JSON: {e}', document)
+    return
+  values = value if isinstance(value, list) else [value]
+  for i, item in enumerate(values):
+    yield from _decode_json_value(item, origin if len(values) == 1 else f'{origin} item {i}')
