@@ -1,0 +1,102 @@
+"""`python -m pipeline.replay DIR`: posts again the windows the endpoint did not
+take, from the dead letters under DIR.
+
+Each undelivered window is posted with the headers it had (window start and end,
+pane, Idempotency-Key), the token from the same environment variable, and the
+same retry policy. Delivered ones are removed from their dead-letter file (a
+file left empty is deleted); the rest stay for the next replay.
+
+Exit status: 0 when every window was delivered (or there was none), 2 when some
+are still undelivered, 1 on failure.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import List, Optional
+
+from transforms.dead_letter import KIND_UNDELIVERED_WINDOW, read_dead_letters
+from transforms.http_sink import DEFAULT_TOKEN_ENV, DeliveryConfig, WindowPoster
+
+_LOG = logging.getLogger('pipeline.replay')
+
+
+def template_from_url(url: str, bucket_time: int) -> str:
+  return url.replace(str(bucket_time), '{bucket_time}')
+
+
+def replay(directory: str, endpoint: Optional[str], config: DeliveryConfig) -> tuple:
+  """Replays every undelivered window under `directory`; returns (delivered, left)."""
+  by_file = {}
+  for path, letter in read_dead_letters(directory, KIND_UNDELIVERED_WINDOW):
+    by_file.setdefault(path, []).append(letter)
+  delivered = left = 0
+  posters = {}
+  for path, letters in by_file.items():
+    remaining = []
+    for letter in letters:
+      if letter.get('url_redacted') and not endpoint:
+        _LOG.error('window %s: its URL held secrets and was redacted; pass --endpoint', letter['bucket_time'])
+        remaining.append(letter)
+        continue
+      template = endpoint or template_from_url(letter['url'], letter['bucket_time'])
+      poster = posters.get(template)
+      if poster is None:
+        poster = posters[template] = WindowPoster(config._replace(endpoint_template=template))
+        poster.open()
+      outcome = poster.post_body(letter['bucket_time'], letter['window_end'],
+                                 letter['body'].encode('utf-8'), letter.get('pane_index', 0),
+                                 letter.get('pane_timing', 'ON_TIME'))
+      if outcome.delivered:
+        delivered += 1
+        print(f'delivered window {letter["bucket_time"]} to {outcome.url}')
+      else:
+        letter['attempts'] = letter.get('attempts', 0) + outcome.attempts
+        letter['last_status'], letter['last_error'] = outcome.status, outcome.error
+        remaining.append(letter)
+        print(f'still undelivered: window {letter["bucket_time"]}: '
+              f'{outcome.error or "HTTP %s" % outcome.status}')
+    left += len(remaining)
+    if remaining:
+      with open(path + '.tmp', 'w', encoding='utf-8') as f:
+        f.writelines(json.dumps(letter, sort_keys=True) + '\n' for letter in remaining)
+      os.replace(path + '.tmp', path)
+    else:
+      os.remove(path)
+  for poster in posters.values():
+    poster.close()
+  return delivered, left
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('directory', help='the --dead_letter_dir of the run')
+  parser.add_argument('--endpoint', help='URL template to post to instead of the recorded URL')
+  parser.add_argument('--endpoint_token_env', default=DEFAULT_TOKEN_ENV)
+  parser.add_argument('--max_retry_seconds', type=float, default=60.0)
+  parser.add_argument('--http_read_timeout', type=float, default=30.0)
+  parser.add_argument('--ca_bundle')
+  parser.add_argument('--no_verify_tls', action='store_true')
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.WARNING)
+  if not os.path.isdir(args.directory):
+    print(f'error: no such directory: {args.directory}', file=sys.stderr)
+    return 1
+  config = DeliveryConfig(
+      endpoint_template=args.endpoint or 'http://unused/{bucket_time}',
+      token_env=args.endpoint_token_env, read_timeout=args.http_read_timeout,
+      max_retry_seconds=args.max_retry_seconds, verify_tls=not args.no_verify_tls,
+      ca_bundle=args.ca_bundle)
+  try:
+    delivered, left = replay(args.directory, args.endpoint, config)
+  except Exception:  # pylint: disable=broad-except
+    _LOG.exception('replay failed')
+    return 1
+  print(f'replay: {delivered} window(s) delivered, {left} still undelivered')
+  return 2 if left else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
