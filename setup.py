@@ -18,6 +18,8 @@ setuptools.setup(
         f'apache-beam=={BEAM_VERSION}',
         'boto3>=1.34',
         'requests>=2.31',
+        # 3x faster JSON parsing of CloudWatch Logs messages (bench/ measures it).
+        'orjson>=3.9',
     ],
     extras_require={
         'test': ['pytest>=8', 'hypothesis>=6.100', 'moto[server]>=5.0'],

@@ -126,10 +126,11 @@ def write_kinesis_jsonl(path: str, lines: Iterator[str], lines_per_record: int =
 
 
 def write_sample(out_dir: str, lines: int = 40_000, start: int = DEFAULT_START,
-                 files: int = 2, seed: int = 7, seconds: int = 3600) -> List[str]:
+                 files: int = 2, seed: int = 7, seconds: int = 3600,
+                 internet_peers: int = 5000) -> List[str]:
   """Writes the sample as `files` JSON Lines files of Kinesis records."""
   os.makedirs(out_dir, exist_ok=True)
-  vpc = SampleVpc(seed)
+  vpc = SampleVpc(seed, internet_peers=internet_peers)
   generated = vpc.flow_lines(lines, start, seconds)
   paths = []
   per_file = -(-lines // files)
@@ -147,8 +148,12 @@ def main(argv: Optional[List[str]] = None):
   parser.add_argument('--files', type=int, default=2)
   parser.add_argument('--start', type=int, default=DEFAULT_START)
   parser.add_argument('--seed', type=int, default=7)
+  parser.add_argument('--seconds', type=int, default=3600, help='time span of the flows')
+  parser.add_argument('--internet_peers', type=int, default=5000,
+                      help='how many distinct internet addresses talk to the VPC')
   args = parser.parse_args(argv)
-  for path in write_sample(args.out, args.lines, args.start, args.files, args.seed):
+  for path in write_sample(args.out, args.lines, args.start, args.files, args.seed,
+                           args.seconds, args.internet_peers):
     print(path)
 
 

@@ -6,15 +6,17 @@ dstaddr gains srcaddr. Each window yields {address: number of distinct peers}.
 
 Shape, chosen for speed (DEVELOPERS.md): a shuffle per (IP, window) costs far
 too much on the Python runners, so `AccumulatePeersDoFn` parses lines and
-gathers each bundle's peer sets per window bucket in memory, then emits one
-`PeerMap` per bucket, stamped with the bucket's start, at the end of the bundle.
+gathers each bundle's distinct peer pairs per window bucket in memory
+(`transforms.peers`), then emits one `PeerPairs` per bucket, stamped with the bucket's start, at the end of the bundle.
 `WindowInto` puts those few large values into fixed windows and one combine per
 window merges them, so the shuffle carries a handful of elements per bundle,
 not one per line.
 """
 
+import itertools
 import logging
-from typing import Dict, NamedTuple, Optional, Set, Tuple
+import operator
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -25,14 +27,12 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms import METRICS_NAMESPACE
 from transforms.dead_letter import DEAD_LETTER_TAG, DeadLetter
 from transforms.decode import LogBatch
+from transforms.peers import PeerPairs
 from transforms.flow_record import (
-    LOG_STATUS_NODATA, LOG_STATUS_OK, LOG_STATUS_SKIPDATA, AddressKeys,
-    FlowLineError, LogFormat, address_text)
+    LOG_STATUS_OK, MAX_FLOW_TIME, MIN_FLOW_TIME, AddressKeys, FlowLineError,
+    LogFormat, address_text, skip_reason)
 
 _LOG = logging.getLogger(__name__)
-
-# address key -> keys of its distinct peers (see flow_record.address_key)
-PeerMap = Dict[int, Set[int]]
 
 DEFAULT_WINDOW_SECONDS = 600
 
@@ -70,10 +70,10 @@ class _LineTally:
 
 
 class AccumulatePeersDoFn(beam.DoFn):
-  """Parses LogBatches and gathers the bundle's peer sets per window bucket.
+  """Parses LogBatches and gathers the bundle's peer pairs per window bucket.
 
-  Emits, at the end of each bundle, one PeerMap per bucket timestamped with the
-  bucket's start; bad lines go to the dead-letter output as they are met."""
+  Emits, at the end of each bundle, one PeerPairs per bucket timestamped with
+  the bucket's start; bad lines go to the dead-letter output as they are met."""
   def __init__(self, window_seconds: int, default_format: LogFormat):
     self._window_seconds = window_seconds
     self._default_format = default_format
@@ -84,7 +84,7 @@ class AccumulatePeersDoFn(beam.DoFn):
     self._tally = _LineTally()
 
   def start_bundle(self):
-    self._buckets: Dict[int, PeerMap] = {}
+    self._buckets: Dict[int, PeerPairs] = {}
 
   def _format(self, fields: Optional[Tuple[str, ...]]) -> LogFormat:
     log_format = self._formats.get(fields)
@@ -92,99 +92,129 @@ class AccumulatePeersDoFn(beam.DoFn):
       log_format = self._formats[fields] = LogFormat(fields)
     return log_format
 
+  def _pairs(self, bucket: int) -> PeerPairs:
+    pairs = self._buckets.get(bucket)
+    if pairs is None:
+      pairs = self._buckets[bucket] = PeerPairs.empty()
+    return pairs
+
   def process(self, batch: LogBatch):
     log_format = self._format(batch.fields)
-    has_status = 'log-status' in log_format.fields
+    lines = batch.lines
+    slow_lines = self._count_fast(lines, log_format)
+    for index in slow_lines:
+      dead_letter = self._count_slowly(lines[index], log_format, batch, index)
+      if dead_letter is not None:
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter)
+    self._tally.values['flow_lines'] += len(lines)
+
+  def _count_fast(self, lines: Tuple[str, ...], log_format: LogFormat) -> Sequence[int]:
+    """Counts the batch's common lines a whole column at a time; returns the
+    indexes of the lines left for the full parser (all of them when the batch
+    is not plainly space-separated).
+
+    A line takes this path only if it is exactly what `LogFormat.parse` reads
+    the same way: single spaces between the format's number of fields, no
+    other white space, log-status OK, both addresses already known valid (in
+    the address cache), plausible times. Everything else (NODATA, "-", new
+    addresses, bad lines) is decided by the full parser alone."""
+    n_fields = len(log_format.fields)
+    everything = range(len(lines))
+    joined = ' '.join(lines)
+    # Only ASCII spaces separate fields, never two in a row or at an end...
+    if (not joined.isprintable() or '  ' in joined or joined[:1] == ' '
+        or joined[-1:] == ' '):
+      return everything
+    # ...and every line has the format's number of fields.
+    if set(map(str.count, lines, itertools.repeat(' '))) != {n_fields - 1}:
+      return everything
+    columns = log_format.counting_columns
+    tokens = joined.split(' ')
+    srcs, dsts, starts, ends, statuses = (tokens[i::n_fields] for i in columns)
+    cached_key = self._address_keys.cached
+    src_keys = list(map(cached_key, srcs))
+    dst_keys = list(map(cached_key, dsts))
+    if log_format.has_log_status:
+      fast = [s is not None and d is not None and status == LOG_STATUS_OK
+              for s, d, status in zip(src_keys, dst_keys, statuses)]
+    else:
+      fast = [s is not None and d is not None for s, d in zip(src_keys, dst_keys)]
+    slow_lines = [] if all(fast) else [i for i, ok in enumerate(fast) if not ok]
+    if slow_lines:
+      src_keys = list(itertools.compress(src_keys, fast))
+      dst_keys = list(itertools.compress(dst_keys, fast))
+      starts = itertools.compress(starts, fast)
+      ends = itertools.compress(ends, fast)
+    if not src_keys:
+      return slow_lines
+    try:
+      start_times = list(map(int, starts))
+      end_times = list(map(int, ends)) if log_format.has_end else start_times
+    except ValueError:
+      return everything
+    if not (MIN_FLOW_TIME <= min(start_times) and max(end_times) < MAX_FLOW_TIME
+            and all(map(operator.le, start_times, end_times))):
+      return everything
     window_seconds = self._window_seconds
-    address_keys = self._address_keys
-    buckets = self._buckets
+    first_bucket = min(start_times) // window_seconds
+    if first_bucket == max(start_times) // window_seconds:
+      self._pairs(first_bucket * window_seconds).add_flows(src_keys, dst_keys)
+    else:
+      for src, dst, start in zip(src_keys, dst_keys, start_times):
+        self._pairs(start - start % window_seconds).add_flow(src, dst)
+    self._tally.values['counted_flows'] += len(src_keys)
+    return slow_lines
+
+  def _count_slowly(self, line: str, log_format: LogFormat, batch: LogBatch,
+                    index: int) -> Optional[DeadLetter]:
+    """Parses a line fully: counts it, tallies why it is skipped, or returns
+    its dead letter."""
     tally = self._tally.values
-    tally['flow_lines'] += len(batch.lines)
-    for index, line in enumerate(batch.lines):
+    try:
+      record = log_format.parse(line)
+      skipped = skip_reason(record, log_format.has_log_status)
+      if skipped:
+        tally[skipped] += 1
+        return None
       try:
-        record = log_format.parse(line)
-        status = record.log_status
-        if status != LOG_STATUS_OK and has_status:
-          if status == LOG_STATUS_NODATA:
-            tally['skipped_nodata'] += 1
-          elif status == LOG_STATUS_SKIPDATA:
-            tally['skipped_skipdata'] += 1
-          elif status is None:
-            tally['skipped_other_status'] += 1
-          else:
-            raise FlowLineError(f'unknown log-status {status[:40]!r}')
-          continue
-        if record.srcaddr is None or record.dstaddr is None:
-          tally['skipped_no_address'] += 1
-          continue
-        if record.start is None:
-          raise FlowLineError('flow with addresses but no start time')
-        if record.end is not None and record.end < record.start:
-          raise FlowLineError(f'end {record.end} is before start {record.start}')
-        try:
-          src = address_keys(record.srcaddr)
-          dst = address_keys(record.dstaddr)
-        except ValueError as e:
-          raise FlowLineError(f'invalid address: {e}') from None
-      except FlowLineError as e:
-        if not line.strip():
-          tally['flow_lines'] -= 1  # a blank line in a file is not a flow line
-          continue
-        tally['bad_lines'] += 1
-        yield beam.pvalue.TaggedOutput(
-            DEAD_LETTER_TAG, DeadLetter.bad_input(str(e), batch.line_origin(index), line))
-        continue
-      bucket = record.start - record.start % window_seconds
-      peers = buckets.get(bucket)
-      if peers is None:
-        peers = buckets[bucket] = {}
-      src_peers = peers.get(src)
-      if src_peers is None:
-        peers[src] = {dst}
-      else:
-        src_peers.add(dst)
-      dst_peers = peers.get(dst)
-      if dst_peers is None:
-        peers[dst] = {src}
-      else:
-        dst_peers.add(src)
-      tally['counted_flows'] += 1
+        src = self._address_keys(record.srcaddr)
+        dst = self._address_keys(record.dstaddr)
+      except ValueError as e:
+        raise FlowLineError(f'invalid address: {e}') from None
+    except FlowLineError as e:
+      if not line.strip():
+        tally['flow_lines'] -= 1  # a blank line in a file is not a flow line
+        return None
+      tally['bad_lines'] += 1
+      return DeadLetter.bad_input(str(e), batch.line_origin(index), line)
+    self._pairs(record.start - record.start % self._window_seconds).add_flow(src, dst)
+    tally['counted_flows'] += 1
+    return None
 
   def finish_bundle(self):
     self._tally.publish()
-    for bucket, peers in self._buckets.items():
-      yield WindowedValue(peers, bucket, [window.GlobalWindow()])
+    for bucket, pairs in self._buckets.items():
+      yield WindowedValue(pairs, bucket, [window.GlobalWindow()])
     self._buckets = {}
 
 
-def merge_peer_maps(into: PeerMap, other: PeerMap) -> PeerMap:
-  """Adds `other`'s peers to `into` (which it changes) and returns `into`."""
-  for address, peers in other.items():
-    known = into.get(address)
-    if known is None:
-      into[address] = set(peers)
-    else:
-      known |= peers
-  return into
+class MergePeerPairs(beam.CombineFn):
+  """Merges PeerPairs; the output is the number of distinct peers per address key."""
+  def create_accumulator(self) -> PeerPairs:
+    return PeerPairs.empty()
 
+  def add_input(self, accumulator: PeerPairs, pairs: PeerPairs) -> PeerPairs:
+    return accumulator.update(pairs)
 
-class MergePeerMaps(beam.CombineFn):
-  """Merges PeerMaps; the output is the number of distinct peers per address key."""
-  def create_accumulator(self) -> PeerMap:
-    return {}
-
-  def add_input(self, accumulator: PeerMap, peers: PeerMap) -> PeerMap:
-    return merge_peer_maps(accumulator, peers)
-
-  def merge_accumulators(self, accumulators) -> PeerMap:
+  def merge_accumulators(self, accumulators) -> PeerPairs:
     accumulators = sorted(accumulators, key=len, reverse=True)
-    merged = accumulators[0] if accumulators else {}
+    merged = accumulators[0] if accumulators else PeerPairs.empty()
     for other in accumulators[1:]:
-      merge_peer_maps(merged, other)
+      merged.update(other)
     return merged
 
-  def extract_output(self, accumulator: PeerMap) -> Dict[int, int]:
-    return {address: len(peers) for address, peers in accumulator.items()}
+  def extract_output(self, accumulator: PeerPairs) -> Dict[int, int]:
+    return accumulator.peer_counts()
 
 
 def counts_as_text(counts: Dict[int, int]) -> Dict[str, int]:
@@ -227,6 +257,6 @@ class CountDistinctPeers(beam.PTransform):
             trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
             accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
             allowed_lateness=Duration(seconds=self._allowed_lateness))
-        | 'MergePeers' >> beam.CombineGlobally(MergePeerMaps()).without_defaults()
+        | 'MergePeers' >> beam.CombineGlobally(MergePeerPairs()).without_defaults()
         | 'ToWindowCounts' >> beam.ParDo(_ToWindowCounts()))
     return {'documents': documents, 'dead_letters': accumulated[DEAD_LETTER_TAG]}

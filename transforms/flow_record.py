@@ -116,6 +116,15 @@ class LogFormat:
     self._positions = tuple(
         self.fields.index(aws_name) if aws_name in self.fields else None
         for aws_name in (f.replace('_', '-') for f in FlowRecord._fields))
+    self.has_log_status = 'log-status' in self.fields
+    self.has_end = 'end' in self.fields
+    # Positions of (srcaddr, dstaddr, start, end, log-status) for the counting
+    # fast path, with start standing in for a field the format lacks.
+    index = self.fields.index
+    self.counting_columns = (
+        index('srcaddr'), index('dstaddr'), index('start'),
+        index('end') if self.has_end else index('start'),
+        index('log-status') if self.has_log_status else index('start'))
 
   @classmethod
   def default(cls) -> 'LogFormat':
@@ -174,6 +183,37 @@ class LogFormat:
         log_status)
 
 
+# Why a parsed record is not counted: the name of the counter it adds to.
+SKIPPED_NODATA = 'skipped_nodata'
+SKIPPED_SKIPDATA = 'skipped_skipdata'
+SKIPPED_NO_ADDRESS = 'skipped_no_address'
+SKIPPED_OTHER_STATUS = 'skipped_other_status'
+
+
+def skip_reason(record: FlowRecord, has_log_status: bool = True) -> Optional[str]:
+  """None if the record counts (log-status OK, both addresses), else why not.
+
+  Raises FlowLineError for a record that is not skipped by design but broken:
+  an unknown log-status, or a flow with addresses but no start time. A format
+  without log-status counts every record with both addresses."""
+  status = record.log_status
+  if has_log_status and status != LOG_STATUS_OK:
+    if status == LOG_STATUS_NODATA:
+      return SKIPPED_NODATA
+    if status == LOG_STATUS_SKIPDATA:
+      return SKIPPED_SKIPDATA
+    if status is None:
+      return SKIPPED_OTHER_STATUS
+    raise FlowLineError(f'unknown log-status {status[:40]!r}')
+  if record.srcaddr is None or record.dstaddr is None:
+    return SKIPPED_NO_ADDRESS
+  if record.start is None:
+    raise FlowLineError('flow with addresses but no start time')
+  if record.end is not None and record.end < record.start:
+    raise FlowLineError(f'end {record.end} is before start {record.start}')
+  return None
+
+
 # Addresses are kept as integers while counting (smaller and faster than text).
 # IPv6 addresses are tagged with bit 128 so that ::a.b.c.d never collides
 # with the IPv4 address a.b.c.d.
@@ -202,6 +242,9 @@ class AddressKeys:
   def __init__(self, max_entries: int = 1_000_000):
     self._keys: Dict[str, int] = {}
     self._max_entries = max_entries
+    # cached(text): the key if `text` was seen before, else None (no parsing).
+    # The dict's own get, so that the hot loop pays for no Python call.
+    self.cached = self._keys.get
 
   def __call__(self, text: str) -> int:
     key = self._keys.get(text)
