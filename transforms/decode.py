@@ -13,7 +13,6 @@ the thin DoFns that call them live in `transforms.sources`.
 
 import base64
 import binascii
-import gzip
 import io
 import json
 import operator
@@ -37,7 +36,11 @@ def json_loads(data):
   try:
     return _fast_json_loads(data)
   except ValueError:
+    pass
+  try:
     return json.loads(data)
+  except RecursionError:
+    raise ValueError('JSON nested too deeply') from None
 
 _JSON_ERRORS = (ValueError, TypeError)  # orjson.JSONDecodeError is a ValueError
 _event_message = operator.itemgetter('message')
@@ -65,6 +68,10 @@ class BadInput(ValueError):
     super().__init__(reason)
     self.reason = reason
     self.raw = raw
+
+
+class DamagedStream(BadInput):
+  """A file that cannot be read to its end (truncated or corrupt gzip)."""
 
 
 class LogBatch(NamedTuple):
@@ -202,16 +209,23 @@ def _decode_json_value(value, origin: str) -> Iterator[Union[LogBatch, Skipped, 
                    json.dumps(value)[:4096])
 
 
-def _text_lines(stream: IO[bytes], first_number: int = 1) -> Iterator[Tuple[int, Union[str, BadInput]]]:
-  for number, raw in enumerate(stream, first_number):
-    try:
-      yield number, raw.decode('utf-8')
-    except UnicodeDecodeError:
-      yield number, BadInput(f'line {number} is not UTF-8', raw)
+def _text_lines(stream: IO[bytes], origin: str, first_number: int = 1) -> Iterator[Tuple[int, Union[str, BadInput]]]:
+  """The stream's lines as text. A line that is not UTF-8 comes as a BadInput;
+  so does damage that ends the stream early (a truncated or corrupt gzip file),
+  after every whole line before it."""
+  number = first_number - 1
+  try:
+    for number, raw in enumerate(stream, first_number):
+      try:
+        yield number, raw.decode('utf-8')
+      except UnicodeDecodeError:
+        yield number, BadInput(f'line {number} is not UTF-8', raw)
+  except (OSError, EOFError, zlib.error) as e:
+    yield number + 1, DamagedStream(f'file cannot be read past line {number}: {e}', origin)
 
 
 def _decode_json_lines(stream: IO[bytes], origin: str, first_number: int = 1):
-  for number, line in _text_lines(stream, first_number):
+  for number, line in _text_lines(stream, origin, first_number):
     if isinstance(line, BadInput):
       yield line
       continue
@@ -232,23 +246,34 @@ def _decode_flow_lines(stream: IO[bytes], origin: str):
   fields = None
   batch: List[str] = []
   first_line = 1
-  for number, line in _text_lines(stream):
+  bad_lines: List[BadInput] = []
+  for number, line in _text_lines(stream, origin):
     if isinstance(line, BadInput):
-      yield line
-      line = ''
+      bad_lines.append(line)  # yielded after the lines read before it
+      if isinstance(line, DamagedStream):
+        break
+      line = ''  # keeps the line's place, so that numbering stays right
     elif number == 1:
-      header = LogFormat.from_header(line)
+      try:
+        header = LogFormat.from_header(line)
+      except ValueError as e:
+        # A header that names its fields but not ones this file can be counted
+        # with: the whole file is one dead letter (it stays where it is).
+        yield BadInput(f'unusable header line, file not read: {e}', line)
+        return
       if header is not None:
         fields = header.fields
         first_line = 2
         continue
-    batch.append(line)
+    batch.append(line.rstrip('\r\n'))
     if len(batch) >= FILE_BATCH_LINES:
       yield LogBatch(origin, tuple(batch), fields, False, first_line)
-      batch = []
+      yield from bad_lines
+      batch, bad_lines = [], []
       first_line = number + 1
   if batch:
     yield LogBatch(origin, tuple(batch), fields, False, first_line)
+  yield from bad_lines
 
 
 def _first_byte(stream) -> bytes:
@@ -270,7 +295,7 @@ def decode_file(raw: IO[bytes], origin: str) -> Iterator[Union[LogBatch, Skipped
   cannot be read; good data beside bad data in the same file still comes out."""
   stream = io.BufferedReader(raw, 1 << 20) if not hasattr(raw, 'peek') else raw
   if stream.peek(2)[:2] == GZIP_MAGIC:
-    stream = io.BufferedReader(gzip.GzipFile(fileobj=stream), 1 << 20)
+    stream = io.BufferedReader(_GunzipReader(stream), 1 << 16)
   try:
     first = _first_byte(stream)
     if first == b'{':
@@ -287,16 +312,90 @@ def decode_file(raw: IO[bytes], origin: str) -> Iterator[Union[LogBatch, Skipped
 
 def _decode_json_file(stream, origin: str):
   """A file starting with "{": JSON Lines (each line one record, event or
-  message), or one JSON document spread over several lines."""
+  message), or one JSON document spread over several lines. When the first
+  line is not JSON by itself, the file is read as one document; if that fails
+  too it is JSON Lines with a bad first line, and the good lines still count."""
   first_line = stream.readline()
   try:
     first_value = json_loads(first_line)
   except _JSON_ERRORS:
-    yield from _decode_json_document(
-        first_line + stream.read(MAX_JSON_DOCUMENT_BYTES), origin)
+    content = first_line + stream.read(MAX_JSON_DOCUMENT_BYTES)
+    if len(content) <= MAX_JSON_DOCUMENT_BYTES:
+      try:
+        document = json_loads(content)
+      except _JSON_ERRORS:
+        document = None
+      if document is not None:
+        yield from _decode_json_values(document, origin)
+        return
+      if not any(_is_json_object(line) for line in content.splitlines()[1:]):
+        # A cut or broken document, not JSON Lines: one dead letter.
+        yield BadInput('file is not JSON (neither one document nor JSON Lines)', content)
+        return
+    yield from _decode_json_lines(io.BytesIO(content), origin)
     return
   yield from _decode_json_value(first_value, f'{origin}:1')
   yield from _decode_json_lines(stream, origin, first_number=2)
+
+
+def _is_json_object(line: bytes) -> bool:
+  try:
+    return isinstance(json_loads(line), dict)
+  except _JSON_ERRORS:
+    return False
+
+
+def _decode_json_values(value, origin: str):
+  values = value if isinstance(value, list) else [value]
+  for i, item in enumerate(values):
+    yield from _decode_json_value(item, origin if len(values) == 1 else f'{origin} item {i}')
+
+
+class _GunzipReader(io.RawIOBase):
+  """Decompresses a gzip stream (of one or more members) as it is read. Unlike
+  gzip.GzipFile, it hands out everything decompressed before damage (a
+  truncated or corrupt file) and raises only on the read after that."""
+  def __init__(self, compressed: IO[bytes]):
+    super().__init__()
+    self._compressed = compressed
+    self._decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    self._pending = b''
+    self._error: Optional[Exception] = None
+
+  def readable(self):
+    return True
+
+  def readinto(self, buffer) -> int:
+    while not self._pending:
+      if self._error is not None:
+        error, self._error = self._error, None
+        raise error
+      if not self._fill():
+        return 0
+    n = min(len(buffer), len(self._pending))
+    buffer[:n] = self._pending[:n]
+    self._pending = self._pending[n:]
+    return n
+
+  def _fill(self) -> bool:
+    """Decompresses more; False at the clean end of the stream."""
+    chunk = self._compressed.read(1 << 16)
+    try:
+      if not chunk:
+        if not self._decompressor.eof:
+          raise EOFError('gzip data ends before its end-of-stream marker')
+        return False
+      self._pending = self._decompressor.decompress(chunk)
+      while self._decompressor.eof and self._decompressor.unused_data:
+        # Another gzip member follows (concatenated .gz files are valid gzip).
+        rest = self._decompressor.unused_data
+        if not rest.startswith(GZIP_MAGIC):
+          raise OSError('data after the end of the gzip stream is not gzip')
+        self._decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        self._pending += self._decompressor.decompress(rest)
+    except (zlib.error, EOFError, OSError) as e:
+      self._error = e if isinstance(e, (EOFError, OSError)) else OSError(f'corrupt gzip data: {e}')
+    return True
 
 
 def _decode_json_document(document: bytes, origin: str):
@@ -308,6 +407,4 @@ def _decode_json_document(document: bytes, origin: str):
   except _JSON_ERRORS as e:
     yield BadInput(f'file is not JSON: {e}', document)
     return
-  values = value if isinstance(value, list) else [value]
-  for i, item in enumerate(values):
-    yield from _decode_json_value(item, origin if len(values) == 1 else f'{origin} item {i}')
+  yield from _decode_json_values(value, origin)

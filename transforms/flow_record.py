@@ -222,6 +222,10 @@ _IPV6_TAG = 1 << 128
 
 def address_key(text: str) -> int:
   """The integer key of an IPv4 or IPv6 address; raises ValueError if invalid."""
+  if '%' in text:
+    # ipaddress accepts IPv6 scope ids (fe80::1%eth0); flow logs never carry
+    # them, and the key would drop the scope.
+    raise ValueError(f'{text[:60]!r} has a scope id; flow log addresses never do')
   address = ipaddress.ip_address(text)
   if address.version == 6:
     return int(address) | _IPV6_TAG

@@ -78,6 +78,37 @@ def redact_url(url: str) -> str:
   return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+_SECRET_QUERY_VALUE = re.compile(
+    r'((?:[?&;]|%3F|%26)[^=&\s]*(?:token|key|secret|sig|signature|password|passwd|auth|credential)'
+    r'[^=&\s]*=)[^&\s\'"]*', re.I)
+
+
+def redact_text(text: str) -> str:
+  """Secret-looking query values (token=..., key=...) in any text, redacted."""
+  return _SECRET_QUERY_VALUE.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+class _RedactUrlSecrets(logging.Filter):
+  """Redacts URL secrets in urllib3's own log lines (it logs each retry with
+  the request URL)."""
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    redacted = redact_text(message)
+    if redacted != message:
+      record.msg, record.args = redacted, ()
+    return True
+
+
+_URL_SECRET_FILTER = _RedactUrlSecrets()
+
+
+def _install_log_redaction():
+  for name in ('urllib3.connectionpool', 'urllib3.util.retry', 'urllib3.connection'):
+    logger = logging.getLogger(name)
+    if _URL_SECRET_FILTER not in logger.filters:
+      logger.addFilter(_URL_SECRET_FILTER)
+
+
 class DeliveryOutcome(NamedTuple):
   delivered: bool
   url: str  # redacted
@@ -132,6 +163,7 @@ class WindowPoster:
     self._token: Optional[str] = None
 
   def open(self):
+    _install_log_redaction()
     self._token = os.environ.get(self._config.token_env) or None
     self._session = requests.Session()
     self._session.verify = self._config.ca_bundle or self._config.verify_tls
@@ -155,7 +187,7 @@ class WindowPoster:
     """Removes the token and the URL's secrets from a text."""
     if self._token:
       text = text.replace(self._token, REDACTED)
-    return text
+    return redact_text(text)
 
   def post_body(self, bucket_time: int, window_end: int, body: bytes,
                 pane_index: int = 0, pane_timing: str = 'ON_TIME') -> DeliveryOutcome:

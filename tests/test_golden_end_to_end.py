@@ -1,0 +1,100 @@
+"""Golden end-to-end test: the real command line over tests/data/golden/input/
+(one file of each shape MISSION.md lists, plus bad input) against a real HTTP
+receiver on 127.0.0.1. The exact answer is tests/data/golden/expected.json,
+worked out by hand from the flows listed in tests/data/make_golden.py."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.__main__ import main, run
+from transforms.dead_letter import read_dead_letters
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = REPO / 'tests' / 'data' / 'golden'
+INPUT_DIR = GOLDEN / 'input'
+EXPECTED = json.loads((GOLDEN / 'expected.json').read_text())
+
+
+def command_line(receiver, dead_letter_dir):
+  return [f'--input={INPUT_DIR}/*', f'--endpoint={receiver.url()}',
+          f'--dead_letter_dir={dead_letter_dir}']
+
+
+def dead_letters_in(directory):
+  """Every dead letter written, as (kind, reason, origin relative to the input
+  directory, raw), in a stable order."""
+  letters = []
+  for _, letter in read_dead_letters(str(directory)):
+    origin = letter['origin']
+    assert origin.startswith(str(INPUT_DIR) + os.sep), origin
+    letters.append((letter['kind'], letter['reason'], origin[len(str(INPUT_DIR)) + 1:], letter.get('raw')))
+  return sorted(letters, key=lambda l: (l[2], l[3]))
+
+
+def assert_expected_dead_letters(directory):
+  written = dead_letters_in(directory)
+  expected = sorted(EXPECTED['dead_letters'], key=lambda l: (l['origin'], l['raw']))
+  assert [(kind, origin, raw) for kind, _, origin, raw in written] == [
+      (l['kind'], l['origin'], l['raw']) for l in expected]
+  for (_, reason, origin, _), letter in zip(written, expected):
+    assert reason.startswith(letter['reason']), (origin, reason, letter['reason'])
+
+
+def assert_expected_posts(receiver):
+  assert receiver.latest_by_path() == EXPECTED['documents']
+  # A bounded run posts each window once, and each POST was taken at once.
+  assert sorted(post.path for post in receiver.posts) == sorted(EXPECTED['documents'])
+  assert receiver.attempts == len(EXPECTED['documents'])
+  for post in receiver.posts:
+    bucket = int(post.path.rsplit('/', 1)[1])
+    assert post.headers['Content-Type'] == 'application/json'
+    assert post.headers['X-Window-Start'] == str(bucket)
+    assert post.headers['X-Window-End'] == str(bucket + 600)
+    assert post.headers['Idempotency-Key'] == f'{bucket}-0'
+    assert 'Authorization' not in post.headers
+
+
+def test_golden_input_files_are_what_make_golden_writes():
+  sys.path.insert(0, str(REPO / 'tests' / 'data'))
+  try:
+    import make_golden  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.pop(0)
+  written = {p.name: p.read_bytes() for p in INPUT_DIR.iterdir()}
+  assert written == make_golden.files()
+
+
+def test_golden_command_line_posts_the_exact_windows(start_receiver, tmp_path, capsys):
+  receiver = start_receiver()
+  assert main(command_line(receiver, tmp_path)) == 0
+  assert_expected_posts(receiver)
+  assert_expected_dead_letters(tmp_path)
+  printed = capsys.readouterr().out
+  assert 'windows delivered:      4\n' in printed
+  assert f'dead letters:           6 written under {tmp_path}' in printed
+
+
+def test_golden_run_summary_counts(start_receiver, tmp_path):
+  receiver = start_receiver()
+  summary = run(command_line(receiver, tmp_path))
+  counts = summary._asdict()
+  assert counts.pop('dead_letter_dir') == str(tmp_path)
+  assert counts == EXPECTED['summary']
+
+
+def test_golden_python_dash_m_pipeline(start_receiver, tmp_path):
+  receiver = start_receiver()
+  finished = subprocess.run(
+      [sys.executable, '-m', 'pipeline', *command_line(receiver, tmp_path)],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert finished.returncode == 0, finished.stderr[-3000:]
+  assert 'vpc-flow-peers summary' in finished.stdout
+  assert 'flow lines:             28 (21 counted)' in finished.stdout
+  assert 'bad inputs:             6' in finished.stdout
+  assert 'windows delivered:      4' in finished.stdout
+  assert 'windows dead-lettered:  0' in finished.stdout
+  assert_expected_posts(receiver)
+  assert_expected_dead_letters(tmp_path)
