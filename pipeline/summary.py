@@ -18,6 +18,7 @@ class RunSummary(NamedTuple):
   skipped_no_address: int
   skipped_other_status: int
   bad_inputs: int
+  late_pairs: int
   windows_delivered: int
   windows_dead_lettered: int
   dead_letters_written: int
@@ -33,6 +34,7 @@ class RunSummary(NamedTuple):
         f'{self.skipped_skipdata} SKIPDATA, {self.skipped_no_address} without addresses, '
         f'{self.skipped_other_status} without log-status',
         f'  bad inputs:             {self.bad_inputs}',
+        f'  too late:               {self.late_pairs} peer pairs after their window closed',
         f'  windows delivered:      {self.windows_delivered}',
         f'  windows dead-lettered:  {self.windows_dead_lettered}',
         f'  dead letters:           {self.dead_letters_written} written under {self.dead_letter_dir}',
@@ -58,6 +60,7 @@ def summarize(result, dead_letter_dir: str) -> RunSummary:
       skipped_nodata=get('skipped_nodata'), skipped_skipdata=get('skipped_skipdata'),
       skipped_no_address=get('skipped_no_address'),
       skipped_other_status=get('skipped_other_status'), bad_inputs=get('bad_inputs'),
+      late_pairs=get('late_pairs'),
       windows_delivered=get('windows_delivered'),
       windows_dead_lettered=get('windows_dead_lettered'),
       dead_letters_written=get('dead_letters_written'), dead_letter_dir=dead_letter_dir)

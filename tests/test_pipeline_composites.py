@@ -16,7 +16,7 @@ from builders import (
 from pipeline.builder import build_pipeline
 from pipeline.options import VpcFlowPeersOptions
 from transforms.count import CountDistinctPeers, WindowCounts
-from transforms.dead_letter import KIND_BAD_INPUT, DeadLetter, read_dead_letters
+from transforms.dead_letter import KIND_LATE_DATA, KIND_BAD_INPUT, DeadLetter, read_dead_letters
 from transforms.decode import LogBatch
 from transforms.flow_record import LogFormat
 from transforms.sources import RawRecord, ReadFlowLogFiles, ReadRecordsFrom
@@ -213,7 +213,8 @@ def test_count_distinct_peers_bad_line_in_a_file_names_its_line_number():
 def test_count_distinct_peers_on_time_late_and_dropped_data():
   """A window fires when the watermark passes its end; a flow arriving later,
   within the allowed lateness, fires it again with the complete counts; a flow
-  arriving after the allowed lateness changes nothing."""
+  arriving after the allowed lateness changes nothing and becomes a dead letter
+  (Beam alone would drop it in silence)."""
   stream = (
       TestStream()
       .advance_watermark_to(W0)
@@ -230,7 +231,12 @@ def test_count_distinct_peers_on_time_late_and_dropped_data():
     assert_that(counted['documents'], equal_to([
         WindowCounts(W0, W1, {'10.0.0.1': 1, '10.0.0.2': 1}, 0, 'ON_TIME'),
         WindowCounts(W0, W1, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.3': 1}, 1, 'LATE'),
-    ]))
+    ]), label='CheckDocuments')
+    assert_that(counted['dead_letters'], equal_to([
+        DeadLetter(KIND_LATE_DATA, 'flows arrived after their window closed (allowed lateness passed)',
+                   f'window {W0}', {'bucket_time': W0, 'peer_pairs': 2,
+                                    'sample_counts': {'10.0.0.1': 1, '10.0.0.4': 1}}),
+    ]), label='CheckDeadLetters')
 
 
 # --- build_pipeline -----------------------------------------------------------

@@ -19,13 +19,15 @@ import operator
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
+from apache_beam import coders
 from apache_beam.metrics import Metrics
+from apache_beam.transforms import userstate
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import METRICS_NAMESPACE
-from transforms.dead_letter import DEAD_LETTER_TAG, DeadLetter
+from transforms.dead_letter import DEAD_LETTER_TAG, KIND_LATE_DATA, DeadLetter
 from transforms.decode import LogBatch
 from transforms.peers import PeerPairs
 from transforms.flow_record import (
@@ -231,6 +233,43 @@ class _ToWindowCounts(beam.DoFn):
         counts=counts_as_text(counts), pane_index=pane.index, pane_timing=timing)
 
 
+class LateDataGate(beam.DoFn):
+  """Sends peer pairs for a window that can no longer fire to the dead letters.
+
+  Beam drops data that arrives after a window's allowed lateness without a
+  word; this gate makes that loud. Keyed by window start, in the global window,
+  it sets an event-time timer at window end + allowed lateness; once the
+  watermark passes it, the window is closed, and what still arrives for it is a
+  dead letter (counted as `late_pairs`), not a silent drop. The gate's timer
+  fires no later than the windowed combine downstream expires the window, so
+  everything the gate lets through is still counted there."""
+  CLOSED = userstate.ReadModifyWriteStateSpec('closed', coders.BooleanCoder())
+  EXPIRY = userstate.TimerSpec('expiry', userstate.TimeDomain.WATERMARK)
+
+  def __init__(self, window_seconds: int, allowed_lateness_seconds: int):
+    self._window_seconds = window_seconds
+    self._allowed_lateness = allowed_lateness_seconds
+    self._late_pairs = Metrics.counter(METRICS_NAMESPACE, 'late_pairs')
+
+  def process(self, keyed_pairs, closed=beam.DoFn.StateParam(CLOSED),
+              expiry=beam.DoFn.TimerParam(EXPIRY)):
+    bucket, pairs = keyed_pairs
+    if closed.read():
+      self._late_pairs.inc(len(pairs))
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
+          KIND_LATE_DATA, 'flows arrived after their window closed (allowed lateness passed)',
+          f'window {bucket}', {'bucket_time': bucket, 'peer_pairs': len(pairs),
+                               'sample_counts': counts_as_text(dict(
+                                   list(pairs.peer_counts().items())[:20]))}))
+      return
+    expiry.set(bucket + self._window_seconds + self._allowed_lateness)
+    yield pairs
+
+  @userstate.on_timer(EXPIRY)
+  def close(self, closed=beam.DoFn.StateParam(CLOSED)):
+    closed.write(True)
+
+
 class CountDistinctPeers(beam.PTransform):
   """LogBatches to one WindowCounts per event-time window, and dead letters.
 
@@ -250,8 +289,14 @@ class CountDistinctPeers(beam.PTransform):
     accumulated = batches | 'AccumulatePeers' >> beam.ParDo(
         AccumulatePeersDoFn(self._window_seconds, self._log_format)).with_outputs(
             DEAD_LETTER_TAG, main='peers')
-    documents = (
+    gated = (
         accumulated.peers
+        | 'KeyByWindowStart' >> beam.Map(lambda pairs, ts=beam.DoFn.TimestampParam: (int(ts), pairs))
+        | 'LateDataGate' >> beam.ParDo(
+            LateDataGate(self._window_seconds, self._allowed_lateness)).with_outputs(
+                DEAD_LETTER_TAG, main='on_time'))
+    documents = (
+        gated.on_time
         | 'FixedWindows' >> beam.WindowInto(
             window.FixedWindows(self._window_seconds),
             trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
@@ -259,4 +304,5 @@ class CountDistinctPeers(beam.PTransform):
             allowed_lateness=Duration(seconds=self._allowed_lateness))
         | 'MergePeers' >> beam.CombineGlobally(MergePeerPairs()).without_defaults()
         | 'ToWindowCounts' >> beam.ParDo(_ToWindowCounts()))
-    return {'documents': documents, 'dead_letters': accumulated[DEAD_LETTER_TAG]}
+    dead_letters = (accumulated[DEAD_LETTER_TAG], gated[DEAD_LETTER_TAG]) | 'CountDeadLetters' >> beam.Flatten()
+    return {'documents': documents, 'dead_letters': dead_letters}
