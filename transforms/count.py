@@ -195,9 +195,10 @@ class AccumulatePeersDoFn(beam.DoFn):
 
   def finish_bundle(self):
     self._tally.publish()
-    for bucket, pairs in self._buckets.items():
+    buckets, self._buckets = self._buckets, {}
+    while buckets:  # popped, so that only the receiver holds each set
+      bucket, pairs = buckets.popitem()
       yield WindowedValue(pairs, bucket, [window.GlobalWindow()])
-    self._buckets = {}
 
 
 class MergePeerPairs(beam.CombineFn):
@@ -206,6 +207,10 @@ class MergePeerPairs(beam.CombineFn):
     return PeerPairs.empty()
 
   def add_input(self, accumulator: PeerPairs, pairs: PeerPairs) -> PeerPairs:
+    if not accumulator:
+      # Adopt the first input instead of copying it: each input is a fresh
+      # value that nothing else reads, and copying would double the memory.
+      return pairs
     return accumulator.update(pairs)
 
   def merge_accumulators(self, accumulators) -> PeerPairs:
