@@ -16,6 +16,7 @@ not one per line.
 import itertools
 import logging
 import operator
+import re
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -29,7 +30,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms import METRICS_NAMESPACE
 from transforms.dead_letter import DEAD_LETTER_TAG, KIND_LATE_DATA, DeadLetter
 from transforms.decode import LogBatch
-from transforms.peers import PeerPairs
+from transforms.peers import PeerPairs, PeerPairsCoder
 from transforms.flow_record import (
     LOG_STATUS_OK, MAX_FLOW_TIME, MIN_FLOW_TIME, AddressKeys, FlowLineError,
     LogFormat, address_text, skip_reason)
@@ -37,6 +38,7 @@ from transforms.flow_record import (
 _LOG = logging.getLogger(__name__)
 
 DEFAULT_WINDOW_SECONDS = 600
+_ASCII_CONTROL = re.compile('[\x00-\x1f\x7f]')
 
 
 class WindowCounts(NamedTuple):
@@ -124,8 +126,8 @@ class AccumulatePeersDoFn(beam.DoFn):
     everything = range(len(lines))
     joined = ' '.join(lines)
     # Only ASCII spaces separate fields, never two in a row or at an end...
-    if (not joined.isprintable() or '  ' in joined or joined[:1] == ' '
-        or joined[-1:] == ' '):
+    if (not joined.isascii() or _ASCII_CONTROL.search(joined) or '  ' in joined
+        or joined[:1] == ' ' or joined[-1:] == ' '):
       return everything
     # ...and every line has the format's number of fields.
     if set(map(str.count, lines, itertools.repeat(' '))) != {n_fields - 1}:
@@ -136,6 +138,12 @@ class AccumulatePeersDoFn(beam.DoFn):
     cached_key = self._address_keys.cached
     src_keys = list(map(cached_key, srcs))
     dst_keys = list(map(cached_key, dsts))
+    if None in src_keys or None in dst_keys:
+      # Addresses not seen before: parse each new one once, then look again.
+      # What still has no key ("-", invalid text) is left to the full parser.
+      if self._learn_addresses(srcs, src_keys) | self._learn_addresses(dsts, dst_keys):
+        src_keys = list(map(cached_key, srcs))
+        dst_keys = list(map(cached_key, dsts))
     if log_format.has_log_status:
       fast = [s is not None and d is not None and status == LOG_STATUS_OK
               for s, d, status in zip(src_keys, dst_keys, statuses)]
@@ -166,6 +174,18 @@ class AccumulatePeersDoFn(beam.DoFn):
         self._pairs(start - start % window_seconds).add_flow(src, dst)
     self._tally.values['counted_flows'] += len(src_keys)
     return slow_lines
+
+  def _learn_addresses(self, texts: Sequence[str], keys: Sequence[Optional[int]]) -> bool:
+    """Adds the valid addresses among `texts` whose key is None to the cache;
+    True if any was added."""
+    learned = False
+    for text in set(itertools.compress(texts, map(operator.not_, keys))):
+      try:
+        self._address_keys(text)
+        learned = True
+      except ValueError:
+        pass
+    return learned
 
   def _count_slowly(self, line: str, log_format: LogFormat, batch: LogBatch,
                     index: int) -> Optional[DeadLetter]:
@@ -223,6 +243,9 @@ class MergePeerPairs(beam.CombineFn):
   def extract_output(self, accumulator: PeerPairs) -> Dict[int, int]:
     return accumulator.peer_counts()
 
+  def get_accumulator_coder(self):
+    return PeerPairsCoder()
+
 
 def counts_as_text(counts: Dict[int, int]) -> Dict[str, int]:
   """Address keys to text, most peers first, then by address key."""
@@ -259,16 +282,16 @@ class LateDataGate(beam.DoFn):
   def process(self, keyed_pairs, closed=beam.DoFn.StateParam(CLOSED),
               expiry=beam.DoFn.TimerParam(EXPIRY)):
     bucket, pairs = keyed_pairs
-    if closed.read():
+    if not closed.read():
+      expiry.set(bucket + self._window_seconds + self._allowed_lateness)
+      yield pairs
+    else:
       self._late_pairs.inc(len(pairs))
       yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
           KIND_LATE_DATA, 'flows arrived after their window closed (allowed lateness passed)',
           f'window {bucket}', {'bucket_time': bucket, 'peer_pairs': len(pairs),
                                'sample_counts': counts_as_text(dict(
                                    list(pairs.peer_counts().items())[:20]))}))
-      return
-    expiry.set(bucket + self._window_seconds + self._allowed_lateness)
-    yield pairs
 
   @userstate.on_timer(EXPIRY)
   def close(self, closed=beam.DoFn.StateParam(CLOSED)):
@@ -292,14 +315,16 @@ class CountDistinctPeers(beam.PTransform):
 
   def expand(self, batches):
     accumulated = batches | 'AccumulatePeers' >> beam.ParDo(
-        AccumulatePeersDoFn(self._window_seconds, self._log_format)).with_outputs(
-            DEAD_LETTER_TAG, main='peers')
+        AccumulatePeersDoFn(self._window_seconds, self._log_format)).with_output_types(
+            PeerPairs).with_outputs(DEAD_LETTER_TAG, main='peers')
     gated = (
         accumulated.peers
-        | 'KeyByWindowStart' >> beam.Map(lambda pairs, ts=beam.DoFn.TimestampParam: (int(ts), pairs))
+        | 'KeyByWindowStart' >> beam.Map(
+            lambda pairs, ts=beam.DoFn.TimestampParam: (int(ts), pairs)).with_output_types(
+                Tuple[int, PeerPairs])
         | 'LateDataGate' >> beam.ParDo(
-            LateDataGate(self._window_seconds, self._allowed_lateness)).with_outputs(
-                DEAD_LETTER_TAG, main='on_time'))
+            LateDataGate(self._window_seconds, self._allowed_lateness)).with_output_types(
+                PeerPairs).with_outputs(DEAD_LETTER_TAG, main='on_time'))
     documents = (
         gated.on_time
         | 'FixedWindows' >> beam.WindowInto(
