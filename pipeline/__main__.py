@@ -19,7 +19,8 @@ from pipeline.options import VpcFlowPeersOptions
 from pipeline.runners import apply_runner_defaults
 from pipeline.summary import RunSummary, summarize
 from transforms.http_sink import DeliveryConfig, PostWindows, validate_endpoint_template
-from transforms.sources import ReadFlowLogFiles
+from transforms.kinesis_source import kinesis_transform_from_options
+from transforms.sources import ReadFlowLogFiles, ReadRecordsFrom
 
 _LOG = logging.getLogger('pipeline')
 
@@ -44,8 +45,8 @@ def delivery_config(options: VpcFlowPeersOptions) -> DeliveryConfig:
 
 
 def check_options(options: VpcFlowPeersOptions) -> None:
-  if not options.input:
-    raise UsageError('--input=GLOB is required')
+  if bool(options.input) == bool(options.kinesis_stream):
+    raise UsageError('give exactly one source: --input=GLOB or --kinesis_stream=NAME')
   if not options.endpoint:
     raise UsageError('--endpoint=URL_TEMPLATE is required')
   try:
@@ -63,6 +64,15 @@ def check_options(options: VpcFlowPeersOptions) -> None:
     raise UsageError(f'--input matches no file: {options.input}')
 
 
+def source_from(flags: VpcFlowPeersOptions) -> beam.PTransform:
+  if flags.kinesis_stream:
+    try:
+      return ReadRecordsFrom(kinesis_transform_from_options(flags))
+    except ValueError as e:
+      raise UsageError(str(e)) from None
+  return ReadFlowLogFiles(flags.input)
+
+
 def run(argv: Optional[List[str]] = None) -> RunSummary:
   """Builds and runs the pipeline; returns the summary of a finished run."""
   options = PipelineOptions(argv)
@@ -70,8 +80,7 @@ def run(argv: Optional[List[str]] = None) -> RunSummary:
   flags = options.view_as(VpcFlowPeersOptions)
   check_options(flags)
   pipeline = beam.Pipeline(options=options)
-  build_pipeline(
-      pipeline, ReadFlowLogFiles(flags.input), PostWindows(delivery_config(flags)), flags)
+  build_pipeline(pipeline, source_from(flags), PostWindows(delivery_config(flags)), flags)
   result = pipeline.run()
   result.wait_until_finish()
   return summarize(result, flags.dead_letter_dir)

@@ -6,6 +6,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.count import DEFAULT_WINDOW_SECONDS
 from transforms.http_sink import DEFAULT_TOKEN_ENV
+from transforms.kinesis_source import add_kinesis_args
 
 DEFAULT_DEAD_LETTER_DIR = 'dead_letters'
 # Flow logs reach CloudWatch Logs one aggregation interval (up to 10 minutes)
@@ -62,3 +63,4 @@ class VpcFlowPeersOptions(PipelineOptions):
     parser.add_argument(
         '--no_verify_tls', action='store_true', default=False,
         help='Do not verify the endpoint TLS certificate (testing only).')
+    add_kinesis_args(parser)
