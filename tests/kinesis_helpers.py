@@ -3,11 +3,8 @@ subprocesses on 127.0.0.1 and stopped again, plus builders for what a
 CloudWatch Logs subscription writes into a stream, and botocore event hooks
 that inject faults.
 
-moto (5.2.5) forwards `put_log_events` to a subscribed stream as one
-gzip-compressed DATA_MESSAGE record per call and subscription filter, under a
-random partition key (so records spread over the shards). It accepts the
-filter's roleArn without checking it, and refuses events older than 14 days or
-more than 2 hours ahead, so the helpers use the current time. moto never
+moto server and the AWS set-up live in `pipeline.aws_emulator` (the demo uses
+them too) and are re-exported here. moto never
 throttles, never expires iterators, and never closes a shard's iterator chain
 after a split: kinesalite (a Node.js emulator) and the fault hooks cover that.
 """
@@ -18,113 +15,22 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import threading
 import time
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-import boto3
 from botocore.awsrequest import AWSResponse
-from botocore.config import Config
+
+from pipeline.aws_emulator import (  # pylint: disable=unused-import
+    ACCOUNT_ID, FAKE_AWS_ENV, REGION, SUBSCRIPTION_ROLE_ARN, EmulatorProcess, client,
+    create_stream, free_port, moto_server, put_flow_lines, subscribe_log_group,
+    wait_until_active)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MOTO_SERVER = os.path.join(ROOT, '.venv', 'bin', 'moto_server')
 KINESALITE_DIR = os.path.join(ROOT, 'tools', 'kinesalite')
 KINESALITE_VERSION = '3.3.3'
 KINESALITE = os.path.join(KINESALITE_DIR, 'node_modules', '.bin', 'kinesalite')
-
-REGION = 'us-east-1'
-ACCOUNT_ID = '123456789012'  # moto's default account
-# CloudWatch Logs needs a role to write to Kinesis; moto does not check it.
-SUBSCRIPTION_ROLE_ARN = f'arn:aws:iam::{ACCOUNT_ID}:role/CWLtoKinesisRole'
-# Fake credentials for the emulators; never real ones.
-FAKE_AWS_ENV = {
-    'AWS_ACCESS_KEY_ID': 'testing',
-    'AWS_SECRET_ACCESS_KEY': 'testing',
-    'AWS_SESSION_TOKEN': 'testing',
-    'AWS_DEFAULT_REGION': REGION,
-    'AWS_REGION': REGION,
-    'AWS_CONFIG_FILE': os.devnull,
-    'AWS_SHARED_CREDENTIALS_FILE': os.devnull,
-    'AWS_EC2_METADATA_DISABLED': 'true',
-}
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0) -> None:
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    if process.poll() is not None:
-      raise RuntimeError(f'emulator exited with status {process.returncode}')
-    try:
-      with socket.create_connection(('127.0.0.1', port), timeout=0.5):
-        return
-    except OSError:
-      time.sleep(0.1)
-  raise RuntimeError(f'emulator did not listen on 127.0.0.1:{port} in {timeout} s')
-
-
-def _die_with_parent():
-  """In the child: ask Linux to send SIGTERM when the test process dies, so
-  that a killed test run leaves no emulator behind (a no-op elsewhere)."""
-  try:
-    import ctypes
-    libc = ctypes.CDLL('libc.so.6', use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-  except (OSError, AttributeError):
-    pass
-
-
-class EmulatorProcess:
-  """A server subprocess on 127.0.0.1 and a free port; a context manager."""
-  def __init__(self, command: Sequence[str], port: int):
-    self.port = port
-    self._command = list(command)
-    self._process: Optional[subprocess.Popen] = None
-
-  @property
-  def url(self) -> str:
-    return f'http://127.0.0.1:{self.port}'
-
-  def start(self) -> 'EmulatorProcess':
-    env = dict(os.environ, **FAKE_AWS_ENV)
-    self._process = subprocess.Popen(
-        self._command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent)
-    try:
-      _wait_for_port(self.port, self._process)
-    except Exception:
-      self.stop()
-      raise
-    return self
-
-  def stop(self) -> None:
-    if self._process is not None and self._process.poll() is None:
-      self._process.terminate()
-      try:
-        self._process.wait(10)
-      except subprocess.TimeoutExpired:
-        self._process.kill()
-        self._process.wait()
-    self._process = None
-
-  def __enter__(self):
-    return self.start()
-
-  def __exit__(self, *exc):
-    self.stop()
-
-
-def moto_server() -> EmulatorProcess:
-  port = free_port()
-  return EmulatorProcess([MOTO_SERVER, '-H', '127.0.0.1', '-p', str(port)], port)
 
 
 def ensure_kinesalite() -> Optional[str]:
@@ -150,56 +56,6 @@ def kinesalite_server(command: str) -> EmulatorProcess:
   return EmulatorProcess(
       [command, '--port', str(port), '--createStreamMs', '0', '--deleteStreamMs', '0',
        '--updateStreamMs', '0'], port)
-
-
-def client(service: str, endpoint_url: str):
-  return boto3.session.Session().client(
-      service, region_name=REGION, endpoint_url=endpoint_url,
-      aws_access_key_id=FAKE_AWS_ENV['AWS_ACCESS_KEY_ID'],
-      aws_secret_access_key=FAKE_AWS_ENV['AWS_SECRET_ACCESS_KEY'],
-      aws_session_token=FAKE_AWS_ENV['AWS_SESSION_TOKEN'],
-      config=Config(retries={'mode': 'standard', 'max_attempts': 3}))
-
-
-def wait_until_active(kinesis, stream_name: str, timeout: float = 10.0) -> None:
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    summary = kinesis.describe_stream_summary(StreamName=stream_name)['StreamDescriptionSummary']
-    if summary['StreamStatus'] == 'ACTIVE':
-      return
-    time.sleep(0.05)
-  raise RuntimeError(f'stream {stream_name} did not become ACTIVE')
-
-
-def create_stream(kinesis, stream_name: str, shard_count: int) -> str:
-  """Creates the stream, waits for it to be ACTIVE and returns its ARN."""
-  kinesis.create_stream(StreamName=stream_name, ShardCount=shard_count)
-  wait_until_active(kinesis, stream_name)
-  return kinesis.describe_stream_summary(
-      StreamName=stream_name)['StreamDescriptionSummary']['StreamARN']
-
-
-def subscribe_log_group(logs, log_group: str, log_stream: str, stream_arn: str) -> None:
-  """A log group and log stream whose subscription filter targets the stream."""
-  logs.create_log_group(logGroupName=log_group)
-  logs.create_log_stream(logGroupName=log_group, logStreamName=log_stream)
-  logs.put_subscription_filter(
-      logGroupName=log_group, filterName='to-kinesis', filterPattern='',
-      destinationArn=stream_arn, roleArn=SUBSCRIPTION_ROLE_ARN)
-
-
-def put_flow_lines(logs, log_group: str, log_stream: str,
-                   batches: Iterable[Sequence[str]]) -> int:
-  """Writes each batch of flow lines with one put_log_events call (one Kinesis
-  record each, through the subscription); returns the number of calls."""
-  calls = 0
-  for lines in batches:
-    now_ms = int(time.time() * 1000)
-    logs.put_log_events(
-        logGroupName=log_group, logStreamName=log_stream,
-        logEvents=[{'timestamp': now_ms, 'message': line} for line in lines])
-    calls += 1
-  return calls
 
 
 def gzip_json(document) -> bytes:
