@@ -1,8 +1,116 @@
 """Runner defaults the project supplies so that the plain command is the right
-one for the runner it names."""
+one for the runner it names.
 
-from apache_beam.options.pipeline_options import PipelineOptions
+For the FlinkRunner, `python -m pipeline --runner=FlinkRunner
+--flink_master=localhost:8081 <the usual flags>` needs nothing more: the Flink
+version the project is built for, the Beam job-server jar from the cache
+(fetched or built by deploy/flink/build-job-server.sh when missing), submission
+as one uber jar through Flink's REST API (no job-server process to start), and,
+for a master on this machine, the LOOPBACK environment (the SDK harness runs in
+the submitting process). A flag given on the command line always wins. Other
+runners are left exactly as Beam configures them.
+"""
+
+import os
+import subprocess
+import urllib.parse
+from pathlib import Path
+
+from apache_beam.options.pipeline_options import (
+    FlinkRunnerOptions, PipelineOptions, PortableOptions, StandardOptions)
+from apache_beam.version import __version__ as BEAM_VERSION
+
+# The Flink minor version the job-server jar and the clusters run; it must be the
+# same as FLINK_MINOR in deploy/flink/versions.env and the flinkVersion of
+# deploy/k8s/flink-session-cluster.yaml (tests/test_deploy_manifests.py checks).
+FLINK_VERSION = '1.19'
+
+DEPLOY_FLINK_DIR = Path(__file__).resolve().parent.parent / 'deploy' / 'flink'
+BUILD_JOB_SERVER_SCRIPT = DEPLOY_FLINK_DIR / 'build-job-server.sh'
+DEFAULT_CACHE_DIR = Path.home() / '.cache' / 'vpc-flow-peers'
+
+# Flink masters for which the SDK harness can run in the submitting process.
+LOOPBACK_HOSTS = frozenset(['localhost', '127.0.0.1', '::1'])
+# Beam's own placeholders: Beam then starts an embedded Flink and picks LOOPBACK.
+MAGIC_FLINK_MASTERS = frozenset(['[local]', '[auto]'])
+
+
+class FlinkSetupError(RuntimeError):
+  """The Flink job-server jar is missing and could not be fetched or built."""
+
+
+def is_flink_runner(runner) -> bool:
+  """True for 'FlinkRunner', 'flink' and the runner's dotted class path."""
+  if not isinstance(runner, str):
+    return type(runner).__name__ == 'FlinkRunner'
+  name = runner.rsplit('.', 1)[-1].lower()
+  return name in ('flink', 'flinkrunner')
+
+
+def cache_dir() -> Path:
+  return Path(os.environ.get('VFP_CACHE') or DEFAULT_CACHE_DIR)
+
+
+def job_server_jar_path() -> Path:
+  """Where deploy/flink/build-job-server.sh puts the jar (its `--path`)."""
+  return cache_dir() / f'beam-runners-flink-{FLINK_VERSION}-job-server-{BEAM_VERSION}.jar'
+
+
+def ensure_job_server_jar() -> str:
+  """The cached job-server jar, fetched or built first if it is missing."""
+  jar = job_server_jar_path()
+  if jar.is_file():
+    return str(jar)
+  if not BUILD_JOB_SERVER_SCRIPT.is_file():
+    raise FlinkSetupError(
+        f'the Beam Flink job-server jar is not at {jar} and {BUILD_JOB_SERVER_SCRIPT} '
+        'is not there to build it (an installed copy of the project): build it from a '
+        'checkout with deploy/flink/build-job-server.sh, or pass --flink_job_server_jar')
+  # The script reports progress on stderr (shown as it goes: a cold Maven
+  # build takes minutes) and prints the jar's path on stdout.
+  finished = subprocess.run(
+      ['bash', str(BUILD_JOB_SERVER_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
+  built = finished.stdout.strip().splitlines()[-1:] if finished.stdout else []
+  if finished.returncode != 0 or not built or not Path(built[0]).is_file():
+    raise FlinkSetupError(
+        f'could not fetch or build the Beam Flink job-server jar ({BUILD_JOB_SERVER_SCRIPT} '
+        f'exited with {finished.returncode}; its messages are above). It needs java, '
+        'and mvn with Maven Central when the official jar is not served. Or pass '
+        '--flink_job_server_jar=PATH_OR_URL.')
+  return built[0]
+
+
+def flink_master_host(flink_master: str) -> str:
+  """'localhost' for 'localhost:8081' or 'http://localhost:8081/'."""
+  if '://' not in flink_master:
+    flink_master = 'http://' + flink_master
+  return (urllib.parse.urlsplit(flink_master).hostname or '').lower()
+
+
+def _given(options: PipelineOptions, name: str) -> bool:
+  """Whether the command line set option `name` (even to its default value)."""
+  flag = f'--{name}'
+  # pylint: disable=protected-access
+  return any(f == flag or f.startswith(flag + '=') for f in options._flags or ())
+
+
+def apply_flink_defaults(options: PipelineOptions) -> None:
+  flink = options.view_as(FlinkRunnerOptions)
+  if not _given(options, 'flink_version'):
+    flink.flink_version = FLINK_VERSION
+  if not flink.flink_job_server_jar:
+    flink.flink_job_server_jar = ensure_job_server_jar()
+  master = (flink.flink_master or '').strip()
+  if master in MAGIC_FLINK_MASTERS:
+    return  # Beam starts the job server with an embedded Flink, and LOOPBACK.
+  flink.flink_submit_uber_jar = True
+  portable = options.view_as(PortableOptions)
+  if not portable.environment_type and flink_master_host(master) in LOOPBACK_HOSTS:
+    portable.environment_type = 'LOOPBACK'
 
 
 def apply_runner_defaults(options: PipelineOptions) -> None:
-  """Nothing yet beyond Beam's own defaults."""
+  """Fills in what the named runner needs from the project (see the module
+  docstring); leaves every other runner, and every flag given, alone."""
+  if is_flink_runner(options.view_as(StandardOptions).runner):
+    apply_flink_defaults(options)
