@@ -16,7 +16,6 @@ not one per line.
 import itertools
 import logging
 import operator
-import re
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -38,7 +37,8 @@ from transforms.flow_record import (
 _LOG = logging.getLogger(__name__)
 
 DEFAULT_WINDOW_SECONDS = 600
-_ASCII_CONTROL = re.compile('[\x00-\x1f\x7f]')
+# ASCII characters other than the space that str.split() splits on.
+_SPLIT_WHITESPACE = '\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f'
 
 
 class WindowCounts(NamedTuple):
@@ -126,8 +126,8 @@ class AccumulatePeersDoFn(beam.DoFn):
     everything = range(len(lines))
     joined = ' '.join(lines)
     # Only ASCII spaces separate fields, never two in a row or at an end...
-    if (not joined.isascii() or _ASCII_CONTROL.search(joined) or '  ' in joined
-        or joined[:1] == ' ' or joined[-1:] == ' '):
+    if (not joined.isascii() or '  ' in joined or joined[:1] == ' ' or joined[-1:] == ' '
+        or any(c in joined for c in _SPLIT_WHITESPACE)):
       return everything
     # ...and every line has the format's number of fields.
     if set(map(str.count, lines, itertools.repeat(' '))) != {n_fields - 1}:
@@ -218,7 +218,7 @@ class AccumulatePeersDoFn(beam.DoFn):
     buckets, self._buckets = self._buckets, {}
     while buckets:  # popped, so that only the receiver holds each set
       bucket, pairs = buckets.popitem()
-      yield WindowedValue(pairs, bucket, [window.GlobalWindow()])
+      yield WindowedValue(pairs.compact(), bucket, [window.GlobalWindow()])
 
 
 class MergePeerPairs(beam.CombineFn):

@@ -10,6 +10,7 @@ into a typed `FlowRecord`. Everything here is pure: no Beam, no I/O.
 
 import ipaddress
 import re
+import socket
 from typing import Dict, Iterable, NamedTuple, Optional, Tuple
 
 # log-status values (AWS: "OK", "NODATA" when there was no traffic on the
@@ -222,6 +223,14 @@ _IPV6_TAG = 1 << 128
 
 def address_key(text: str) -> int:
   """The integer key of an IPv4 or IPv6 address; raises ValueError if invalid."""
+  # The common case, fast: a dotted quad that is exactly as inet_ntoa writes
+  # it is exactly what ipaddress accepts; anything else is left to ipaddress.
+  try:
+    packed = socket.inet_pton(socket.AF_INET, text)
+  except (OSError, ValueError, TypeError):
+    packed = None
+  if packed is not None and socket.inet_ntoa(packed) == text:
+    return int.from_bytes(packed, 'big')
   if '%' in text:
     # ipaddress accepts IPv6 scope ids (fe80::1%eth0); flow logs never carry
     # them, and the key would drop the scope.
@@ -236,7 +245,7 @@ def address_text(key: int) -> str:
   """The address of a key, written as Python's ipaddress writes it."""
   if key & _IPV6_TAG:
     return str(ipaddress.IPv6Address(key ^ _IPV6_TAG))
-  return str(ipaddress.IPv4Address(key))
+  return socket.inet_ntoa(key.to_bytes(4, 'big'))  # as str(IPv4Address(key))
 
 
 class AddressKeys:

@@ -11,7 +11,6 @@ An optional bearer token comes from an environment variable. It is never
 logged, and every error text is scrubbed of it and of secrets in the URL.
 """
 
-import json
 import logging
 import os
 import re
@@ -20,6 +19,7 @@ import urllib.parse
 from typing import NamedTuple, Optional
 
 import apache_beam as beam
+import orjson
 import requests
 from apache_beam.metrics import Metrics
 from requests.adapters import HTTPAdapter
@@ -232,8 +232,10 @@ class WindowPoster:
 
 
 def document_body(window_counts: WindowCounts) -> bytes:
-  """The JSON document of a window: {"address": distinct peers, ...}."""
-  return json.dumps(window_counts.counts, separators=(',', ':')).encode('utf-8')
+  """The JSON document of a window: {"address": distinct peers, ...}, compact
+  (orjson writes the same bytes as json.dumps with separators=(',', ':'),
+  several times faster)."""
+  return orjson.dumps(window_counts.counts)
 
 
 def undelivered_window_letter(window_counts: WindowCounts, outcome: DeliveryOutcome,
