@@ -1,0 +1,23 @@
+# The Beam Python SDK worker pool that runs beside each Flink TaskManager
+# (deploy/k8s/flink-session-cluster.yaml, container beam-worker-pool): it starts
+# the SDK harnesses that execute the pipeline's Python code, so it holds the
+# project installed with exactly the Beam release of the submitter and the
+# job-server jar. Build from the repository root:
+#   docker build -f deploy/docker/worker.Dockerfile -t registry.example.com/vpc-flow-peers/worker:0.1.0 .
+# (deploy/docker/build-images.sh builds both images with the right tags.)
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /opt/vpc-flow-peers
+COPY setup.py README.md ./
+COPY pipeline ./pipeline
+COPY transforms ./transforms
+# apache-beam pinned again here so that a change of setup.py's pin without a
+# rebuild of both images is caught by tests/test_deploy_manifests.py.
+RUN pip install "apache-beam==2.70.0" . \
+ && useradd --uid 9999 --create-home beam
+USER beam
+
+EXPOSE 50000
+ENTRYPOINT ["python", "-m", "apache_beam.runners.worker.worker_pool_main"]
+CMD ["--service_port=50000"]

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# deploy/flink/build-job-server.sh: makes sure the Beam Flink job-server uber jar
+# (Beam $BEAM_VERSION for Flink $FLINK_MINOR, versions.env) is in the cache, and
+# prints its path on stdout (everything else goes to stderr). Used by
+# local-cluster.sh start, by pipeline/runners.py (the FlinkRunner's
+# --flink_job_server_jar) and by deploy/docker/submitter.Dockerfile.
+#
+#   deploy/flink/build-job-server.sh          fetch or build, then print the path
+#   deploy/flink/build-job-server.sh --path   print where the jar goes, do nothing
+#
+# 1. A cached jar that runs is used as is.
+# 2. Otherwise the official org.apache.beam:beam-runners-flink-X-job-server jar
+#    is downloaded from Maven Central, when it is served.
+# 3. Otherwise the jar is built with Maven from job-server.pom.xml.in: the
+#    runner (beam-runners-flink-X, which holds FlinkJobServerDriver and the
+#    uber-jar entry point FlinkPipelineRunner), the job-service and expansion
+#    service classes, the Flink client/runtime jars and an slf4j binding,
+#    shaded into one jar (ServicesResourceTransformer merges META-INF/services,
+#    which Beam's registrars and Flink's factories rely on).
+#
+# PITFALL: beam-runners-java-job-service is not served at 2.70.0 by the mirror
+# we can reach (newest there: 2.65.0), although beam-runners-flink-1.19:2.70.0
+# depends on it. That module is small (org.apache.beam.runners.jobsubmission:
+# JobServerDriver, InMemoryJobService, PortablePipelineJarCreator, ...) and its
+# API is stable, so the newest served version is used while every other Beam
+# module stays at BEAM_VERSION.
+#
+# Env:
+#   VFP_CACHE            cache directory (default ~/.cache/vpc-flow-peers)
+#   MAVEN_REPO_URL       Maven Central base URL (default https://repo.maven.apache.org/maven2)
+#   JOB_SERVICE_VERSION  force a beam-runners-java-job-service version
+#   FORCE_REBUILD=1      build even if a working jar is cached
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$HERE/versions.env"
+
+VFP_CACHE="${VFP_CACHE:-$HOME/.cache/vpc-flow-peers}"
+MAVEN_REPO_URL="${MAVEN_REPO_URL:-https://repo.maven.apache.org/maven2}"
+ARTIFACT="beam-runners-flink-${FLINK_MINOR}-job-server"
+JAR="$VFP_CACHE/${ARTIFACT}-${BEAM_VERSION}.jar"
+BUILD_DIR="$VFP_CACHE/job-server-build"
+M2_REPO="$VFP_CACHE/m2-repository"   # a private local Maven repository, part of the cache
+
+log() { echo "[build-job-server] $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+if [[ "${1:-}" == --path ]]; then echo "$JAR"; exit 0; fi
+[[ $# -eq 0 ]] || { echo "usage: $0 [--path]" >&2; exit 2; }
+
+# FlinkJobServerDriver (args4j) has no --help option: it rejects it, prints its
+# usage and exits 1. Seeing the usage proves the main class and its
+# dependencies load from the jar.
+jar_works() {
+  [[ -s "$1" ]] || return 1
+  local out
+  out=$(java -cp "$1" org.apache.beam.runners.flink.FlinkJobServerDriver --help 2>&1 || true)
+  [[ "$out" == *"--flink-master"* ]]
+}
+
+# Whether Maven Central serves a URL (asks for the first bytes only).
+served() {
+  local status
+  status=$(curl -s -o /dev/null -w '%{http_code}' -r 0-10 "$1" || echo 000)
+  [[ "$status" == 200 || "$status" == 206 ]]
+}
+
+command -v java >/dev/null || die "java (a JRE 11 or 17) is needed to run and check the job server"
+mkdir -p "$VFP_CACHE"
+
+if [[ "${FORCE_REBUILD:-0}" != 1 ]] && jar_works "$JAR"; then
+  log "cached and working: $JAR"
+  echo "$JAR"
+  exit 0
+fi
+
+official_url="$MAVEN_REPO_URL/org/apache/beam/$ARTIFACT/$BEAM_VERSION/$ARTIFACT-$BEAM_VERSION.jar"
+if served "$official_url"; then
+  log "downloading the official job-server jar: $official_url"
+  curl -fsSL -o "$JAR.part.$$" "$official_url"
+  mv -f "$JAR.part.$$" "$JAR"
+  jar_works "$JAR" || die "the downloaded $JAR does not run"
+  echo "$JAR"
+  exit 0
+fi
+log "the official job-server jar is not served; building it with Maven"
+command -v mvn >/dev/null || die "mvn (Apache Maven 3) is needed to build $ARTIFACT"
+
+if [[ -z "${JOB_SERVICE_VERSION:-}" ]]; then
+  JOB_SERVICE_VERSION="$JOB_SERVICE_FALLBACK_VERSION"
+  for v in "$BEAM_VERSION" 2.69.0 2.68.0 2.67.0 2.66.0; do
+    if served "$MAVEN_REPO_URL/org/apache/beam/beam-runners-java-job-service/$v/beam-runners-java-job-service-$v.jar"; then
+      JOB_SERVICE_VERSION=$v
+      break
+    fi
+  done
+fi
+log "using beam-runners-java-job-service:$JOB_SERVICE_VERSION"
+
+mkdir -p "$BUILD_DIR"
+sed -e "s/@BEAM_VERSION@/$BEAM_VERSION/g" -e "s/@FLINK_MINOR@/$FLINK_MINOR/g" \
+    -e "s/@FLINK_VERSION@/$FLINK_VERSION/g" -e "s/@JOB_SERVICE_VERSION@/$JOB_SERVICE_VERSION/g" \
+    "$HERE/job-server.pom.xml.in" >"$BUILD_DIR/pom.xml"
+
+start=$(date +%s)
+log "mvn package in $BUILD_DIR (repository $M2_REPO, log $BUILD_DIR/mvn.log); a cold build downloads ~300 MB"
+if ! mvn -B -f "$BUILD_DIR/pom.xml" -Dmaven.repo.local="$M2_REPO" \
+      -Dmaven.wagon.http.retryHandler.count=3 \
+      -DskipTests -Dmaven.javadoc.skip=true clean package >"$BUILD_DIR/mvn.log" 2>&1; then
+  tail -n 40 "$BUILD_DIR/mvn.log" >&2
+  die "the Maven build failed (full log: $BUILD_DIR/mvn.log)"
+fi
+cp -f "$BUILD_DIR/target/${ARTIFACT}-${BEAM_VERSION}.jar" "$JAR.part.$$"
+mv -f "$JAR.part.$$" "$JAR"
+rm -rf "$BUILD_DIR/target"   # keep the pom, the log and the jar only
+jar_works "$JAR" || die "the built $JAR does not run FlinkJobServerDriver"
+log "built in $(( $(date +%s) - start ))s: $JAR ($(du -h "$JAR" | cut -f1))"
+echo "$JAR"

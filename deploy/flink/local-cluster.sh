@@ -1,0 +1,374 @@
+#!/usr/bin/env bash
+# deploy/flink/local-cluster.sh: a local standalone Apache Flink session cluster
+# (the version in versions.env) on 127.0.0.1, assembled from PyPI artifacts, for
+# `python -m pipeline --runner=FlinkRunner --flink_master=localhost:8081` and for
+# tests/test_flink.py.
+#
+#   local-cluster.sh start            assemble the Flink home and fetch/build the
+#                                     Beam job-server jar (both once, cached), then
+#                                     start a JobManager and one TaskManager, each
+#                                     its own JVM, and wait until the REST API
+#                                     lists the TaskManager
+#   local-cluster.sh stop             stop exactly the JVMs this script started
+#   local-cluster.sh status           process and REST state (exit 3 when down)
+#   local-cluster.sh add-taskmanager  start one more TaskManager (e.g. to replace
+#                                     one that was killed)
+#   local-cluster.sh home             print FLINK_HOME (assembling it if needed)
+#
+# Where the Flink distribution comes from (no Flink tarball is needed):
+#   apache-flink==X wheel            -> pyflink/bin/* (start scripts), pyflink/conf/*
+#   apache-flink-libraries==X sdist  -> deps/lib, deps/opt, deps/plugins,
+#                                       deps/bin/bash-java-utils.jar
+# Both are fetched with `pip download --no-deps` into the cache and unpacked into
+# $VFP_CACHE/flink-X; they are never pip-installed (PyFlink next to Beam in one
+# environment would clash).
+#
+# Env:
+#   VFP_CACHE            cache directory (default ~/.cache/vpc-flow-peers)
+#   FLINK_STATE_DIR      conf, logs, pids, checkpoints (default $VFP_CACHE/flink-state);
+#                        two clusters need two state directories and two sets of ports
+#   FLINK_REST_PORT      default 8081, always bound to 127.0.0.1
+#   FLINK_RPC_PORT       the JobManager's RPC port, default 6123 (127.0.0.1)
+#   FLINK_START_TIMEOUT  seconds to wait for a registered TaskManager (default 120)
+#   FLINK_TM_PROCESS_SIZE, FLINK_JM_PROCESS_SIZE, FLINK_TM_SLOTS  sizing
+#   FLINK_EXTRA_CONF     a file of extra config.yaml lines (flat keys) to append
+#   PYTHON               interpreter used for `pip download` (default: the repo's
+#                        .venv, else python3)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+# shellcheck source=versions.env
+source "$HERE/versions.env"
+VFP_CACHE="${VFP_CACHE:-$HOME/.cache/vpc-flow-peers}"
+FLINK_HOME_DIR="$VFP_CACHE/flink-$FLINK_VERSION"
+DOWNLOAD_DIR="$VFP_CACHE/downloads"
+STATE_DIR="${FLINK_STATE_DIR:-$VFP_CACHE/flink-state}"
+REST_PORT="${FLINK_REST_PORT:-8081}"
+RPC_PORT="${FLINK_RPC_PORT:-6123}"
+REST_URL="http://127.0.0.1:$REST_PORT"
+START_TIMEOUT="${FLINK_START_TIMEOUT:-120}"
+TM_PROCESS_SIZE="${FLINK_TM_PROCESS_SIZE:-3072m}"
+JM_PROCESS_SIZE="${FLINK_JM_PROCESS_SIZE:-1024m}"
+TM_SLOTS="${FLINK_TM_SLOTS:-2}"
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
+fi
+
+CONF_DIR="$STATE_DIR/conf"
+LOG_DIR="$STATE_DIR/log"
+PID_DIR="$STATE_DIR/pids"          # our own records: <role>-<n>.pid
+FLINK_PID_DIR_INTERNAL="$STATE_DIR/flink-daemon-pids"  # flink-daemon.sh bookkeeping
+
+log() { echo "[local-cluster] $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------
+# Assemble FLINK_HOME from the two PyPI artifacts (idempotent).
+# ---------------------------------------------------------------------------
+assemble_home() {
+  [[ -f "$FLINK_HOME_DIR/.assembled" ]] && return 0
+  mkdir -p "$DOWNLOAD_DIR"
+  local pyver
+  pyver=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
+
+  # The apache-flink wheel: any CPython build carries the same bin/ and conf/.
+  # Pin the platform tags so pip never falls back to building the sdist.
+  if ! ls "$DOWNLOAD_DIR"/apache_flink-"$FLINK_VERSION"-*.whl >/dev/null 2>&1; then
+    log "pip download apache-flink==$FLINK_VERSION (wheel)"
+    "$PYTHON" -m pip download --no-deps --only-binary=:all: \
+      --platform manylinux2014_x86_64 --python-version "$pyver" \
+      --implementation cp --abi "cp$pyver" \
+      -d "$DOWNLOAD_DIR" "apache-flink==$FLINK_VERSION" >&2 \
+    || "$PYTHON" -m pip download --no-deps --only-binary=:all: \
+      --platform manylinux2014_x86_64 --python-version 3.11 \
+      --implementation cp --abi cp311 \
+      -d "$DOWNLOAD_DIR" "apache-flink==$FLINK_VERSION" >&2
+  fi
+  # apache-flink-libraries exists only as an sdist (~230 MB tar.gz). pip runs
+  # its metadata step (setup.py egg_info in an isolated env) but builds nothing.
+  if [[ ! -f "$DOWNLOAD_DIR/apache-flink-libraries-$FLINK_VERSION.tar.gz" ]]; then
+    log "pip download apache-flink-libraries==$FLINK_VERSION (sdist, ~230 MB)"
+    "$PYTHON" -m pip download --no-deps --no-binary=:all: \
+      -d "$DOWNLOAD_DIR" "apache-flink-libraries==$FLINK_VERSION" >&2
+  fi
+
+  local whl tgz tmp
+  whl=$(ls "$DOWNLOAD_DIR"/apache_flink-"$FLINK_VERSION"-*.whl | head -n1)
+  tgz="$DOWNLOAD_DIR/apache-flink-libraries-$FLINK_VERSION.tar.gz"
+  tmp="$FLINK_HOME_DIR.tmp.$$"
+  rm -rf "$tmp"; mkdir -p "$tmp/x"
+  log "assembling $FLINK_HOME_DIR"
+  unzip -q "$whl" 'pyflink/bin/*' 'pyflink/conf/*' -d "$tmp/x"
+  tar -xzf "$tgz" -C "$tmp/x" "apache-flink-libraries-$FLINK_VERSION/deps"
+  local deps="$tmp/x/apache-flink-libraries-$FLINK_VERSION/deps"
+  mv "$tmp/x/pyflink/bin" "$tmp/bin"
+  mv "$tmp/x/pyflink/conf" "$tmp/conf"
+  mv "$deps/lib" "$deps/opt" "$deps/plugins" "$tmp/"
+  [[ -d "$deps/licenses" ]] && mv "$deps/licenses" "$tmp/"
+  mv "$deps"/bin/* "$tmp/bin/"          # bash-java-utils.jar (config parser)
+  rm -rf "$tmp/x"
+  chmod +x "$tmp"/bin/*.sh "$tmp/bin/flink"
+  [[ -f "$tmp/lib/flink-dist-$FLINK_VERSION.jar" ]] || die "flink-dist jar missing after assembly"
+  [[ -f "$tmp/bin/bash-java-utils.jar" ]] || die "bin/bash-java-utils.jar missing after assembly"
+  touch "$tmp/.assembled"
+  rm -rf "$FLINK_HOME_DIR"
+  mv "$tmp" "$FLINK_HOME_DIR"
+}
+
+# ---------------------------------------------------------------------------
+# Write $STATE_DIR/conf (config.yaml + log4j files). The Flink home stays
+# pristine; every script call points FLINK_CONF_DIR here.
+# Flink 1.19 reads conf/config.yaml (standard YAML; flat "a.b.c: v" keys are
+# accepted); the legacy flink-conf.yaml is only used when config.yaml is absent.
+# ---------------------------------------------------------------------------
+write_conf() {
+  mkdir -p "$CONF_DIR" "$LOG_DIR" "$PID_DIR" "$FLINK_PID_DIR_INTERNAL" \
+           "$STATE_DIR/checkpoints" "$STATE_DIR/savepoints" "$STATE_DIR/tmp" \
+           "$STATE_DIR/web-upload" "$STATE_DIR/ha"
+  cp -f "$FLINK_HOME_DIR"/conf/log4j*.properties "$CONF_DIR/"
+  cp -f "$FLINK_HOME_DIR"/conf/logback*.xml "$CONF_DIR/" 2>/dev/null || true
+  echo "127.0.0.1:$REST_PORT" >"$CONF_DIR/masters"
+  echo "127.0.0.1" >"$CONF_DIR/workers"
+  cat >"$CONF_DIR/config.yaml" <<EOF
+# Generated by deploy/flink/local-cluster.sh: a standalone session cluster on 127.0.0.1.
+# JDK 17 needs these --add-opens/--add-exports (copied from the stock config.yaml).
+env.java.opts.all: --add-exports=java.base/sun.net.util=ALL-UNNAMED --add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED --add-exports=jdk.compiler/com.sun.tools.javac.api=ALL-UNNAMED --add-exports=jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED --add-exports=jdk.compiler/com.sun.tools.javac.parser=ALL-UNNAMED --add-exports=jdk.compiler/com.sun.tools.javac.tree=ALL-UNNAMED --add-exports=jdk.compiler/com.sun.tools.javac.util=ALL-UNNAMED --add-exports=java.security.jgss/sun.security.krb5=ALL-UNNAMED --add-opens=java.base/java.lang=ALL-UNNAMED --add-opens=java.base/java.net=ALL-UNNAMED --add-opens=java.base/java.io=ALL-UNNAMED --add-opens=java.base/java.nio=ALL-UNNAMED --add-opens=java.base/sun.nio.ch=ALL-UNNAMED --add-opens=java.base/java.lang.reflect=ALL-UNNAMED --add-opens=java.base/java.text=ALL-UNNAMED --add-opens=java.base/java.time=ALL-UNNAMED --add-opens=java.base/java.util=ALL-UNNAMED --add-opens=java.base/java.util.concurrent=ALL-UNNAMED --add-opens=java.base/java.util.concurrent.atomic=ALL-UNNAMED --add-opens=java.base/java.util.concurrent.locks=ALL-UNNAMED
+env.log.dir: $LOG_DIR
+env.pid.dir: $FLINK_PID_DIR_INTERNAL
+
+# --- network: everything on loopback ---
+jobmanager.rpc.address: 127.0.0.1
+jobmanager.rpc.port: $RPC_PORT
+jobmanager.bind-host: 127.0.0.1
+taskmanager.host: 127.0.0.1
+taskmanager.bind-host: 127.0.0.1
+rest.address: 127.0.0.1
+rest.bind-address: 127.0.0.1
+rest.port: $REST_PORT
+# Beam uber-jar submission (--flink_submit_uber_jar) uploads a ~160 MB jar;
+# the default limit (100 MiB) would reject it with 413.
+rest.server.max-content-length: 536870912
+web.upload.dir: $STATE_DIR/web-upload
+io.tmp.dirs: $STATE_DIR/tmp
+
+# --- sizing for a 2-core / 24 GB machine ---
+jobmanager.memory.process.size: $JM_PROCESS_SIZE
+taskmanager.memory.process.size: $TM_PROCESS_SIZE
+taskmanager.numberOfTaskSlots: $TM_SLOTS
+parallelism.default: 1
+
+# --- fault tolerance ---
+state.backend.type: hashmap
+state.checkpoints.dir: file://$STATE_DIR/checkpoints
+state.savepoints.dir: file://$STATE_DIR/savepoints
+execution.checkpointing.externalized-checkpoint-retention: RETAIN_ON_CANCELLATION
+jobmanager.execution.failover-strategy: region
+# Exponential backoff, bounded. PITFALL: while no TaskManager is registered,
+# a standalone cluster fails each restart attempt within seconds ("Could not
+# acquire the minimum required resources"), so a fixed-delay strategy with a
+# few attempts is used up in about a minute and the job goes FAILED before a
+# replacement TaskManager arrives. With this backoff (capped at 30 s) 100
+# attempts last well over 30 minutes; the counter resets after 1 min of
+# stable running. (A Beam job can override this with
+# --number_of_execution_retries / --execution_retry_delay, which switch to
+# fixed-delay.)
+restart-strategy.type: exponential-delay
+restart-strategy.exponential-delay.initial-backoff: 1 s
+restart-strategy.exponential-delay.max-backoff: 30 s
+restart-strategy.exponential-delay.backoff-multiplier: 2.0
+restart-strategy.exponential-delay.reset-backoff-threshold: 1 min
+restart-strategy.exponential-delay.jitter-factor: 0.1
+restart-strategy.exponential-delay.attempts-before-reset-backoff: 100
+# Detect a dead TaskManager faster than the 50 s default.
+heartbeat.interval: 2000
+heartbeat.timeout: 15000
+# Keep a job waiting for slots (e.g. until a replacement TaskManager registers).
+slot.request.timeout: 300000
+EOF
+  if [[ -n "${FLINK_EXTRA_CONF:-}" ]]; then
+    cat "$FLINK_EXTRA_CONF" >>"$CONF_DIR/config.yaml"
+  fi
+}
+
+# Environment for every bin/*.sh call.
+flink_env() {
+  export FLINK_CONF_DIR="$CONF_DIR"
+  export FLINK_LOG_DIR="$LOG_DIR"
+  export FLINK_PID_DIR="$FLINK_PID_DIR_INTERNAL"
+  # flink-daemon.sh names its pid file flink-$USER-<daemon>.pid; USER is not
+  # always set (containers, CI), so set it to get a predictable name.
+  export USER="${USER:-$(id -un)}"
+}
+
+# Is PID $1 alive and a Flink JVM of ours (guards against PID reuse)?
+is_our_jvm() {
+  local pid="$1"
+  [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$STATE_DIR" 2>/dev/null \
+    || tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$CONF_DIR"
+}
+
+# Launch one daemon via its bin script and record the JVM PID.
+# flink-daemon.sh appends each started JVM's PID to
+# $FLINK_PID_DIR/flink-$USER-<daemon>.pid; the last line is the new one.
+launch() {
+  local script="$1" daemon="$2" role="$3"
+  flink_env
+  local flink_pidfile="$FLINK_PID_DIR_INTERNAL/flink-$USER-$daemon.pid"
+  "$FLINK_HOME_DIR/bin/$script" start >>"$LOG_DIR/launcher.out" 2>&1
+  local pid
+  pid=$(tail -n1 "$flink_pidfile" 2>/dev/null || true)
+  [[ -n "$pid" ]] || die "no PID recorded by flink-daemon.sh for $daemon (see $LOG_DIR)"
+  local n=1
+  while [[ -e "$PID_DIR/$role-$n.pid" ]]; do n=$((n + 1)); done
+  echo "$pid" >"$PID_DIR/$role-$n.pid"
+  log "started $role-$n (pid $pid)"
+}
+
+# Drop our PID records whose process is gone.
+prune_pids() {
+  local f
+  for f in "$PID_DIR"/*.pid; do
+    [[ -e "$f" ]] || continue
+    is_our_jvm "$(cat "$f")" || rm -f "$f"
+  done
+}
+
+rest_get() { curl -fsS --max-time 3 "$REST_URL$1" 2>/dev/null; }
+
+registered_tms() {
+  rest_get /taskmanagers | "$PYTHON" -c 'import json,sys; print(len(json.load(sys.stdin)["taskmanagers"]))' 2>/dev/null || echo 0
+}
+
+wait_for_tms() {
+  local want="$1" deadline=$(( $(date +%s) + START_TIMEOUT ))
+  while (( $(date +%s) < deadline )); do
+    if (( $(registered_tms) >= want )); then return 0; fi
+    sleep 1
+  done
+  die "timed out after ${START_TIMEOUT}s waiting for $want TaskManager(s) at $REST_URL/taskmanagers; logs in $LOG_DIR"
+}
+
+# The Beam job-server jar the FlinkRunner submits with (see build-job-server.sh).
+ensure_job_server_jar() {
+  "$HERE/build-job-server.sh" >/dev/null \
+    || die "could not fetch or build the Beam job-server jar (see the messages above)"
+}
+
+cmd_start() {
+  mkdir -p "$STATE_DIR"
+  # On a cold cache both are long downloads: run them side by side.
+  local jar_job
+  ensure_job_server_jar & jar_job=$!
+  assemble_home
+  wait "$jar_job" || exit 1
+  mkdir -p "$PID_DIR"
+  prune_pids
+  if ls "$PID_DIR"/jobmanager-*.pid >/dev/null 2>&1; then
+    if ls "$PID_DIR"/taskmanager-*.pid >/dev/null 2>&1; then
+      wait_for_tms 1
+      log "already running ($REST_URL)"
+      return 0
+    fi
+    log "jobmanager running but no taskmanager; starting one"
+    launch taskmanager.sh taskexecutor taskmanager
+    wait_for_tms 1
+    return 0
+  fi
+  # Refuse to fight a foreign process for the ports.
+  if rest_get /config >/dev/null; then
+    die "something not started by this script already answers on $REST_URL"
+  fi
+  # Working dirs of TaskManagers that were SIGKILLed (blobs, extracted jars,
+  # ~1 GB after a few Beam jobs) are never cleaned by Flink; nothing of ours
+  # runs now, so wipe them.
+  rm -rf "$STATE_DIR/tmp"
+  write_conf
+  local t0; t0=$(date +%s)
+  # The bin scripts spend several seconds each in config parsing (they run
+  # bash-java-utils.jar in extra JVMs); launch both daemons concurrently.
+  # The TaskManager simply retries until the ResourceManager is up.
+  local jm_launch tm_launch
+  launch jobmanager.sh standalonesession jobmanager & jm_launch=$!
+  launch taskmanager.sh taskexecutor taskmanager & tm_launch=$!
+  wait "$jm_launch" || die "jobmanager launch failed (see $LOG_DIR)"
+  wait "$tm_launch" || die "taskmanager launch failed (see $LOG_DIR)"
+  wait_for_tms 1
+  log "cluster up in $(( $(date +%s) - t0 ))s: $REST_URL (state: $STATE_DIR)"
+}
+
+cmd_add_taskmanager() {
+  [[ -f "$FLINK_HOME_DIR/.assembled" ]] || die "not assembled; run start first"
+  prune_pids
+  ls "$PID_DIR"/jobmanager-*.pid >/dev/null 2>&1 || die "jobmanager not running; run start first"
+  local before; before=$(registered_tms)
+  launch taskmanager.sh taskexecutor taskmanager
+  wait_for_tms $(( before + 1 ))
+}
+
+cmd_stop() {
+  [[ -d "$PID_DIR" ]] || { log "nothing to stop"; return 0; }
+  local f pid pids=()
+  # TaskManagers first, then the JobManager.
+  for f in "$PID_DIR"/taskmanager-*.pid "$PID_DIR"/jobmanager-*.pid; do
+    [[ -e "$f" ]] || continue
+    pid=$(cat "$f")
+    if is_our_jvm "$pid"; then
+      log "stopping $(basename "$f" .pid) (pid $pid)"
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid")
+    fi
+    rm -f "$f"
+  done
+  # Wait up to 30 s, then SIGKILL what is left (same PIDs only).
+  local i
+  for i in $(seq 1 30); do
+    local alive=()
+    for pid in "${pids[@]:-}"; do
+      [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && alive+=("$pid")
+    done
+    (( ${#alive[@]} == 0 )) && break
+    sleep 1
+    if (( i == 30 )); then
+      log "force-killing ${alive[*]}"
+      kill -KILL "${alive[@]}" 2>/dev/null || true
+    fi
+  done
+  rm -f "$FLINK_PID_DIR_INTERNAL"/*.pid
+  log "stopped"
+}
+
+cmd_status() {
+  echo "flink home : $FLINK_HOME_DIR $( [[ -f $FLINK_HOME_DIR/.assembled ]] && echo '(assembled)' || echo '(not assembled)')"
+  echo "state dir  : $STATE_DIR"
+  local f pid any=0
+  for f in "$PID_DIR"/*.pid; do
+    [[ -e "$f" ]] || continue
+    any=1
+    pid=$(cat "$f")
+    if is_our_jvm "$pid"; then
+      echo "process    : $(basename "$f" .pid) pid $pid running"
+    else
+      echo "process    : $(basename "$f" .pid) pid $pid NOT running"
+    fi
+  done
+  (( any )) || echo "process    : none recorded"
+  if rest_get /overview >/dev/null; then
+    echo "rest       : $REST_URL up"
+    echo "overview   : $(rest_get /overview)"
+    echo "jobs       : $(rest_get /jobs/overview | "$PYTHON" -c 'import json,sys; print(", ".join(j["jid"] + " " + j["name"] + " " + j["state"] for j in json.load(sys.stdin)["jobs"]) or "none")' 2>/dev/null)"
+    return 0
+  fi
+  echo "rest       : $REST_URL down"
+  return 3
+}
+
+case "${1:-}" in
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  status) cmd_status ;;
+  add-taskmanager) cmd_add_taskmanager ;;
+  home) assemble_home; echo "$FLINK_HOME_DIR" ;;
+  *) echo "usage: $0 start|stop|status|add-taskmanager|home" >&2; exit 2 ;;
+esac

@@ -1,0 +1,125 @@
+"""The pipeline on Apache Flink: the defaults pipeline/runners.py supplies for the
+FlinkRunner (pure tests), then the plain command line,
+`--runner=FlinkRunner --flink_master=localhost:8081`, against a real Flink session
+cluster on 127.0.0.1 (tests/flink_cluster.py) and a real HTTP receiver: the golden
+inputs give exactly the DirectRunner's documents, dead letters, summary and exit
+status, and undelivered windows give exit status 2.
+
+Each Flink job takes about half a minute (uber-jar upload, job start, LOOPBACK SDK
+harness in this process), so the cluster tests are few.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+from apache_beam.options.pipeline_options import (
+    FlinkRunnerOptions, PipelineOptions, PortableOptions)
+
+from flink_cluster import flink_cluster  # pylint: disable=unused-import
+from pipeline import runners
+from pipeline.__main__ import main
+from pipeline.summary import RunSummary
+from test_golden_end_to_end import (
+    EXPECTED, assert_expected_dead_letters, assert_expected_posts, command_line)
+from transforms.dead_letter import KIND_BAD_INPUT, KIND_UNDELIVERED_WINDOW, read_dead_letters
+
+FLINK_FLAGS = ['--runner=FlinkRunner', '--flink_master=localhost:8081']
+
+
+@pytest.fixture
+def cached_jar(tmp_path, monkeypatch) -> Path:
+  """A (fake) job-server jar in a private cache, as build-job-server.sh leaves it."""
+  monkeypatch.setenv('VFP_CACHE', str(tmp_path / 'cache'))
+  jar = runners.job_server_jar_path()
+  jar.parent.mkdir(parents=True)
+  jar.write_bytes(b'PK')
+  return jar
+
+
+def flink_defaults(argv):
+  options = PipelineOptions(argv)
+  runners.apply_runner_defaults(options)
+  return options
+
+
+@pytest.mark.parametrize('master, environment_type', [
+    ('localhost:8081', 'LOOPBACK'),
+    ('http://127.0.0.1:8081', 'LOOPBACK'),
+    ('flink-session-rest.flink:8081', None),
+], ids=['localhost_gets_loopback', 'loopback_url_gets_loopback', 'remote_master_keeps_beam_default'])
+def test_flink_runner_gets_version_jar_uber_jar_and_loopback(cached_jar, master, environment_type):
+  options = flink_defaults(['--runner=FlinkRunner', f'--flink_master={master}'])
+  flink = options.view_as(FlinkRunnerOptions)
+  assert (flink.flink_version, flink.flink_job_server_jar, flink.flink_submit_uber_jar) == (
+      runners.FLINK_VERSION, str(cached_jar), True)
+  assert options.view_as(PortableOptions).environment_type == environment_type
+
+
+@pytest.mark.parametrize('runner', ['flink', 'FlinkRunner',
+                                    'apache_beam.runners.portability.flink_runner.FlinkRunner'])
+def test_every_spelling_of_the_flink_runner_is_recognised(runner):
+  assert runners.is_flink_runner(runner)
+
+
+def test_flags_given_on_the_command_line_win(cached_jar):
+  options = flink_defaults([
+      '--runner=FlinkRunner', '--flink_master=localhost:8081', '--flink_version=1.20',
+      '--flink_job_server_jar=/elsewhere/job-server.jar', '--environment_type=EXTERNAL',
+      '--environment_config=localhost:50000'])
+  flink = options.view_as(FlinkRunnerOptions)
+  assert (flink.flink_version, flink.flink_job_server_jar) == ('1.20', '/elsewhere/job-server.jar')
+  assert options.view_as(PortableOptions).environment_type == 'EXTERNAL'
+
+
+def test_direct_runner_options_are_left_alone(cached_jar):
+  argv = ['--runner=DirectRunner', '--input=x', '--endpoint=http://127.0.0.1/{bucket_time}']
+  options = flink_defaults(argv)
+  assert options.get_all_options() == PipelineOptions(argv).get_all_options()
+
+
+def test_a_missing_jar_that_cannot_be_built_is_a_clear_error(tmp_path, monkeypatch):
+  monkeypatch.setenv('VFP_CACHE', str(tmp_path / 'empty-cache'))
+  failing = tmp_path / 'build-job-server.sh'
+  failing.write_text('echo "[build-job-server] ERROR: mvn not found" >&2\nexit 1\n')
+  monkeypatch.setattr(runners, 'BUILD_JOB_SERVER_SCRIPT', failing)
+  with pytest.raises(runners.FlinkSetupError, match='could not fetch or build the Beam Flink job-server jar'):
+    flink_defaults(FLINK_FLAGS)
+
+
+def test_a_missing_jar_is_built_by_the_script(tmp_path, monkeypatch):
+  monkeypatch.setenv('VFP_CACHE', str(tmp_path / 'cache'))
+  building = tmp_path / 'build-job-server.sh'
+  building.write_text('mkdir -p "$VFP_CACHE" && echo PK >"$VFP_CACHE/built.jar"\n'
+                      'echo "[build-job-server] built" >&2\necho "$VFP_CACHE/built.jar"\n')
+  monkeypatch.setattr(runners, 'BUILD_JOB_SERVER_SCRIPT', building)
+  options = flink_defaults(FLINK_FLAGS)
+  assert options.view_as(FlinkRunnerOptions).flink_job_server_jar == str(tmp_path / 'cache' / 'built.jar')
+
+
+# --- on a real Flink cluster -------------------------------------------------------
+
+def test_golden_inputs_on_flink_equal_the_direct_runner(flink_cluster, start_receiver, tmp_path, capsys):
+  receiver = start_receiver()
+  code = main(command_line(receiver, tmp_path) + FLINK_FLAGS)
+  printed = capsys.readouterr().out
+  assert code == 0, flink_cluster.log_tail()
+  assert_expected_posts(receiver)
+  assert_expected_dead_letters(tmp_path)
+  # The counters come back from Flink (the uber-jar job's accumulators) intact.
+  assert RunSummary(**EXPECTED['summary'], dead_letter_dir=str(tmp_path)).render() in printed
+  assert [job['state'] for job in flink_cluster.jobs()].count('FINISHED') >= 1
+
+
+def test_undelivered_windows_on_flink_exit_with_status_2(flink_cluster, start_receiver, tmp_path, capsys):
+  refusing = start_receiver(always_status=400)  # a 4xx is not retried
+  code = main(command_line(refusing, tmp_path) + FLINK_FLAGS)
+  printed = capsys.readouterr().out
+  assert code == 2, flink_cluster.log_tail()
+  assert refusing.posts == []
+  undelivered = [letter for _, letter in read_dead_letters(str(tmp_path), KIND_UNDELIVERED_WINDOW)]
+  assert sorted(json.loads(letter['body']) == EXPECTED['documents'][f'/connection_sets/{letter["bucket_time"]}']
+                for letter in undelivered) == [True] * len(EXPECTED['documents'])
+  assert len(list(read_dead_letters(str(tmp_path), KIND_BAD_INPUT))) == len(EXPECTED['dead_letters'])
+  assert f'windows dead-lettered:  {len(EXPECTED["documents"])}\n' in printed
+  assert 'windows delivered:      0\n' in printed
