@@ -11,13 +11,12 @@ are still undelivered, 1 on failure.
 """
 
 import argparse
-import json
 import logging
 import os
 import sys
 from typing import List, Optional
 
-from transforms.dead_letter import KIND_UNDELIVERED_WINDOW, read_dead_letters
+from transforms.dead_letter import KIND_UNDELIVERED_WINDOW, read_dead_letters, rewrite_dead_letters
 from transforms.http_sink import DEFAULT_TOKEN_ENV, DeliveryConfig, WindowPoster
 
 _LOG = logging.getLogger('pipeline.replay')
@@ -59,12 +58,7 @@ def replay(directory: str, endpoint: Optional[str], config: DeliveryConfig) -> t
         print(f'still undelivered: window {letter["bucket_time"]}: '
               f'{outcome.error or "HTTP %s" % outcome.status}')
     left += len(remaining)
-    if remaining:
-      with open(path + '.tmp', 'w', encoding='utf-8') as f:
-        f.writelines(json.dumps(letter, sort_keys=True) + '\n' for letter in remaining)
-      os.replace(path + '.tmp', path)
-    else:
-      os.remove(path)
+    rewrite_dead_letters(path, remaining)
   for poster in posters.values():
     poster.close()
   return delivered, left
@@ -81,7 +75,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   parser.add_argument('--no_verify_tls', action='store_true')
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING)
-  if not os.path.isdir(args.directory):
+  if '://' not in args.directory and not os.path.isdir(args.directory):
     print(f'error: no such directory: {args.directory}', file=sys.stderr)
     return 1
   config = DeliveryConfig(

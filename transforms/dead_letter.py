@@ -15,6 +15,7 @@ import uuid
 from typing import NamedTuple, Optional, Union
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -104,12 +105,22 @@ class WriteDeadLetters(beam.PTransform):
 
 
 def read_dead_letters(directory: str, kind: Optional[str] = None):
-  """Yields (path, parsed JSON) for every dead letter under a local directory."""
-  import glob
-  import os
-  pattern = f'{kind}-*.jsonl' if kind else '*.jsonl'
-  for path in sorted(glob.glob(os.path.join(directory, pattern))):
-    with open(path, encoding='utf-8') as f:
-      for line in f:
+  """Yields (path, parsed JSON) for every dead letter under a directory (any
+  Beam filesystem: a local path, s3://, gs://), files in name order."""
+  pattern = FileSystems.join(directory, f'{kind}-*.jsonl' if kind else '*.jsonl')
+  paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+  for path in paths:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+      for line in f.read().decode('utf-8').splitlines():
         if line.strip():
           yield path, json.loads(line)
+
+
+def rewrite_dead_letters(path: str, letters) -> None:
+  """Replaces a dead-letter file's content with `letters` (parsed JSON), or
+  deletes the file when there are none left."""
+  if not letters:
+    FileSystems.delete([path])
+    return
+  with FileSystems.create(path) as f:
+    f.write(''.join(json.dumps(letter, sort_keys=True) + '\n' for letter in letters).encode('utf-8'))
