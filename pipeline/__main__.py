@@ -7,7 +7,9 @@ the end.
 """
 
 import logging
+import signal
 import sys
+import threading
 from typing import List, Optional
 
 import apache_beam as beam
@@ -16,7 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipeline.builder import build_pipeline, log_format_from
 from pipeline.options import VpcFlowPeersOptions
-from pipeline.runners import apply_runner_defaults
+from pipeline.runners import FlinkSetupError, PrismSetupError, apply_runner_defaults
 from pipeline.summary import RunSummary, summarize
 from transforms.http_sink import DeliveryConfig, PostWindows, validate_endpoint_template
 from transforms.kinesis_source import kinesis_transform_from_options
@@ -81,9 +83,50 @@ def run(argv: Optional[List[str]] = None) -> RunSummary:
   check_options(flags)
   pipeline = beam.Pipeline(options=options)
   build_pipeline(pipeline, source_from(flags), PostWindows(delivery_config(flags)), flags)
-  result = pipeline.run()
-  result.wait_until_finish()
+  with StopOnCtrlC(options.view_as(StandardOptions).streaming) as stopper:
+    result = stopper.result = pipeline.run()
+    try:
+      result.wait_until_finish()
+    except Exception:  # pylint: disable=broad-except
+      if not stopper.stopped:
+        raise
+      # The job was cancelled because we asked: a clean stop, not a failure.
   return summarize(result, flags.dead_letter_dir)
+
+
+class StopOnCtrlC:
+  """For a streaming run: Ctrl-C cancels the job (on Flink too, where the job
+  would otherwise outlive this process) and the run ends cleanly. A second
+  Ctrl-C interrupts at once. Signals can only be handled in the main thread;
+  elsewhere (a test's thread) this does nothing."""
+  def __init__(self, streaming: bool):
+    self._active = streaming and threading.current_thread() is threading.main_thread()
+    self.result = None
+    self.stopped = False
+    self._previous = None
+
+  def _on_sigint(self, signum, frame):
+    if self.stopped:
+      raise KeyboardInterrupt
+    self.stopped = True
+    print('\nstopping: cancelling the job (Ctrl-C again to interrupt at once)', file=sys.stderr)
+    if self.result is not None:
+      threading.Thread(target=self._cancel, daemon=True).start()
+
+  def _cancel(self):
+    try:
+      self.result.cancel()
+    except Exception:  # pylint: disable=broad-except
+      _LOG.warning('cancelling the job failed', exc_info=True)
+
+  def __enter__(self):
+    if self._active:
+      self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+    return self
+
+  def __exit__(self, *exc):
+    if self._active:
+      signal.signal(signal.SIGINT, self._previous)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -91,7 +134,7 @@ def main(argv: Optional[List[str]] = None) -> int:
       level=logging.WARNING, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
   try:
     summary = run(argv)
-  except UsageError as e:
+  except (UsageError, FlinkSetupError, PrismSetupError) as e:
     print(f'error: {e}', file=sys.stderr)
     return EXIT_FAILURE
   except Exception:  # pylint: disable=broad-except

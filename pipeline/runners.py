@@ -17,7 +17,7 @@ import urllib.parse
 from pathlib import Path
 
 from apache_beam.options.pipeline_options import (
-    FlinkRunnerOptions, PipelineOptions, PortableOptions, StandardOptions)
+    FlinkRunnerOptions, PipelineOptions, PortableOptions, PrismRunnerOptions, StandardOptions)
 from apache_beam.version import __version__ as BEAM_VERSION
 
 # The Flink minor version the job-server jar and the clusters run; it must be the
@@ -109,8 +109,52 @@ def apply_flink_defaults(options: PipelineOptions) -> None:
     portable.environment_type = 'LOOPBACK'
 
 
+BUILD_PRISM_SCRIPT = DEPLOY_FLINK_DIR.parent / 'prism' / 'build-prism.sh'
+
+
+class PrismSetupError(RuntimeError):
+  """The Prism runner binary is missing and could not be built."""
+
+
+def ensure_prism() -> str:
+  """The Prism runner binary, built from the Go module proxy first if missing."""
+  if not BUILD_PRISM_SCRIPT.is_file():
+    raise PrismSetupError(f'{BUILD_PRISM_SCRIPT} is not there to build Prism; pass --prism_location')
+  finished = subprocess.run(['bash', str(BUILD_PRISM_SCRIPT)], stdout=subprocess.PIPE,
+                            text=True, check=False)
+  built = finished.stdout.strip().splitlines()[-1:] if finished.stdout else []
+  if finished.returncode != 0 or not built or not Path(built[0]).is_file():
+    raise PrismSetupError(
+        f'could not build the Prism runner ({BUILD_PRISM_SCRIPT} exited with '
+        f'{finished.returncode}; its messages are above). It needs go and the Go module '
+        'proxy. Or pass --prism_location=PATH.')
+  return built[0]
+
+
+def reads_continuously(options: PipelineOptions) -> bool:
+  """True when the source never ends: a Kinesis stream read without
+  --kinesis_stop_at_latest."""
+  flags = options.get_all_options()
+  return bool(flags.get('kinesis_stream')) and not flags.get('kinesis_stop_at_latest')
+
+
 def apply_runner_defaults(options: PipelineOptions) -> None:
   """Fills in what the named runner needs from the project (see the module
-  docstring); leaves every other runner, and every flag given, alone."""
-  if is_flink_runner(options.view_as(StandardOptions).runner):
+  docstring); leaves every other runner, and every flag given, alone.
+
+  A continuous read needs a streaming runner. The DirectRunner cannot run the
+  Kinesis reader unbounded (its batch mode never lets a window through; its
+  legacy streaming mode cannot run splittable DoFns that defer work), so with
+  no runner named, or the DirectRunner, it runs on Prism, Beam's portable local
+  runner, built from the Go module proxy (deploy/prism/build-prism.sh)."""
+  standard = options.view_as(StandardOptions)
+  continuous = reads_continuously(options)
+  if continuous:
+    standard.streaming = True
+  if is_flink_runner(standard.runner):
     apply_flink_defaults(options)
+  elif continuous and (standard.runner or 'DirectRunner') in ('DirectRunner', 'direct', 'PrismRunner'):
+    standard.runner = 'PrismRunner'
+    prism = options.view_as(PrismRunnerOptions)
+    if not prism.prism_location:
+      prism.prism_location = ensure_prism()

@@ -1,5 +1,6 @@
 """The end-of-run summary, read from the pipeline's Beam counters."""
 
+import logging
 from typing import NamedTuple
 
 from apache_beam.metrics.metric import MetricsFilter
@@ -42,8 +43,13 @@ class RunSummary(NamedTuple):
 
 
 def counter_values(result) -> dict:
-  """Committed (or, where a runner has none, attempted) counter totals by name."""
-  metrics = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+  """Committed (or, where a runner has none, attempted) counter totals by name;
+  empty when the runner cannot give them (a cancelled portable job)."""
+  try:
+    metrics = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+  except Exception:  # pylint: disable=broad-except
+    logging.getLogger(__name__).warning('the runner gave no counters', exc_info=True)
+    return {}
   values = {}
   for counter in metrics['counters']:
     value = counter.committed if counter.committed is not None else counter.attempted
