@@ -37,6 +37,7 @@ from transforms.flow_record import (
 _LOG = logging.getLogger(__name__)
 
 DEFAULT_WINDOW_SECONDS = 600
+_NONES = itertools.repeat(None)
 # ASCII characters other than the space that str.split() splits on.
 _SPLIT_WHITESPACE = '\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f'
 
@@ -144,12 +145,17 @@ class AccumulatePeersDoFn(beam.DoFn):
       if self._learn_addresses(srcs, src_keys) | self._learn_addresses(dsts, dst_keys):
         src_keys = list(map(cached_key, srcs))
         dst_keys = list(map(cached_key, dsts))
-    if log_format.has_log_status:
-      fast = [s is not None and d is not None and status == LOG_STATUS_OK
-              for s, d, status in zip(src_keys, dst_keys, statuses)]
+    all_ok = log_format.has_log_status is False or statuses.count(LOG_STATUS_OK) == len(statuses)
+    if all_ok and None not in src_keys and None not in dst_keys:
+      slow_lines = []
     else:
-      fast = [s is not None and d is not None for s, d in zip(src_keys, dst_keys)]
-    slow_lines = [] if all(fast) else [i for i, ok in enumerate(fast) if not ok]
+      # A line is fast when both keys are known and its log-status is OK
+      # (C-level maps: no Python code runs per line).
+      fast = list(map(operator.and_, map(operator.is_not, src_keys, _NONES),
+                      map(operator.is_not, dst_keys, _NONES)))
+      if log_format.has_log_status:
+        fast = list(map(operator.and_, fast, map(LOG_STATUS_OK.__eq__, statuses)))
+      slow_lines = list(itertools.compress(range(len(fast)), map(operator.not_, fast)))
     if slow_lines:
       src_keys = list(itertools.compress(src_keys, fast))
       dst_keys = list(itertools.compress(dst_keys, fast))

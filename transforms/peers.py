@@ -56,7 +56,7 @@ class PeerPairs:
   def add_flows(self, srcs: Sequence[int], dsts: Sequence[int]) -> None:
     """Adds both directions of many flows (equal-length lists of keys)."""
     if max(max(srcs), max(dsts)) >= _NARROW_LIMIT:
-      narrow = [s < _NARROW_LIMIT and d < _NARROW_LIMIT for s, d in zip(srcs, dsts)]
+      narrow = list(map(operator.gt, itertools.repeat(_NARROW_LIMIT), map(max, srcs, dsts)))
       for src, dst, is_narrow in zip(srcs, dsts, narrow):
         if not is_narrow:
           self.add_flow(src, dst)
