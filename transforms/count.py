@@ -21,6 +21,7 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 import apache_beam as beam
 from apache_beam import coders
 from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import userstate
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration
@@ -323,16 +324,25 @@ class CountDistinctPeers(beam.PTransform):
     accumulated = batches | 'AccumulatePeers' >> beam.ParDo(
         AccumulatePeersDoFn(self._window_seconds, self._log_format)).with_output_types(
             PeerPairs).with_outputs(DEAD_LETTER_TAG, main='peers')
-    gated = (
-        accumulated.peers
-        | 'KeyByWindowStart' >> beam.Map(
-            lambda pairs, ts=beam.DoFn.TimestampParam: (int(ts), pairs)).with_output_types(
-                Tuple[int, PeerPairs])
-        | 'LateDataGate' >> beam.ParDo(
-            LateDataGate(self._window_seconds, self._allowed_lateness)).with_output_types(
-                PeerPairs).with_outputs(DEAD_LETTER_TAG, main='on_time'))
+    peers = accumulated.peers
+    dead_letters = [accumulated[DEAD_LETTER_TAG]]
+    if batches.pipeline.options.view_as(StandardOptions).streaming:
+      # Only a streaming run can have data behind the watermark: in a bounded
+      # run the watermark moves to the end of time once all input is read, so
+      # no window expires before its data is in, and the gate (a keyed,
+      # stateful step: a shuffle of every peer pair) would be pure cost.
+      gated = (
+          peers
+          | 'KeyByWindowStart' >> beam.Map(
+              lambda pairs, ts=beam.DoFn.TimestampParam: (int(ts), pairs)).with_output_types(
+                  Tuple[int, PeerPairs])
+          | 'LateDataGate' >> beam.ParDo(
+              LateDataGate(self._window_seconds, self._allowed_lateness)).with_output_types(
+                  PeerPairs).with_outputs(DEAD_LETTER_TAG, main='on_time'))
+      peers = gated.on_time
+      dead_letters.append(gated[DEAD_LETTER_TAG])
     documents = (
-        gated.on_time
+        peers
         | 'FixedWindows' >> beam.WindowInto(
             window.FixedWindows(self._window_seconds),
             trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
@@ -340,5 +350,5 @@ class CountDistinctPeers(beam.PTransform):
             allowed_lateness=Duration(seconds=self._allowed_lateness))
         | 'MergePeers' >> beam.CombineGlobally(MergePeerPairs()).without_defaults()
         | 'ToWindowCounts' >> beam.ParDo(_ToWindowCounts()))
-    dead_letters = (accumulated[DEAD_LETTER_TAG], gated[DEAD_LETTER_TAG]) | 'CountDeadLetters' >> beam.Flatten()
-    return {'documents': documents, 'dead_letters': dead_letters}
+    return {'documents': documents,
+            'dead_letters': dead_letters | 'CountDeadLetters' >> beam.Flatten()}
