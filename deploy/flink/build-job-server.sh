@@ -67,6 +67,10 @@ served() {
 
 command -v java >/dev/null || die "java (a JRE 11 or 17) is needed to run and check the job server"
 mkdir -p "$VFP_CACHE"
+# One build at a time (run_tests.sh starts one in the background; a test may
+# ask for the jar meanwhile): a second caller waits, then finds the jar.
+exec 9>"$VFP_CACHE/.job-server-build.lock"
+flock 9
 
 if [[ "${FORCE_REBUILD:-0}" != 1 ]] && jar_works "$JAR"; then
   log "cached and working: $JAR"

@@ -20,6 +20,10 @@ if [[ "${1:-}" == "--path" ]]; then
   echo "$PRISM"
   exit 0
 fi
+mkdir -p "$BIN_DIR"
+# One build at a time: a second caller waits, then finds the binary.
+exec 9>"$BIN_DIR.lock"
+flock 9
 if [[ -x "$PRISM" ]]; then
   echo "$PRISM"
   exit 0
