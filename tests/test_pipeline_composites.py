@@ -9,13 +9,13 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms.window import FixedWindows, TimestampedValue
 
 from builders import (
     control_message, data_message, flow_line, gz, no_traffic_line, record_data)
 from pipeline.builder import build_pipeline
 from pipeline.options import VpcFlowPeersOptions
-from transforms.count import CountDistinctPeers, WindowCounts
+from transforms.count import CountDistinctPeers, WindowCounts, _ToWindowCounts
 from transforms.dead_letter import KIND_LATE_DATA, KIND_BAD_INPUT, DeadLetter, read_dead_letters
 from transforms.decode import LogBatch
 from transforms.flow_record import LogFormat
@@ -287,3 +287,16 @@ def test_build_pipeline_reads_records_in_the_log_format_option(tmp_path):
         window(W0, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.3': 1}, seconds=60)]), label='CheckDocuments')
     assert_that(outputs.dead_letters | beam.Map(lambda d: (d.reason, d.origin)), equal_to([
         ('expected 4 fields, found 14', 'shard-0/1 logEvents[2]')]), label='CheckDeadLetters')
+
+
+
+def test_an_empty_closing_pane_is_not_posted():
+  """A runner's closing pane without a single pair (Flink fires one when a
+  window with allowed lateness expires) must not replace the window's
+  document with {}: it is dropped (and counted); a pane with pairs is kept."""
+  with TestPipeline() as p:
+    panes = (p
+             | beam.Create([TimestampedValue({}, W0 + 1), TimestampedValue({167772161: 1}, W1 + 2)])
+             | beam.WindowInto(FixedWindows(600))
+             | beam.ParDo(_ToWindowCounts()))
+    assert_that(panes, equal_to([WindowCounts(W1, W1 + 600, {'10.0.0.1': 1}, 0, 'UNKNOWN')]))

@@ -261,7 +261,20 @@ def counts_as_text(counts: Dict[int, int]) -> Dict[str, int]:
 
 
 class _ToWindowCounts(beam.DoFn):
+  """Counts of a window's pane to WindowCounts.
+
+  A pane without a single pair is never a window's answer (every counted flow
+  adds two), only a runner's closing pane: the Flink runner fires one more,
+  empty, pane when a window with allowed lateness expires. Posting it would
+  replace the window's document with {}, so it is dropped here and counted
+  (`empty_panes`)."""
+  def __init__(self):
+    self._empty_panes = Metrics.counter(METRICS_NAMESPACE, 'empty_panes')
+
   def process(self, counts, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
+    if not counts:
+      self._empty_panes.inc()
+      return
     timing = {0: 'EARLY', 1: 'ON_TIME', 2: 'LATE'}.get(pane.timing, 'UNKNOWN')
     yield WindowCounts(
         bucket_time=int(win.start), window_end=int(win.end),

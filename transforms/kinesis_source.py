@@ -89,7 +89,7 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
-from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -438,6 +438,20 @@ class ListShardsDoFn(_KinesisClientDoFn):
                          config.child_start_position(), config.stop_at_latest)
 
 
+class _HeldWatermarkProvider(beam.transforms.core.WatermarkEstimatorProvider):
+  """A ManualWatermarkEstimator that starts at the beginning of time instead of
+  having no watermark at all. Without a starting value a new restriction holds
+  nothing back, and a streaming runner may move the output watermark to the
+  end of time (the Impulse at the root of the read ends at once) before the
+  first records are read: everything read after that is late. Held at the
+  start, the watermark moves only as `_advance_watermark` moves it."""
+  def initial_estimator_state(self, element, restriction):
+    return MIN_TIMESTAMP
+
+  def create_watermark_estimator(self, estimator_state):
+    return ManualWatermarkEstimator(estimator_state)
+
+
 def _advance_watermark(estimator, candidate: float) -> None:
   watermark = Timestamp.of(candidate)
   current = estimator.current_watermark()
@@ -499,7 +513,7 @@ class ReadShardsDoFn(_KinesisClientDoFn):
   def process(
       self, shard: KinesisShard,
       tracker=beam.DoFn.RestrictionParam(ShardRestrictionProvider()),
-      watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider())):
+      watermark=beam.DoFn.WatermarkEstimatorParam(_HeldWatermarkProvider())):
     yield from self._read(shard.stream_name, tracker, watermark)
 
   def _read(self, stream: str, tracker, watermark):
@@ -640,7 +654,7 @@ class ReadShardsUnboundedDoFn(ReadShardsDoFn):
   def process(
       self, shard: KinesisShard,
       tracker=beam.DoFn.RestrictionParam(ShardRestrictionProvider()),
-      watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider())):
+      watermark=beam.DoFn.WatermarkEstimatorParam(_HeldWatermarkProvider())):
     yield from self._read(shard.stream_name, tracker, watermark)
 
 
