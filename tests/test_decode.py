@@ -11,6 +11,7 @@ import pytest
 from builders import (
     b64, control_message, custom_line, data_message, flow_line, get_records_output, gz,
     kinesis_jsonl, lambda_event, no_traffic_line, record_data)
+from transforms import decode
 from transforms.decode import (
     MAX_RECORD_DECOMPRESSED_BYTES, BadInput, LogBatch, Skipped, decode_file,
     decode_kinesis_data, gunzip_capped)
@@ -410,3 +411,33 @@ def test_decode_file_unusable_header_is_bad_input_not_a_crash(header):
   bad_inputs = [i for i in items if is_bad(i)]
   assert len(bad_inputs) == 1
   assert 'srcaddr' in bad_inputs[0][1]
+
+
+def test_decode_file_concatenated_gzip_members_split_at_a_read_boundary():
+  """Concatenated .gz members are valid gzip, also when a member ends so that
+  the next one's magic bytes straddle two reads of the compressed stream."""
+  first_lines = ''.join(f'{LINE_A}\n' for _ in range(600)).encode()
+  first = zlib.compressobj(0, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+  first_member = first.compress(first_lines) + first.flush()
+  # Pad the first member's content until the member is exactly 65535 bytes.
+  pad = 65535 - len(first_member)
+  first_lines = first_lines + b'\n' * pad
+  first = zlib.compressobj(0, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+  first_member = first.compress(first_lines) + first.flush()
+  assert len(first_member) == 65535
+  items = decoded_file(first_member + gz(f'{LINE_B}\n'.encode()))
+  lines = [line for item in items if not is_bad(item) for line in item.lines if line]
+  assert lines == [LINE_A] * 600 + [LINE_B]
+  assert not [item for item in items if is_bad(item)]
+
+
+def test_decode_file_json_lines_with_a_bad_first_line_past_the_document_cap(monkeypatch):
+  """A JSON Lines file bigger than the whole-document cap, whose first line is
+  bad, is still read to its end, line by line."""
+  monkeypatch.setattr(decode, 'MAX_JSON_DOCUMENT_BYTES', 1000)
+  content = b'{bad first line\n' + kinesis_jsonl([RECORD_1] * 10).encode()
+  assert len(content) > 3000
+  items = decoded_file(content)
+  assert [i for i in items if not is_bad(i)] == [
+      LogBatch(f'{ORIGIN}:{n}', (LINE_A, LINE_B), None, True) for n in range(2, 12)]
+  assert [i[1].split(':')[0] for i in items if is_bad(i)] == ['line 1 is not JSON']

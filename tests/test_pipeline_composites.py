@@ -300,3 +300,27 @@ def test_an_empty_closing_pane_is_not_posted():
              | beam.WindowInto(FixedWindows(600))
              | beam.ParDo(_ToWindowCounts()))
     assert_that(panes, equal_to([WindowCounts(W1, W1 + 600, {'10.0.0.1': 1}, 0, 'UNKNOWN')]))
+
+
+def test_first_flows_of_a_window_that_closed_long_ago_are_a_dead_letter():
+  """Pairs for a window that closed before any of its data arrived are still a
+  dead letter, not dropped in silence: the gate knows the watermark passed that
+  window's expiry from another window's closing."""
+  stream = (
+      TestStream()
+      .advance_watermark_to(W0)
+      .add_elements([TimestampedValue(records_batch('r1', flow_line('10.0.0.1', '10.0.0.2', W1 + 10)), W1 + 10)])
+      .advance_watermark_to(W1 + 600 + 3600 + 100)  # W1 has closed, and so has W0
+      .add_elements([TimestampedValue(records_batch('r2', flow_line('10.0.0.7', '10.0.0.8', W0 + 10)), W0 + 10)])
+      .advance_watermark_to_infinity())
+  options = PipelineOptions()
+  options.view_as(StandardOptions).streaming = True
+  with TestPipeline(options=options) as p:
+    counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
+    assert_that(counted['documents'], equal_to([
+        WindowCounts(W1, W1 + 600, {'10.0.0.1': 1, '10.0.0.2': 1}, 0, 'ON_TIME')]), label='CheckDocuments')
+    assert_that(counted['dead_letters'], equal_to([
+        DeadLetter(KIND_LATE_DATA, 'flows arrived after their window closed (allowed lateness passed)',
+                   f'window {W0}', {'bucket_time': W0, 'peer_pairs': 2,
+                                    'sample_counts': {'10.0.0.7': 1, '10.0.0.8': 1}})]),
+                label='CheckDeadLetters')

@@ -285,13 +285,21 @@ class LateDataGate(beam.DoFn):
   """Sends peer pairs for a window that can no longer fire to the dead letters.
 
   Beam drops data that arrives after a window's allowed lateness without a
-  word; this gate makes that loud. Keyed by window start, in the global window,
-  it sets an event-time timer at window end + allowed lateness; once the
-  watermark passes it, the window is closed, and what still arrives for it is a
-  dead letter (counted as `late_pairs`), not a silent drop. The gate's timer
-  fires no later than the windowed combine downstream expires the window, so
-  everything the gate lets through is still counted there."""
-  CLOSED = userstate.ReadModifyWriteStateSpec('closed', coders.BooleanCoder())
+  word; this gate makes that loud. All pairs pass through one key, whose state
+  keeps the expiry times (window end + allowed lateness) of the windows seen
+  and still open, with an event-time timer at the earliest, and the latest
+  expiry the watermark has passed (the floor). Pairs for a window whose expiry
+  is at or below the floor are dead letters (counted as `late_pairs`), not a
+  silent drop: even the first pairs of a window that closed long ago. The
+  gate's timers fire no later than the windowed combine downstream expires a
+  window, so everything it lets through is still counted there.
+
+  One gap is left: until some window's timer has fired, the floor knows
+  nothing of the watermark, so pairs for an expired window seen before any
+  other window closed pass (and would be dropped downstream)."""
+  FLOOR = userstate.ReadModifyWriteStateSpec('watermark_floor', coders.VarIntCoder())
+  PENDING = userstate.ReadModifyWriteStateSpec(
+      'pending_expiries', coders.ListCoder(coders.VarIntCoder()))
   EXPIRY = userstate.TimerSpec('expiry', userstate.TimeDomain.WATERMARK)
 
   def __init__(self, window_seconds: int, allowed_lateness_seconds: int):
@@ -299,11 +307,17 @@ class LateDataGate(beam.DoFn):
     self._allowed_lateness = allowed_lateness_seconds
     self._late_pairs = Metrics.counter(METRICS_NAMESPACE, 'late_pairs')
 
-  def process(self, keyed_pairs, closed=beam.DoFn.StateParam(CLOSED),
-              expiry=beam.DoFn.TimerParam(EXPIRY)):
-    bucket, pairs = keyed_pairs
-    if not closed.read():
-      expiry.set(bucket + self._window_seconds + self._allowed_lateness)
+  def process(self, keyed_pairs, floor=beam.DoFn.StateParam(FLOOR),
+              pending=beam.DoFn.StateParam(PENDING), expiry=beam.DoFn.TimerParam(EXPIRY)):
+    _, (bucket, pairs) = keyed_pairs
+    expires = bucket + self._window_seconds + self._allowed_lateness
+    passed = floor.read()
+    if passed is None or expires > passed:
+      waiting = pending.read() or []
+      if expires not in waiting:
+        waiting = sorted(waiting + [expires])
+        pending.write(waiting)
+        expiry.set(waiting[0])
       yield pairs
     else:
       self._late_pairs.inc(len(pairs))
@@ -314,8 +328,14 @@ class LateDataGate(beam.DoFn):
                                    list(pairs.peer_counts().items())[:20]))}))
 
   @userstate.on_timer(EXPIRY)
-  def close(self, closed=beam.DoFn.StateParam(CLOSED)):
-    closed.write(True)
+  def close(self, fired=beam.DoFn.TimestampParam, floor=beam.DoFn.StateParam(FLOOR),
+            pending=beam.DoFn.StateParam(PENDING), expiry=beam.DoFn.TimerParam(EXPIRY)):
+    passed = max(floor.read() or 0, int(fired))
+    floor.write(passed)
+    waiting = [e for e in pending.read() or [] if e > passed]
+    pending.write(waiting)
+    if waiting:
+      expiry.set(waiting[0])
 
 
 class CountDistinctPeers(beam.PTransform):
@@ -346,9 +366,9 @@ class CountDistinctPeers(beam.PTransform):
       # stateful step: a shuffle of every peer pair) would be pure cost.
       gated = (
           peers
-          | 'KeyByWindowStart' >> beam.Map(
-              lambda pairs, ts=beam.DoFn.TimestampParam: (int(ts), pairs)).with_output_types(
-                  Tuple[int, PeerPairs])
+          | 'KeyForLateDataGate' >> beam.Map(
+              lambda pairs, ts=beam.DoFn.TimestampParam: (0, (int(ts), pairs))).with_output_types(
+                  Tuple[int, Tuple[int, PeerPairs]])
           | 'LateDataGate' >> beam.ParDo(
               LateDataGate(self._window_seconds, self._allowed_lateness)).with_output_types(
                   PeerPairs).with_outputs(DEAD_LETTER_TAG, main='on_time'))

@@ -14,6 +14,7 @@ the thin DoFns that call them live in `transforms.sources`.
 import base64
 import binascii
 import io
+import itertools
 import json
 import operator
 import zlib
@@ -332,7 +333,11 @@ def _decode_json_file(stream, origin: str):
         # A cut or broken document, not JSON Lines: one dead letter.
         yield BadInput('file is not JSON (neither one document nor JSON Lines)', content)
         return
-    yield from _decode_json_lines(io.BytesIO(content), origin)
+    # JSON Lines after all; past the document cap, the rest of the file follows
+    # (from the end of the line the cap cut).
+    if not content.endswith(b'\n'):
+      content += stream.readline()
+    yield from _decode_json_lines(itertools.chain(io.BytesIO(content), stream), origin)
     return
   yield from _decode_json_value(first_value, f'{origin}:1')
   yield from _decode_json_lines(stream, origin, first_number=2)
@@ -389,6 +394,8 @@ class _GunzipReader(io.RawIOBase):
       while self._decompressor.eof and self._decompressor.unused_data:
         # Another gzip member follows (concatenated .gz files are valid gzip).
         rest = self._decompressor.unused_data
+        if len(rest) < len(GZIP_MAGIC):  # the chunk ended inside the magic
+          rest += self._compressed.read(len(GZIP_MAGIC) - len(rest))
         if not rest.startswith(GZIP_MAGIC):
           raise OSError('data after the end of the gzip stream is not gzip')
         self._decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
