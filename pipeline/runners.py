@@ -56,6 +56,18 @@ def job_server_jar_path() -> Path:
   return cache_dir() / f'beam-runners-flink-{FLINK_VERSION}-job-server-{BEAM_VERSION}.jar'
 
 
+def _run_build_script(script: Path, error: type, failure: str, need: str) -> str:
+  """Runs a deploy/ build script, which reports progress on stderr (shown as it
+  goes: a cold build takes minutes) and prints the built file's path last on
+  stdout; returns that path or raises `error`."""
+  finished = subprocess.run(['bash', str(script)], stdout=subprocess.PIPE, text=True, check=False)
+  built = finished.stdout.strip().splitlines()[-1:] if finished.stdout else []
+  if finished.returncode != 0 or not built or not Path(built[0]).is_file():
+    raise error(f'{failure} ({script} exited with {finished.returncode}; its messages are '
+                f'above). {need}')
+  return built[0]
+
+
 def ensure_job_server_jar() -> str:
   """The cached job-server jar, fetched or built first if it is missing."""
   jar = job_server_jar_path()
@@ -66,18 +78,11 @@ def ensure_job_server_jar() -> str:
         f'the Beam Flink job-server jar is not at {jar} and {BUILD_JOB_SERVER_SCRIPT} '
         'is not there to build it (an installed copy of the project): build it from a '
         'checkout with deploy/flink/build-job-server.sh, or pass --flink_job_server_jar')
-  # The script reports progress on stderr (shown as it goes: a cold Maven
-  # build takes minutes) and prints the jar's path on stdout.
-  finished = subprocess.run(
-      ['bash', str(BUILD_JOB_SERVER_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
-  built = finished.stdout.strip().splitlines()[-1:] if finished.stdout else []
-  if finished.returncode != 0 or not built or not Path(built[0]).is_file():
-    raise FlinkSetupError(
-        f'could not fetch or build the Beam Flink job-server jar ({BUILD_JOB_SERVER_SCRIPT} '
-        f'exited with {finished.returncode}; its messages are above). It needs java, '
-        'and mvn with Maven Central when the official jar is not served. Or pass '
-        '--flink_job_server_jar=PATH_OR_URL.')
-  return built[0]
+  return _run_build_script(
+      BUILD_JOB_SERVER_SCRIPT, FlinkSetupError,
+      'could not fetch or build the Beam Flink job-server jar',
+      'It needs java, and mvn with Maven Central when the official jar is not served. '
+      'Or pass --flink_job_server_jar=PATH_OR_URL.')
 
 
 def flink_master_host(flink_master: str) -> str:
@@ -120,15 +125,9 @@ def ensure_prism() -> str:
   """The Prism runner binary, built from the Go module proxy first if missing."""
   if not BUILD_PRISM_SCRIPT.is_file():
     raise PrismSetupError(f'{BUILD_PRISM_SCRIPT} is not there to build Prism; pass --prism_location')
-  finished = subprocess.run(['bash', str(BUILD_PRISM_SCRIPT)], stdout=subprocess.PIPE,
-                            text=True, check=False)
-  built = finished.stdout.strip().splitlines()[-1:] if finished.stdout else []
-  if finished.returncode != 0 or not built or not Path(built[0]).is_file():
-    raise PrismSetupError(
-        f'could not build the Prism runner ({BUILD_PRISM_SCRIPT} exited with '
-        f'{finished.returncode}; its messages are above). It needs go and the Go module '
-        'proxy. Or pass --prism_location=PATH.')
-  return built[0]
+  return _run_build_script(
+      BUILD_PRISM_SCRIPT, PrismSetupError, 'could not build the Prism runner',
+      'It needs go and the Go module proxy. Or pass --prism_location=PATH.')
 
 
 def reads_continuously(options: PipelineOptions) -> bool:

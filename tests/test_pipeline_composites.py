@@ -210,6 +210,13 @@ def test_count_distinct_peers_bad_line_in_a_file_names_its_line_number():
         bad_line('expected 14 fields, found 1', 'flows.log:4', 'garbage\n')]), label='CheckDeadLetters')
 
 
+def streaming_test_pipeline() -> TestPipeline:
+  """A TestPipeline in streaming mode, as TestStream and the late-data gate need."""
+  options = PipelineOptions()
+  options.view_as(StandardOptions).streaming = True
+  return TestPipeline(options=options)
+
+
 def test_count_distinct_peers_on_time_late_and_dropped_data():
   """A window fires when the watermark passes its end; a flow arriving later,
   within the allowed lateness, fires it again with the complete counts; a flow
@@ -224,9 +231,7 @@ def test_count_distinct_peers_on_time_late_and_dropped_data():
       .advance_watermark_to(W1 + 3600 + 100)  # past the allowed lateness
       .add_elements([TimestampedValue(records_batch('r3', flow_line('10.0.0.1', '10.0.0.4', W0 + 30)), W0 + 30)])
       .advance_watermark_to_infinity())
-  options = PipelineOptions()
-  options.view_as(StandardOptions).streaming = True
-  with TestPipeline(options=options) as p:
+  with streaming_test_pipeline() as p:
     counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
     assert_that(counted['documents'], equal_to([
         WindowCounts(W0, W1, {'10.0.0.1': 1, '10.0.0.2': 1}, 0, 'ON_TIME'),
@@ -313,9 +318,7 @@ def test_first_flows_of_a_window_that_closed_long_ago_are_a_dead_letter():
       .advance_watermark_to(W1 + 600 + 3600 + 100)  # W1 has closed, and so has W0
       .add_elements([TimestampedValue(records_batch('r2', flow_line('10.0.0.7', '10.0.0.8', W0 + 10)), W0 + 10)])
       .advance_watermark_to_infinity())
-  options = PipelineOptions()
-  options.view_as(StandardOptions).streaming = True
-  with TestPipeline(options=options) as p:
+  with streaming_test_pipeline() as p:
     counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
     assert_that(counted['documents'], equal_to([
         WindowCounts(W1, W1 + 600, {'10.0.0.1': 1, '10.0.0.2': 1}, 0, 'ON_TIME')]), label='CheckDocuments')

@@ -7,7 +7,8 @@ dstaddr gains srcaddr. Each window yields {address: number of distinct peers}.
 Shape, chosen for speed (DEVELOPERS.md): a shuffle per (IP, window) costs far
 too much on the Python runners, so `AccumulatePeersDoFn` parses lines and
 gathers each bundle's distinct peer pairs per window bucket in memory
-(`transforms.peers`), then emits one `PeerPairs` per bucket, stamped with the bucket's start, at the end of the bundle.
+(`transforms.peers`), then emits one `PeerPairs` per bucket, stamped with the
+bucket's start, at the end of the bundle.
 `WindowInto` puts those few large values into fixed windows and one combine per
 window merges them, so the shuffle carries a handful of elements per bundle,
 not one per line.
@@ -32,8 +33,9 @@ from transforms.dead_letter import DEAD_LETTER_TAG, KIND_LATE_DATA, DeadLetter
 from transforms.decode import LogBatch
 from transforms.peers import PeerPairs, PeerPairsCoder
 from transforms.flow_record import (
-    LOG_STATUS_OK, MAX_FLOW_TIME, MIN_FLOW_TIME, AddressKeys, FlowLineError,
-    LogFormat, address_text, skip_reason)
+    LOG_STATUS_OK, MAX_FLOW_TIME, MIN_FLOW_TIME, SKIPPED_NO_ADDRESS, SKIPPED_NODATA,
+    SKIPPED_OTHER_STATUS, SKIPPED_SKIPDATA, AddressKeys, FlowLineError, LogFormat,
+    address_text, skip_reason)
 
 _LOG = logging.getLogger(__name__)
 
@@ -55,8 +57,8 @@ class WindowCounts(NamedTuple):
 class _LineTally:
   """Per-bundle tallies, added to Beam counters once per bundle (a counter
   update per line would cost more than parsing the line)."""
-  NAMES = ('flow_lines', 'counted_flows', 'skipped_nodata', 'skipped_skipdata',
-           'skipped_no_address', 'skipped_other_status', 'bad_lines')
+  NAMES = ('flow_lines', 'counted_flows', SKIPPED_NODATA, SKIPPED_SKIPDATA,
+           SKIPPED_NO_ADDRESS, SKIPPED_OTHER_STATUS, 'bad_lines')
 
   def __init__(self):
     self._counters = {n: Metrics.counter(METRICS_NAMESPACE, n) for n in self.NAMES}
@@ -146,7 +148,7 @@ class AccumulatePeersDoFn(beam.DoFn):
       if self._learn_addresses(srcs, src_keys) | self._learn_addresses(dsts, dst_keys):
         src_keys = list(map(cached_key, srcs))
         dst_keys = list(map(cached_key, dsts))
-    all_ok = log_format.has_log_status is False or statuses.count(LOG_STATUS_OK) == len(statuses)
+    all_ok = not log_format.has_log_status or statuses.count(LOG_STATUS_OK) == len(statuses)
     if all_ok and None not in src_keys and None not in dst_keys:
       slow_lines = []
     else:

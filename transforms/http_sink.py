@@ -35,7 +35,9 @@ _LOG = logging.getLogger(__name__)
 BUCKET_TIME_PLACEHOLDER = '{bucket_time}'
 DEFAULT_TOKEN_ENV = 'VPC_FLOW_PEERS_TOKEN'
 RETRY_STATUSES = frozenset([429] + list(range(500, 600)))
-_SECRET_QUERY_KEY = re.compile(r'token|key|secret|sig|signature|password|passwd|auth|credential', re.I)
+# Query parameters whose names contain one of these words hold secrets.
+_SECRET_WORDS = 'token|key|secret|sig|signature|password|passwd|auth|credential'
+_SECRET_QUERY_KEY = re.compile(_SECRET_WORDS, re.I)
 REDACTED = '***'
 
 
@@ -79,8 +81,7 @@ def redact_url(url: str) -> str:
 
 
 _SECRET_QUERY_VALUE = re.compile(
-    r'((?:[?&;]|%3F|%26)[^=&\s]*(?:token|key|secret|sig|signature|password|passwd|auth|credential)'
-    r'[^=&\s]*=)[^&\s\'"]*', re.I)
+    rf'((?:[?&;]|%3F|%26)[^=&\s]*(?:{_SECRET_WORDS})[^=&\s]*=)[^&\s\'"]*', re.I)
 
 
 def redact_text(text: str) -> str:
@@ -183,10 +184,12 @@ class WindowPoster:
         backoff_jitter=self._config.backoff_factor, respect_retry_after_header=True,
         raise_on_status=False, raise_on_redirect=False, deadline=deadline)
 
-  def scrub(self, text: str) -> str:
-    """Removes the token and the URL's secrets from a text."""
+  def scrub(self, text: str, url: Optional[str] = None) -> str:
+    """Removes the token, `url`'s user info and secret query values from a text."""
     if self._token:
       text = text.replace(self._token, REDACTED)
+    if url:
+      text = text.replace(url, redact_url(url))
     return redact_text(text)
 
   def post_body(self, bucket_time: int, window_end: int, body: bytes,
@@ -214,10 +217,7 @@ class WindowPoster:
       status = response.status_code
       response.close()
     except requests.RequestException as e:
-      error = self.scrub(f'{type(e).__name__}: {e}').replace(url, redact_url(url))
-      parsed = urllib.parse.urlsplit(url)
-      if parsed.query:
-        error = error.replace(parsed.query, urllib.parse.urlsplit(redact_url(url)).query)
+      error = self.scrub(f'{type(e).__name__}: {e}', url)
     # Each failed attempt was logged; a final response that ended the retries
     # (a success, or a status not worth retrying) was not.
     failures = retry.log['failures']
