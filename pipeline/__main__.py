@@ -6,6 +6,7 @@ window went to the dead letters, 1 on failure. A short summary is printed at
 the end.
 """
 
+import argparse
 import logging
 import signal
 import sys
@@ -129,7 +130,20 @@ class StopOnCtrlC:
       signal.signal(signal.SIGINT, self._previous)
 
 
+def print_help() -> None:
+  """The project's flags (Beam's own parser would show none of them)."""
+  parser = argparse.ArgumentParser(
+      prog='python -m pipeline', description=__doc__.split('\n\n')[0],
+      epilog='Runner flags (--runner, --flink_master, --direct_num_workers, ...) pass '
+      'through to Beam; see the README.')
+  VpcFlowPeersOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+  parser.print_help()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+  if argv is not None and ('-h' in argv or '--help' in argv):
+    print_help()
+    return EXIT_OK
   logging.basicConfig(
       level=logging.WARNING, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
   try:

@@ -97,3 +97,11 @@ def test_at_timestamp_without_a_timestamp_is_a_usage_error(capsys):
   assert main(['--kinesis_stream=s', '--kinesis_initial_position=AT_TIMESTAMP',
                '--endpoint=http://127.0.0.1:9/{bucket_time}']) == 1
   assert '--kinesis_start_timestamp' in capsys.readouterr().err
+
+
+def test_help_lists_the_project_flags(capsys):
+  assert main(['--help']) == 0
+  shown = capsys.readouterr().out
+  for flag in ('--input', '--endpoint', '--window_seconds', '--dead_letter_dir', '--log_format',
+               '--allowed_lateness', '--kinesis_stream', '--kinesis_stop_at_latest'):
+    assert flag in shown
