@@ -13,6 +13,23 @@ import sys
 import threading
 from typing import List, Optional
 
+
+def _skip_unused_beam_dependencies() -> None:
+  """Beam imports pyarrow and pymongo at start-up whenever they are installed
+  (as its own dependencies, they always are) for IOs and batch types this
+  pipeline never uses: a third of Beam's import memory (about 35 MB of the
+  peak RSS of every run) and some 0.3 s. Marked absent before Beam is imported,
+  they take Beam's "not installed" path, which every one of its imports of
+  them has. Modules already imported are left alone."""
+  for name in ('pyarrow', 'pyarrow_hotfix', 'pymongo', 'bson'):
+    sys.modules.setdefault(name, None)
+  # Its MongoDB IO says at import that it found no bson; nothing here uses it.
+  logging.getLogger('apache_beam.io.mongodbio').setLevel(logging.ERROR)
+
+
+_skip_unused_beam_dependencies()
+
+# pylint: disable=wrong-import-position
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions

@@ -105,3 +105,13 @@ def test_help_lists_the_project_flags(capsys):
   for flag in ('--input', '--endpoint', '--window_seconds', '--dead_letter_dir', '--log_format',
                '--allowed_lateness', '--kinesis_stream', '--kinesis_stop_at_latest'):
     assert flag in shown
+
+
+def test_the_command_leaves_beams_unused_heavy_dependencies_unloaded():
+  # pyarrow and pymongo are a third of Beam's import memory; nothing here uses them.
+  probe = ('import sys; import pipeline.__main__; '
+           'print([m for m in ("pyarrow", "pymongo", "bson") if sys.modules.get(m) is not None])')
+  shown = subprocess.run([sys.executable, '-c', probe], cwd=REPO, capture_output=True,
+                         text=True, timeout=120, check=True)
+  assert shown.stdout.strip() == '[]'
+  assert 'bson' not in shown.stderr
