@@ -135,3 +135,27 @@ def test_fast_path_equals_line_by_line_parsing_for_custom_formats(fields):
   fast = fast_count(batches, log_format)
   assert fast == reference_count(batches, log_format)
   assert fast[1]['counted_flows'] > 400
+
+
+@pytest.mark.parametrize('lines', [
+    # One field short, then one too many: the batch's field count adds up.
+    (flow_line('10.0.0.1', '10.0.0.2', BASE).replace('ACCEPT ', ''),
+     flow_line('10.0.0.3', '10.0.0.4', BASE) + ' extra'),
+    (flow_line('10.0.0.1', '10.0.0.2', BASE) + ' extra',
+     flow_line('10.0.0.5', '10.0.0.6', BASE),
+     flow_line('10.0.0.3', '10.0.0.4', BASE).replace('ACCEPT ', '')),
+    # A newline inside a line (two lines in one log event).
+    (flow_line('10.0.0.1', '10.0.0.2', BASE) + '\n' + flow_line('10.0.0.3', '10.0.0.4', BASE),
+     flow_line('10.0.0.5', '10.0.0.6', BASE)),
+    ('\n', flow_line('10.0.0.5', '10.0.0.6', BASE)),
+    (' \n ', flow_line('10.0.0.5', '10.0.0.6', BASE)),
+    # The "-" of a flow without an address, twice, beside good lines.
+    (flow_line('10.0.0.1', '-', BASE), flow_line('-', '10.0.0.1', BASE),
+     flow_line('10.0.0.5', '10.0.0.6', BASE)),
+], ids=['short_then_long', 'long_good_short', 'newline_inside', 'lone_newline',
+        'spaced_newline', 'no_address'])
+def test_fast_path_equals_line_by_line_parsing_where_lines_compensate(lines):
+  batches = [LogBatch('record-0', tuple(lines), None, True)]
+  log_format = LogFormat.default()
+  fast = fast_count(batches, log_format)
+  assert fast == reference_count(batches, log_format)

@@ -34,15 +34,15 @@ from transforms.decode import LogBatch
 from transforms.peers import PeerPairs, PeerPairsCoder
 from transforms.flow_record import (
     LOG_STATUS_OK, MAX_FLOW_TIME, MIN_FLOW_TIME, SKIPPED_NO_ADDRESS, SKIPPED_NODATA,
-    SKIPPED_OTHER_STATUS, SKIPPED_SKIPDATA, AddressKeys, FlowLineError, LogFormat,
+    SKIPPED_OTHER_STATUS, SKIPPED_SKIPDATA, NO_VALUE, AddressKeys, FlowLineError, LogFormat,
     address_text, skip_reason)
 
 _LOG = logging.getLogger(__name__)
 
 DEFAULT_WINDOW_SECONDS = 600
 _NONES = itertools.repeat(None)
-# ASCII characters other than the space that str.split() splits on.
-_SPLIT_WHITESPACE = '\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f'
+# ASCII characters other than the space and the newline that str.split() splits on.
+_SPLIT_WHITESPACE = '\t\x0b\x0c\r\x1c\x1d\x1e\x1f'
 
 
 class WindowCounts(NamedTuple):
@@ -128,17 +128,22 @@ class AccumulatePeersDoFn(beam.DoFn):
     addresses, bad lines) is decided by the full parser alone."""
     n_fields = len(log_format.fields)
     everything = range(len(lines))
-    joined = ' '.join(lines)
-    # Only ASCII spaces separate fields, never two in a row or at an end...
+    # Joined with a newline token between lines: after splitting on single
+    # spaces, every line's fields sit between two of those tokens, so that
+    # one count proves every line has the format's number of fields.
+    joined = ' \n '.join(lines)
+    # Only ASCII spaces separate fields, never two in a row or at an end, and
+    # no line holds a newline or another character str.split() splits on.
     if (not joined.isascii() or '  ' in joined or joined[:1] == ' ' or joined[-1:] == ' '
+        or joined.count('\n') != len(lines) - 1
         or any(c in joined for c in _SPLIT_WHITESPACE)):
       return everything
-    # ...and every line has the format's number of fields.
-    if set(map(str.count, lines, itertools.repeat(' '))) != {n_fields - 1}:
-      return everything
-    columns = log_format.counting_columns
     tokens = joined.split(' ')
-    srcs, dsts, starts, ends, statuses = (tokens[i::n_fields] for i in columns)
+    if (len(tokens) != (n_fields + 1) * len(lines) - 1
+        or tokens[n_fields::n_fields + 1].count('\n') != len(lines) - 1):
+      return everything
+    srcs, dsts, starts, ends, statuses = (tokens[i::n_fields + 1]
+                                          for i in log_format.counting_columns)
     cached_key = self._address_keys.cached
     src_keys = list(map(cached_key, srcs))
     dst_keys = list(map(cached_key, dsts))
@@ -188,7 +193,9 @@ class AccumulatePeersDoFn(beam.DoFn):
     """Adds the valid addresses among `texts` whose key is None to the cache;
     True if any was added."""
     learned = False
-    for text in set(itertools.compress(texts, map(operator.not_, keys))):
+    unknown = set(itertools.compress(texts, map(operator.not_, keys)))
+    unknown.discard(NO_VALUE)  # "-": no address, decided by the full parser
+    for text in unknown:
       try:
         self._address_keys(text)
         learned = True

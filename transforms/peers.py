@@ -26,7 +26,7 @@ _WIDE_SHIFT = 130
 # Pending pairs are de-duplicated once they outnumber the distinct ones (and
 # this many at least), so memory stays near the number of distinct pairs at an
 # amortised sorting cost.
-_MIN_PENDING_TO_COMPACT = 1 << 20
+_MIN_PENDING_TO_COMPACT = 1 << 18
 
 
 class PeerPairs:
@@ -56,10 +56,11 @@ class PeerPairs:
   def add_flows(self, srcs: Sequence[int], dsts: Sequence[int]) -> None:
     """Adds both directions of many flows (equal-length lists of keys)."""
     if max(max(srcs), max(dsts)) >= _NARROW_LIMIT:
-      narrow = list(map(operator.gt, itertools.repeat(_NARROW_LIMIT), map(max, srcs, dsts)))
-      for src, dst, is_narrow in zip(srcs, dsts, narrow):
-        if not is_narrow:
-          self.add_flow(src, dst)
+      narrow = list(map(_NARROW_LIMIT.__gt__, map(operator.or_, srcs, dsts)))
+      # Only the few wide flows are visited one by one.
+      wide = list(map(operator.not_, narrow))
+      for src, dst in zip(itertools.compress(srcs, wide), itertools.compress(dsts, wide)):
+        self.add_flow(src, dst)
       srcs = list(itertools.compress(srcs, narrow))
       dsts = list(itertools.compress(dsts, narrow))
       if not srcs:
