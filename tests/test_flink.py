@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from apache_beam.options.pipeline_options import (
     FlinkRunnerOptions, PipelineOptions, PortableOptions)
+from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
 from flink_cluster import flink_cluster  # pylint: disable=unused-import
 from pipeline import runners
@@ -70,6 +71,16 @@ def test_flags_given_on_the_command_line_win(cached_jar):
   flink = options.view_as(FlinkRunnerOptions)
   assert (flink.flink_version, flink.flink_job_server_jar) == ('1.20', '/elsewhere/job-server.jar')
   assert options.view_as(PortableOptions).environment_type == 'EXTERNAL'
+
+
+def test_flink_bundles_finish_before_each_checkpoint_unless_told_otherwise(cached_jar):
+  # Sent to the runner as a pipeline option (Beam's Python SDK does not declare it).
+  def sent(options):
+    encoded = JobServiceHandle.encode_pipeline_options(
+        options.get_all_options(retain_unknown_options=True))
+    return encoded['beam:option:finish_bundle_before_checkpointing:v1']
+  assert sent(flink_defaults(FLINK_FLAGS)) is True
+  assert sent(flink_defaults(FLINK_FLAGS + ['--finish_bundle_before_checkpointing=false'])) is False
 
 
 def test_direct_runner_options_are_left_alone(cached_jar):
