@@ -250,6 +250,21 @@ wait_for_tms() {
   die "timed out after ${START_TIMEOUT}s waiting for $want TaskManager(s) at $REST_URL/taskmanagers; logs in $LOG_DIR"
 }
 
+registered_tm_ids() {
+  rest_get /taskmanagers | "$PYTHON" -c 'import json,sys; print("\n".join(sorted(t["id"] for t in json.load(sys.stdin)["taskmanagers"])))' 2>/dev/null || true
+}
+
+# Waits for a TaskManager whose id is not among those listed in $1. (Not for a
+# count: a SIGKILLed TaskManager stays listed until its heartbeat times out.)
+wait_for_new_tm() {
+  local before="$1" deadline=$(( $(date +%s) + START_TIMEOUT ))
+  while (( $(date +%s) < deadline )); do
+    if comm -13 <(echo "$before") <(registered_tm_ids) | grep -q .; then return 0; fi
+    sleep 1
+  done
+  die "timed out after ${START_TIMEOUT}s waiting for a new TaskManager at $REST_URL/taskmanagers; logs in $LOG_DIR"
+}
+
 # The Beam job-server jar the FlinkRunner submits with (see build-job-server.sh).
 ensure_job_server_jar() {
   "$HERE/build-job-server.sh" >/dev/null \
@@ -302,9 +317,9 @@ cmd_add_taskmanager() {
   [[ -f "$FLINK_HOME_DIR/.assembled" ]] || die "not assembled; run start first"
   prune_pids
   ls "$PID_DIR"/jobmanager-*.pid >/dev/null 2>&1 || die "jobmanager not running; run start first"
-  local before; before=$(registered_tms)
+  local before; before=$(registered_tm_ids)
   launch taskmanager.sh taskexecutor taskmanager
-  wait_for_tms $(( before + 1 ))
+  wait_for_new_tm "$before"
 }
 
 cmd_stop() {
