@@ -16,6 +16,7 @@ Flink tests fail, telling why; VFP_SKIP_FLINK_TESTS=1 skips them instead.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 import urllib.error
@@ -40,9 +41,15 @@ class FlinkCluster(NamedTuple):
   rest_url: str
   state_dir: Path
 
-  def rest(self, path: str):
-    with urllib.request.urlopen(self.rest_url + path, timeout=10) as response:
-      return json.load(response)
+  def rest(self, path: str, method: str = 'GET', body=None):
+    """The JSON answer of a REST call (None for an empty one); `body` is sent as JSON."""
+    data = None if body is None else json.dumps(body).encode('utf-8')
+    request = urllib.request.Request(
+        self.rest_url + path, data=data, method=method,
+        headers={'Content-Type': 'application/json'} if data is not None else {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+      text = response.read()
+    return json.loads(text) if text.strip() else None
 
   def jobs(self) -> List[dict]:
     """Every job the cluster knows: jid, name, state, ..."""
@@ -60,12 +67,52 @@ class FlinkCluster(NamedTuple):
         cancelled.append(job['jid'])
     return cancelled
 
+  def taskmanager_pids(self) -> List[int]:
+    """The TaskManager JVMs local-cluster.sh started and that still run."""
+    pids = []
+    for record in sorted((self.state_dir / 'pids').glob('taskmanager-*.pid')):
+      pid = int(record.read_text().strip() or 0)
+      if pid and _is_cluster_jvm(pid, self.state_dir):
+        pids.append(pid)
+    return pids
+
+  def kill_taskmanager(self, timeout: float = 30) -> int:
+    """SIGKILLs one TaskManager JVM (as a crash would end it); returns its pid."""
+    pids = self.taskmanager_pids()
+    if not pids:
+      pytest.fail(f'no TaskManager of ours under {self.state_dir}/pids (a cluster started '
+                  'by someone else cannot be killed by this test)')
+    pid = pids[0]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while _is_cluster_jvm(pid, self.state_dir):
+      if time.monotonic() > deadline:
+        pytest.fail(f'TaskManager {pid} still alive {timeout}s after SIGKILL')
+      time.sleep(0.1)
+    return pid
+
+  def add_taskmanager(self, timeout: float = 180) -> None:
+    """Starts one more TaskManager and waits until it has registered."""
+    added = _script('add-taskmanager', timeout)
+    if added.returncode != 0:
+      pytest.fail(f'local-cluster.sh add-taskmanager failed:\n{added.stderr[-3000:]}')
+
   def log_tail(self, lines: int = 60) -> str:
     """The end of each Flink log, to explain a failure."""
     out = []
     for log in sorted((self.state_dir / 'log').glob('*.log')):
       out.append(f'--- {log}\n' + '\n'.join(log.read_text(errors='replace').splitlines()[-lines:]))
     return '\n'.join(out)
+
+
+def _is_cluster_jvm(pid: int, state_dir: Path) -> bool:
+  """Whether `pid` runs and is one of the JVMs with this cluster's state dir
+  (as local-cluster.sh tells its own)."""
+  try:
+    cmdline = Path(f'/proc/{pid}/cmdline').read_bytes().replace(b'\0', b' ')
+  except OSError:
+    return False
+  return str(state_dir).encode() in cmdline
 
 
 def _rest_answers(rest_url: str) -> bool:
