@@ -10,7 +10,15 @@ checks that both answers are equal, and reports wall time (start-up included),
 lines per second, the throughput ratio and the peak RSS of the whole process tree
 (workers included). Writes results.md, results.csv and throughput_memory.png.
 
+With --flink it also runs the pipeline on the local Flink session cluster
+(deploy/flink/local-cluster.sh; started here if it is not running, and then
+stopped again) at parallelism 1 and 2, on the --flink_sizes inputs, checks each
+answer against the baseline's, and writes flink.md and flink.csv (wall time
+includes the job's submission; the cluster's JVMs run outside the measured
+process tree, so no memory is compared there).
+
     .venv/bin/python bench/run.py [--sizes 250000,500000,1000000,2000000] [--out bench/results]
+                                  [--flink [--flink_sizes 1500000]]
 """
 
 import argparse
@@ -90,13 +98,19 @@ def generate(size: int, cache_dir: str) -> str:
   return directory
 
 
-def run_size(size: int, cache_dir: str, out_dir: str) -> dict:
+def run_baseline(size: int, cache_dir: str, out_dir: str) -> Measurement:
+  """Runs bench/baseline.py on the input of `size` lines; its answer goes to
+  baseline-<size>.json in `out_dir`."""
   data = generate(size, cache_dir)
   inputs = sorted(os.path.join(data, f) for f in os.listdir(data) if f.endswith('.jsonl'))
-  answer_path = os.path.join(out_dir, f'baseline-{size}.json')
-  with open(answer_path, 'wb') as answer:
-    base = measure([PYTHON, os.path.join(ROOT, 'bench', 'baseline.py')] + inputs, answer)
-  with open(answer_path, encoding='utf-8') as f:
+  with open(os.path.join(out_dir, f'baseline-{size}.json'), 'wb') as answer:
+    return measure([PYTHON, os.path.join(ROOT, 'bench', 'baseline.py')] + inputs, answer)
+
+
+def run_size(size: int, cache_dir: str, out_dir: str) -> dict:
+  data = generate(size, cache_dir)
+  base = run_baseline(size, cache_dir, out_dir)
+  with open(os.path.join(out_dir, f'baseline-{size}.json'), encoding='utf-8') as f:
     expected = json.load(f)
   with Receiver() as receiver:
     pipe = measure([PYTHON, '-m', 'pipeline', f'--input={data}/*.jsonl',
@@ -117,6 +131,49 @@ def run_size(size: int, cache_dir: str, out_dir: str) -> dict:
       'memory_ratio': round(pipe.peak_rss_bytes / max(base.peak_rss_bytes, 1), 2),
       'answers_equal': equal,
   }
+
+
+FLINK_CLUSTER = os.path.join(ROOT, 'deploy', 'flink', 'local-cluster.sh')
+
+
+def _cluster(command: str) -> int:
+  return subprocess.run([FLINK_CLUSTER, command], cwd=ROOT, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL, check=False).returncode
+
+
+def run_flink(size: int, parallelism: int, cache_dir: str, out_dir: str) -> dict:
+  """The pipeline on the local Flink cluster, on the same input as run_size."""
+  data = generate(size, cache_dir)
+  with open(os.path.join(out_dir, f'baseline-{size}.json'), encoding='utf-8') as f:
+    expected = json.load(f)
+  with Receiver() as receiver:
+    run = measure([PYTHON, '-m', 'pipeline', '--runner=FlinkRunner',
+                   '--flink_master=localhost:8081', f'--parallelism={parallelism}',
+                   f'--input={data}/*.jsonl',
+                   f'--endpoint={receiver.url("/windows/{bucket_time}")}',
+                   f'--dead_letter_dir={os.path.join(out_dir, "dead_letters")}'],
+                  subprocess.DEVNULL)
+    got = {path.rsplit('/', 1)[1]: doc for path, doc in receiver.latest_by_path().items()}
+  return {
+      'lines': size,
+      'runner': f'Flink, parallelism {parallelism}',
+      'seconds': round(run.seconds, 2),
+      'lines_per_second': round(size / run.seconds),
+      'answers_equal': run.returncode == 0 and got == expected,
+  }
+
+
+def write_flink_outputs(rows: List[dict], out_dir: str) -> None:
+  with open(os.path.join(out_dir, 'flink.csv'), 'w', newline='', encoding='utf-8') as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  table = ['| lines | runner | s | lines/s | answers equal |', '|---|---|---|---|---|']
+  for r in rows:
+    table.append('| ' + ' | '.join(str(v) for v in r.values()) + ' |')
+  with open(os.path.join(out_dir, 'flink.md'), 'w', encoding='utf-8') as f:
+    f.write('\n'.join(table) + '\n')
+  print('\n'.join(table))
 
 
 def write_outputs(rows: List[dict], out_dir: str) -> None:
@@ -160,15 +217,39 @@ def main(argv=None):
   parser.add_argument('--sizes', default='250000,500000,1000000,1500000,2000000')
   parser.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results'))
   parser.add_argument('--cache', default=os.path.join(ROOT, 'out', 'bench-data'))
+  parser.add_argument('--flink', action='store_true',
+                      help='also run the pipeline on the local Flink cluster')
+  parser.add_argument('--flink_sizes', default='1500000')
   args = parser.parse_args(argv)
   os.makedirs(args.out, exist_ok=True)
   rows = []
-  for size in (int(s) for s in args.sizes.split(',')):
+  sizes = [int(s) for s in args.sizes.split(',')]
+  for size in sizes:
     row = run_size(size, args.cache, args.out)
     print(json.dumps(row), flush=True)
     rows.append(row)
   write_outputs(rows, args.out)
-  return 0 if all(r['answers_equal'] for r in rows) else 1
+  equal = all(r['answers_equal'] for r in rows)
+  if args.flink:
+    flink_rows = []
+    started = _cluster('status') != 0
+    if started and _cluster('start') != 0:
+      print('local-cluster.sh start failed', file=sys.stderr)
+      return 1
+    try:
+      for size in (int(s) for s in args.flink_sizes.split(',')):
+        if size not in sizes:
+          run_baseline(size, args.cache, args.out)  # the answer to compare with
+        for parallelism in (1, 2):
+          row = run_flink(size, parallelism, args.cache, args.out)
+          print(json.dumps(row), flush=True)
+          flink_rows.append(row)
+    finally:
+      if started:
+        _cluster('stop')
+    write_flink_outputs(flink_rows, args.out)
+    equal = equal and all(r['answers_equal'] for r in flink_rows)
+  return 0 if equal else 1
 
 
 if __name__ == '__main__':
