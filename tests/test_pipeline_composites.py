@@ -244,6 +244,28 @@ def test_count_distinct_peers_on_time_late_and_dropped_data():
     ]), label='CheckDeadLetters')
 
 
+def test_a_late_pane_that_changes_no_count_is_not_posted_again():
+  """Late data that adds no pair (a flow delivered twice, records read again
+  after a restore) leaves the window's document as posted: no second pane
+  under a new Idempotency-Key; later data that does add a pair still is."""
+  stream = (
+      TestStream()
+      .advance_watermark_to(W0)
+      .add_elements([TimestampedValue(records_batch('r1', flow_line('10.0.0.1', '10.0.0.2', W0 + 10)), W0 + 10)])
+      .advance_watermark_to(W1 + 100)  # on time pane
+      .add_elements([TimestampedValue(records_batch('r1-again', flow_line('10.0.0.2', '10.0.0.1', W0 + 10)), W0 + 10)])
+      .advance_watermark_to(W1 + 200)  # a late pane with the same counts: not posted
+      .add_elements([TimestampedValue(records_batch('r2', flow_line('10.0.0.1', '10.0.0.3', W0 + 20)), W0 + 20)])
+      .advance_watermark_to_infinity())
+  with streaming_test_pipeline() as p:
+    counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
+    assert_that(counted['documents'], equal_to([
+        WindowCounts(W0, W1, {'10.0.0.1': 1, '10.0.0.2': 1}, 0, 'ON_TIME'),
+        WindowCounts(W0, W1, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.3': 1}, 2, 'LATE'),
+    ]), label='CheckDocuments')
+    assert_that(counted['dead_letters'], equal_to([]), label='CheckDeadLetters')
+
+
 # --- build_pipeline -----------------------------------------------------------
 
 def test_build_pipeline_with_a_recording_sink(tmp_path):

@@ -14,12 +14,14 @@ window merges them, so the shuffle carries a handful of elements per bundle,
 not one per line.
 """
 
+import hashlib
 import itertools
 import logging
 import operator
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
+import orjson
 from apache_beam import coders
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
@@ -290,6 +292,32 @@ class _ToWindowCounts(beam.DoFn):
         counts=counts_as_text(counts), pane_index=pane.index, pane_timing=timing)
 
 
+class SkipUnchangedPanes(beam.DoFn):
+  """Posts a window's later pane only if its counts differ from the last pane
+  posted for that window.
+
+  A late pane repeats the window's complete counts; when the late data adds no
+  pair (the same flow delivered twice, or records a runner reads again after
+  restoring a checkpoint), the document is the one the endpoint already holds,
+  and posting it again under a new pane's Idempotency-Key would look like a
+  change. Such panes are counted (`unchanged_panes`) instead. Input is keyed
+  by window start; the state (a digest of the last counts) lives as long as
+  the window and goes with it."""
+  LAST = userstate.ReadModifyWriteStateSpec('last_counts_digest', coders.BytesCoder())
+
+  def __init__(self):
+    self._unchanged = Metrics.counter(METRICS_NAMESPACE, 'unchanged_panes')
+
+  def process(self, keyed: Tuple[int, WindowCounts], last=beam.DoFn.StateParam(LAST)):
+    _, counts = keyed
+    digest = hashlib.blake2b(orjson.dumps(counts.counts), digest_size=16).digest()
+    if last.read() == digest:
+      self._unchanged.inc()
+      return
+    last.write(digest)
+    yield counts
+
+
 class LateDataGate(beam.DoFn):
   """Sends peer pairs for a window that can no longer fire to the dead letters.
 
@@ -353,7 +381,8 @@ class CountDistinctPeers(beam.PTransform):
   Windows are fixed, `window_seconds` long, aligned to the Unix epoch (so the
   window start is `start // window_seconds * window_seconds`). A window fires
   when the watermark passes its end, and again, with the full accumulated
-  counts, for each later arrival within `allowed_lateness_seconds`."""
+  counts, for each later arrival within `allowed_lateness_seconds` that
+  changes them (SkipUnchangedPanes)."""
   def __init__(self, window_seconds: int = DEFAULT_WINDOW_SECONDS,
                log_format: Optional[LogFormat] = None,
                allowed_lateness_seconds: int = 0):
@@ -368,7 +397,8 @@ class CountDistinctPeers(beam.PTransform):
             PeerPairs).with_outputs(DEAD_LETTER_TAG, main='peers')
     peers = accumulated.peers
     dead_letters = [accumulated[DEAD_LETTER_TAG]]
-    if batches.pipeline.options.view_as(StandardOptions).streaming:
+    streaming = batches.pipeline.options.view_as(StandardOptions).streaming
+    if streaming:
       # Only a streaming run can have data behind the watermark: in a bounded
       # run the watermark moves to the end of time once all input is read, so
       # no window expires before its data is in, and the gate (a keyed,
@@ -392,5 +422,11 @@ class CountDistinctPeers(beam.PTransform):
             allowed_lateness=Duration(seconds=self._allowed_lateness))
         | 'MergePeers' >> beam.CombineGlobally(MergePeerPairs()).without_defaults()
         | 'ToWindowCounts' >> beam.ParDo(_ToWindowCounts()))
+    if streaming:
+      documents = (
+          documents
+          | 'KeyByWindow' >> beam.Map(lambda counts: (counts.bucket_time, counts)).with_output_types(
+              Tuple[int, WindowCounts])
+          | 'SkipUnchangedPanes' >> beam.ParDo(SkipUnchangedPanes()).with_output_types(WindowCounts))
     return {'documents': documents,
             'dead_letters': dead_letters | 'CountDeadLetters' >> beam.Flatten()}
