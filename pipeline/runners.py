@@ -66,6 +66,53 @@ class FlinkCheckpointOptions(PipelineOptions):
         default=None,
         help='Flink: finish the open bundle before each checkpoint (default true with '
         'the FlinkRunner: see pipeline/runners.py).')
+    parser.add_argument(
+        '--savepoint_path', default=None,
+        help='Flink: start the job from this savepoint (or retained checkpoint), as an '
+        'upgrade does.')
+    parser.add_argument(
+        '--allow_non_restored_state', type=_true_or_false, nargs='?', const=True,
+        default=None,
+        help='Flink: with --savepoint_path, skip savepoint state no step of the job claims.')
+
+
+def _option(job, name: str):
+  """A pipeline option of a Beam job on the job-service side (a Struct whose
+  keys are `beam:option:<name>:v1`), or None."""
+  fields = job._pipeline_options.fields  # pylint: disable=protected-access
+  for key in (f'beam:option:{name}:v1', name):
+    if key in fields:
+      value = fields[key]
+      kind = value.WhichOneof('kind')
+      return None if kind in (None, 'null_value') else getattr(value, kind)
+  return None
+
+
+def _run_request_with_savepoint(post):
+  """Wraps FlinkBeamJob.post so that the request that starts an uber-jar job
+  carries the job's --savepoint_path. Beam 2.70 sends only the entry class, and
+  Flink's jar-run REST call restores a savepoint only when its body names it:
+  without this, --savepoint_path is accepted and silently ignored, and the job
+  starts empty (re-reading the stream from its initial position)."""
+  def post_with_savepoint(self, path, **kwargs):
+    savepoint = _option(self, 'savepoint_path')
+    if savepoint and path.startswith('v1/jars/') and path.endswith('/run'):
+      body = dict(kwargs.get('json') or {})
+      body['savepointPath'] = savepoint
+      body['allowNonRestoredState'] = bool(_option(self, 'allow_non_restored_state'))
+      kwargs['json'] = body
+    return post(self, path, **kwargs)
+  post_with_savepoint.restores_savepoints = True
+  return post_with_savepoint
+
+
+def _submit_savepoint_paths() -> None:
+  """Installs _run_request_with_savepoint once (it acts only for jobs that
+  have a --savepoint_path)."""
+  from apache_beam.runners.portability import flink_uber_jar_job_server  # pylint: disable=import-outside-toplevel
+  job = flink_uber_jar_job_server.FlinkBeamJob
+  if not getattr(job.post, 'restores_savepoints', False):
+    job.post = _run_request_with_savepoint(job.post)
 
 
 class FlinkSetupError(RuntimeError):
@@ -145,6 +192,7 @@ def apply_flink_defaults(options: PipelineOptions) -> None:
   if master in MAGIC_FLINK_MASTERS:
     return  # Beam starts the job server with an embedded Flink, and LOOPBACK.
   flink.flink_submit_uber_jar = True
+  _submit_savepoint_paths()
   portable = options.view_as(PortableOptions)
   if not portable.environment_type and flink_master_host(master) in LOOPBACK_HOSTS:
     portable.environment_type = 'LOOPBACK'

@@ -83,6 +83,37 @@ def test_flink_bundles_finish_before_each_checkpoint_unless_told_otherwise(cache
   assert sent(flink_defaults(FLINK_FLAGS + ['--finish_bundle_before_checkpointing=false'])) is False
 
 
+@pytest.mark.parametrize('extra, expected_body', [
+    ([], {'entryClass': 'org.apache.beam.runners.flink.FlinkPipelineRunner'}),
+    (['--savepoint_path=s3://bucket/savepoints/savepoint-1'],
+     {'entryClass': 'org.apache.beam.runners.flink.FlinkPipelineRunner',
+      'savepointPath': 's3://bucket/savepoints/savepoint-1', 'allowNonRestoredState': False}),
+    (['--savepoint_path=/tmp/sp', '--allow_non_restored_state'],
+     {'entryClass': 'org.apache.beam.runners.flink.FlinkPipelineRunner',
+      'savepointPath': '/tmp/sp', 'allowNonRestoredState': True}),
+], ids=['no_savepoint', 'savepoint', 'savepoint_allowing_non_restored_state'])
+def test_the_job_starts_from_the_savepoint_path(cached_jar, tmp_path, monkeypatch, extra, expected_body):
+  """Flink's jar-run REST call restores only the savepoint its body names;
+  Beam 2.70 sends only the entry class, so --savepoint_path would be ignored."""
+  from apache_beam.runners.portability.flink_uber_jar_job_server import FlinkBeamJob  # pylint: disable=import-outside-toplevel
+  options = flink_defaults(FLINK_FLAGS + extra)
+  encoded = JobServiceHandle.encode_pipeline_options(
+      options.get_all_options(retain_unknown_options=True))
+  jar = tmp_path / 'job.jar'
+  jar.write_bytes(b'PK')
+  job = FlinkBeamJob('http://127.0.0.1:8081', str(jar), 'job-1', 'job', None, encoded)
+  job._jar = str(jar)  # pylint: disable=protected-access  (prepare() sets it)
+  requests_sent = []
+
+  def request(method, path, expected_status=200, **kwargs):  # pylint: disable=unused-argument
+    requests_sent.append((path, kwargs.get('json')))
+    return {'filename': '/x/abc_beam.jar'} if path.endswith('upload') else {'jobid': 'j1'}
+  monkeypatch.setattr(job, 'request', request)
+  monkeypatch.setattr(job, '_stop_artifact_service', lambda: None)
+  job.run()
+  assert requests_sent[-1] == ('v1/jars/abc_beam.jar/run', expected_body)
+
+
 def test_direct_runner_options_are_left_alone(cached_jar):
   argv = ['--runner=DirectRunner', '--input=x', '--endpoint=http://127.0.0.1/{bucket_time}']
   options = flink_defaults(argv)
