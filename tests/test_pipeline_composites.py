@@ -89,6 +89,11 @@ def records_batch(origin, *lines):
   return LogBatch(origin, tuple(lines), None, True)
 
 
+def arriving(origin, srcaddr, dstaddr, start):
+  """For TestStream: a record holding one flow, stamped with the flow's start."""
+  return [TimestampedValue(records_batch(origin, flow_line(srcaddr, dstaddr, start)), start)]
+
+
 COUNT_CASES = {
     'ipv4_and_ipv6_duplicates_counted_once': dict(
         batches=[records_batch('r1',
@@ -225,11 +230,11 @@ def test_count_distinct_peers_on_time_late_and_dropped_data():
   stream = (
       TestStream()
       .advance_watermark_to(W0)
-      .add_elements([TimestampedValue(records_batch('r1', flow_line('10.0.0.1', '10.0.0.2', W0 + 10)), W0 + 10)])
+      .add_elements(arriving('r1', '10.0.0.1', '10.0.0.2', W0 + 10))
       .advance_watermark_to(W1 + 100)  # past the window's end: on time pane
-      .add_elements([TimestampedValue(records_batch('r2', flow_line('10.0.0.1', '10.0.0.3', W0 + 20)), W0 + 20)])
+      .add_elements(arriving('r2', '10.0.0.1', '10.0.0.3', W0 + 20))
       .advance_watermark_to(W1 + 3600 + 100)  # past the allowed lateness
-      .add_elements([TimestampedValue(records_batch('r3', flow_line('10.0.0.1', '10.0.0.4', W0 + 30)), W0 + 30)])
+      .add_elements(arriving('r3', '10.0.0.1', '10.0.0.4', W0 + 30))
       .advance_watermark_to_infinity())
   with streaming_test_pipeline() as p:
     counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
@@ -251,11 +256,11 @@ def test_a_late_pane_that_changes_no_count_is_not_posted_again():
   stream = (
       TestStream()
       .advance_watermark_to(W0)
-      .add_elements([TimestampedValue(records_batch('r1', flow_line('10.0.0.1', '10.0.0.2', W0 + 10)), W0 + 10)])
+      .add_elements(arriving('r1', '10.0.0.1', '10.0.0.2', W0 + 10))
       .advance_watermark_to(W1 + 100)  # on time pane
-      .add_elements([TimestampedValue(records_batch('r1-again', flow_line('10.0.0.2', '10.0.0.1', W0 + 10)), W0 + 10)])
+      .add_elements(arriving('r1-again', '10.0.0.2', '10.0.0.1', W0 + 10))
       .advance_watermark_to(W1 + 200)  # a late pane with the same counts: not posted
-      .add_elements([TimestampedValue(records_batch('r2', flow_line('10.0.0.1', '10.0.0.3', W0 + 20)), W0 + 20)])
+      .add_elements(arriving('r2', '10.0.0.1', '10.0.0.3', W0 + 20))
       .advance_watermark_to_infinity())
   with streaming_test_pipeline() as p:
     counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
@@ -336,9 +341,9 @@ def test_first_flows_of_a_window_that_closed_long_ago_are_a_dead_letter():
   stream = (
       TestStream()
       .advance_watermark_to(W0)
-      .add_elements([TimestampedValue(records_batch('r1', flow_line('10.0.0.1', '10.0.0.2', W1 + 10)), W1 + 10)])
+      .add_elements(arriving('r1', '10.0.0.1', '10.0.0.2', W1 + 10))
       .advance_watermark_to(W1 + 600 + 3600 + 100)  # W1 has closed, and so has W0
-      .add_elements([TimestampedValue(records_batch('r2', flow_line('10.0.0.7', '10.0.0.8', W0 + 10)), W0 + 10)])
+      .add_elements(arriving('r2', '10.0.0.7', '10.0.0.8', W0 + 10))
       .advance_watermark_to_infinity())
   with streaming_test_pipeline() as p:
     counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
