@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -107,17 +107,28 @@ def run_baseline(size: int, cache_dir: str, out_dir: str) -> Measurement:
     return measure([PYTHON, os.path.join(ROOT, 'bench', 'baseline.py')] + inputs, answer)
 
 
+def baseline_answer(size: int, out_dir: str) -> dict:
+  with open(os.path.join(out_dir, f'baseline-{size}.json'), encoding='utf-8') as f:
+    return json.load(f)
+
+
+def run_pipeline(data: str, out_dir: str, flags: List[str] = ()) -> Tuple[Measurement, dict]:
+  """`python -m pipeline [flags]` over `data`, posting to a receiver here; its
+  measurement, and the documents it posted by window start."""
+  with Receiver() as receiver:
+    run = measure([PYTHON, '-m', 'pipeline', *flags, f'--input={data}/*.jsonl',
+                   f'--endpoint={receiver.url("/windows/{bucket_time}")}',
+                   f'--dead_letter_dir={os.path.join(out_dir, "dead_letters")}'],
+                  subprocess.DEVNULL)
+    got = {path.rsplit('/', 1)[1]: doc for path, doc in receiver.latest_by_path().items()}
+  return run, got
+
+
 def run_size(size: int, cache_dir: str, out_dir: str) -> dict:
   data = generate(size, cache_dir)
   base = run_baseline(size, cache_dir, out_dir)
-  with open(os.path.join(out_dir, f'baseline-{size}.json'), encoding='utf-8') as f:
-    expected = json.load(f)
-  with Receiver() as receiver:
-    pipe = measure([PYTHON, '-m', 'pipeline', f'--input={data}/*.jsonl',
-                    f'--endpoint={receiver.url("/windows/{bucket_time}")}',
-                    f'--dead_letter_dir={os.path.join(out_dir, "dead_letters")}'],
-                   subprocess.DEVNULL)
-    got = {path.rsplit('/', 1)[1]: doc for path, doc in receiver.latest_by_path().items()}
+  pipe, got = run_pipeline(data, out_dir)
+  expected = baseline_answer(size, out_dir)
   equal = base.returncode == 0 and pipe.returncode == 0 and got == expected
   return {
       'lines': size,
@@ -143,52 +154,35 @@ def _cluster(command: str) -> int:
 
 def run_flink(size: int, parallelism: int, cache_dir: str, out_dir: str) -> dict:
   """The pipeline on the local Flink cluster, on the same input as run_size."""
-  data = generate(size, cache_dir)
-  with open(os.path.join(out_dir, f'baseline-{size}.json'), encoding='utf-8') as f:
-    expected = json.load(f)
-  with Receiver() as receiver:
-    run = measure([PYTHON, '-m', 'pipeline', '--runner=FlinkRunner',
-                   '--flink_master=localhost:8081', f'--parallelism={parallelism}',
-                   f'--input={data}/*.jsonl',
-                   f'--endpoint={receiver.url("/windows/{bucket_time}")}',
-                   f'--dead_letter_dir={os.path.join(out_dir, "dead_letters")}'],
-                  subprocess.DEVNULL)
-    got = {path.rsplit('/', 1)[1]: doc for path, doc in receiver.latest_by_path().items()}
+  run, got = run_pipeline(generate(size, cache_dir), out_dir, [
+      '--runner=FlinkRunner', '--flink_master=localhost:8081', f'--parallelism={parallelism}'])
   return {
       'lines': size,
       'runner': f'Flink, parallelism {parallelism}',
       'seconds': round(run.seconds, 2),
       'lines_per_second': round(size / run.seconds),
-      'answers_equal': run.returncode == 0 and got == expected,
+      'answers_equal': run.returncode == 0 and got == baseline_answer(size, out_dir),
   }
 
 
-def write_flink_outputs(rows: List[dict], out_dir: str) -> None:
-  with open(os.path.join(out_dir, 'flink.csv'), 'w', newline='', encoding='utf-8') as f:
+def write_table(rows: List[dict], header: str, out_dir: str, name: str) -> None:
+  """`rows` as <name>.csv and as the Markdown table <name>.md (also printed)."""
+  with open(os.path.join(out_dir, f'{name}.csv'), 'w', newline='', encoding='utf-8') as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-  table = ['| lines | runner | s | lines/s | answers equal |', '|---|---|---|---|---|']
+  table = [header, '|' + '---|' * len(rows[0])]
   for r in rows:
     table.append('| ' + ' | '.join(str(v) for v in r.values()) + ' |')
-  with open(os.path.join(out_dir, 'flink.md'), 'w', encoding='utf-8') as f:
+  with open(os.path.join(out_dir, f'{name}.md'), 'w', encoding='utf-8') as f:
     f.write('\n'.join(table) + '\n')
   print('\n'.join(table))
 
 
 def write_outputs(rows: List[dict], out_dir: str) -> None:
-  with open(os.path.join(out_dir, 'results.csv'), 'w', newline='', encoding='utf-8') as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-  header = ('| lines | baseline s | baseline lines/s | baseline peak MB | pipeline s | '
-            'pipeline lines/s | pipeline peak MB | throughput ratio | memory ratio | answers equal |')
-  table = [header, '|' + '---|' * 10]
-  for r in rows:
-    table.append('| ' + ' | '.join(str(v) for v in r.values()) + ' |')
-  with open(os.path.join(out_dir, 'results.md'), 'w', encoding='utf-8') as f:
-    f.write('\n'.join(table) + '\n')
-  print('\n'.join(table))
+  write_table(rows, '| lines | baseline s | baseline lines/s | baseline peak MB | pipeline s | '
+              'pipeline lines/s | pipeline peak MB | throughput ratio | memory ratio | answers equal |',
+              out_dir, 'results')
   try:
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use('Agg')
@@ -247,7 +241,7 @@ def main(argv=None):
     finally:
       if started:
         _cluster('stop')
-    write_flink_outputs(flink_rows, args.out)
+    write_table(flink_rows, '| lines | runner | s | lines/s | answers equal |', args.out, 'flink')
     equal = equal and all(r['answers_equal'] for r in flink_rows)
   return 0 if equal else 1
 
