@@ -79,13 +79,9 @@ class FlinkCheckpointOptions(PipelineOptions):
 def _option(job, name: str):
   """A pipeline option of a Beam job on the job-service side (a Struct whose
   keys are `beam:option:<name>:v1`), or None."""
-  fields = job._pipeline_options.fields  # pylint: disable=protected-access
-  for key in (f'beam:option:{name}:v1', name):
-    if key in fields:
-      value = fields[key]
-      kind = value.WhichOneof('kind')
-      return None if kind in (None, 'null_value') else getattr(value, kind)
-  return None
+  value = job._pipeline_options.fields.get(f'beam:option:{name}:v1')  # pylint: disable=protected-access
+  kind = value.WhichOneof('kind') if value is not None else None
+  return None if kind in (None, 'null_value') else getattr(value, kind)
 
 
 def _run_request_with_savepoint(post):
