@@ -16,6 +16,7 @@ import pytest
 from pipeline import aws_emulator
 from pipeline.runners import ensure_prism
 from tests.builders import flow_line
+from transforms.dead_letter import KIND_LATE_DATA, read_dead_letters
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WINDOW = 10
@@ -68,10 +69,14 @@ def test_continuous_read_posts_windows_as_they_close_and_stops_on_ctrl_c(
       wait_for(lambda: f'/connection_sets/{first}' in receiver.latest_by_path(), 120,
                f'window {first} to be posted')
       assert process.poll() is None, 'the continuous read ended by itself'
-      # More flows, written while the pipeline runs, reach their own window.
+      # More flows, written while the pipeline runs, reach their own window;
+      # those for windows that have closed (no lateness is allowed) are too
+      # late: dead letters, even for a window nothing was ever read for.
       second = next_window_start()
       aws_emulator.put_flow_lines(logs, '/vpc/flow-logs', 'eni-1', [[
-          flow_line('2001:db8::1', '10.0.0.1', second + 4)]])
+          flow_line('2001:db8::1', '10.0.0.1', second + 4),
+          flow_line('10.0.0.1', '10.0.0.9', first + 5),
+          flow_line('10.0.0.5', '10.0.0.6', first - 600)]])
       wait_for(lambda: f'/connection_sets/{second}' in receiver.latest_by_path(), 90,
                f'window {second} to be posted')
       assert process.poll() is None
@@ -87,6 +92,9 @@ def test_continuous_read_posts_windows_as_they_close_and_stops_on_ctrl_c(
   documents = receiver.latest_by_path()
   assert documents[f'/connection_sets/{first}'] == {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.3': 1}
   assert documents[f'/connection_sets/{second}'] == {'2001:db8::1': 1, '10.0.0.1': 1}
-  first_post = next(p for p in receiver.posts if p.path == f'/connection_sets/{first}')
-  assert first_post.headers['X-Pane-Timing'] == 'ON_TIME'
-  assert sorted(path.name.split('-')[0] for path in tmp_path.glob('*.jsonl')) == []
+  first_posts = [p for p in receiver.posts if p.path == f'/connection_sets/{first}']
+  assert [p.headers['X-Pane-Timing'] for p in first_posts] == ['ON_TIME']
+  assert {path.name.split('-')[0] for path in tmp_path.glob('*.jsonl')} == {KIND_LATE_DATA}
+  late = {letter['bucket_time']: letter['sample_counts']
+          for _, letter in read_dead_letters(str(tmp_path), KIND_LATE_DATA)}
+  assert late == {first: {'10.0.0.1': 1, '10.0.0.9': 1}, first - 600: {'10.0.0.5': 1, '10.0.0.6': 1}}

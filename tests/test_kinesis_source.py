@@ -19,6 +19,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
 from pipeline.builder import build_pipeline
 from pipeline.options import VpcFlowPeersOptions
@@ -377,6 +378,33 @@ def write_records(kinesis, stream_name, count):
   kinesis.put_records(StreamName=stream_name, Records=[
       {'Data': d, 'PartitionKey': f'key-{i}'} for i, d in enumerate(data)])
   return data
+
+
+def one_record_per_call(params, **unused_kwargs):
+  """A botocore hook: every GetRecords asks for a single record."""
+  params['Limit'] = 1
+
+
+def test_each_record_carries_the_watermark_its_reader_had_when_it_was_read(moto, stream_name):
+  """LogBatch.watermark comes from here: a record read before the reader has a
+  watermark carries the start of time; a later one, the newest arrival read
+  before it minus the delivery delay."""
+  kinesis = kh.client('kinesis', moto.url)
+  kh.create_stream(kinesis, stream_name, 1)
+  data = write_records(kinesis, stream_name, 3)
+  shard_id = kinesis.list_shards(StreamName=stream_name)['Shards'][0]['ShardId']
+  iterator = kinesis.get_shard_iterator(StreamName=stream_name, ShardId=shard_id,
+                                        ShardIteratorType='TRIM_HORIZON')['ShardIterator']
+  arrivals = [r['ApproximateArrivalTimestamp'].timestamp()
+              for r in kinesis.get_records(ShardIterator=iterator)['Records']]
+  with TestPipeline() as p:
+    records = read_stream(p, moto, stream_name, max_delivery_delay_seconds=60,
+                          client_event_hooks=[('provide-client-params.kinesis.GetRecords',
+                                               one_record_per_call)])
+    assert_that(records | beam.Map(lambda r: (r.data, r.watermark)), equal_to([
+        (data[0], float(MIN_TIMESTAMP)),
+        (data[1], float(Timestamp.of(arrivals[0] - 60))),
+        (data[2], float(Timestamp.of(arrivals[1] - 60)))]))
 
 
 def test_throttling_is_retried_by_botocore_and_every_record_read_once(moto, stream_name):

@@ -89,9 +89,11 @@ def records_batch(origin, *lines):
   return LogBatch(origin, tuple(lines), None, True)
 
 
-def arriving(origin, srcaddr, dstaddr, start):
-  """For TestStream: a record holding one flow, stamped with the flow's start."""
-  return [TimestampedValue(records_batch(origin, flow_line(srcaddr, dstaddr, start)), start)]
+def arriving(origin, srcaddr, dstaddr, start, watermark):
+  """For TestStream: a record holding one flow, read (as the Kinesis reader
+  stamps it) while the source's watermark was `watermark`, at the flow's start."""
+  batch = records_batch(origin, flow_line(srcaddr, dstaddr, start))._replace(watermark=watermark)
+  return [TimestampedValue(batch, start)]
 
 
 COUNT_CASES = {
@@ -230,22 +232,23 @@ def test_count_distinct_peers_on_time_late_and_dropped_data():
   stream = (
       TestStream()
       .advance_watermark_to(W0)
-      .add_elements(arriving('r1', '10.0.0.1', '10.0.0.2', W0 + 10))
+      .add_elements(arriving('r1', '10.0.0.1', '10.0.0.2', W0 + 10, W0))
       .advance_watermark_to(W1 + 100)  # past the window's end: on time pane
-      .add_elements(arriving('r2', '10.0.0.1', '10.0.0.3', W0 + 20))
+      .add_elements(arriving('r2', '10.0.0.1', '10.0.0.3', W0 + 20, W1 + 100))
+      .advance_watermark_to(W1 + 3600)  # the last moment of the allowed lateness
+      .add_elements(arriving('r3', '10.0.0.1', '10.0.0.5', W0 + 25, W1 + 3600 - 1e-6))
       .advance_watermark_to(W1 + 3600 + 100)  # past the allowed lateness
-      .add_elements(arriving('r3', '10.0.0.1', '10.0.0.4', W0 + 30))
+      .add_elements(arriving('r4', '10.0.0.1', '10.0.0.4', W0 + 30, W1 + 3600 + 100))
       .advance_watermark_to_infinity())
   with streaming_test_pipeline() as p:
     counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
     assert_that(counted['documents'], equal_to([
         WindowCounts(W0, W1, {'10.0.0.1': 1, '10.0.0.2': 1}, 0, 'ON_TIME'),
         WindowCounts(W0, W1, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.3': 1}, 1, 'LATE'),
+        WindowCounts(W0, W1, {'10.0.0.1': 3, '10.0.0.2': 1, '10.0.0.3': 1, '10.0.0.5': 1}, 2, 'LATE'),
     ]), label='CheckDocuments')
     assert_that(counted['dead_letters'], equal_to([
-        DeadLetter(KIND_LATE_DATA, 'flows arrived after their window closed (allowed lateness passed)',
-                   f'window {W0}', {'bucket_time': W0, 'peer_pairs': 2,
-                                    'sample_counts': {'10.0.0.1': 1, '10.0.0.4': 1}}),
+        too_late(W0, {'10.0.0.1': 1, '10.0.0.4': 1}, ['r4']),
     ]), label='CheckDeadLetters')
 
 
@@ -256,11 +259,11 @@ def test_a_late_pane_that_changes_no_count_is_not_posted_again():
   stream = (
       TestStream()
       .advance_watermark_to(W0)
-      .add_elements(arriving('r1', '10.0.0.1', '10.0.0.2', W0 + 10))
+      .add_elements(arriving('r1', '10.0.0.1', '10.0.0.2', W0 + 10, W0))
       .advance_watermark_to(W1 + 100)  # on time pane
-      .add_elements(arriving('r1-again', '10.0.0.2', '10.0.0.1', W0 + 10))
+      .add_elements(arriving('r1-again', '10.0.0.2', '10.0.0.1', W0 + 10, W1 + 100))
       .advance_watermark_to(W1 + 200)  # a late pane with the same counts: not posted
-      .add_elements(arriving('r2', '10.0.0.1', '10.0.0.3', W0 + 20))
+      .add_elements(arriving('r2', '10.0.0.1', '10.0.0.3', W0 + 20, W1 + 200))
       .advance_watermark_to_infinity())
   with streaming_test_pipeline() as p:
     counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
@@ -334,23 +337,44 @@ def test_an_empty_closing_pane_is_not_posted():
     assert_that(panes, equal_to([WindowCounts(W1, W1 + 600, {'10.0.0.1': 1}, 0, 'UNKNOWN')]))
 
 
-def test_first_flows_of_a_window_that_closed_long_ago_are_a_dead_letter():
-  """Pairs for a window that closed before any of its data arrived are still a
-  dead letter, not dropped in silence: the gate knows the watermark passed that
-  window's expiry from another window's closing."""
+def too_late(bucket, sample_counts, records):
+  """The late_data dead letter of one window's too-late flows (one peer pair per
+  address in `sample_counts`)."""
+  return DeadLetter(KIND_LATE_DATA, 'flows arrived after their window closed (allowed lateness passed)',
+                    f'window {bucket}', {'bucket_time': bucket, 'peer_pairs': sum(sample_counts.values()),
+                                         'sample_counts': sample_counts, 'records': records})
+
+
+def test_the_first_flows_ever_read_can_be_too_late():
+  """Flows for a window that closed before the pipeline read anything are a
+  dead letter, not dropped in silence, even in the same record as flows that
+  count: nothing else has to close first for lateness to be known."""
+  later = W0 + 600 * 10  # a window still open when the watermark is at W1 + 3600 + 100
   stream = (
       TestStream()
-      .advance_watermark_to(W0)
-      .add_elements(arriving('r1', '10.0.0.1', '10.0.0.2', W1 + 10))
-      .advance_watermark_to(W1 + 600 + 3600 + 100)  # W1 has closed, and so has W0
-      .add_elements(arriving('r2', '10.0.0.7', '10.0.0.8', W0 + 10))
+      .advance_watermark_to(W1 + 3600 + 100)  # W0 has closed, and W1 still takes late data
+      .add_elements(arriving('r1', '10.0.0.7', '10.0.0.8', W0 + 10, W1 + 3600 + 100) + [
+          TimestampedValue(records_batch(
+          'r2', flow_line('10.0.0.1', '10.0.0.2', later + 1), flow_line('10.0.0.7', '10.0.0.9', W0 + 20),
+          flow_line('10.0.0.3', '10.0.0.1', W1 + 5), flow_line('10.0.0.1', '10.0.0.4', later + 2),
+          )._replace(watermark=W1 + 3600 + 100), W0)])  # one bundle: one dead letter per window
       .advance_watermark_to_infinity())
   with streaming_test_pipeline() as p:
     counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
     assert_that(counted['documents'], equal_to([
-        WindowCounts(W1, W1 + 600, {'10.0.0.1': 1, '10.0.0.2': 1}, 0, 'ON_TIME')]), label='CheckDocuments')
+        WindowCounts(W1, W1 + 600, {'10.0.0.1': 1, '10.0.0.3': 1}, 0, 'LATE'),
+        WindowCounts(later, later + 600, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.4': 1}, 0, 'ON_TIME'),
+    ]), label='CheckDocuments')
     assert_that(counted['dead_letters'], equal_to([
-        DeadLetter(KIND_LATE_DATA, 'flows arrived after their window closed (allowed lateness passed)',
-                   f'window {W0}', {'bucket_time': W0, 'peer_pairs': 2,
-                                    'sample_counts': {'10.0.0.7': 1, '10.0.0.8': 1}})]),
+        too_late(W0, {'10.0.0.7': 2, '10.0.0.8': 1, '10.0.0.9': 1}, ['r1', 'r2'])]),
                 label='CheckDeadLetters')
+
+
+def test_a_bounded_run_counts_every_flow_whatever_its_batch_watermark():
+  """Only a streaming run can close a window before its data is in."""
+  batch = records_batch('r1', flow_line('10.0.0.1', '10.0.0.2', W0 + 1))._replace(watermark=W1 + 7200)
+  with TestPipeline() as p:
+    counted = p | beam.Create([batch]) | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
+    assert_that(counted['documents'], equal_to([window(W0, {'10.0.0.1': 1, '10.0.0.2': 1})]),
+                label='CheckDocuments')
+    assert_that(counted['dead_letters'], equal_to([]), label='CheckDeadLetters')

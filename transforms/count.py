@@ -17,6 +17,7 @@ not one per line.
 import hashlib
 import itertools
 import logging
+import math
 import operator
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
@@ -79,22 +80,50 @@ class _LineTally:
     self.reset()
 
 
+# A late_data dead letter names at most this many addresses and records.
+MAX_LATE_SAMPLE = 20
+MAX_LATE_ORIGINS = 20
+
+
+class _LateWindow(NamedTuple):
+  """A bundle's too-late pairs for one window, and the first batches they came from."""
+  pairs: PeerPairs
+  origins: list
+
+
 class AccumulatePeersDoFn(beam.DoFn):
   """Parses LogBatches and gathers the bundle's peer pairs per window bucket.
 
   Emits, at the end of each bundle, one PeerPairs per bucket timestamped with
-  the bucket's start; bad lines go to the dead-letter output as they are met."""
-  def __init__(self, window_seconds: int, default_format: LogFormat):
+  the bucket's start; bad lines go to the dead-letter output as they are met.
+
+  Too-late flows (streaming runs, `allowed_lateness_seconds` given): Beam
+  drops data for a window whose expiry (end + allowed lateness) the watermark
+  has passed, without a word, and a DoFn cannot ask the runner where the
+  watermark is. A batch's `watermark` (LogBatch) is a bound no watermark
+  downstream can be ahead of until the batch's pairs reach their window, so
+  a flow whose window expires at or before it is counted here as too late
+  (`late_pairs`) and becomes, per bundle and window, a `late_data` dead
+  letter; every other flow is one the windowed combine still takes. Batches
+  without a watermark (files) are all counted."""
+  def __init__(self, window_seconds: int, default_format: LogFormat,
+               allowed_lateness_seconds: Optional[int] = None):
     self._window_seconds = window_seconds
     self._default_format = default_format
+    self._allowed_lateness = allowed_lateness_seconds
 
   def setup(self):
     self._formats = {None: self._default_format}
     self._address_keys = AddressKeys()
     self._tally = _LineTally()
+    self._late_pairs = Metrics.counter(METRICS_NAMESPACE, 'late_pairs')
 
   def start_bundle(self):
     self._buckets: Dict[int, PeerPairs] = {}
+    self._late: Dict[int, _LateWindow] = {}
+    # Buckets at or below this are too late for the batch being counted.
+    self._last_late_bucket = -math.inf
+    self._origin = ''
 
   def _format(self, fields: Optional[Tuple[str, ...]]) -> LogFormat:
     log_format = self._formats.get(fields)
@@ -103,12 +132,29 @@ class AccumulatePeersDoFn(beam.DoFn):
     return log_format
 
   def _pairs(self, bucket: int) -> PeerPairs:
+    if bucket <= self._last_late_bucket:
+      return self._late_pairs_of(bucket)
     pairs = self._buckets.get(bucket)
     if pairs is None:
       pairs = self._buckets[bucket] = PeerPairs.empty()
     return pairs
 
+  def _late_pairs_of(self, bucket: int) -> PeerPairs:
+    late = self._late.get(bucket)
+    if late is None:
+      late = self._late[bucket] = _LateWindow(PeerPairs.empty(), [])
+    if len(late.origins) < MAX_LATE_ORIGINS and self._origin not in late.origins:
+      late.origins.append(self._origin)
+    return late.pairs
+
   def process(self, batch: LogBatch):
+    if self._allowed_lateness is not None and batch.watermark is not None:
+      # Too late: bucket + window + lateness <= watermark (Beam keeps a window
+      # while end - 1 microsecond + lateness >= the watermark).
+      self._last_late_bucket = batch.watermark - self._window_seconds - self._allowed_lateness
+      self._origin = batch.origin
+    else:
+      self._last_late_bucket = -math.inf
     log_format = self._format(batch.fields)
     lines = batch.lines
     slow_lines = self._count_fast(lines, log_format)
@@ -237,6 +283,16 @@ class AccumulatePeersDoFn(beam.DoFn):
     while buckets:  # popped, so that only the receiver holds each set
       bucket, pairs = buckets.popitem()
       yield WindowedValue(pairs.compact(), bucket, [window.GlobalWindow()])
+    late, self._late = self._late, {}
+    for bucket, (pairs, origins) in sorted(late.items()):
+      self._late_pairs.inc(len(pairs))
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, WindowedValue(DeadLetter(
+          KIND_LATE_DATA, 'flows arrived after their window closed (allowed lateness passed)',
+          f'window {bucket}', {'bucket_time': bucket, 'peer_pairs': len(pairs),
+                               'sample_counts': counts_as_text(dict(
+                                   list(pairs.peer_counts().items())[:MAX_LATE_SAMPLE])),
+                               'records': origins}),
+          bucket, [window.GlobalWindow()]))
 
 
 class MergePeerPairs(beam.CombineFn):
@@ -318,63 +374,6 @@ class SkipUnchangedPanes(beam.DoFn):
     yield counts
 
 
-class LateDataGate(beam.DoFn):
-  """Sends peer pairs for a window that can no longer fire to the dead letters.
-
-  Beam drops data that arrives after a window's allowed lateness without a
-  word; this gate makes that loud. All pairs pass through one key, whose state
-  keeps the expiry times (window end + allowed lateness) of the windows seen
-  and still open, with an event-time timer at the earliest, and the latest
-  expiry the watermark has passed (the floor). Pairs for a window whose expiry
-  is at or below the floor are dead letters (counted as `late_pairs`), not a
-  silent drop: even the first pairs of a window that closed long ago. The
-  gate's timers fire no later than the windowed combine downstream expires a
-  window, so everything it lets through is still counted there.
-
-  One gap is left: until some window's timer has fired, the floor knows
-  nothing of the watermark, so pairs for an expired window seen before any
-  other window closed pass (and would be dropped downstream)."""
-  FLOOR = userstate.ReadModifyWriteStateSpec('watermark_floor', coders.VarIntCoder())
-  PENDING = userstate.ReadModifyWriteStateSpec(
-      'pending_expiries', coders.ListCoder(coders.VarIntCoder()))
-  EXPIRY = userstate.TimerSpec('expiry', userstate.TimeDomain.WATERMARK)
-
-  def __init__(self, window_seconds: int, allowed_lateness_seconds: int):
-    self._window_seconds = window_seconds
-    self._allowed_lateness = allowed_lateness_seconds
-    self._late_pairs = Metrics.counter(METRICS_NAMESPACE, 'late_pairs')
-
-  def process(self, keyed_pairs, floor=beam.DoFn.StateParam(FLOOR),
-              pending=beam.DoFn.StateParam(PENDING), expiry=beam.DoFn.TimerParam(EXPIRY)):
-    _, (bucket, pairs) = keyed_pairs
-    expires = bucket + self._window_seconds + self._allowed_lateness
-    passed = floor.read()
-    if passed is None or expires > passed:
-      waiting = pending.read() or []
-      if expires not in waiting:
-        waiting = sorted(waiting + [expires])
-        pending.write(waiting)
-        expiry.set(waiting[0])
-      yield pairs
-    else:
-      self._late_pairs.inc(len(pairs))
-      yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
-          KIND_LATE_DATA, 'flows arrived after their window closed (allowed lateness passed)',
-          f'window {bucket}', {'bucket_time': bucket, 'peer_pairs': len(pairs),
-                               'sample_counts': counts_as_text(dict(
-                                   list(pairs.peer_counts().items())[:20]))}))
-
-  @userstate.on_timer(EXPIRY)
-  def close(self, fired=beam.DoFn.TimestampParam, floor=beam.DoFn.StateParam(FLOOR),
-            pending=beam.DoFn.StateParam(PENDING), expiry=beam.DoFn.TimerParam(EXPIRY)):
-    passed = max(floor.read() or 0, int(fired))
-    floor.write(passed)
-    waiting = [e for e in pending.read() or [] if e > passed]
-    pending.write(waiting)
-    if waiting:
-      expiry.set(waiting[0])
-
-
 class CountDistinctPeers(beam.PTransform):
   """LogBatches to one WindowCounts per event-time window, and dead letters.
 
@@ -392,27 +391,15 @@ class CountDistinctPeers(beam.PTransform):
     self._allowed_lateness = allowed_lateness_seconds
 
   def expand(self, batches):
+    # Only a streaming run can have data behind the watermark: in a bounded
+    # run the watermark moves to the end of time once all input is read, so
+    # no window expires before its data is in.
+    streaming = batches.pipeline.options.view_as(StandardOptions).streaming
     accumulated = batches | 'AccumulatePeers' >> beam.ParDo(
-        AccumulatePeersDoFn(self._window_seconds, self._log_format)).with_output_types(
+        AccumulatePeersDoFn(self._window_seconds, self._log_format,
+                            self._allowed_lateness if streaming else None)).with_output_types(
             PeerPairs).with_outputs(DEAD_LETTER_TAG, main='peers')
     peers = accumulated.peers
-    dead_letters = [accumulated[DEAD_LETTER_TAG]]
-    streaming = batches.pipeline.options.view_as(StandardOptions).streaming
-    if streaming:
-      # Only a streaming run can have data behind the watermark: in a bounded
-      # run the watermark moves to the end of time once all input is read, so
-      # no window expires before its data is in, and the gate (a keyed,
-      # stateful step: a shuffle of every peer pair) would be pure cost.
-      gated = (
-          peers
-          | 'KeyForLateDataGate' >> beam.Map(
-              lambda pairs, ts=beam.DoFn.TimestampParam: (0, (int(ts), pairs))).with_output_types(
-                  Tuple[int, Tuple[int, PeerPairs]])
-          | 'LateDataGate' >> beam.ParDo(
-              LateDataGate(self._window_seconds, self._allowed_lateness)).with_output_types(
-                  PeerPairs).with_outputs(DEAD_LETTER_TAG, main='on_time'))
-      peers = gated.on_time
-      dead_letters.append(gated[DEAD_LETTER_TAG])
     documents = (
         peers
         | 'FixedWindows' >> beam.WindowInto(
@@ -428,5 +415,4 @@ class CountDistinctPeers(beam.PTransform):
           | 'KeyByWindow' >> beam.Map(lambda counts: (counts.bucket_time, counts)).with_output_types(
               Tuple[int, WindowCounts])
           | 'SkipUnchangedPanes' >> beam.ParDo(SkipUnchangedPanes()).with_output_types(WindowCounts))
-    return {'documents': documents,
-            'dead_letters': dead_letters | 'CountDeadLetters' >> beam.Flatten()}
+    return {'documents': documents, 'dead_letters': accumulated[DEAD_LETTER_TAG]}

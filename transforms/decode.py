@@ -80,12 +80,20 @@ class LogBatch(NamedTuple):
 
   `origin` says where they came from (file and line, or Kinesis record);
   `fields` is the field order of their format, or None for the pipeline's
-  configured format (`--log_format`, else version 2)."""
+  configured format (`--log_format`, else version 2).
+
+  `watermark` (Unix seconds) is the watermark of the source's reader at the
+  moment it read the lines: no watermark downstream can be ahead of it while
+  the lines travel to their window, since a reader's outputs go out before
+  the watermark it reports after them. So it tells, without asking the
+  runner, which of the lines' windows may already be closed (see
+  `AccumulatePeersDoFn`). None when the source has no watermark (files)."""
   origin: str
   lines: Tuple[str, ...]
   fields: Optional[Tuple[str, ...]] = None
   from_record: bool = False  # True when decoded from a Kinesis record
   first_line_number: int = 1  # in a file, the number of the first line
+  watermark: Optional[float] = None
 
   def line_origin(self, index: int) -> str:
     """Where the batch's line `index` came from, for dead letters."""

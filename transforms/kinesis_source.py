@@ -47,6 +47,9 @@ Design, and why:
   shard of the restriction has been heard from in the process call, and never
   backwards. Records carry their arrival time as element timestamp (never below
   the watermark); the event time is assigned downstream from the flow's start.
+  Each record also carries the watermark its restriction had when the record
+  was read (`RawRecord.watermark`), from which downstream tells too-late flows
+  (see `transforms.count.AccumulatePeersDoFn`).
 * Limits and faults. botocore's own 'standard' retry mode retries throttling
   (ProvisionedThroughputExceeded, LimitExceeded, ...) with exponential backoff
   and jitter; 'adaptive' is not used because its client-side rate limiter is
@@ -530,6 +533,9 @@ class ReadShardsDoFn(_KinesisClientDoFn):
       if not cursors:
         return  # read to the end, or the rest was split away
       all_idle = True
+      # Stamped on every record read this round: what the runner may know of
+      # this restriction's watermark is never ahead of it (LogBatch.watermark).
+      read_at = float(watermark.current_watermark())
       for cursor in cursors:
         shard_id = cursor.shard_id
         if self._position(tracker, shard_id) is None:
@@ -562,7 +568,7 @@ class ReadShardsDoFn(_KinesisClientDoFn):
           arrival = record['ApproximateArrivalTimestamp'].timestamp()
           allowed[shard_id] = arrival - delay
           yield TimestampedValue(
-              RawRecord(f'{stream}/{shard_id}/{number}', record['Data']), arrival)
+              RawRecord(f'{stream}/{shard_id}/{number}', record['Data'], read_at), arrival)
         self._records_read.inc(claimed)
         if claimed < len(records):
           # The runner took the shard away (a split or a checkpoint): whoever

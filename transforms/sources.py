@@ -2,7 +2,7 @@
 dead letters. Each source returns a dict {'batches': ..., 'dead_letters': ...},
 which is what `pipeline.builder.build_pipeline` expects of any source."""
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -16,9 +16,13 @@ from transforms.decode import BadInput, LogBatch, Skipped, decode_file, decode_k
 
 class RawRecord(NamedTuple):
   """A Kinesis record's data (bytes, base64 already undone) and where it came
-  from (stream, shard and sequence number, or a test's name)."""
+  from (stream, shard and sequence number, or a test's name).
+
+  `watermark` is the reading restriction's watermark (Unix seconds) when the
+  record was read, or None if the source has none: see `LogBatch.watermark`."""
   origin: str
   data: bytes
+  watermark: Optional[float] = None
 
 
 class _DecodeCounters:
@@ -103,6 +107,8 @@ class DecodeRecordDoFn(beam.DoFn):
     except BadInput as e:
       items = [e]
     for item in items:
+      if record.watermark is not None and isinstance(item, LogBatch):
+        item = item._replace(watermark=record.watermark)
       routed = self._counters.route(item, record.origin)
       if routed is not None:
         yield routed
