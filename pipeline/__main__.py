@@ -7,6 +7,7 @@ the end.
 """
 
 import argparse
+import ctypes
 import logging
 import signal
 import sys
@@ -27,7 +28,31 @@ def _skip_unused_beam_dependencies() -> None:
   logging.getLogger('apache_beam.io.mongodbio').setLevel(logging.ERROR)
 
 
+# glibc's mallopt parameter number for the mmap threshold (malloc.h).
+_M_MMAP_THRESHOLD = -3
+# Allocations from this size up get their own pages, returned to the system when freed.
+MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def _return_freed_arrays_to_the_system() -> bool:
+  """Fixes glibc's mmap threshold at its default, 128 KiB; True if it did.
+
+  glibc serves a large allocation (numpy's pair arrays, the encoded values a
+  shuffle carries) with pages of its own and gives them back when it is freed,
+  but it also raises that threshold to the size of each such block freed, so
+  after the first arrays come and go, the next ones, up to 32 MiB, are carved
+  from the heap, whose freed pages stay in the process's memory. Setting the
+  threshold turns that adjustment off (the README's Performance section has
+  what it saves). Elsewhere than glibc this does nothing."""
+  try:
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+  except (OSError, AttributeError):
+    return False
+
+
 _skip_unused_beam_dependencies()
+_return_freed_arrays_to_the_system()
 
 # pylint: disable=wrong-import-position
 import apache_beam as beam

@@ -115,3 +115,32 @@ def test_the_command_leaves_beams_unused_heavy_dependencies_unloaded():
                          text=True, timeout=120, check=True)
   assert shown.stdout.strip() == '[]'
   assert 'bson' not in shown.stderr
+
+
+# After an 8 MiB block is freed, is a new 2 MiB block given pages of its own
+# (counted in mallinfo2's hblkhd) rather than carved from the heap?
+MMAP_PROBE = '''
+import ctypes, sys
+if sys.argv[1] == "pipeline":
+  import pipeline.__main__
+class MallInfo2(ctypes.Structure):
+  _fields_ = [(n, ctypes.c_size_t) for n in (
+      "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+      "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+big = bytearray(8 << 20)
+del big
+before = libc.mallinfo2().hblkhd
+medium = bytearray(2 << 20)
+print(libc.mallinfo2().hblkhd - before >= 2 << 20)
+'''
+
+
+@pytest.mark.parametrize('imported, own_pages', [('nothing', 'False'), ('pipeline', 'True')])
+def test_the_command_gives_freed_arrays_back_to_the_system(imported, own_pages):
+  """glibc would raise its mmap threshold to the size of the block freed, so
+  the next arrays would come from the heap and stay in memory once freed."""
+  shown = subprocess.run([sys.executable, '-c', MMAP_PROBE, imported], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, check=True)
+  assert shown.stdout.strip() == own_pages
