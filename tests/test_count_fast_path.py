@@ -159,3 +159,24 @@ def test_fast_path_equals_line_by_line_parsing_where_lines_compensate(lines):
   log_format = LogFormat.default()
   fast = fast_count(batches, log_format)
   assert fast == reference_count(batches, log_format)
+
+
+def run_bundle(do_fn, lines):
+  do_fn.start_bundle()
+  list(do_fn.process(LogBatch('r1', tuple(lines), None, True)))
+  return {int(value.timestamp): value.value.peer_counts() for value in do_fn.finish_bundle()}
+
+
+def test_the_address_cache_is_dropped_after_a_bundle_large_enough_to_learn_it_again():
+  """A bundle with at least 8 lines per cached address leaves the cache empty
+  (its memory goes to the stages after it); a smaller one keeps it."""
+  do_fn = AccumulatePeersDoFn(WINDOW, LogFormat.default())
+  do_fn.setup()
+  few_lines = [flow_line(f'10.0.0.{i}', '10.0.1.1', BASE + i) for i in range(1, 6)]  # 6 addresses
+  counts = run_bundle(do_fn, few_lines)
+  assert counts == {BASE - BASE % WINDOW: {address_key('10.0.1.1'): 5, **{
+      address_key(f'10.0.0.{i}'): 1 for i in range(1, 6)}}}
+  assert len(do_fn._address_keys) == 6  # pylint: disable=protected-access
+  many_lines = few_lines * 10  # 50 lines, 8 per address would be 48
+  assert run_bundle(do_fn, many_lines) == counts
+  assert len(do_fn._address_keys) == 0  # pylint: disable=protected-access

@@ -80,6 +80,8 @@ class _LineTally:
     self.reset()
 
 
+# See AccumulatePeersDoFn.finish_bundle.
+ADDRESS_CACHE_RELEARN_RATIO = 8
 # A late_data dead letter names at most this many addresses and records.
 MAX_LATE_SAMPLE = 20
 MAX_LATE_ORIGINS = 20
@@ -278,6 +280,12 @@ class AccumulatePeersDoFn(beam.DoFn):
     return None
 
   def finish_bundle(self):
+    if self._tally.values['flow_lines'] >= ADDRESS_CACHE_RELEARN_RATIO * len(self._address_keys):
+      # A bundle this large would learn the cache again for at most one address
+      # parse per ADDRESS_CACHE_RELEARN_RATIO lines, so it is not kept: its
+      # memory goes to the shuffle and the stages after it. (A DirectRunner
+      # batch run has one such bundle; a stream's small bundles keep the cache.)
+      self._address_keys.clear()
     self._tally.publish()
     buckets, self._buckets = self._buckets, {}
     while buckets:  # popped, so that only the receiver holds each set

@@ -267,3 +267,9 @@ class AddressKeys:
         self._keys.clear()
       self._keys[text] = key
     return key
+
+  def __len__(self):
+    return len(self._keys)
+
+  def clear(self) -> None:
+    self._keys.clear()
