@@ -157,6 +157,7 @@ patch_jar() {
   local downloads work
   downloads="$(realpath "$PATCH_DIR")/downloads"
   work="$(realpath "$PATCH_DIR")/work.$$"
+  trap 'rm -rf "$work" "$JAR.part.$$"' EXIT   # when a step fails (die)
   rm -rf "$work"
   mkdir -p "$downloads" "$work/src" "$work/classes/META-INF"
   local classpath sum path file
@@ -197,6 +198,7 @@ patch_jar() {
   patched_jar_works "$JAR.part.$$" || die "the patched jar does not run FlinkJobServerDriver"
   mv -f "$JAR.part.$$" "$JAR"
   rm -rf "$work"
+  trap - EXIT
   log "patched ($classes classes compiled from ${#sources[@]} patched sources): $JAR"
 }
 
