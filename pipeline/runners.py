@@ -25,6 +25,9 @@ from apache_beam.version import __version__ as BEAM_VERSION
 # same as FLINK_MINOR in deploy/flink/versions.env and the flinkVersion of
 # deploy/k8s/flink-session-cluster.yaml (tests/test_deploy_manifests.py checks).
 FLINK_VERSION = '1.19'
+# The level of our patches to the job-server jar (deploy/flink/patches), which
+# names the patched jar; the same as JOB_SERVER_PATCH_LEVEL in versions.env.
+JOB_SERVER_PATCH_LEVEL = 1
 
 DEPLOY_FLINK_DIR = Path(__file__).resolve().parent.parent / 'deploy' / 'flink'
 BUILD_JOB_SERVER_SCRIPT = DEPLOY_FLINK_DIR / 'build-job-server.sh'
@@ -128,8 +131,9 @@ def cache_dir() -> Path:
 
 
 def job_server_jar_path() -> Path:
-  """Where deploy/flink/build-job-server.sh puts the jar (its `--path`)."""
-  return cache_dir() / f'beam-runners-flink-{FLINK_VERSION}-job-server-{BEAM_VERSION}.jar'
+  """Where deploy/flink/build-job-server.sh puts the patched jar (its `--path`)."""
+  return cache_dir() / (f'beam-runners-flink-{FLINK_VERSION}-job-server-{BEAM_VERSION}'
+                        f'-vfp{JOB_SERVER_PATCH_LEVEL}.jar')
 
 
 def _run_build_script(script: Path, error: type, failure: str, need: str) -> str:

@@ -98,7 +98,20 @@ def test_beam_version_agrees_everywhere():
   assert versions_env()['BEAM_VERSION'] == BEAM_PIN == INSTALLED_BEAM_VERSION
   for name, dockerfile in DOCKERFILES.items():
     assert re.findall(r'apache-beam==([\w.]+)', dockerfile) == [BEAM_PIN], name
-  assert f'job-server-{BEAM_PIN}.jar' in DOCKERFILES['submitter']
+  assert f'job-server-{BEAM_PIN}-vfp{runners.JOB_SERVER_PATCH_LEVEL}.jar' in DOCKERFILES['submitter']
+
+
+def test_job_server_patches_are_for_these_versions():
+  versions = versions_env()
+  assert int(versions['JOB_SERVER_PATCH_LEVEL']) == runners.JOB_SERVER_PATCH_LEVEL
+  patches = DEPLOY / 'flink' / 'patches'
+  assert sorted(patches.glob('*.patch'))
+  beam_sources = [line.split()[1] for line in (patches / 'sources.sha256').read_text().splitlines()
+                  if '/org/apache/beam/' in f'/{line.split()[1]}']
+  assert beam_sources, 'the patches apply to Beam sources jars'
+  for path in beam_sources:
+    assert f'/{BEAM_PIN}/' in path and path.endswith('-sources.jar'), path
+    assert 'beam-runners-flink-' not in path or f'beam-runners-flink-{versions["FLINK_MINOR"]}/' in path
 
 
 def test_job_server_jar_path_is_the_one_the_build_script_writes(tmp_path):

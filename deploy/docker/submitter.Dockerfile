@@ -5,13 +5,13 @@
 # ($VFP_CACHE). Build from the repository root:
 #   docker build -f deploy/docker/submitter.Dockerfile -t registry.example.com/vpc-flow-peers/submitter:0.1.0 .
 
-# --- the job-server jar (fetched, or built with Maven when not served) ---
+# --- the job-server jar (fetched, or built with Maven when not served; then patched) ---
 FROM maven:3.9-eclipse-temurin-17 AS job-server
-RUN apt-get update && apt-get install -y --no-install-recommends curl \
+RUN apt-get update && apt-get install -y --no-install-recommends curl patch unzip \
  && rm -rf /var/lib/apt/lists/*
 COPY deploy/flink /src/deploy/flink
 RUN VFP_CACHE=/vfp-cache /src/deploy/flink/build-job-server.sh \
- && rm -rf /vfp-cache/m2-repository /vfp-cache/job-server-build
+ && rm -rf /vfp-cache/m2-repository /vfp-cache/job-server-build /vfp-cache/job-server-patch
 
 # --- the submitter ---
 FROM python:3.11-slim
@@ -23,7 +23,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
 # for build-job-server.sh's check of the jar.
 RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=job-server /vfp-cache/beam-runners-flink-1.19-job-server-2.70.0.jar /opt/vfp-cache/
+COPY --from=job-server /vfp-cache/beam-runners-flink-1.19-job-server-2.70.0-vfp1.jar /opt/vfp-cache/
 WORKDIR /opt/vpc-flow-peers
 COPY setup.py README.md ./
 COPY pipeline ./pipeline
