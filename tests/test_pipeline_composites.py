@@ -235,10 +235,10 @@ def test_count_distinct_peers_on_time_late_and_dropped_data():
       .add_elements(arriving('r1', '10.0.0.1', '10.0.0.2', W0 + 10, W0))
       .advance_watermark_to(W1 + 100)  # past the window's end: on time pane
       .add_elements(arriving('r2', '10.0.0.1', '10.0.0.3', W0 + 20, W1 + 100))
-      .advance_watermark_to(W1 + 3600)  # the last moment of the allowed lateness
-      .add_elements(arriving('r3', '10.0.0.1', '10.0.0.5', W0 + 25, W1 + 3600 - 1e-6))
-      .advance_watermark_to(W1 + 3600 + 100)  # past the allowed lateness
-      .add_elements(arriving('r4', '10.0.0.1', '10.0.0.4', W0 + 30, W1 + 3600 + 100))
+      .advance_watermark_to(W1 + 3600 - 0.001)  # the last millisecond of the allowed lateness
+      .add_elements(arriving('r3', '10.0.0.1', '10.0.0.5', W0 + 25, W1 + 3600 - 0.001))
+      .advance_watermark_to(W1 + 3600)  # the allowed lateness has passed
+      .add_elements(arriving('r4', '10.0.0.1', '10.0.0.4', W0 + 30, W1 + 3600))
       .advance_watermark_to_infinity())
   with streaming_test_pipeline() as p:
     counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
