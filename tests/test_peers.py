@@ -1,6 +1,9 @@
 """PeerPairsCoder: what a shuffle or a runner's state carries must decode to
 exactly the pairs encoded."""
 
+import pickle
+import struct
+
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
@@ -28,3 +31,16 @@ def test_a_windows_pairs_take_far_less_than_eight_bytes_each():
   encoded = PeerPairsCoder().encode(pairs)
   assert len(encoded) < 4 * len(pairs)
   assert PeerPairsCoder().decode(encoded).narrow.tolist() == pairs.narrow.tolist()
+
+
+def test_pairs_in_the_previous_format_still_decode():
+  """What a Flink savepoint taken before the deflated format holds: the raw
+  sorted pairs after their byte length, then the pickled wide set."""
+  narrow = [3, 1 << 40, 2**64 - 1]
+  old = (struct.pack('<Q', 8 * len(narrow)) + np.array(narrow, dtype='<u8').tobytes()
+         + pickle.dumps({1 << 140}, protocol=5))
+  decoded = PeerPairsCoder().decode(old)
+  assert decoded.narrow.tolist() == narrow
+  assert decoded.wide == {1 << 140}
+  empty = struct.pack('<Q', 0) + pickle.dumps(set(), protocol=5)
+  assert PeerPairsCoder().decode(empty).narrow.tolist() == []

@@ -218,7 +218,7 @@ def test_count_distinct_peers_bad_line_in_a_file_names_its_line_number():
 
 
 def streaming_test_pipeline() -> TestPipeline:
-  """A TestPipeline in streaming mode, as TestStream and the late-data gate need."""
+  """A TestPipeline in streaming mode, as TestStream and the too-late check need."""
   options = PipelineOptions()
   options.view_as(StandardOptions).streaming = True
   return TestPipeline(options=options)

@@ -87,7 +87,15 @@ class LogBatch(NamedTuple):
   the lines travel to their window, since a reader's outputs go out before
   the watermark it reports after them. So it tells, without asking the
   runner, which of the lines' windows may already be closed (see
-  `AccumulatePeersDoFn`). None when the source has no watermark (files)."""
+  `AccumulatePeersDoFn`). None when the source has no watermark (files).
+
+  That holds because nothing holds the lines back between the read and
+  AccumulatePeersDoFn: they run fused in one bundle, and on Flink a bundle's
+  output is never parked in a checkpoint while the watermark moves on
+  (`--finish_bundle_before_checkpointing`, a default of pipeline/runners.py).
+  A Reshuffle after the read, or that flag off, would let a later watermark
+  overtake the lines (the records' own timestamps, their arrival, hold it
+  back less), and Beam could drop flows this check let pass."""
   origin: str
   lines: Tuple[str, ...]
   fields: Optional[Tuple[str, ...]] = None
