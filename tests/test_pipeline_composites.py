@@ -96,6 +96,16 @@ def arriving(origin, srcaddr, dstaddr, start, watermark):
   return [TimestampedValue(batch, start)]
 
 
+def reads(*steps):
+  """A TestStream of one-flow records, each step (watermark, origin, srcaddr,
+  dstaddr, start) moving the watermark and then reading a record stamped with
+  it, as the Kinesis reader stamps what it reads; then the end of time."""
+  stream = TestStream()
+  for watermark, *flow in steps:
+    stream = stream.advance_watermark_to(watermark).add_elements(arriving(*flow, watermark))
+  return stream.advance_watermark_to_infinity()
+
+
 COUNT_CASES = {
     'ipv4_and_ipv6_duplicates_counted_once': dict(
         batches=[records_batch('r1',
@@ -229,17 +239,12 @@ def test_count_distinct_peers_on_time_late_and_dropped_data():
   within the allowed lateness, fires it again with the complete counts; a flow
   arriving after the allowed lateness changes nothing and becomes a dead letter
   (Beam alone would drop it in silence)."""
-  stream = (
-      TestStream()
-      .advance_watermark_to(W0)
-      .add_elements(arriving('r1', '10.0.0.1', '10.0.0.2', W0 + 10, W0))
-      .advance_watermark_to(W1 + 100)  # past the window's end: on time pane
-      .add_elements(arriving('r2', '10.0.0.1', '10.0.0.3', W0 + 20, W1 + 100))
-      .advance_watermark_to(W1 + 3600 - 0.001)  # the last millisecond of the allowed lateness
-      .add_elements(arriving('r3', '10.0.0.1', '10.0.0.5', W0 + 25, W1 + 3600 - 0.001))
-      .advance_watermark_to(W1 + 3600)  # the allowed lateness has passed
-      .add_elements(arriving('r4', '10.0.0.1', '10.0.0.4', W0 + 30, W1 + 3600))
-      .advance_watermark_to_infinity())
+  stream = reads(
+      (W0, 'r1', '10.0.0.1', '10.0.0.2', W0 + 10),
+      (W1 + 100, 'r2', '10.0.0.1', '10.0.0.3', W0 + 20),  # past the window's end: on time pane
+      # The last millisecond of the allowed lateness, then its end.
+      (W1 + 3600 - 0.001, 'r3', '10.0.0.1', '10.0.0.5', W0 + 25),
+      (W1 + 3600, 'r4', '10.0.0.1', '10.0.0.4', W0 + 30))
   with streaming_test_pipeline() as p:
     counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
     assert_that(counted['documents'], equal_to([
@@ -256,15 +261,10 @@ def test_a_late_pane_that_changes_no_count_is_not_posted_again():
   """Late data that adds no pair (a flow delivered twice, records read again
   after a restore) leaves the window's document as posted: no second pane
   under a new Idempotency-Key; later data that does add a pair still is."""
-  stream = (
-      TestStream()
-      .advance_watermark_to(W0)
-      .add_elements(arriving('r1', '10.0.0.1', '10.0.0.2', W0 + 10, W0))
-      .advance_watermark_to(W1 + 100)  # on time pane
-      .add_elements(arriving('r1-again', '10.0.0.2', '10.0.0.1', W0 + 10, W1 + 100))
-      .advance_watermark_to(W1 + 200)  # a late pane with the same counts: not posted
-      .add_elements(arriving('r2', '10.0.0.1', '10.0.0.3', W0 + 20, W1 + 200))
-      .advance_watermark_to_infinity())
+  stream = reads(
+      (W0, 'r1', '10.0.0.1', '10.0.0.2', W0 + 10),
+      (W1 + 100, 'r1-again', '10.0.0.2', '10.0.0.1', W0 + 10),  # on time pane
+      (W1 + 200, 'r2', '10.0.0.1', '10.0.0.3', W0 + 20))  # the repeat's late pane is not posted
   with streaming_test_pipeline() as p:
     counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
     assert_that(counted['documents'], equal_to([
