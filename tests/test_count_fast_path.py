@@ -1,8 +1,10 @@
-"""The counting fast path (whole columns at a time) must give exactly what the
-full parser gives, line by line, on any batch: same peer pairs, same tallies,
-same dead letters. A reference counter built only from `LogFormat.parse` and
-`skip_reason` is compared with `AccumulatePeersDoFn` on generated batches that
-mix good lines with every kind of oddity the fast path must hand over."""
+"""The counting fast paths (C, transforms/_flowscan.c, and Python, whole
+columns at a time) must each give exactly what the full parser gives, line by
+line, on any batch: same peer pairs, same tallies, same dead letters. A
+reference counter built only from `LogFormat.parse` and `skip_reason` is
+compared with `AccumulatePeersDoFn`, with and without the C path, on generated
+batches that mix good lines with every kind of oddity the fast paths must hand
+over."""
 
 import random
 
@@ -10,6 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tests.builders import flow_line, no_traffic_line
+from transforms import count
 from transforms.count import AccumulatePeersDoFn
 from transforms.dead_letter import DeadLetter
 from transforms.decode import LogBatch
@@ -48,8 +51,17 @@ def reference_count(batches, log_format):
   return ({b: p.peer_counts() for b, p in buckets.items()}, tally, sorted(letters))
 
 
-def fast_count(batches, log_format):
-  do_fn = AccumulatePeersDoFn(WINDOW, log_format)
+# Every test here runs with the C fast path and without it.
+both_paths = pytest.mark.parametrize('native', [True, False], ids=['c', 'python'])
+
+
+def test_the_c_fast_path_is_built():
+  """The install (setup.py) compiles it here, so the tests cover it."""
+  assert count._flowscan is not None  # pylint: disable=protected-access
+
+
+def fast_count(batches, log_format, native=True):
+  do_fn = AccumulatePeersDoFn(WINDOW, log_format, native=native)
   do_fn.setup()
   do_fn.start_bundle()
   letters = []
@@ -83,6 +95,32 @@ ODD_LINES = [
     flow_line('10.0.0.1', '10.0.0.2', BASE).replace(str(BASE), '1_700_000_001', 1),
     '',
     '2 123 eni-1 10.0.0.1 10.0.0.2 1 2 6 1 1 1700000000 1700000001 ACCEPT OK\u2003',
+    # Addresses that only look like dotted quads, or that inet_ntoa writes otherwise.
+    flow_line('10.0.0.01', '10.0.0.2', BASE),
+    flow_line('10.0.0.1', '10.0.256.2', BASE),
+    flow_line('10.0.0', '10.0.0.2', BASE),
+    flow_line('10.0.0.1.5', '10.0.0.2', BASE),
+    flow_line('10.0..1', '10.0.0.2', BASE),
+    flow_line('10.0.0.1', '10.0.0.2.', BASE),
+    flow_line('10.0.0.1', '0010.0.0.2', BASE),
+    flow_line('0.0.0.0', '255.255.255.255', BASE + 1),
+    flow_line('::ffff:10.0.0.1', '10.0.0.1', BASE),
+    # Times that int() reads but are not plain digits, or out of range.
+    flow_line('10.0.0.1', '10.0.0.2', BASE).replace(str(BASE), '+' + str(BASE), 1),
+    flow_line('10.0.0.1', '10.0.0.2', BASE).replace(str(BASE), '0' + str(BASE), 1),
+    flow_line('10.0.0.1', '10.0.0.2', BASE, end=4102444799),
+    flow_line('10.0.0.1', '10.0.0.2', BASE, end=4102444800),
+    flow_line('10.0.0.1', '10.0.0.2', 946684800),
+    flow_line('10.0.0.1', '10.0.0.2', 946684799, end=946684800),
+    flow_line('10.0.0.1', '10.0.0.2', BASE, end=10**15 + BASE),
+    flow_line('10.0.0.1', '10.0.0.2', BASE, end=10**20),
+    flow_line('10.0.0.1', '10.0.0.2', BASE, log_status='OKAY'),
+    flow_line('10.0.0.1', '10.0.0.2', BASE, log_status='ok'),
+    flow_line('10.0.0.1', '10.0.0.2', BASE).replace(' ', '\x1c', 1),
+    flow_line('10.0.0.1', '10.0.0.2', BASE).replace(' ', '\x85', 1),
+    flow_line('10.0.0.1', '10.0.0.2', BASE) + '\r',
+    'x',
+    ' ',
 ]
 
 
@@ -93,10 +131,11 @@ def good_line(rng: random.Random) -> str:
   return flow_line(a, b, start, start + rng.randrange(60), action=rng.choice(['ACCEPT', 'REJECT']))
 
 
+@both_paths
 @settings(max_examples=200, deadline=None)
 @given(seed=st.integers(0, 2**32), n_batches=st.integers(1, 6),
        odd_share=st.sampled_from([0.0, 0.02, 0.2, 1.0]))
-def test_fast_path_equals_line_by_line_parsing(seed, n_batches, odd_share):
+def test_fast_path_equals_line_by_line_parsing(native, seed, n_batches, odd_share):
   rng = random.Random(seed)
   log_format = LogFormat.default()
   batches = []
@@ -104,7 +143,7 @@ def test_fast_path_equals_line_by_line_parsing(seed, n_batches, odd_share):
     lines = tuple(rng.choice(ODD_LINES) if rng.random() < odd_share else good_line(rng)
                   for _ in range(rng.randrange(1, 40)))
     batches.append(LogBatch(f'record-{b}', lines, None, True))
-  assert fast_count(batches, log_format) == reference_count(batches, log_format)
+  assert fast_count(batches, log_format, native) == reference_count(batches, log_format)
 
 
 @pytest.mark.parametrize('fields', [
@@ -112,7 +151,8 @@ def test_fast_path_equals_line_by_line_parsing(seed, n_batches, odd_share):
     ('start', 'log-status', 'dstaddr', 'vpc-id', 'srcaddr'),
     ('version', 'srcaddr', 'dstaddr', 'start', 'end', 'log-status', 'flow-direction'),
 ], ids=['minimal_no_status_no_end', 'shuffled_with_status', 'custom_with_end'])
-def test_fast_path_equals_line_by_line_parsing_for_custom_formats(fields):
+@both_paths
+def test_fast_path_equals_line_by_line_parsing_for_custom_formats(fields, native):
   rng = random.Random(11)
   log_format = LogFormat(fields)
   batches = []
@@ -132,7 +172,7 @@ def test_fast_path_equals_line_by_line_parsing_for_custom_formats(fields):
         values['start'] = 'soon'
       lines.append(' '.join(values[f] for f in fields))
     batches.append(LogBatch('file.log', tuple(lines), fields, False, 1 + 30 * b))
-  fast = fast_count(batches, log_format)
+  fast = fast_count(batches, log_format, native)
   assert fast == reference_count(batches, log_format)
   assert fast[1]['counted_flows'] > 400
 
@@ -154,10 +194,11 @@ def test_fast_path_equals_line_by_line_parsing_for_custom_formats(fields):
      flow_line('10.0.0.5', '10.0.0.6', BASE)),
 ], ids=['short_then_long', 'long_good_short', 'newline_inside', 'lone_newline',
         'spaced_newline', 'no_address'])
-def test_fast_path_equals_line_by_line_parsing_where_lines_compensate(lines):
+@both_paths
+def test_fast_path_equals_line_by_line_parsing_where_lines_compensate(lines, native):
   batches = [LogBatch('record-0', tuple(lines), None, True)]
   log_format = LogFormat.default()
-  fast = fast_count(batches, log_format)
+  fast = fast_count(batches, log_format, native)
   assert fast == reference_count(batches, log_format)
 
 
@@ -167,15 +208,17 @@ def run_bundle(do_fn, lines):
   return {int(value.timestamp): value.value.peer_counts() for value in do_fn.finish_bundle()}
 
 
-def test_the_address_cache_is_dropped_after_a_bundle_large_enough_to_learn_it_again():
+@both_paths
+def test_the_address_cache_is_dropped_after_a_bundle_large_enough_to_learn_it_again(native):
   """A bundle with at least 8 lines per cached address leaves the cache empty
-  (its memory goes to the stages after it); a smaller one keeps it."""
-  do_fn = AccumulatePeersDoFn(WINDOW, LogFormat.default())
+  (its memory goes to the stages after it); a smaller one keeps it. (IPv6
+  addresses: the C path reads IPv4 ones without the cache.)"""
+  do_fn = AccumulatePeersDoFn(WINDOW, LogFormat.default(), native=native)
   do_fn.setup()
-  few_lines = [flow_line(f'10.0.0.{i}', '10.0.1.1', BASE + i) for i in range(1, 6)]  # 6 addresses
+  few_lines = [flow_line(f'2001:db8::{i}', '2001:db8::1:1', BASE + i) for i in range(1, 6)]  # 6 addresses
   counts = run_bundle(do_fn, few_lines)
-  assert counts == {BASE - BASE % WINDOW: {address_key('10.0.1.1'): 5, **{
-      address_key(f'10.0.0.{i}'): 1 for i in range(1, 6)}}}
+  assert counts == {BASE - BASE % WINDOW: {address_key('2001:db8::1:1'): 5, **{
+      address_key(f'2001:db8::{i}'): 1 for i in range(1, 6)}}}
   assert len(do_fn._address_keys) == 6  # pylint: disable=protected-access
   many_lines = few_lines * 10  # 50 lines, 8 per address would be 48
   assert run_bundle(do_fn, many_lines) == counts

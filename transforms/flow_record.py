@@ -126,6 +126,13 @@ class LogFormat:
         index('srcaddr'), index('dstaddr'), index('start'),
         index('end') if self.has_end else index('start'),
         index('log-status') if self.has_log_status else index('start'))
+    # The arguments of transforms._flowscan.scan that describe the format:
+    # field count and the columns of srcaddr, dstaddr, start, end and
+    # log-status (-1 for a field the format lacks).
+    self.scan_columns = (
+        len(self.fields), index('srcaddr'), index('dstaddr'), index('start'),
+        index('end') if self.has_end else -1,
+        index('log-status') if self.has_log_status else -1)
 
   @classmethod
   def default(cls) -> 'LogFormat':

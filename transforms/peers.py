@@ -71,6 +71,11 @@ class PeerPairs:
     self._add_pending((src_keys << _NARROW_SHIFT) | dst_keys)
     self._add_pending((dst_keys << _NARROW_SHIFT) | src_keys)
 
+  def add_pairs(self, pairs: np.ndarray) -> None:
+    """Adds narrow pairs (a uint64 array, duplicates allowed)."""
+    if len(pairs):
+      self._add_pending(pairs)
+
   def _add_pending(self, pairs: np.ndarray) -> None:
     self._pending.append(pairs)
     self._pending_count += len(pairs)

@@ -1,0 +1,289 @@
+/* The counting fast path in C: flow log lines to peer pairs per window bucket.
+
+   scan(lines, n_fields, src, dst, start, end, status, window_seconds,
+        min_time, max_time) -> (pairs_by_bucket, rest, counted)
+
+   `lines` is a tuple or list of str; `src`..`status` are column positions
+   (`end` and `status` -1 when the format lacks them). A line is counted here
+   only when it is exactly what LogFormat.parse and the Python path read the
+   same way:
+     - ASCII, `n_fields` fields separated by single spaces, no other white
+       space that str.split() splits on, none at either end;
+     - log-status exactly "OK" (when the format has it);
+     - both addresses IPv4 dotted quads written as inet_ntoa writes them
+       (no leading zeros), which address_key always accepts;
+     - start and end plain decimal digits, min_time <= start <= end < max_time.
+   Every other line (IPv6, "-", NODATA, bad lines, anything unusual) is
+   returned in `rest`, by index, for the Python path to decide.
+
+   pairs_by_bucket maps each window start (start - start % window_seconds) to
+   bytes holding native uint64 pairs, both directions of every counted flow:
+   src << 32 | dst and dst << 32 | src (transforms.peers' narrow pairs).
+   `counted` is the number of flows counted here.
+
+   The lines are scanned with the GIL released: str objects are immutable and
+   the sequence holds them. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+  const char *text;  /* NULL: not ASCII str, goes to rest */
+  Py_ssize_t length;
+} Line;
+
+typedef struct {
+  int64_t bucket;  /* window start; -1: not counted here */
+  uint32_t src, dst;
+} Flow;
+
+enum { SLOT_SRC, SLOT_DST, SLOT_START, SLOT_END, SLOT_STATUS, SLOTS };
+
+typedef struct {
+  Py_ssize_t n_fields;
+  signed char *slot_of_column;  /* n_fields entries, -1 for unused columns */
+  int has_end, has_status;
+  int64_t window_seconds, min_time, max_time;
+} Format;
+
+static int parse_ipv4(const char *s, Py_ssize_t n, uint32_t *out) {
+  uint32_t value = 0;
+  Py_ssize_t i = 0;
+  for (int octet_index = 0; octet_index < 4; octet_index++) {
+    if (octet_index > 0) {
+      if (i >= n || s[i] != '.') return 0;
+      i++;
+    }
+    Py_ssize_t begin = i;
+    unsigned octet = 0;
+    while (i < n && s[i] >= '0' && s[i] <= '9') {
+      if (i - begin == 3) return 0;
+      octet = octet * 10 + (unsigned)(s[i] - '0');
+      i++;
+    }
+    if (i == begin || octet > 255 || (s[begin] == '0' && i - begin > 1)) return 0;
+    value = value << 8 | octet;
+  }
+  if (i != n) return 0;
+  *out = value;
+  return 1;
+}
+
+static int parse_digits(const char *s, Py_ssize_t n, int64_t *out) {
+  if (n < 1 || n > 15) return 0;
+  int64_t value = 0;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    if (s[i] < '0' || s[i] > '9') return 0;
+    value = value * 10 + (s[i] - '0');
+  }
+  *out = value;
+  return 1;
+}
+
+/* str.split() splits on these ASCII characters besides the space. */
+static inline int is_other_whitespace(unsigned char c) {
+  return (c >= 9 && c <= 13) || (c >= 28 && c <= 31);
+}
+
+/* Fills `flow` for a line counted here; bucket -1 otherwise. */
+static void scan_line(const Line *line, const Format *format, Flow *flow) {
+  const char *field_text[SLOTS] = {0};
+  Py_ssize_t field_length[SLOTS] = {0};
+  const char *s = line->text;
+  Py_ssize_t n = line->length;
+  flow->bucket = -1;
+  if (s == NULL || n == 0) return;
+  Py_ssize_t field = 0, begin = 0;
+  for (Py_ssize_t i = 0; i <= n; i++) {
+    unsigned char c = i < n ? (unsigned char)s[i] : ' ';
+    if (c == ' ') {
+      if (i == begin || field >= format->n_fields) return;  /* empty field, or too many */
+      int slot = format->slot_of_column[field];
+      if (slot >= 0) {
+        field_text[slot] = s + begin;
+        field_length[slot] = i - begin;
+      }
+      field++;
+      begin = i + 1;
+    } else if (is_other_whitespace(c)) {
+      return;
+    }
+  }
+  if (field != format->n_fields) return;
+  if (format->has_status &&
+      !(field_length[SLOT_STATUS] == 2 && field_text[SLOT_STATUS][0] == 'O' &&
+        field_text[SLOT_STATUS][1] == 'K'))
+    return;
+  int64_t start, end;
+  uint32_t src, dst;
+  if (!parse_ipv4(field_text[SLOT_SRC], field_length[SLOT_SRC], &src) ||
+      !parse_ipv4(field_text[SLOT_DST], field_length[SLOT_DST], &dst) ||
+      !parse_digits(field_text[SLOT_START], field_length[SLOT_START], &start))
+    return;
+  end = start;
+  if (format->has_end && !parse_digits(field_text[SLOT_END], field_length[SLOT_END], &end))
+    return;
+  if (start < format->min_time || end >= format->max_time || end < start) return;
+  flow->src = src;
+  flow->dst = dst;
+  flow->bucket = start - start % format->window_seconds;
+}
+
+static PyObject *pairs_by_bucket(const Flow *flows, Py_ssize_t n) {
+  PyObject *result = PyDict_New();
+  if (result == NULL) return NULL;
+  /* Buckets in the order first met; a batch rarely spans more than two. */
+  int64_t *buckets = NULL;
+  Py_ssize_t *counts = NULL, n_buckets = 0, capacity = 0;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    if (flows[i].bucket < 0) continue;
+    Py_ssize_t b = n_buckets;
+    if (n_buckets > 0 && buckets[n_buckets - 1] == flows[i].bucket) {
+      b = n_buckets - 1;
+    } else {
+      for (b = 0; b < n_buckets && buckets[b] != flows[i].bucket; b++) {}
+    }
+    if (b == n_buckets) {
+      if (n_buckets == capacity) {
+        capacity = capacity ? 2 * capacity : 4;
+        int64_t *more_buckets = realloc(buckets, (size_t)capacity * sizeof *buckets);
+        if (more_buckets) buckets = more_buckets;
+        Py_ssize_t *more_counts = more_buckets ? realloc(counts, (size_t)capacity * sizeof *counts) : NULL;
+        if (more_counts) counts = more_counts;
+        if (!more_buckets || !more_counts) {
+          free(buckets);
+          free(counts);
+          Py_DECREF(result);
+          return PyErr_NoMemory();
+        }
+      }
+      buckets[n_buckets] = flows[i].bucket;
+      counts[n_buckets++] = 0;
+    }
+    counts[b]++;
+  }
+  for (Py_ssize_t b = 0; b < n_buckets; b++) {
+    PyObject *data = PyBytes_FromStringAndSize(NULL, counts[b] * 2 * (Py_ssize_t)sizeof(uint64_t));
+    PyObject *key = data ? PyLong_FromLongLong(buckets[b]) : NULL;
+    if (key == NULL || PyDict_SetItem(result, key, data) < 0) {
+      Py_XDECREF(key);
+      Py_XDECREF(data);
+      free(buckets);
+      free(counts);
+      Py_DECREF(result);
+      return NULL;
+    }
+    uint64_t *pairs = (uint64_t *)PyBytes_AS_STRING(data);
+    for (Py_ssize_t i = 0; i < n; i++) {
+      if (flows[i].bucket != buckets[b]) continue;
+      uint64_t src = flows[i].src, dst = flows[i].dst;
+      *pairs++ = src << 32 | dst;
+      *pairs++ = dst << 32 | src;
+    }
+    Py_DECREF(key);
+    Py_DECREF(data);
+  }
+  free(buckets);
+  free(counts);
+  return result;
+}
+
+static PyObject *scan(PyObject *module, PyObject *args) {
+  PyObject *sequence;
+  Py_ssize_t n_fields, columns[SLOTS];
+  long long window_seconds, min_time, max_time;
+  if (!PyArg_ParseTuple(args, "OnnnnnnLLL:scan", &sequence, &n_fields, &columns[SLOT_SRC],
+                        &columns[SLOT_DST], &columns[SLOT_START], &columns[SLOT_END],
+                        &columns[SLOT_STATUS], &window_seconds, &min_time, &max_time))
+    return NULL;
+  if (n_fields < 1 || window_seconds < 1 || min_time < 0) {
+    PyErr_SetString(PyExc_ValueError, "scan: n_fields and window_seconds must be positive, min_time not negative");
+    return NULL;
+  }
+  for (int slot = 0; slot < SLOTS; slot++) {
+    int optional = slot == SLOT_END || slot == SLOT_STATUS;
+    if (columns[slot] >= n_fields || columns[slot] < (optional ? -1 : 0)) {
+      PyErr_SetString(PyExc_ValueError, "scan: a column is outside the format");
+      return NULL;
+    }
+  }
+  PyObject *lines = PySequence_Fast(sequence, "scan: lines must be a sequence");
+  if (lines == NULL) return NULL;
+  Py_ssize_t n = PySequence_Fast_GET_SIZE(lines);
+  PyObject **items = PySequence_Fast_ITEMS(lines);
+  Format format = {n_fields, NULL, columns[SLOT_END] >= 0, columns[SLOT_STATUS] >= 0,
+                   window_seconds, min_time, max_time};
+  format.slot_of_column = malloc((size_t)n_fields);
+  Line *texts = malloc((size_t)(n ? n : 1) * sizeof *texts);
+  Flow *flows = malloc((size_t)(n ? n : 1) * sizeof *flows);
+  PyObject *result = NULL, *buckets = NULL, *rest = NULL;
+  if (!format.slot_of_column || !texts || !flows) {
+    PyErr_NoMemory();
+    goto done;
+  }
+  memset(format.slot_of_column, -1, (size_t)n_fields);
+  for (int slot = 0; slot < SLOTS; slot++) {
+    if (columns[slot] >= 0 && format.slot_of_column[columns[slot]] < 0)
+      format.slot_of_column[columns[slot]] = (signed char)slot;
+  }
+  /* A format whose optional column is also a required one (the Python side
+     passes start for a missing end) is told by has_end/has_status alone. */
+  if (columns[SLOT_END] >= 0 && format.slot_of_column[columns[SLOT_END]] != SLOT_END) format.has_end = 0;
+  if (columns[SLOT_STATUS] >= 0 && format.slot_of_column[columns[SLOT_STATUS]] != SLOT_STATUS)
+    format.has_status = 0;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject *item = items[i];
+    if (PyUnicode_Check(item) && PyUnicode_IS_READY(item) && PyUnicode_IS_ASCII(item)) {
+      texts[i].text = (const char *)PyUnicode_DATA(item);
+      texts[i].length = PyUnicode_GET_LENGTH(item);
+    } else {
+      texts[i].text = NULL;
+      texts[i].length = 0;
+    }
+  }
+  Py_ssize_t counted = 0;
+  Py_BEGIN_ALLOW_THREADS
+  for (Py_ssize_t i = 0; i < n; i++) {
+    scan_line(&texts[i], &format, &flows[i]);
+    counted += flows[i].bucket >= 0;
+  }
+  Py_END_ALLOW_THREADS
+  buckets = pairs_by_bucket(flows, n);
+  rest = PyList_New(0);
+  if (buckets == NULL || rest == NULL) goto done;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    if (flows[i].bucket >= 0) continue;
+    PyObject *index = PyLong_FromSsize_t(i);
+    if (index == NULL || PyList_Append(rest, index) < 0) {
+      Py_XDECREF(index);
+      goto done;
+    }
+    Py_DECREF(index);
+  }
+  result = Py_BuildValue("(OOn)", buckets, rest, counted);
+done:
+  Py_XDECREF(buckets);
+  Py_XDECREF(rest);
+  free(format.slot_of_column);
+  free(texts);
+  free(flows);
+  Py_DECREF(lines);
+  return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS,
+     "scan(lines, n_fields, src, dst, start, end, status, window_seconds, min_time, max_time)"
+     " -> (pairs_by_bucket, rest, counted): see transforms/_flowscan.c."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_flowscan",
+    "The counting fast path in C (transforms/_flowscan.c).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__flowscan(void) { return PyModule_Create(&module); }
