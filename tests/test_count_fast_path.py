@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from tests.builders import flow_line, no_traffic_line
 from transforms import count
-from transforms.count import AccumulatePeersDoFn
+from transforms.count import AccumulatePeersDoFn, counts_as_text
 from transforms.dead_letter import DeadLetter
 from transforms.decode import LogBatch
 from transforms.flow_record import (
@@ -223,3 +223,11 @@ def test_the_address_cache_is_dropped_after_a_bundle_large_enough_to_learn_it_ag
   many_lines = few_lines * 10  # 50 lines, 8 per address would be 48
   assert run_bundle(do_fn, many_lines) == counts
   assert len(do_fn._address_keys) == 0  # pylint: disable=protected-access
+
+
+def test_counts_as_text_orders_by_most_peers_then_by_address_key():
+  counts = {address_key('10.0.0.2'): 3, address_key('2001:db8::1'): 5, address_key('10.0.0.10'): 3,
+            address_key('9.0.0.1'): 1, address_key('10.0.0.1'): 5, address_key('::1'): 3}
+  assert list(counts_as_text(counts).items()) == [
+      ('10.0.0.1', 5), ('2001:db8::1', 5), ('10.0.0.2', 3), ('10.0.0.10', 3), ('::1', 3),
+      ('9.0.0.1', 1)]

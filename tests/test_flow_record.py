@@ -1,14 +1,16 @@
 """Unit tests of flow log formats, line parsing and address keys
 (transforms/flow_record.py): pure functions, no pipeline."""
 
+import ipaddress
 import random
 
 import pytest
 
 from builders import ACCOUNT_ID, ENI, flow_line, no_traffic_line
+from transforms import flow_record
 from transforms.flow_record import (
     DEFAULT_FIELDS, AddressKeys, FlowLineError, FlowRecord, LogFormat, address_key,
-    address_text)
+    address_text, address_texts)
 
 V2 = ('version account-id interface-id srcaddr dstaddr srcport dstport protocol '
       'packets bytes start end action log-status').split()
@@ -265,6 +267,24 @@ def test_ipv4_and_ipv6_with_the_same_low_bits_do_not_collide():
   assert address_key('0.0.0.0') != address_key('::')
   assert address_text(address_key('10.0.0.1')) == '10.0.0.1'
   assert address_text(address_key('::10.0.0.1')) == '::a00:1'
+
+
+@pytest.mark.parametrize('native', [True, False], ids=['c', 'python'])
+def test_address_texts_writes_each_key_as_ipaddress_does(native, monkeypatch):
+  """In C (IPv4 keys) and in Python, with IPv6 keys among them."""
+  if not native:
+    monkeypatch.setattr(flow_record, '_dotted_quads', None)
+  else:
+    assert flow_record._dotted_quads is not None  # pylint: disable=protected-access
+  rng = random.Random(5)
+  texts = ['0.0.0.0', '0.0.0.9', '1.10.100.255', '255.255.255.255', '10.0.0.1', '::',
+           '::ffff:10.0.0.1', '2001:db8::1', '::10.0.0.1']
+  texts += [str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(300)]
+  texts += [str(ipaddress.IPv6Address(rng.getrandbits(128))) for _ in range(30)]
+  keys = [address_key(text) for text in texts]
+  assert address_texts(keys) == [str(ipaddress.ip_address(text)) for text in texts]
+  assert address_texts(keys[:4]) == ['0.0.0.0', '0.0.0.9', '1.10.100.255', '255.255.255.255']
+  assert address_texts([]) == []
 
 
 def test_equal_addresses_written_differently_share_a_key():

@@ -1,25 +1,31 @@
 /* The counting fast path in C: flow log lines to peer pairs per window bucket.
 
    scan(lines, n_fields, src, dst, start, end, status, window_seconds,
-        min_time, max_time) -> (pairs_by_bucket, rest, counted)
+        min_time, max_time, known_addresses)
+     -> (pairs_by_bucket, other_flows, rest, counted)
 
    `lines` is a tuple or list of str; `src`..`status` are column positions
-   (`end` and `status` -1 when the format lacks them). A line is counted here
-   only when it is exactly what LogFormat.parse and the Python path read the
-   same way:
+   (`end` and `status` -1 when the format lacks them); `known_addresses` is
+   the address cache, a dict from address text to its key
+   (flow_record.AddressKeys). A line is counted here only when it is exactly
+   what LogFormat.parse and the Python path read the same way:
      - ASCII, `n_fields` fields separated by single spaces, no other white
        space that str.split() splits on, none at either end;
      - log-status exactly "OK" (when the format has it);
-     - both addresses IPv4 dotted quads written as inet_ntoa writes them
-       (no leading zeros), which address_key always accepts;
-     - start and end plain decimal digits, min_time <= start <= end < max_time.
-   Every other line (IPv6, "-", NODATA, bad lines, anything unusual) is
-   returned in `rest`, by index, for the Python path to decide.
+     - start and end plain decimal digits, min_time <= start <= end < max_time;
+     - each address an IPv4 dotted quad written as inet_ntoa writes it (no
+       leading zeros), which address_key always accepts, or a text the
+       address cache already holds (IPv6 addresses, mostly).
+   Every other line (an address not seen before, "-", NODATA, bad lines,
+   anything unusual) is returned in `rest`, by index, for the Python parser to
+   decide.
 
    pairs_by_bucket maps each window start (start - start % window_seconds) to
-   bytes holding native uint64 pairs, both directions of every counted flow:
-   src << 32 | dst and dst << 32 | src (transforms.peers' narrow pairs).
-   `counted` is the number of flows counted here.
+   bytes holding native uint64 pairs, both directions of every flow between
+   two dotted quads: src << 32 | dst and dst << 32 | src (transforms.peers'
+   narrow pairs). other_flows lists (window start, src key, dst key) for the
+   flows with a cached address. `counted` is the number of flows counted in
+   the two.
 
    The lines are scanned with the GIL released: str objects are immutable and
    the sequence holds them. */
@@ -35,9 +41,16 @@ typedef struct {
   Py_ssize_t length;
 } Line;
 
+enum { REST, DOTTED_QUADS, CACHED_ADDRESS };
+
 typedef struct {
-  int64_t bucket;  /* window start; -1: not counted here */
+  int kind;        /* REST: not counted here; DOTTED_QUADS: src and dst parsed;
+                      CACHED_ADDRESS: an address to look up in the cache */
+  int64_t bucket;  /* window start */
   uint32_t src, dst;
+  int src_parsed, dst_parsed;
+  const char *src_text, *dst_text;
+  Py_ssize_t src_length, dst_length;
 } Flow;
 
 enum { SLOT_SRC, SLOT_DST, SLOT_START, SLOT_END, SLOT_STATUS, SLOTS };
@@ -88,13 +101,13 @@ static inline int is_other_whitespace(unsigned char c) {
   return (c >= 9 && c <= 13) || (c >= 28 && c <= 31);
 }
 
-/* Fills `flow` for a line counted here; bucket -1 otherwise. */
+/* Fills `flow`; its kind stays REST unless the line is counted here. */
 static void scan_line(const Line *line, const Format *format, Flow *flow) {
   const char *field_text[SLOTS] = {0};
   Py_ssize_t field_length[SLOTS] = {0};
   const char *s = line->text;
   Py_ssize_t n = line->length;
-  flow->bucket = -1;
+  flow->kind = REST;
   if (s == NULL || n == 0) return;
   Py_ssize_t field = 0, begin = 0;
   for (Py_ssize_t i = 0; i <= n; i++) {
@@ -118,18 +131,62 @@ static void scan_line(const Line *line, const Format *format, Flow *flow) {
         field_text[SLOT_STATUS][1] == 'K'))
     return;
   int64_t start, end;
-  uint32_t src, dst;
-  if (!parse_ipv4(field_text[SLOT_SRC], field_length[SLOT_SRC], &src) ||
-      !parse_ipv4(field_text[SLOT_DST], field_length[SLOT_DST], &dst) ||
-      !parse_digits(field_text[SLOT_START], field_length[SLOT_START], &start))
-    return;
+  if (!parse_digits(field_text[SLOT_START], field_length[SLOT_START], &start)) return;
   end = start;
   if (format->has_end && !parse_digits(field_text[SLOT_END], field_length[SLOT_END], &end))
     return;
   if (start < format->min_time || end >= format->max_time || end < start) return;
-  flow->src = src;
-  flow->dst = dst;
   flow->bucket = start - start % format->window_seconds;
+  flow->src_text = field_text[SLOT_SRC];
+  flow->src_length = field_length[SLOT_SRC];
+  flow->dst_text = field_text[SLOT_DST];
+  flow->dst_length = field_length[SLOT_DST];
+  flow->src_parsed = parse_ipv4(flow->src_text, flow->src_length, &flow->src);
+  flow->dst_parsed = parse_ipv4(flow->dst_text, flow->dst_length, &flow->dst);
+  flow->kind = flow->src_parsed && flow->dst_parsed ? DOTTED_QUADS : CACHED_ADDRESS;
+}
+
+/* The key of one side of a CACHED_ADDRESS flow (a new reference), or NULL
+   without an exception when the cache does not hold its text. */
+static PyObject *address_key(PyObject *known, int parsed, uint32_t value, const char *text,
+                             Py_ssize_t length) {
+  if (parsed) return PyLong_FromUnsignedLong(value);
+  PyObject *address = PyUnicode_DecodeASCII(text, length, NULL);
+  if (address == NULL) return NULL;
+  PyObject *key = PyDict_GetItemWithError(known, address);
+  Py_DECREF(address);
+  if (key == NULL || !PyLong_CheckExact(key)) return NULL;
+  Py_INCREF(key);
+  return key;
+}
+
+/* Resolves the CACHED_ADDRESS flows into (bucket, src key, dst key) tuples;
+   those with an address the cache does not hold become REST. */
+static PyObject *cached_address_flows(Flow *flows, Py_ssize_t n, PyObject *known) {
+  PyObject *result = PyList_New(0);
+  if (result == NULL) return NULL;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    Flow *flow = &flows[i];
+    if (flow->kind != CACHED_ADDRESS) continue;
+    PyObject *src = address_key(known, flow->src_parsed, flow->src, flow->src_text, flow->src_length);
+    PyObject *dst = src ? address_key(known, flow->dst_parsed, flow->dst, flow->dst_text, flow->dst_length) : NULL;
+    if (dst == NULL) {
+      Py_XDECREF(src);
+      if (PyErr_Occurred()) goto error;
+      flow->kind = REST;
+      continue;
+    }
+    PyObject *entry = Py_BuildValue("(LNN)", (long long)flow->bucket, src, dst);
+    if (entry == NULL || PyList_Append(result, entry) < 0) {
+      Py_XDECREF(entry);
+      goto error;
+    }
+    Py_DECREF(entry);
+  }
+  return result;
+error:
+  Py_DECREF(result);
+  return NULL;
 }
 
 static PyObject *pairs_by_bucket(const Flow *flows, Py_ssize_t n) {
@@ -139,7 +196,7 @@ static PyObject *pairs_by_bucket(const Flow *flows, Py_ssize_t n) {
   int64_t *buckets = NULL;
   Py_ssize_t *counts = NULL, n_buckets = 0, capacity = 0;
   for (Py_ssize_t i = 0; i < n; i++) {
-    if (flows[i].bucket < 0) continue;
+    if (flows[i].kind != DOTTED_QUADS) continue;
     Py_ssize_t b = n_buckets;
     if (n_buckets > 0 && buckets[n_buckets - 1] == flows[i].bucket) {
       b = n_buckets - 1;
@@ -178,7 +235,7 @@ static PyObject *pairs_by_bucket(const Flow *flows, Py_ssize_t n) {
     }
     uint64_t *pairs = (uint64_t *)PyBytes_AS_STRING(data);
     for (Py_ssize_t i = 0; i < n; i++) {
-      if (flows[i].bucket != buckets[b]) continue;
+      if (flows[i].kind != DOTTED_QUADS || flows[i].bucket != buckets[b]) continue;
       uint64_t src = flows[i].src, dst = flows[i].dst;
       *pairs++ = src << 32 | dst;
       *pairs++ = dst << 32 | src;
@@ -192,12 +249,13 @@ static PyObject *pairs_by_bucket(const Flow *flows, Py_ssize_t n) {
 }
 
 static PyObject *scan(PyObject *module, PyObject *args) {
-  PyObject *sequence;
+  PyObject *sequence, *known;
   Py_ssize_t n_fields, columns[SLOTS];
   long long window_seconds, min_time, max_time;
-  if (!PyArg_ParseTuple(args, "OnnnnnnLLL:scan", &sequence, &n_fields, &columns[SLOT_SRC],
+  if (!PyArg_ParseTuple(args, "OnnnnnnLLLO!:scan", &sequence, &n_fields, &columns[SLOT_SRC],
                         &columns[SLOT_DST], &columns[SLOT_START], &columns[SLOT_END],
-                        &columns[SLOT_STATUS], &window_seconds, &min_time, &max_time))
+                        &columns[SLOT_STATUS], &window_seconds, &min_time, &max_time,
+                        &PyDict_Type, &known))
     return NULL;
   if (n_fields < 1 || window_seconds < 1 || min_time < 0) {
     PyErr_SetString(PyExc_ValueError, "scan: n_fields and window_seconds must be positive, min_time not negative");
@@ -219,7 +277,7 @@ static PyObject *scan(PyObject *module, PyObject *args) {
   format.slot_of_column = malloc((size_t)n_fields);
   Line *texts = malloc((size_t)(n ? n : 1) * sizeof *texts);
   Flow *flows = malloc((size_t)(n ? n : 1) * sizeof *flows);
-  PyObject *result = NULL, *buckets = NULL, *rest = NULL;
+  PyObject *result = NULL, *buckets = NULL, *others = NULL, *rest = NULL;
   if (!format.slot_of_column || !texts || !flows) {
     PyErr_NoMemory();
     goto done;
@@ -244,18 +302,17 @@ static PyObject *scan(PyObject *module, PyObject *args) {
       texts[i].length = 0;
     }
   }
-  Py_ssize_t counted = 0;
   Py_BEGIN_ALLOW_THREADS
-  for (Py_ssize_t i = 0; i < n; i++) {
-    scan_line(&texts[i], &format, &flows[i]);
-    counted += flows[i].bucket >= 0;
-  }
+  for (Py_ssize_t i = 0; i < n; i++) scan_line(&texts[i], &format, &flows[i]);
   Py_END_ALLOW_THREADS
-  buckets = pairs_by_bucket(flows, n);
+  others = cached_address_flows(flows, n, known);
+  buckets = others ? pairs_by_bucket(flows, n) : NULL;
   rest = PyList_New(0);
   if (buckets == NULL || rest == NULL) goto done;
+  Py_ssize_t counted = n;
   for (Py_ssize_t i = 0; i < n; i++) {
-    if (flows[i].bucket >= 0) continue;
+    if (flows[i].kind != REST) continue;
+    counted--;
     PyObject *index = PyLong_FromSsize_t(i);
     if (index == NULL || PyList_Append(rest, index) < 0) {
       Py_XDECREF(index);
@@ -263,9 +320,10 @@ static PyObject *scan(PyObject *module, PyObject *args) {
     }
     Py_DECREF(index);
   }
-  result = Py_BuildValue("(OOn)", buckets, rest, counted);
+  result = Py_BuildValue("(OOOn)", buckets, others, rest, counted);
 done:
   Py_XDECREF(buckets);
+  Py_XDECREF(others);
   Py_XDECREF(rest);
   free(format.slot_of_column);
   free(texts);
@@ -274,10 +332,56 @@ done:
   return result;
 }
 
+/* dotted_quads(keys) -> list: each IPv4 address key (an int below 2**32) as
+   inet_ntoa writes it; None for any other key. */
+static PyObject *dotted_quads(PyObject *module, PyObject *sequence) {
+  PyObject *keys = PySequence_Fast(sequence, "dotted_quads: keys must be a sequence");
+  if (keys == NULL) return NULL;
+  Py_ssize_t n = PySequence_Fast_GET_SIZE(keys);
+  PyObject **items = PySequence_Fast_ITEMS(keys);
+  PyObject *result = PyList_New(n);
+  for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
+    unsigned long long key = PyLong_Check(items[i]) ? PyLong_AsUnsignedLongLong(items[i]) : (unsigned long long)-1;
+    if (key == (unsigned long long)-1 && PyErr_Occurred()) {
+      if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+        Py_CLEAR(result);
+        break;
+      }
+      PyErr_Clear();  /* negative, or wider than 64 bits */
+    }
+    PyObject *text;
+    if (key > 0xFFFFFFFFull) {
+      text = Py_None;
+      Py_INCREF(text);
+    } else {
+      char buffer[16], *end = buffer;
+      for (int shift = 24; shift >= 0; shift -= 8) {
+        unsigned octet = (unsigned)(key >> shift) & 0xFF;
+        if (octet >= 100) *end++ = (char)('0' + octet / 100);
+        if (octet >= 10) *end++ = (char)('0' + octet / 10 % 10);
+        *end++ = (char)('0' + octet % 10);
+        if (shift) *end++ = '.';
+      }
+      text = PyUnicode_New(end - buffer, 127);
+      if (text == NULL) {
+        Py_CLEAR(result);
+        break;
+      }
+      memcpy(PyUnicode_DATA(text), buffer, (size_t)(end - buffer));
+    }
+    PyList_SET_ITEM(result, i, text);
+  }
+  Py_DECREF(keys);
+  return result;
+}
+
 static PyMethodDef methods[] = {
+    {"dotted_quads", dotted_quads, METH_O,
+     "dotted_quads(keys) -> list of str or None: IPv4 address keys as text."},
     {"scan", scan, METH_VARARGS,
-     "scan(lines, n_fields, src, dst, start, end, status, window_seconds, min_time, max_time)"
-     " -> (pairs_by_bucket, rest, counted): see transforms/_flowscan.c."},
+     "scan(lines, n_fields, src, dst, start, end, status, window_seconds, min_time, max_time,"
+     " known_addresses) -> (pairs_by_bucket, other_flows, rest, counted):"
+     " see transforms/_flowscan.c."},
     {NULL, NULL, 0, NULL},
 };
 

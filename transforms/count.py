@@ -39,7 +39,7 @@ from transforms.peers import PeerPairs, PeerPairsCoder
 from transforms.flow_record import (
     LOG_STATUS_OK, MAX_FLOW_TIME, MIN_FLOW_TIME, SKIPPED_NO_ADDRESS, SKIPPED_NODATA,
     SKIPPED_OTHER_STATUS, SKIPPED_SKIPDATA, NO_VALUE, AddressKeys, FlowLineError, LogFormat,
-    address_text, skip_reason)
+    address_texts, skip_reason)
 
 try:
   from transforms import _flowscan  # the counting fast path in C (setup.py builds it)
@@ -50,6 +50,8 @@ _LOG = logging.getLogger(__name__)
 
 DEFAULT_WINDOW_SECONDS = 600
 _NONES = itertools.repeat(None)
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
 # ASCII characters other than the space and the newline that str.split() splits on.
 _SPLIT_WHITESPACE = '\t\x0b\x0c\r\x1c\x1d\x1e\x1f'
 
@@ -183,18 +185,19 @@ class AccumulatePeersDoFn(beam.DoFn):
     self._tally.values['flow_lines'] += len(lines)
 
   def _count_native(self, lines: Tuple[str, ...], log_format: LogFormat) -> Sequence[int]:
-    """Counts the batch's plain IPv4 lines in C; the rest go through
-    `_count_fast` (which knows IPv6 addresses from the cache). Returns the
-    indexes of the lines left for the full parser."""
-    by_bucket, rest, counted = self._scan(
-        lines, *log_format.scan_columns, self._window_seconds, MIN_FLOW_TIME, MAX_FLOW_TIME)
+    """Counts the batch's plain lines in C (transforms/_flowscan.c): those
+    between dotted quads as whole arrays of pairs, those with an address in
+    the cache (IPv6, mostly) one flow at a time. Returns the indexes of the
+    other lines, for the full parser (which learns their new addresses)."""
+    by_bucket, other_flows, rest, counted = self._scan(
+        lines, *log_format.scan_columns, self._window_seconds, MIN_FLOW_TIME, MAX_FLOW_TIME,
+        self._address_keys.known)
     for bucket, pairs in by_bucket.items():
       self._pairs(bucket).add_pairs(np.frombuffer(pairs, dtype=np.uint64))
+    for bucket, src, dst in other_flows:
+      self._pairs(bucket).add_flow(src, dst)
     self._tally.values['counted_flows'] += counted
-    if not rest:
-      return rest
-    slow = self._count_fast(tuple(map(lines.__getitem__, rest)), log_format)
-    return list(map(rest.__getitem__, slow))
+    return rest
 
   def _count_fast(self, lines: Tuple[str, ...], log_format: LogFormat) -> Sequence[int]:
     """Counts the batch's common lines a whole column at a time; returns the
@@ -361,8 +364,9 @@ class MergePeerPairs(beam.CombineFn):
 
 def counts_as_text(counts: Dict[int, int]) -> Dict[str, int]:
   """Address keys to text, most peers first, then by address key."""
-  ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-  return {address_text(address): n for address, n in ordered}
+  ordered = sorted(counts.items())  # by address key (keys are distinct)
+  ordered.sort(key=_SECOND, reverse=True)  # most peers first; stable, so ties stay by key
+  return dict(zip(address_texts(list(map(_FIRST, ordered))), map(_SECOND, ordered)))
 
 
 class _ToWindowCounts(beam.DoFn):

@@ -11,7 +11,7 @@ into a typed `FlowRecord`. Everything here is pure: no Beam, no I/O.
 import ipaddress
 import re
 import socket
-from typing import Dict, Iterable, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 # log-status values (AWS: "OK", "NODATA" when there was no traffic on the
 # interface during the aggregation interval, "SKIPDATA" when records were
@@ -248,6 +248,22 @@ def address_key(text: str) -> int:
   return int(address)
 
 
+try:
+  from transforms._flowscan import dotted_quads as _dotted_quads  # setup.py builds it
+except ImportError:  # pragma: no cover (installed without a C compiler)
+  _dotted_quads = None
+
+
+def address_texts(keys: Sequence[int]) -> List[str]:
+  """address_text of each key (in C for IPv4 keys, where it is built)."""
+  if _dotted_quads is None:
+    return list(map(address_text, keys))
+  texts = _dotted_quads(keys)
+  if None in texts:
+    texts = [address_text(key) if text is None else text for key, text in zip(keys, texts)]
+  return texts
+
+
 def address_text(key: int) -> str:
   """The address of a key, written as Python's ipaddress writes it."""
   if key & _IPV6_TAG:
@@ -262,6 +278,8 @@ class AddressKeys:
   def __init__(self, max_entries: int = 1_000_000):
     self._keys: Dict[str, int] = {}
     self._max_entries = max_entries
+    # The cache itself, read by transforms._flowscan (never written there).
+    self.known = self._keys
     # cached(text): the key if `text` was seen before, else None (no parsing).
     # The dict's own get, so that the hot loop pays for no Python call.
     self.cached = self._keys.get
