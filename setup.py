@@ -27,7 +27,7 @@ setuptools.setup(
     # flows in Python, slower (transforms/count.py says which it uses).
     ext_modules=[setuptools.Extension(
         'transforms._flowscan', ['transforms/_flowscan.c'], optional=True,
-        extra_compile_args=['-O2'])],
+        extra_compile_args=['-O3'])],
     extras_require={
         'test': ['pytest>=8', 'hypothesis>=6.100', 'moto[server]>=5.0'],
     },

@@ -1,4 +1,7 @@
-/* The counting fast path in C: flow log lines to peer pairs per window bucket.
+/* The decoding and counting fast paths in C: CloudWatch Logs subscription
+   messages to flow log lines (data_message_lines, below), flow log lines to
+   peer pairs per window bucket (scan), address keys to text (dotted_quads).
+
 
    scan(lines, n_fields, src, dst, start, end, status, window_seconds,
         min_time, max_time, known_addresses)
@@ -375,7 +378,232 @@ static PyObject *dotted_quads(PyObject *module, PyObject *sequence) {
   return result;
 }
 
+/* ---- data_message_lines: a CloudWatch Logs subscription message's lines ----
+
+   data_message_lines(payload: bytes) -> tuple of str, or None
+
+   The "message" of every log event of a DATA_MESSAGE, read straight from the
+   JSON text, without building the events' dicts (json_loads, orjson, builds
+   them all and sizes a parse buffer of about twelve times the message).
+   Only a strict subset of JSON is read here: ASCII throughout, strings
+   without backslash escapes or control characters, nesting at most 64 deep,
+   the top object with exactly one "messageType", "DATA_MESSAGE", and one
+   "logEvents", an array of objects each with exactly one "message", a
+   string. Such a text is valid JSON whose parse gives these very messages.
+   Anything else, valid JSON or not, gives None: the Python path
+   (decode.decode_subscription_message) parses it and decides. */
+
+enum { MAX_JSON_DEPTH = 64 };
+
+typedef struct {
+  const unsigned char *p, *end;
+  int depth;
+} Json;
+
+typedef struct {
+  const char *text;
+  Py_ssize_t length;
+} Span;
+
+static inline void json_space(Json *j) {
+  while (j->p < j->end && (*j->p == ' ' || *j->p == '\n' || *j->p == '\r' || *j->p == '\t')) j->p++;
+}
+
+static inline int json_take(Json *j, unsigned char c) {
+  json_space(j);
+  if (j->p < j->end && *j->p == c) {
+    j->p++;
+    return 1;
+  }
+  return 0;
+}
+
+/* A string of printable ASCII without escapes; its content in *span. */
+static int json_string(Json *j, Span *span) {
+  json_space(j);
+  if (j->p >= j->end || *j->p != '"') return 0;
+  const unsigned char *begin = j->p + 1;
+  const unsigned char *close = memchr(begin, '"', (size_t)(j->end - begin));
+  if (close == NULL) return 0;
+  unsigned unusual = 0;  /* branch-free, so that the compiler vectorises it */
+  for (const unsigned char *c = begin; c < close; c++)
+    unusual |= (unsigned)(*c == '\\') | (unsigned)(*c < 0x20) | (unsigned)(*c >= 0x80);
+  if (unusual) return 0;
+  span->text = (const char *)begin;
+  span->length = close - begin;
+  j->p = close + 1;
+  return 1;
+}
+
+static inline int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+
+static int json_number(Json *j) {
+  const unsigned char *p = j->p, *e = j->end;
+  if (p < e && *p == '-') p++;
+  if (p >= e) return 0;
+  if (*p == '0') {
+    p++;
+  } else if (*p >= '1' && *p <= '9') {
+    while (p < e && is_digit(*p)) p++;
+  } else {
+    return 0;
+  }
+  if (p < e && *p == '.') {
+    p++;
+    if (p >= e || !is_digit(*p)) return 0;
+    while (p < e && is_digit(*p)) p++;
+  }
+  if (p < e && (*p == 'e' || *p == 'E')) {
+    p++;
+    if (p < e && (*p == '+' || *p == '-')) p++;
+    if (p >= e || !is_digit(*p)) return 0;
+    while (p < e && is_digit(*p)) p++;
+  }
+  j->p = p;
+  return 1;
+}
+
+static int json_literal(Json *j, const char *word, size_t length) {
+  if ((size_t)(j->end - j->p) < length || memcmp(j->p, word, length) != 0) return 0;
+  j->p += length;
+  return 1;
+}
+
+static int json_skip_value(Json *j);
+
+static int json_skip_members(Json *j, unsigned char close, int keyed) {
+  if (++j->depth > MAX_JSON_DEPTH) return 0;
+  if (json_take(j, close)) {
+    j->depth--;
+    return 1;
+  }
+  do {
+    Span key;
+    if (keyed && (!json_string(j, &key) || !json_take(j, ':'))) return 0;
+    if (!json_skip_value(j)) return 0;
+  } while (json_take(j, ','));
+  if (!json_take(j, close)) return 0;
+  j->depth--;
+  return 1;
+}
+
+static int json_skip_value(Json *j) {
+  Span ignored;
+  json_space(j);
+  if (j->p >= j->end) return 0;
+  switch (*j->p) {
+    case '"': return json_string(j, &ignored);
+    case '{': j->p++; return json_skip_members(j, '}', 1);
+    case '[': j->p++; return json_skip_members(j, ']', 0);
+    case 't': return json_literal(j, "true", 4);
+    case 'f': return json_literal(j, "false", 5);
+    case 'n': return json_literal(j, "null", 4);
+    default: return json_number(j);
+  }
+}
+
+static inline int span_is(const Span *span, const char *word) {
+  size_t length = strlen(word);
+  return (size_t)span->length == length && memcmp(span->text, word, length) == 0;
+}
+
+typedef struct {
+  Span *items;
+  Py_ssize_t count, capacity;
+} Spans;
+
+static int spans_add(Spans *spans, Span span) {
+  if (spans->count == spans->capacity) {
+    Py_ssize_t capacity = spans->capacity ? 2 * spans->capacity : 512;
+    Span *items = realloc(spans->items, (size_t)capacity * sizeof *items);
+    if (items == NULL) return 0;
+    spans->items = items;
+    spans->capacity = capacity;
+  }
+  spans->items[spans->count++] = span;
+  return 1;
+}
+
+/* One log event: an object with exactly one "message", a string. */
+static int json_event(Json *j, Spans *messages) {
+  if (!json_take(j, '{') || ++j->depth > MAX_JSON_DEPTH) return 0;
+  int found = 0;
+  if (!json_take(j, '}')) {
+    do {
+      Span key;
+      if (!json_string(j, &key) || !json_take(j, ':')) return 0;
+      if (span_is(&key, "message")) {
+        Span message;
+        if (found++ || !json_string(j, &message) || !spans_add(messages, message)) return 0;
+      } else if (!json_skip_value(j)) {
+        return 0;
+      }
+    } while (json_take(j, ','));
+    if (!json_take(j, '}')) return 0;
+  }
+  j->depth--;
+  return found;
+}
+
+/* The whole message; 1 when it is a DATA_MESSAGE read into `messages`. */
+static int json_data_message(Json *j, Spans *messages) {
+  int types = 0, event_lists = 0;
+  if (!json_take(j, '{')) return 0;
+  j->depth = 1;
+  if (json_take(j, '}')) return 0;
+  do {
+    Span key;
+    if (!json_string(j, &key) || !json_take(j, ':')) return 0;
+    if (span_is(&key, "messageType")) {
+      Span type;
+      if (types++ || !json_string(j, &type) || !span_is(&type, "DATA_MESSAGE")) return 0;
+    } else if (span_is(&key, "logEvents")) {
+      if (event_lists++ || !json_take(j, '[')) return 0;
+      if (!json_take(j, ']')) {
+        do {
+          if (!json_event(j, messages)) return 0;
+        } while (json_take(j, ','));
+        if (!json_take(j, ']')) return 0;
+      }
+    } else if (!json_skip_value(j)) {
+      return 0;
+    }
+  } while (json_take(j, ','));
+  if (!json_take(j, '}')) return 0;
+  json_space(j);
+  return j->p == j->end && types == 1 && event_lists == 1;
+}
+
+static PyObject *data_message_lines(PyObject *module, PyObject *payload) {
+  if (!PyBytes_Check(payload)) Py_RETURN_NONE;
+  Json j = {(const unsigned char *)PyBytes_AS_STRING(payload),
+            (const unsigned char *)PyBytes_AS_STRING(payload) + PyBytes_GET_SIZE(payload), 0};
+  Spans messages = {NULL, 0, 0};
+  int ok;
+  Py_BEGIN_ALLOW_THREADS  /* bytes are immutable and the caller holds them */
+  ok = json_data_message(&j, &messages);
+  Py_END_ALLOW_THREADS
+  if (!ok) {
+    free(messages.items);
+    Py_RETURN_NONE;
+  }
+  PyObject *lines = PyTuple_New(messages.count);
+  for (Py_ssize_t i = 0; lines != NULL && i < messages.count; i++) {
+    PyObject *line = PyUnicode_New(messages.items[i].length, 127);
+    if (line == NULL) {
+      Py_CLEAR(lines);
+      break;
+    }
+    memcpy(PyUnicode_DATA(line), messages.items[i].text, (size_t)messages.items[i].length);
+    PyTuple_SET_ITEM(lines, i, line);
+  }
+  free(messages.items);
+  return lines;
+}
+
 static PyMethodDef methods[] = {
+    {"data_message_lines", data_message_lines, METH_O,
+     "data_message_lines(payload) -> tuple of str, or None: see transforms/_flowscan.c."},
     {"dotted_quads", dotted_quads, METH_O,
      "dotted_quads(keys) -> list of str or None: IPv4 address keys as text."},
     {"scan", scan, METH_VARARGS,

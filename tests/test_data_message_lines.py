@@ -1,0 +1,177 @@
+"""The C reader of subscription messages (transforms/_flowscan.c,
+data_message_lines) must read exactly the lines the JSON parse reads, or
+decline (None) and leave the message to it: never other lines, never lines
+from text that is not valid JSON. Each case compares it with the Python path
+(decode.decode_subscription_message without the C reader)."""
+
+import json
+import random
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from builders import data_message, flow_line
+from transforms import decode
+from transforms.decode import BadInput, LogBatch
+from transforms._flowscan import data_message_lines  # pylint: disable=no-name-in-module
+
+ORIGIN = 'shard-0/1'
+LINES = [flow_line('10.0.0.1', '10.0.0.2', 1700000000), flow_line('10.0.0.3', '10.0.0.4', 1700000060)]
+
+
+def python_outcome(payload: bytes):
+  """What the Python path makes of the payload: its items, or its BadInput."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(decode, '_data_message_lines', None)
+    try:
+      return list(decode.decode_subscription_message(payload, ORIGIN))
+    except BadInput as e:
+      return ('BadInput', e.reason)
+
+
+def assert_reads_as_python_does(payload: bytes) -> bool:
+  """True if the C reader read the payload (and read it right)."""
+  lines = data_message_lines(payload)
+  if lines is None:
+    return False
+  assert python_outcome(payload) == [LogBatch(ORIGIN, lines, None, True)]
+  return True
+
+
+def dumped(message, style: int) -> bytes:
+  if style == 0:
+    return json.dumps(message, separators=(',', ':')).encode()
+  if style == 1:
+    return json.dumps(message).encode()
+  if style == 2:
+    return json.dumps(message, indent=2).encode()
+  return json.dumps(message, ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize('style', [0, 1, 2], ids=['compact', 'spaced', 'indented'])
+def test_reads_a_plain_data_message_as_the_json_parse_does(style):
+  payload = dumped(data_message(LINES), style)
+  assert data_message_lines(payload) == tuple(LINES)
+  assert assert_reads_as_python_does(payload)
+  # Through the whole decoding, with the C reader on.
+  assert list(decode.decode_subscription_message(payload, ORIGIN)) == [
+      LogBatch(ORIGIN, tuple(LINES), None, True)]
+
+
+@pytest.mark.parametrize('payload, lines', [
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[]}', ()),
+    (b' {"logEvents" : [ {"message":"a b"} , {"id":1,"message":""} ] ,"messageType":"DATA_MESSAGE"} \r\n',
+     ('a b', '')),
+    (b'{"messageType":"DATA_MESSAGE","x":[-0,1.5e+3,2E-2,0.25,-12,true,false,null,{},[],"s",{"a":[{}]}],'
+     b'"logEvents":[{"message":"m","extractedFields":{"k":[1,{"z":null}]}}]}', ('m',)),
+], ids=['no_events', 'white_space_and_key_order', 'every_kind_of_value_skipped'])
+def test_reads_the_json_it_accepts_exactly(payload, lines):
+  assert data_message_lines(payload) == lines
+  assert assert_reads_as_python_does(payload)
+
+
+NESTED = b'{"messageType":"DATA_MESSAGE","logEvents":[],"deep":%s}'
+
+
+@pytest.mark.parametrize('payload', [
+    b'', b'[]', b'{}', b'"DATA_MESSAGE"',
+    b'{"messageType":"CONTROL_MESSAGE","logEvents":[{"message":"CWL CONTROL MESSAGE"}]}',
+    b'{"messageType":"DATA_MESSAGE"}',
+    b'{"logEvents":[]}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":{}}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[{"id":"1"}]}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":5}]}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":["a b"]}',
+    # Duplicate keys: the JSON parse keeps the last; left to it.
+    b'{"messageType":"DATA_MESSAGE","messageType":"CONTROL_MESSAGE","logEvents":[]}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[],"logEvents":[{"message":"x"}]}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a","message":"b"}]}',
+    # Strings the C reader does not read: escapes, control characters, non-ASCII.
+    b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a\\"b"}]}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a\\u0041"}]}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a\tb"}]}',
+    '{"messageType":"DATA_MESSAGE","logEvents":[{"message":"caf\u00e9"}]}'.encode(),
+    b'{"messageType":"DATA_MESSAGE","logEvents":[],"note":"\xff"}',
+    b'\xef\xbb\xbf{"messageType":"DATA_MESSAGE","logEvents":[]}',
+    # Not JSON at all.
+    b'{"messageType":"DATA_MESSAGE","logEvents":[]',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[]}}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[]} x',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[],}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a"},]}',
+    b'{"messageType":"DATA_MESSAGE" "logEvents":[]}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":01}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":1.}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":.5}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":-}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":1e}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":+1}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":NaN}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":tru}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":nulls}',
+    b"{'messageType':'DATA_MESSAGE','logEvents':[]}",
+    b'{"messageType":"DATA_MESSAGE","logEvents":[],"s":"unterminated}',
+    b'{"messageType":"DATA_MESSAGE","logEvents":[],\x0b"n":1}',
+    NESTED % (b'[' * 64 + b']' * 64),
+], ids=lambda payload: payload[:70].decode('latin-1'))
+def test_declines_what_it_does_not_read_and_the_json_parse_decides(payload):
+  assert data_message_lines(payload) is None
+  outcome = python_outcome(payload)
+  assert outcome  # a Skipped, a LogBatch or a BadInput: decided by the Python path
+
+
+def test_reads_nesting_up_to_its_depth_limit():
+  # The message object is level 1, so 63 arrays inside it reach 64; 64 (above) reach 65.
+  payload = NESTED % (b'[' * 63 + b']' * 63)
+  assert data_message_lines(payload) == ()
+  assert assert_reads_as_python_does(payload)
+
+
+def test_declines_what_is_not_bytes():
+  assert data_message_lines(bytearray(b'{"messageType":"DATA_MESSAGE","logEvents":[]}')) is None
+  assert data_message_lines('{"messageType":"DATA_MESSAGE","logEvents":[]}') is None
+
+
+ascii_text = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=30)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=False, allow_infinity=False)
+    | ascii_text | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(ascii_text, children, max_size=4),
+    max_leaves=20)
+events = st.lists(st.fixed_dictionaries(
+    {'message': ascii_text | json_values},
+    optional={'id': json_values, 'timestamp': st.integers(0, 2**63), 'extractedFields': json_values}),
+    max_size=6)
+messages = st.fixed_dictionaries(
+    {'messageType': st.sampled_from(['DATA_MESSAGE', 'DATA_MESSAGE', 'CONTROL_MESSAGE']) | json_values,
+     'logEvents': events | json_values},
+    optional={'owner': ascii_text, 'logGroup': st.text(max_size=8), 'subscriptionFilters': json_values})
+
+
+@settings(max_examples=400, deadline=None)
+@given(message=messages, style=st.integers(0, 3))
+def test_any_subscription_message_reads_as_the_json_parse_reads_it(message, style):
+  assert_reads_as_python_does(dumped(message, style))
+
+
+@settings(max_examples=400, deadline=None)
+@given(seed=st.integers(0, 2**32), n_lines=st.integers(0, 5), style=st.integers(0, 2),
+       edits=st.integers(1, 3))
+def test_damaged_messages_are_declined_unless_still_json_that_reads_the_same(
+    seed, n_lines, style, edits):
+  """A plain message with bytes cut, dropped, inserted or replaced: whatever
+  the C reader still reads must be what the JSON parse reads."""
+  rng = random.Random(seed)
+  payload = bytearray(dumped(data_message(LINES[:1] * n_lines), style))
+  for _ in range(edits):
+    at = rng.randrange(len(payload) + 1)
+    action = rng.randrange(4)
+    if action == 0:
+      del payload[at:]
+    elif action == 1:
+      del payload[at:at + 1]
+    elif action == 2:
+      payload[at:at] = bytes([rng.choice(b'{}[]",:0123456789.eE+- \\\x00tfnu\x80')])
+    elif payload:
+      payload[min(at, len(payload) - 1)] = rng.choice(b'{}[]",:0 \\xa')
+  assert_reads_as_python_does(bytes(payload))
