@@ -8,6 +8,7 @@ checkpoint and high-availability settings."""
 
 import re
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -120,7 +121,7 @@ def test_job_server_jar_path_is_the_one_the_build_script_writes(tmp_path):
       env={'VFP_CACHE': str(tmp_path), 'PATH': '/usr/bin:/bin'}, capture_output=True, text=True,
       check=True).stdout.strip()
   assert printed == str(tmp_path / runners.job_server_jar_path().name)
-  submitter_cache = re.search(r'VFP_CACHE=(\S+)', DOCKERFILES['submitter'].split('FROM python')[1]).group(1)
+  submitter_cache = re.search(r'VFP_CACHE=(\S+)', DOCKERFILES['submitter'].split('FROM python:3.11-slim')[1]).group(1)
   assert f'COPY --from=job-server /vfp-cache/{Path(printed).name} {submitter_cache}/' in DOCKERFILES['submitter']
 
 
@@ -174,3 +175,24 @@ def test_the_endpoint_token_reaches_the_workers_not_the_command_line():
   env = {e['name']: e for e in WORKER_POOL['env']}
   assert 'secretKeyRef' in env['VPC_FLOW_PEERS_TOKEN']['valueFrom']
   assert not any('token' in arg.lower() for arg in SUBMIT_CONTAINER['command'])
+
+
+@pytest.mark.parametrize('name', ['worker', 'submitter'])
+def test_images_install_a_wheel_whose_c_fast_path_compiled(name, tmp_path):
+  """The slim images have no compiler, and setup.py lets the C fast path fail
+  to build: each image installs a wheel built in a full python image of the
+  same version, whose build stops if the wheel lacks the extension."""
+  dockerfile = DOCKERFILES[name]
+  stage = dockerfile.split('FROM python:3.11 AS wheel\n')[1].split('\nFROM ')[0]
+  assert 'RUN pip wheel --no-deps --wheel-dir /wheels . \\' in stage
+  assert 'COPY --from=wheel /wheels /tmp/wheels' in dockerfile
+  assert 'pip install "apache-beam==2.70.0" /tmp/wheels/*.whl' in dockerfile
+  assert '**/*.so' in (DEPLOY / 'docker' / f'{name}.Dockerfile.dockerignore').read_text().split()
+  check = re.search(r'python -c "(.+)"$', stage, re.M).group(1).replace('/wheels/', f'{tmp_path}/')
+  wheel = tmp_path / 'vpc_flow_peers-0.1.0-cp311-cp311-linux_x86_64.whl'
+  with zipfile.ZipFile(wheel, 'w') as built:
+    built.writestr('transforms/count.py', '')
+  assert subprocess.run(['python3', '-c', check], capture_output=True).returncode != 0
+  with zipfile.ZipFile(wheel, 'a') as built:
+    built.writestr('transforms/_flowscan.cpython-311-x86_64-linux-gnu.so', '')
+  assert subprocess.run(['python3', '-c', check], capture_output=True).returncode == 0
