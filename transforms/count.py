@@ -118,9 +118,10 @@ class AccumulatePeersDoFn(beam.DoFn):
   without a watermark (files) are all counted.
 
   Lines are counted by the C fast path (transforms/_flowscan.c) where it is
-  built and `native` is true, else in Python; the two count the same flows
-  (tests/test_flowscan.py), the C one about 20 times faster. Either leaves
-  the unusual lines to the full Python parser."""
+  built and `native` is true, else by the Python one; the two count the same
+  flows (tests/test_count_fast_path.py), the C one about six times faster
+  (0.6 against 3.7 microseconds a line on the benchmark's data, sorting of
+  the pairs included). Either leaves the unusual lines to the full parser."""
   def __init__(self, window_seconds: int, default_format: LogFormat,
                allowed_lateness_seconds: Optional[int] = None, native: bool = True):
     self._window_seconds = window_seconds
