@@ -231,3 +231,18 @@ def test_counts_as_text_orders_by_most_peers_then_by_address_key():
   assert list(counts_as_text(counts).items()) == [
       ('10.0.0.1', 5), ('2001:db8::1', 5), ('10.0.0.2', 3), ('10.0.0.10', 3), ('::1', 3),
       ('9.0.0.1', 1)]
+
+
+@both_paths
+def test_a_batch_spanning_many_windows_in_any_order(native):
+  """One window per line, shuffled: the C path groups its pairs by sorting."""
+  rng = random.Random(3)
+  first = BASE - BASE % WINDOW
+  starts = [first + WINDOW * i + rng.randrange(WINDOW) for i in range(2000)]
+  rng.shuffle(starts)
+  lines = tuple(flow_line(f'10.0.{i % 7}.{i % 5}', f'198.51.100.{i % 3}', start)
+                for i, start in enumerate(starts))
+  batches = [LogBatch('record-0', lines, None, True)]
+  fast = fast_count(batches, LogFormat.default(), native)
+  assert fast == reference_count(batches, LogFormat.default())
+  assert len(fast[0]) == 2000 and fast[1] == {'counted_flows': 2000}

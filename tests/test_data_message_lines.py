@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from builders import data_message, flow_line
 from transforms import decode
-from transforms.decode import BadInput, LogBatch
+from transforms.decode import BadInput, LogBatch, Skipped
 from transforms._flowscan import data_message_lines  # pylint: disable=no-name-in-module
 
 ORIGIN = 'shard-0/1'
@@ -73,51 +73,75 @@ def test_reads_the_json_it_accepts_exactly(payload, lines):
 NESTED = b'{"messageType":"DATA_MESSAGE","logEvents":[],"deep":%s}'
 
 
-@pytest.mark.parametrize('payload', [
-    b'', b'[]', b'{}', b'"DATA_MESSAGE"',
-    b'{"messageType":"CONTROL_MESSAGE","logEvents":[{"message":"CWL CONTROL MESSAGE"}]}',
-    b'{"messageType":"DATA_MESSAGE"}',
-    b'{"logEvents":[]}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":{}}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[{"id":"1"}]}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":5}]}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":["a b"]}',
+BAD, SKIPPED = 'a BadInput', 'a Skipped'
+LONG_INTEGER = b'{"messageType":"DATA_MESSAGE","logEvents":[{"id":%s,"message":"x"}]}'
+
+
+def outcome_kind(outcome):
+  """BAD, SKIPPED, or the lines of the one LogBatch."""
+  if isinstance(outcome, tuple):
+    return BAD
+  if len(outcome) == 1 and isinstance(outcome[0], Skipped):
+    return SKIPPED
+  assert len(outcome) == 1 and isinstance(outcome[0], LogBatch), outcome
+  return outcome[0].lines
+
+
+@pytest.mark.parametrize('payload, decided', [
+    (b'', BAD), (b'[]', BAD), (b'{}', BAD), (b'"DATA_MESSAGE"', BAD),
+    (b'{"messageType":"CONTROL_MESSAGE","logEvents":[{"message":"CWL CONTROL MESSAGE"}]}', SKIPPED),
+    (b'{"messageType":"DATA_MESSAGE"}', BAD),
+    (b'{"logEvents":[]}', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":{}}', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"id":"1"}]}', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":5}]}', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":["a b"]}', BAD),
     # Duplicate keys: the JSON parse keeps the last; left to it.
-    b'{"messageType":"DATA_MESSAGE","messageType":"CONTROL_MESSAGE","logEvents":[]}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[],"logEvents":[{"message":"x"}]}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a","message":"b"}]}',
+    (b'{"messageType":"DATA_MESSAGE","messageType":"CONTROL_MESSAGE","logEvents":[]}', SKIPPED),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[],"logEvents":[{"message":"x"}]}', ('x',)),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a","message":"b"}]}', ('b',)),
     # Strings the C reader does not read: escapes, control characters, non-ASCII.
-    b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a\\"b"}]}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a\\u0041"}]}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a\tb"}]}',
-    '{"messageType":"DATA_MESSAGE","logEvents":[{"message":"caf\u00e9"}]}'.encode(),
-    b'{"messageType":"DATA_MESSAGE","logEvents":[],"note":"\xff"}',
-    b'\xef\xbb\xbf{"messageType":"DATA_MESSAGE","logEvents":[]}',
-    # Not JSON at all.
-    b'{"messageType":"DATA_MESSAGE","logEvents":[]',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[]}}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[]} x',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[],}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a"},]}',
-    b'{"messageType":"DATA_MESSAGE" "logEvents":[]}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":01}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":1.}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":.5}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":-}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":1e}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":+1}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":NaN}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":tru}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":nulls}',
-    b"{'messageType':'DATA_MESSAGE','logEvents':[]}",
-    b'{"messageType":"DATA_MESSAGE","logEvents":[],"s":"unterminated}',
-    b'{"messageType":"DATA_MESSAGE","logEvents":[],\x0b"n":1}',
-    NESTED % (b'[' * 64 + b']' * 64),
-], ids=lambda payload: payload[:70].decode('latin-1'))
-def test_declines_what_it_does_not_read_and_the_json_parse_decides(payload):
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a\\"b"}]}', ('a"b',)),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a\\u0041"}]}', ('aA',)),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a\tb"}]}', BAD),
+    ('{"messageType":"DATA_MESSAGE","logEvents":[{"message":"caf\u00e9"}]}'.encode(), ('caf\u00e9',)),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[],"note":"\xff"}', BAD),
+    (b'\xef\xbb\xbf{"messageType":"DATA_MESSAGE","logEvents":[]}', ()),
+    # Integers longer than 19 digits: orjson refuses them, json takes them up to 4300 digits.
+    (LONG_INTEGER % (b'1' * 20), ('x',)),
+    (LONG_INTEGER % (b'-' + b'9' * 25), ('x',)),
+    (LONG_INTEGER % (b'1' * 5000), BAD),
+    # Not JSON at all (NaN: json takes it, JSON does not).
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[]', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[]}}', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[]} x', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[],}', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a"},]}', BAD),
+    (b'{"messageType":"DATA_MESSAGE" "logEvents":[]}', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":01}', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":1.}', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":.5}', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":-}', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":1e}', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":+1}', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":NaN}', ()),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":tru}', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":nulls}', BAD),
+    (b"{'messageType':'DATA_MESSAGE','logEvents':[]}", BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[],"s":"unterminated}', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[],\x0b"n":1}', BAD),
+    (NESTED % (b'[' * 64 + b']' * 64), ()),
+], ids=lambda value: value[:70].decode('latin-1') if isinstance(value, bytes) else None)
+def test_declines_what_it_does_not_read_and_the_json_parse_decides(payload, decided):
   assert data_message_lines(payload) is None
-  outcome = python_outcome(payload)
-  assert outcome  # a Skipped, a LogBatch or a BadInput: decided by the Python path
+  assert outcome_kind(python_outcome(payload)) == decided
+
+
+def test_reads_integers_up_to_19_digits():
+  for integer in (b'1' * 19, b'-' + b'9' * 19, b'0', b'-0', b'1' * 30 + b'.5', b'1' * 30 + b'e2'):
+    payload = LONG_INTEGER % integer
+    assert data_message_lines(payload) == ('x',), integer
+    assert assert_reads_as_python_does(payload)
 
 
 def test_reads_nesting_up_to_its_depth_limit():
@@ -175,3 +199,25 @@ def test_damaged_messages_are_declined_unless_still_json_that_reads_the_same(
     elif payload:
       payload[min(at, len(payload) - 1)] = rng.choice(b'{}[]",:0 \\xa')
   assert_reads_as_python_does(bytes(payload))
+
+
+plain_text = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7e,
+                                             blacklist_characters='"\\'), max_size=30)
+plain_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**18, 10**18) | st.floats(allow_nan=False, allow_infinity=False)
+    | plain_text,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(plain_text, children, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(plain_text, max_size=8), style=st.integers(0, 2),
+       extra=st.dictionaries(st.sampled_from(['owner', 'logGroup', 'policyLevel']), plain_values))
+def test_every_plain_data_message_is_read_in_c(lines, style, extra):
+  """ASCII messages without escapes, whatever else the message holds: the C
+  reader reads them all, as the JSON parse does."""
+  message = {**data_message([]), **extra, 'logEvents': [
+      {'id': str(i), 'timestamp': 1700000000000 + i, 'message': line} for i, line in enumerate(lines)]}
+  payload = dumped(message, style)
+  assert data_message_lines(payload) == tuple(lines)
+  assert assert_reads_as_python_does(payload)

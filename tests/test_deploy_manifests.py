@@ -187,6 +187,9 @@ def test_images_install_a_wheel_whose_c_fast_path_compiled(name, tmp_path):
   assert 'RUN pip wheel --no-deps --wheel-dir /wheels . \\' in stage
   assert 'COPY --from=wheel /wheels /tmp/wheels' in dockerfile
   assert 'pip install "apache-beam==2.70.0" /tmp/wheels/*.whl' in dockerfile
+  # and it loads in the final image (whose base is pulled apart from the wheel stage's)
+  final_stage = dockerfile.split('FROM python:3.11-slim')[1]
+  assert 'python -c "import transforms._flowscan"' in final_stage
   assert '**/*.so' in (DEPLOY / 'docker' / f'{name}.Dockerfile.dockerignore').read_text().split()
   check = re.search(r'python -c "(.+)"$', stage, re.M).group(1).replace('/wheels/', f'{tmp_path}/')
   wheel = tmp_path / 'vpc_flow_peers-0.1.0-cp311-cp311-linux_x86_64.whl'

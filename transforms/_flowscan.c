@@ -31,7 +31,7 @@
    the two.
 
    The lines are scanned with the GIL released: str objects are immutable and
-   the sequence holds them. */
+   a tuple of them (made of `lines` if it is a list) holds them. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -192,62 +192,39 @@ error:
   return NULL;
 }
 
-static PyObject *pairs_by_bucket(const Flow *flows, Py_ssize_t n) {
-  PyObject *result = PyDict_New();
-  if (result == NULL) return NULL;
-  /* Buckets in the order first met; a batch rarely spans more than two. */
-  int64_t *buckets = NULL;
-  Py_ssize_t *counts = NULL, n_buckets = 0, capacity = 0;
+static int by_bucket(const void *a, const void *b) {
+  int64_t x = ((const Flow *)a)->bucket, y = ((const Flow *)b)->bucket;
+  return (x > y) - (x < y);
+}
+
+/* The DOTTED_QUADS flows' pairs, per bucket. Reorders `flows` (the caller is
+   done with their order): sorted by bucket when they are not already, so
+   that a batch spanning many windows costs n log n, not n per window. */
+static PyObject *pairs_by_bucket(Flow *flows, Py_ssize_t n) {
+  Py_ssize_t kept = 0;
+  int sorted = 1;
   for (Py_ssize_t i = 0; i < n; i++) {
     if (flows[i].kind != DOTTED_QUADS) continue;
-    Py_ssize_t b = n_buckets;
-    if (n_buckets > 0 && buckets[n_buckets - 1] == flows[i].bucket) {
-      b = n_buckets - 1;
-    } else {
-      for (b = 0; b < n_buckets && buckets[b] != flows[i].bucket; b++) {}
-    }
-    if (b == n_buckets) {
-      if (n_buckets == capacity) {
-        capacity = capacity ? 2 * capacity : 4;
-        int64_t *more_buckets = realloc(buckets, (size_t)capacity * sizeof *buckets);
-        if (more_buckets) buckets = more_buckets;
-        Py_ssize_t *more_counts = more_buckets ? realloc(counts, (size_t)capacity * sizeof *counts) : NULL;
-        if (more_counts) counts = more_counts;
-        if (!more_buckets || !more_counts) {
-          free(buckets);
-          free(counts);
-          Py_DECREF(result);
-          return PyErr_NoMemory();
-        }
-      }
-      buckets[n_buckets] = flows[i].bucket;
-      counts[n_buckets++] = 0;
-    }
-    counts[b]++;
+    if (kept > 0 && flows[i].bucket < flows[kept - 1].bucket) sorted = 0;
+    flows[kept++] = flows[i];
   }
-  for (Py_ssize_t b = 0; b < n_buckets; b++) {
-    PyObject *data = PyBytes_FromStringAndSize(NULL, counts[b] * 2 * (Py_ssize_t)sizeof(uint64_t));
-    PyObject *key = data ? PyLong_FromLongLong(buckets[b]) : NULL;
-    if (key == NULL || PyDict_SetItem(result, key, data) < 0) {
-      Py_XDECREF(key);
-      Py_XDECREF(data);
-      free(buckets);
-      free(counts);
-      Py_DECREF(result);
-      return NULL;
-    }
-    uint64_t *pairs = (uint64_t *)PyBytes_AS_STRING(data);
-    for (Py_ssize_t i = 0; i < n; i++) {
-      if (flows[i].kind != DOTTED_QUADS || flows[i].bucket != buckets[b]) continue;
+  if (!sorted) qsort(flows, (size_t)kept, sizeof *flows, by_bucket);
+  PyObject *result = PyDict_New();
+  for (Py_ssize_t first = 0, next; result != NULL && first < kept; first = next) {
+    for (next = first + 1; next < kept && flows[next].bucket == flows[first].bucket; next++) {}
+    PyObject *data = PyBytes_FromStringAndSize(NULL, (next - first) * 2 * (Py_ssize_t)sizeof(uint64_t));
+    PyObject *key = data ? PyLong_FromLongLong(flows[first].bucket) : NULL;
+    if (key == NULL || PyDict_SetItem(result, key, data) < 0) Py_CLEAR(result);
+    Py_XDECREF(key);
+    Py_XDECREF(data);
+    if (result == NULL) break;
+    uint64_t *pairs = (uint64_t *)PyBytes_AS_STRING(data);  /* the dict holds data */
+    for (Py_ssize_t i = first; i < next; i++) {
       uint64_t src = flows[i].src, dst = flows[i].dst;
       *pairs++ = src << 32 | dst;
       *pairs++ = dst << 32 | src;
     }
-    Py_DECREF(key);
-    Py_DECREF(data);
   }
-  free(buckets);
-  free(counts);
   return result;
 }
 
@@ -271,7 +248,9 @@ static PyObject *scan(PyObject *module, PyObject *args) {
       return NULL;
     }
   }
-  PyObject *lines = PySequence_Fast(sequence, "scan: lines must be a sequence");
+  /* A tuple (the sequence itself if it is one): nothing can change it while
+     the GIL is released. */
+  PyObject *lines = PySequence_Tuple(sequence);
   if (lines == NULL) return NULL;
   Py_ssize_t n = PySequence_Fast_GET_SIZE(lines);
   PyObject **items = PySequence_Fast_ITEMS(lines);
@@ -309,9 +288,9 @@ static PyObject *scan(PyObject *module, PyObject *args) {
   for (Py_ssize_t i = 0; i < n; i++) scan_line(&texts[i], &format, &flows[i]);
   Py_END_ALLOW_THREADS
   others = cached_address_flows(flows, n, known);
-  buckets = others ? pairs_by_bucket(flows, n) : NULL;
+  if (others == NULL) goto done;
   rest = PyList_New(0);
-  if (buckets == NULL || rest == NULL) goto done;
+  if (rest == NULL) goto done;
   Py_ssize_t counted = n;
   for (Py_ssize_t i = 0; i < n; i++) {
     if (flows[i].kind != REST) continue;
@@ -323,6 +302,8 @@ static PyObject *scan(PyObject *module, PyObject *args) {
     }
     Py_DECREF(index);
   }
+  buckets = pairs_by_bucket(flows, n);  /* last: it reorders the flows */
+  if (buckets == NULL) goto done;
   result = Py_BuildValue("(OOOn)", buckets, others, rest, counted);
 done:
   Py_XDECREF(buckets);
@@ -386,7 +367,8 @@ static PyObject *dotted_quads(PyObject *module, PyObject *sequence) {
    JSON text, without building the events' dicts (json_loads, orjson, builds
    them all and sizes a parse buffer of about twelve times the message).
    Only a strict subset of JSON is read here: ASCII throughout, strings
-   without backslash escapes or control characters, nesting at most 64 deep,
+   without backslash escapes or control characters, integers of at most 19
+   digits, nesting at most 64 deep,
    the top object with exactly one "messageType", "DATA_MESSAGE", and one
    "logEvents", an array of objects each with exactly one "message", a
    string. Such a text is valid JSON whose parse gives these very messages.
@@ -437,10 +419,16 @@ static int json_string(Json *j, Span *span) {
 
 static inline int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 
+/* Python reads an integer of more than 4300 digits (PYTHONINTMAXSTRDIGITS,
+   640 at least) as an error, and orjson none beyond 64 bits: an integer
+   longer than this is left to the Python path. */
+enum { MAX_INTEGER_DIGITS = 19 };
+
 static int json_number(Json *j) {
   const unsigned char *p = j->p, *e = j->end;
   if (p < e && *p == '-') p++;
   if (p >= e) return 0;
+  const unsigned char *digits = p;
   if (*p == '0') {
     p++;
   } else if (*p >= '1' && *p <= '9') {
@@ -448,6 +436,8 @@ static int json_number(Json *j) {
   } else {
     return 0;
   }
+  int integer = p >= e || (*p != '.' && *p != 'e' && *p != 'E');
+  if (integer && p - digits > MAX_INTEGER_DIGITS) return 0;
   if (p < e && *p == '.') {
     p++;
     if (p >= e || !is_digit(*p)) return 0;

@@ -130,7 +130,10 @@ class AccumulatePeersDoFn(beam.DoFn):
     self._native = native
 
   def setup(self):
-    self._scan = _flowscan.scan if self._native and _flowscan is not None else None
+    # (The C path reckons in 64-bit integers: a window of 2**62 seconds or more,
+    # which no one means, is counted in Python.)
+    self._scan = (_flowscan.scan if self._native and _flowscan is not None
+                  and self._window_seconds < 2**62 else None)
     if self._native and self._scan is None:
       _LOG.warning('transforms._flowscan is not built (installed without a C compiler?): '
                    'counting flow lines in Python, several times slower')

@@ -39,6 +39,7 @@ WORKDIR /opt/vpc-flow-peers
 COPY --from=wheel /wheels /tmp/wheels
 RUN pip install "apache-beam==2.70.0" /tmp/wheels/*.whl \
  && rm -rf /tmp/wheels \
+ && python -c "import transforms._flowscan" \
  && useradd --uid 9999 --create-home beam
 USER beam
 

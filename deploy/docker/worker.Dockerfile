@@ -27,6 +27,7 @@ COPY --from=wheel /wheels /tmp/wheels
 # rebuild of both images is caught by tests/test_deploy_manifests.py.
 RUN pip install "apache-beam==2.70.0" /tmp/wheels/*.whl \
  && rm -rf /tmp/wheels \
+ && python -c "import transforms._flowscan" \
  && useradd --uid 9999 --create-home beam
 USER beam
 
