@@ -134,7 +134,7 @@ class AccumulatePeersDoFn(beam.DoFn):
     # which no one means, is counted in Python.)
     self._scan = (_flowscan.scan if self._native and _flowscan is not None
                   and self._window_seconds < 2**62 else None)
-    if self._native and self._scan is None:
+    if self._native and _flowscan is None:
       _LOG.warning('transforms._flowscan is not built (installed without a C compiler?): '
                    'counting flow lines in Python, several times slower')
     self._formats = {None: self._default_format}
@@ -181,7 +181,8 @@ class AccumulatePeersDoFn(beam.DoFn):
       self._last_late_bucket = -math.inf
     log_format = self._format(batch.fields)
     lines = batch.lines
-    slow_lines = self._count_native(lines, log_format) if self._scan else self._count_fast(lines, log_format)
+    count = self._count_native if self._scan else self._count_fast
+    slow_lines = count(lines, log_format)
     for index in slow_lines:
       dead_letter = self._count_slowly(lines[index], log_format, batch, index)
       if dead_letter is not None:
