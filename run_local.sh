@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ./run_local.sh            the demo (pipeline/demo.py): sample flows written through an
+# ./run_local.sh            the demo (devtools/demo.py): sample flows written through an
 #                           emulated CloudWatch Logs subscription into Kinesis (moto
 #                           server), the pipeline reading the stream, a local receiver,
 #                           and a report of what it received
@@ -16,4 +16,4 @@ if [[ $# -gt 0 ]]; then
   exec "$PY" -m pipeline "$@"
 fi
 
-exec "$PY" -m pipeline.demo --dir "${DEMO_DIR:-out/demo}"
+exec "$PY" -m devtools.demo --dir "${DEMO_DIR:-out/demo}"

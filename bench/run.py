@@ -34,8 +34,8 @@ from typing import Dict, List, NamedTuple, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pipeline.receiver import Receiver  # pylint: disable=wrong-import-position
-from pipeline.sample_data import write_sample  # pylint: disable=wrong-import-position
+from devtools.receiver import Receiver  # pylint: disable=wrong-import-position
+from devtools.sample_data import write_sample  # pylint: disable=wrong-import-position
 
 PYTHON = sys.executable
 INTERNET_PEERS = 200_000  # distinct internet clients of the VPC's public services

@@ -5,7 +5,7 @@ untouched."""
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.count import DEFAULT_WINDOW_SECONDS
-from transforms.http_sink import DEFAULT_TOKEN_ENV
+from transforms.http_sink import DEFAULT_TOKEN_ENV, DeliveryConfig
 from transforms.kinesis_source import add_kinesis_args
 
 DEFAULT_DEAD_LETTER_DIR = 'dead_letters'
@@ -13,6 +13,43 @@ DEFAULT_DEAD_LETTER_DIR = 'dead_letters'
 # plus about 5 minutes of delivery after the flow, sometimes much later; a window
 # is kept open for late data this long after the watermark passes its end.
 DEFAULT_ALLOWED_LATENESS_SECONDS = 3600
+
+
+def add_delivery_args(parser) -> None:
+  """The flags of delivery to the endpoint, shared by the pipeline and by
+  `python -m pipeline.replay` (one definition, the same defaults)."""
+  parser.add_argument(
+      '--endpoint_token_env', default=DEFAULT_TOKEN_ENV,
+      help='Name of the environment variable holding a bearer token for the '
+      'endpoint (unset or empty: no Authorization header).')
+  parser.add_argument(
+      '--http_connect_timeout', type=float, default=5.0,
+      help='Seconds to wait for a connection to the endpoint.')
+  parser.add_argument(
+      '--http_read_timeout', type=float, default=30.0,
+      help='Seconds to wait for the endpoint to answer one POST.')
+  parser.add_argument(
+      '--max_retry_seconds', type=float, default=300.0,
+      help='Total time to keep retrying one window before it is dead-lettered.')
+  parser.add_argument(
+      '--ca_bundle',
+      help='CA bundle file to verify the endpoint with, instead of the system '
+      'certificates.')
+  parser.add_argument(
+      '--no_verify_tls', action='store_true', default=False,
+      help='Do not verify the endpoint TLS certificate (testing only).')
+
+
+def delivery_config(flags, endpoint_template: str) -> DeliveryConfig:
+  """The DeliveryConfig the delivery flags (add_delivery_args) describe."""
+  return DeliveryConfig(
+      endpoint_template=endpoint_template,
+      token_env=flags.endpoint_token_env,
+      connect_timeout=flags.http_connect_timeout,
+      read_timeout=flags.http_read_timeout,
+      max_retry_seconds=flags.max_retry_seconds,
+      verify_tls=not flags.no_verify_tls,
+      ca_bundle=flags.ca_bundle)
 
 
 class VpcFlowPeersOptions(PipelineOptions):
@@ -43,24 +80,5 @@ class VpcFlowPeersOptions(PipelineOptions):
         '--allowed_lateness', type=int, default=DEFAULT_ALLOWED_LATENESS_SECONDS,
         help='Seconds after the watermark passes a window end during which late '
         'flows still update that window (it is posted again, complete).')
-    parser.add_argument(
-        '--endpoint_token_env', default=DEFAULT_TOKEN_ENV,
-        help='Name of the environment variable holding a bearer token for the '
-        'endpoint (unset or empty: no Authorization header).')
-    parser.add_argument(
-        '--http_connect_timeout', type=float, default=5.0,
-        help='Seconds to wait for a connection to the endpoint.')
-    parser.add_argument(
-        '--http_read_timeout', type=float, default=30.0,
-        help='Seconds to wait for the endpoint to answer one POST.')
-    parser.add_argument(
-        '--max_retry_seconds', type=float, default=300.0,
-        help='Total time to keep retrying one window before it is dead-lettered.')
-    parser.add_argument(
-        '--ca_bundle',
-        help='CA bundle file to verify the endpoint with, instead of the system '
-        'certificates.')
-    parser.add_argument(
-        '--no_verify_tls', action='store_true', default=False,
-        help='Do not verify the endpoint TLS certificate (testing only).')
+    add_delivery_args(parser)
     add_kinesis_args(parser)

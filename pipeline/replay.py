@@ -16,8 +16,10 @@ import os
 import sys
 from typing import List, Optional
 
-from transforms.dead_letter import KIND_UNDELIVERED_WINDOW, read_dead_letters, rewrite_dead_letters
-from transforms.http_sink import DEFAULT_TOKEN_ENV, DeliveryConfig, WindowPoster
+from transforms.dead_letter import read_dead_letters, rewrite_dead_letters
+from transforms.elements import KIND_UNDELIVERED_WINDOW
+from pipeline.options import add_delivery_args, delivery_config
+from transforms.http_sink import DeliveryConfig, WindowPoster
 
 _LOG = logging.getLogger('pipeline.replay')
 
@@ -68,21 +70,13 @@ def main(argv: Optional[List[str]] = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('directory', help='the --dead_letter_dir of the run')
   parser.add_argument('--endpoint', help='URL template to post to instead of the recorded URL')
-  parser.add_argument('--endpoint_token_env', default=DEFAULT_TOKEN_ENV)
-  parser.add_argument('--max_retry_seconds', type=float, default=60.0)
-  parser.add_argument('--http_read_timeout', type=float, default=30.0)
-  parser.add_argument('--ca_bundle')
-  parser.add_argument('--no_verify_tls', action='store_true')
+  add_delivery_args(parser)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING)
   if '://' not in args.directory and not os.path.isdir(args.directory):
     print(f'error: no such directory: {args.directory}', file=sys.stderr)
     return 1
-  config = DeliveryConfig(
-      endpoint_template=args.endpoint or 'http://unused/{bucket_time}',
-      token_env=args.endpoint_token_env, read_timeout=args.http_read_timeout,
-      max_retry_seconds=args.max_retry_seconds, verify_tls=not args.no_verify_tls,
-      ca_bundle=args.ca_bundle)
+  config = delivery_config(args, args.endpoint or 'http://unused/{bucket_time}')
   try:
     delivered, left = replay(args.directory, args.endpoint, config)
   except Exception:  # pylint: disable=broad-except

@@ -5,12 +5,12 @@ import socket
 
 import pytest
 
-from pipeline.receiver import Receiver
+from devtools.receiver import Receiver
 
 
 @pytest.fixture
 def start_receiver():
-  """Starts `pipeline.receiver.Receiver`s (same arguments) and stops them all
+  """Starts `devtools.receiver.Receiver`s (same arguments) and stops them all
   when the test ends."""
   started = []
 

@@ -3,7 +3,7 @@ subprocesses on 127.0.0.1 and stopped again, plus builders for what a
 CloudWatch Logs subscription writes into a stream, and botocore event hooks
 that inject faults.
 
-moto server and the AWS set-up live in `pipeline.aws_emulator` (the demo uses
+moto server and the AWS set-up live in `devtools.aws_emulator` (the demo uses
 them too) and are re-exported here. moto never
 throttles, never expires iterators, and never closes a shard's iterator chain
 after a split: kinesalite (a Node.js emulator) and the fault hooks cover that.
@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 from botocore.awsrequest import AWSResponse
 
-from pipeline.aws_emulator import (  # pylint: disable=unused-import
+from devtools.aws_emulator import (  # pylint: disable=unused-import
     ACCOUNT_ID, FAKE_AWS_ENV, REGION, SUBSCRIPTION_ROLE_ARN, EmulatorProcess, client,
     create_stream, free_port, moto_server, put_flow_lines, subscribe_log_group,
     wait_until_active)

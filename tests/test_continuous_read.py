@@ -13,10 +13,11 @@ import time
 
 import pytest
 
-from pipeline import aws_emulator
+from devtools import aws_emulator
 from pipeline.runners import ensure_prism
 from tests.builders import flow_line
-from transforms.dead_letter import KIND_LATE_DATA, read_dead_letters
+from transforms.dead_letter import read_dead_letters
+from transforms.elements import KIND_LATE_DATA
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WINDOW = 10

@@ -14,8 +14,7 @@ from hypothesis import given, settings, strategies as st
 from tests.builders import flow_line, no_traffic_line
 from transforms import count
 from transforms.count import AccumulatePeersDoFn, counts_as_text
-from transforms.dead_letter import DeadLetter
-from transforms.decode import LogBatch
+from transforms.elements import DeadLetter, LogBatch
 from transforms.flow_record import (
     FlowLineError, LogFormat, address_key, skip_reason)
 from transforms.peers import PeerPairs

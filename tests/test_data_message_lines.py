@@ -12,7 +12,8 @@ from hypothesis import given, settings, strategies as st
 
 from builders import data_message, flow_line
 from transforms import decode
-from transforms.decode import BadInput, LogBatch, Skipped
+from transforms.decode import BadInput
+from transforms.elements import LogBatch, Skipped
 from transforms._flowscan import data_message_lines  # pylint: disable=no-name-in-module
 
 ORIGIN = 'shard-0/1'

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from builders import b64, data_message, flow_line, gz, record_data
-from transforms.decode import BadInput, LogBatch, Skipped, decode_file, decode_kinesis_data
+from transforms.decode import BadInput, decode_file, decode_kinesis_data
+from transforms.elements import LogBatch, Skipped
 from transforms.flow_record import FlowLineError, FlowRecord, LogFormat
 
 SETTINGS = settings(max_examples=300, deadline=None)

@@ -3,8 +3,8 @@ end, and what its receiver gets is the exact answer for the flows it wrote."""
 
 from collections import defaultdict
 
-from pipeline import demo, report
-from pipeline.sample_data import SampleVpc
+from devtools import demo, report
+from devtools.sample_data import SampleVpc
 
 START = 1700000400
 

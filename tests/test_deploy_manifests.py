@@ -7,11 +7,13 @@ the build script and the manifests, the flags the submission needs, and the
 checkpoint and high-availability settings."""
 
 import re
+import runpy
 import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
+import setuptools
 import yaml
 from apache_beam.version import __version__ as INSTALLED_BEAM_VERSION
 
@@ -199,3 +201,15 @@ def test_images_install_a_wheel_whose_c_fast_path_compiled(name, tmp_path):
   with zipfile.ZipFile(wheel, 'a') as built:
     built.writestr('transforms/_flowscan.cpython-311-x86_64-linux-gnu.so', '')
   assert subprocess.run(['python3', '-c', check], capture_output=True).returncode == 0
+
+
+def test_the_wheel_ships_the_product_and_not_the_development_helpers(monkeypatch):
+  """The demo, the reference receiver, the emulator helpers and the sample
+  data (devtools/) stay out of the wheel, and so out of both images, which
+  install the wheel."""
+  declared = {}
+  monkeypatch.chdir(REPO)
+  monkeypatch.setattr(setuptools, 'setup', lambda **kwargs: declared.update(kwargs))
+  runpy.run_path(str(REPO / 'setup.py'))
+  assert {name.split('.')[0] for name in declared['packages']} == {'pipeline', 'transforms'}
+  assert (REPO / 'devtools' / 'demo.py').is_file()

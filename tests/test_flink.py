@@ -19,11 +19,12 @@ from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
 from flink_cluster import flink_cluster  # pylint: disable=unused-import
 from pipeline import runners
-from pipeline.__main__ import main
+from pipeline.cli import main
 from pipeline.summary import RunSummary
 from test_golden_end_to_end import (
     EXPECTED, assert_expected_dead_letters, assert_expected_posts, command_line)
-from transforms.dead_letter import KIND_BAD_INPUT, KIND_UNDELIVERED_WINDOW, read_dead_letters
+from transforms.dead_letter import read_dead_letters
+from transforms.elements import KIND_BAD_INPUT, KIND_UNDELIVERED_WINDOW
 
 FLINK_FLAGS = ['--runner=FlinkRunner', '--flink_master=localhost:8081']
 

@@ -7,7 +7,7 @@ of a window carry one Idempotency-Key (a late pane that changes no count is
 not posted).
 
 The production path on this machine: moto server holds a 2-shard Kinesis stream
-fed by a CloudWatch Logs subscription; `pipeline.__main__.run` submits the
+fed by a CloudWatch Logs subscription; `pipeline.cli.run` submits the
 unbounded read (no --kinesis_stop_at_latest) to the session cluster of
 tests/flink_cluster.py in a background thread (with LOOPBACK the Python SDK
 worker lives in this process, so it outlives a TaskManager); the test watches
@@ -39,7 +39,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import pytest
 
 from flink_cluster import flink_cluster  # pylint: disable=unused-import
-from pipeline.__main__ import run
+from pipeline.cli import run
 from tests import kinesis_helpers as kh
 from tests.builders import flow_line, no_traffic_line
 from transforms.dead_letter import (
@@ -151,7 +151,7 @@ def flow_log_stream(monkeypatch):
 
 
 class StreamingJob:
-  """`pipeline.__main__.run` on the Flink cluster in a background thread, and
+  """`pipeline.cli.run` on the Flink cluster in a background thread, and
   the Flink job it submitted, seen through the REST API."""
   def __init__(self, cluster, argv: List[str]):
     self.cluster = cluster

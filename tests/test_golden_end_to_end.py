@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.__main__ import main, run
+from pipeline.cli import main, run
 from transforms.dead_letter import read_dead_letters
 
 REPO = Path(__file__).resolve().parent.parent

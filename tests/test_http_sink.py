@@ -1,4 +1,4 @@
-"""Sink tests against a real HTTP server on 127.0.0.1 (pipeline.receiver.Receiver)
+"""Sink tests against a real HTTP server on 127.0.0.1 (devtools.receiver.Receiver)
 that answers 503 then 200, always 500, 4xx, too slowly, or not at all; the bearer
 token and URL secrets kept out of dead letters and logs; and a full run whose
 windows are dead-lettered, then replayed by `python -m pipeline.replay`."""
@@ -9,10 +9,10 @@ import logging
 import pytest
 
 from builders import flow_line
-from pipeline.__main__ import main
+from pipeline.cli import main
 from pipeline import replay
-from transforms.count import WindowCounts
-from transforms.dead_letter import KIND_UNDELIVERED_WINDOW, DeadLetter, read_dead_letters
+from transforms.dead_letter import read_dead_letters
+from transforms.elements import KIND_UNDELIVERED_WINDOW, DeadLetter, WindowCounts
 from transforms.http_sink import (
     DeliveryConfig, DeliveryOutcome, PostWindowsDoFn, WindowPoster, document_body,
     undelivered_window_letter)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from pipeline.__main__ import main, run
+from pipeline.cli import main, run
 from tests import kinesis_helpers as kh
 from tests.builders import flow_line, no_traffic_line
 
@@ -107,22 +107,33 @@ def test_help_lists_the_project_flags(capsys):
     assert flag in shown
 
 
-def test_the_command_leaves_beams_unused_heavy_dependencies_unloaded():
+# What `python -m pipeline` does to its process before Beam is imported
+# (pipeline.process_settings.apply, as pipeline/__main__.py runs it), and what
+# importing the command's module does: nothing.
+SETTINGS = {
+    'nothing': '',
+    'command': 'from pipeline import process_settings; process_settings.apply()',
+    'cli': 'import pipeline.cli',
+}
+
+
+@pytest.mark.parametrize('imported, unloaded', [('command', True), ('cli', False)])
+def test_only_the_command_leaves_beams_unused_heavy_dependencies_unloaded(imported, unloaded):
   # pyarrow and pymongo are a third of Beam's import memory; nothing here uses them.
-  probe = ('import sys; import pipeline.__main__; '
+  probe = (f'import sys; {SETTINGS[imported]}; import apache_beam; '
            'print([m for m in ("pyarrow", "pymongo", "bson") if sys.modules.get(m) is not None])')
   shown = subprocess.run([sys.executable, '-c', probe], cwd=REPO, capture_output=True,
                          text=True, timeout=120, check=True)
-  assert shown.stdout.strip() == '[]'
-  assert 'bson' not in shown.stderr
+  assert (shown.stdout.strip() == '[]') == unloaded
+  if unloaded:
+    assert 'bson' not in shown.stderr
 
 
 # After an 8 MiB block is freed, is a new 2 MiB block given pages of its own
 # (counted in mallinfo2's hblkhd) rather than carved from the heap?
 MMAP_PROBE = '''
 import ctypes, sys
-if sys.argv[1] == "pipeline":
-  import pipeline.__main__
+exec(sys.argv[1])
 class MallInfo2(ctypes.Structure):
   _fields_ = [(n, ctypes.c_size_t) for n in (
       "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
@@ -137,10 +148,12 @@ print(libc.mallinfo2().hblkhd - before >= 2 << 20)
 '''
 
 
-@pytest.mark.parametrize('imported, own_pages', [('nothing', 'False'), ('pipeline', 'True')])
+@pytest.mark.parametrize('imported, own_pages', [('nothing', 'False'), ('cli', 'False'),
+                                                 ('command', 'True')])
 def test_the_command_gives_freed_arrays_back_to_the_system(imported, own_pages):
   """glibc would raise its mmap threshold to the size of the block freed, so
-  the next arrays would come from the heap and stay in memory once freed."""
-  shown = subprocess.run([sys.executable, '-c', MMAP_PROBE, imported], cwd=REPO,
+  the next arrays would come from the heap and stay in memory once freed.
+  Only the command sets it; importing its module does not."""
+  shown = subprocess.run([sys.executable, '-c', MMAP_PROBE, SETTINGS[imported]], cwd=REPO,
                          capture_output=True, text=True, timeout=120, check=True)
   assert shown.stdout.strip() == own_pages

@@ -23,11 +23,12 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
 from pipeline.builder import build_pipeline
 from pipeline.options import VpcFlowPeersOptions
-from pipeline.receiver import Receiver
+from devtools.receiver import Receiver
 from tests import kinesis_helpers as kh
 from transforms import METRICS_NAMESPACE
 from transforms.dead_letter import read_dead_letters
-from transforms.decode import LogBatch, Skipped, decode_kinesis_data
+from transforms.decode import decode_kinesis_data
+from transforms.elements import LogBatch, Skipped
 from transforms.http_sink import DeliveryConfig, PostWindows
 from transforms.kinesis_source import (
     AFTER_SEQUENCE_NUMBER, AT_TIMESTAMP, LATEST, THROTTLED_BACKOFF_SECONDS,

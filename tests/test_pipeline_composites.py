@@ -15,11 +15,11 @@ from builders import (
     control_message, data_message, flow_line, gz, no_traffic_line, record_data)
 from pipeline.builder import build_pipeline
 from pipeline.options import VpcFlowPeersOptions
-from transforms.count import CountDistinctPeers, WindowCounts, _ToWindowCounts
-from transforms.dead_letter import KIND_LATE_DATA, KIND_BAD_INPUT, DeadLetter, read_dead_letters
-from transforms.decode import LogBatch
+from transforms.count import CountDistinctPeers, _ToWindowCounts
+from transforms.dead_letter import read_dead_letters
+from transforms.elements import KIND_BAD_INPUT, KIND_LATE_DATA, DeadLetter, LogBatch, RawRecord, WindowCounts
 from transforms.flow_record import LogFormat
-from transforms.sources import RawRecord, ReadFlowLogFiles, ReadRecordsFrom
+from transforms.sources import ReadFlowLogFiles, ReadRecordsFrom
 
 W0 = 1700000400  # a 10-minute window boundary (1700000400 % 600 == 0)
 W1 = W0 + 600

@@ -33,8 +33,7 @@ from apache_beam.utils.timestamp import Duration
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import METRICS_NAMESPACE
-from transforms.dead_letter import DEAD_LETTER_TAG, KIND_LATE_DATA, DeadLetter
-from transforms.decode import LogBatch
+from transforms.elements import DEAD_LETTER_TAG, KIND_LATE_DATA, DeadLetter, LogBatch, WindowCounts
 from transforms.peers import PeerPairs, PeerPairsCoder
 from transforms.flow_record import (
     LOG_STATUS_OK, MAX_FLOW_TIME, MIN_FLOW_TIME, SKIPPED_NO_ADDRESS, SKIPPED_NODATA,
@@ -54,15 +53,6 @@ _FIRST = operator.itemgetter(0)
 _SECOND = operator.itemgetter(1)
 # ASCII characters other than the space and the newline that str.split() splits on.
 _SPLIT_WHITESPACE = '\t\x0b\x0c\r\x1c\x1d\x1e\x1f'
-
-
-class WindowCounts(NamedTuple):
-  """One window's answer, ready for the sink."""
-  bucket_time: int  # window start, Unix seconds
-  window_end: int  # window end (exclusive), Unix seconds
-  counts: Dict[str, int]  # address -> number of distinct peers
-  pane_index: int = 0
-  pane_timing: str = 'ON_TIME'  # EARLY, ON_TIME, LATE or UNKNOWN
 
 
 class _LineTally:

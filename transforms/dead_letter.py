@@ -7,12 +7,11 @@ They are written by `WriteDeadLetters`, one new file per bundle, which works the
 same on a local disk, on S3 and in streaming pipelines.
 """
 
-import base64
 import json
 import logging
 import time
 import uuid
-from typing import NamedTuple, Optional, Union
+from typing import Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -20,54 +19,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms import METRICS_NAMESPACE
+from transforms.elements import DeadLetter
 
 _LOG = logging.getLogger(__name__)
-
-# How much of a bad input a dead letter keeps: enough to see what went wrong.
-MAX_RAW_CHARS = 4096
-
-# Dead letter kinds (the "kind" key, and the prefix of the files holding them).
-KIND_BAD_INPUT = 'bad_input'
-KIND_LATE_DATA = 'late_data'
-KIND_UNDELIVERED_WINDOW = 'undelivered_window'
-
-DEAD_LETTER_TAG = 'dead_letter'
-
-
-def cut_raw(raw: Union[bytes, str, None]) -> dict:
-  """The raw input as JSON-safe fields, cut to MAX_RAW_CHARS."""
-  if raw is None:
-    return {}
-  if isinstance(raw, (bytes, bytearray)):
-    raw = bytes(raw)
-    try:
-      text = raw[:MAX_RAW_CHARS].decode('utf-8')
-      out = {'raw': text}
-    except UnicodeDecodeError:
-      out = {'raw_base64': base64.b64encode(raw[:MAX_RAW_CHARS * 3 // 4]).decode()}
-  else:
-    out = {'raw': raw[:MAX_RAW_CHARS]}
-  if len(raw) > MAX_RAW_CHARS:
-    out['raw_truncated_from'] = len(raw)
-  return out
-
-
-class DeadLetter(NamedTuple):
-  """One thing the pipeline could not use. `details` must be JSON-serialisable."""
-  kind: str
-  reason: str
-  origin: str
-  details: dict
-
-  @classmethod
-  def bad_input(cls, reason: str, origin: str, raw=None) -> 'DeadLetter':
-    return cls(KIND_BAD_INPUT, reason, origin, cut_raw(raw))
-
-  def to_json(self) -> str:
-    return json.dumps({
-        'kind': self.kind, 'reason': self.reason, 'origin': self.origin,
-        **self.details
-    }, sort_keys=True)
 
 
 class _WriteDeadLetterFiles(beam.DoFn):

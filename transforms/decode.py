@@ -18,8 +18,9 @@ import itertools
 import json
 import operator
 import zlib
-from typing import IO, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import IO, Iterator, List, Optional, Tuple, Union
 
+from transforms.elements import LogBatch, Skipped
 from transforms.flow_record import LogFormat
 
 try:
@@ -78,47 +79,6 @@ class BadInput(ValueError):
 
 class DamagedStream(BadInput):
   """A file that cannot be read to its end (truncated or corrupt gzip)."""
-
-
-class LogBatch(NamedTuple):
-  """Flow log lines that share a log format.
-
-  `origin` says where they came from (file and line, or Kinesis record);
-  `fields` is the field order of their format, or None for the pipeline's
-  configured format (`--log_format`, else version 2).
-
-  `watermark` (Unix seconds) is the watermark of the source's reader at the
-  moment it read the lines: no watermark downstream can be ahead of it while
-  the lines travel to their window, since a reader's outputs go out before
-  the watermark it reports after them. So it tells, without asking the
-  runner, which of the lines' windows may already be closed (see
-  `AccumulatePeersDoFn`). None when the source has no watermark (files).
-
-  That holds because nothing holds the lines back between the read and
-  AccumulatePeersDoFn: they run fused in one bundle, and on Flink a bundle's
-  output is never parked in a checkpoint while the watermark moves on
-  (`--finish_bundle_before_checkpointing`, a default of pipeline/runners.py).
-  A Reshuffle after the read, or that flag off, would let a later watermark
-  overtake the lines (the records' own timestamps, their arrival, hold it
-  back less), and Beam could drop flows this check let pass."""
-  origin: str
-  lines: Tuple[str, ...]
-  fields: Optional[Tuple[str, ...]] = None
-  from_record: bool = False  # True when decoded from a Kinesis record
-  first_line_number: int = 1  # in a file, the number of the first line
-  watermark: Optional[float] = None
-
-  def line_origin(self, index: int) -> str:
-    """Where the batch's line `index` came from, for dead letters."""
-    if self.from_record:
-      return f'{self.origin} logEvents[{index}]'
-    return f'{self.origin}:{self.first_line_number + index}'
-
-
-class Skipped(NamedTuple):
-  """A record that was read and deliberately not counted (a CONTROL_MESSAGE)."""
-  origin: str
-  reason: str
 
 
 def gunzip_capped(data: bytes, limit: int = MAX_RECORD_DECOMPRESSED_BYTES) -> bytes:

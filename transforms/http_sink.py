@@ -16,7 +16,7 @@ import os
 import re
 import time
 import urllib.parse
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import orjson
@@ -27,12 +27,11 @@ from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
 from transforms import METRICS_NAMESPACE
-from transforms.count import WindowCounts
-from transforms.dead_letter import DEAD_LETTER_TAG, KIND_UNDELIVERED_WINDOW, DeadLetter
+from transforms.endpoint_template import endpoint_url
+from transforms.elements import DEAD_LETTER_TAG, KIND_UNDELIVERED_WINDOW, DeadLetter, WindowCounts
 
 _LOG = logging.getLogger(__name__)
 
-BUCKET_TIME_PLACEHOLDER = '{bucket_time}'
 DEFAULT_TOKEN_ENV = 'VPC_FLOW_PEERS_TOKEN'
 RETRY_STATUSES = frozenset([429] + list(range(500, 600)))
 # Query parameters whose names contain one of these words hold secrets.
@@ -53,17 +52,6 @@ class DeliveryConfig(NamedTuple):
   backoff_max: float = 30.0
   verify_tls: bool = True
   ca_bundle: Optional[str] = None
-
-
-def validate_endpoint_template(template: str) -> None:
-  parts = urllib.parse.urlsplit(template.replace(BUCKET_TIME_PLACEHOLDER, '0'))
-  if parts.scheme not in ('http', 'https') or not parts.netloc:
-    raise ValueError('--endpoint must be an http:// or https:// URL template, '
-                     'for example https://example.com/connection_sets/{bucket_time}')
-
-
-def endpoint_url(template: str, bucket_time: int) -> str:
-  return template.replace(BUCKET_TIME_PLACEHOLDER, str(bucket_time))
 
 
 def redact_url(url: str) -> str:
@@ -193,8 +181,9 @@ class WindowPoster:
     return redact_text(text)
 
   def post_body(self, bucket_time: int, window_end: int, body: bytes,
-                pane_index: int = 0, pane_timing: str = 'ON_TIME') -> DeliveryOutcome:
-    url = endpoint_url(self._config.endpoint_template, bucket_time)
+                pane_index: int = 0, pane_timing: str = 'ON_TIME',
+                group: Sequence[Tuple[str, str]] = ()) -> DeliveryOutcome:
+    url = endpoint_url(self._config.endpoint_template, bucket_time, group)
     headers = {
         'Content-Type': 'application/json',
         'X-Window-Start': str(bucket_time),
@@ -228,7 +217,8 @@ class WindowPoster:
   def post(self, window_counts: WindowCounts) -> DeliveryOutcome:
     return self.post_body(
         window_counts.bucket_time, window_counts.window_end,
-        document_body(window_counts), window_counts.pane_index, window_counts.pane_timing)
+        document_body(window_counts), window_counts.pane_index, window_counts.pane_timing,
+        window_counts.group)
 
 
 def document_body(window_counts: WindowCounts) -> bytes:

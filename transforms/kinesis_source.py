@@ -97,7 +97,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from transforms import METRICS_NAMESPACE
-from transforms.sources import RawRecord
+from transforms.elements import RawRecord
 
 _LOG = logging.getLogger(__name__)
 

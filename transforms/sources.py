@@ -2,7 +2,7 @@
 dead letters. Each source returns a dict {'batches': ..., 'dead_letters': ...},
 which is what `pipeline.builder.build_pipeline` expects of any source."""
 
-from typing import NamedTuple, Optional
+
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -10,19 +10,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
 
 from transforms import METRICS_NAMESPACE
-from transforms.dead_letter import DEAD_LETTER_TAG, DeadLetter
-from transforms.decode import BadInput, LogBatch, Skipped, decode_file, decode_kinesis_data
-
-
-class RawRecord(NamedTuple):
-  """A Kinesis record's data (bytes, base64 already undone) and where it came
-  from (stream, shard and sequence number, or a test's name).
-
-  `watermark` is the reading restriction's watermark (Unix seconds) when the
-  record was read, or None if the source has none: see `LogBatch.watermark`."""
-  origin: str
-  data: bytes
-  watermark: Optional[float] = None
+from transforms.decode import BadInput, decode_file, decode_kinesis_data
+from transforms.elements import DEAD_LETTER_TAG, DeadLetter, LogBatch, RawRecord, Skipped
 
 
 class _DecodeCounters:

@@ -5,7 +5,7 @@ always on 127.0.0.1. It can be told to misbehave, to test the sink: answer a
 scripted list of statuses first (with an optional Retry-After), sleep before
 answering, or be stopped altogether.
 
-    python -m pipeline.receiver --port 8765 --store DIR
+    python -m devtools.receiver --port 8765 --store DIR
 """
 
 import argparse

@@ -1,7 +1,7 @@
 """A readable view of delivered windows: for each window, how many addresses it
 holds and the top talkers by distinct peers.
 
-    python -m pipeline.report DIR   # a directory of <anything>_<bucket_time>.json
+    python -m devtools.report DIR   # a directory of <anything>_<bucket_time>.json
 """
 
 import argparse

@@ -8,7 +8,7 @@ NODATA and SKIPDATA. Lines are wrapped as CloudWatch Logs subscription messages
 in Kinesis records, hundreds of lines a record, the way a Kinesis stream
 subscribed to the flow log group carries them. Same arguments, same bytes.
 
-    python -m pipeline.sample_data --out DIR [--lines N] [--start UNIX_SECONDS]
+    python -m devtools.sample_data --out DIR [--lines N] [--start UNIX_SECONDS]
 """
 
 import argparse

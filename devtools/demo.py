@@ -4,12 +4,12 @@ machine alone.
 It starts moto server (an AWS emulator) and a receiver of ours on 127.0.0.1,
 creates a Kinesis stream and a VPC flow log group whose subscription filter
 targets it, writes an hour of a small VPC's flows (with a scanning host and some
-IPv6, `pipeline.sample_data`) through CloudWatch Logs, runs the pipeline from
+IPv6, `devtools.sample_data`) through CloudWatch Logs, runs the pipeline from
 the stream, and prints, for each window, the number of addresses and the top
 talkers by distinct peers. Everything it started is stopped on the way out, on
 Ctrl-C too.
 
-    python -m pipeline.demo [--dir out/demo] [--lines 40000]
+    python -m devtools.demo [--dir out/demo] [--lines 40000]
 """
 
 import argparse
@@ -20,10 +20,10 @@ import sys
 import time
 from typing import List, Optional
 
-from pipeline import __main__ as pipeline_main
-from pipeline import aws_emulator, report
-from pipeline.receiver import Receiver
-from pipeline.sample_data import SampleVpc, control_record
+from pipeline import cli as pipeline_main
+from devtools import aws_emulator, report
+from devtools.receiver import Receiver
+from devtools.sample_data import SampleVpc, control_record
 
 STREAM = 'vpc-flow-logs'
 LOG_GROUP = '/vpc/flow-logs'
