@@ -292,23 +292,26 @@ _AWS_STEP_FAILURES = _AwsStepFailures()
 def main(argv: Optional[List[str]] = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   process_settings.quiet_beams_empty_notices()
-  logging.getLogger(_AwsStepFailures.LOGGER).addFilter(_AWS_STEP_FAILURES)
   if '-h' in argv or '--help' in argv:
     print_help()
     return EXIT_OK
   logging.basicConfig(
       level=logging.WARNING, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+  step_failures = logging.getLogger(_AwsStepFailures.LOGGER)
+  step_failures.addFilter(_AWS_STEP_FAILURES)
   try:
     summary = run(argv)
   except (UsageError, FlinkSetupError, PrismSetupError) as e:
     print(f'error: {e}', file=sys.stderr)
     return EXIT_FAILURE
   except Exception as e:  # pylint: disable=broad-except
-    aws_problem = aws_error_message(e)
-    if aws_problem is None:
+    told = aws_error_message(e)
+    if told is None:
       _LOG.exception('the pipeline failed')
     else:
-      print(f'error: {aws_problem}', file=sys.stderr)
+      print(f'error: {told}', file=sys.stderr)
     return EXIT_FAILURE
+  finally:
+    step_failures.removeFilter(_AWS_STEP_FAILURES)
   print(summary.render())
   return EXIT_WINDOWS_DEAD_LETTERED if summary.windows_dead_lettered else EXIT_OK

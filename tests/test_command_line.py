@@ -5,6 +5,10 @@ means "some window was dead-lettered"). Run in-process through
 `python -m pipeline`."""
 
 import logging
+import re
+import shlex
+import sys
+from pathlib import Path
 
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -214,3 +218,56 @@ def beam_notice(logger_name, message, *args):
 def test_only_beams_empty_notices_are_dropped(record, shown):
   quiet = dict(process_settings._QUIET)['' if record.name == 'root' else record.name]
   assert quiet.filter(record) == shown
+
+
+def failed_step_record():
+  try:
+    raise RuntimeError("botocore.exceptions.NoRegionError: You must specify a region. "
+                       "[while running 'Read/Records/ListShards']")
+  except RuntimeError:
+    return logging.LogRecord(cli._AwsStepFailures.LOGGER, logging.ERROR, __file__, 1, '%s',
+                             ('the error',), sys.exc_info())
+
+
+def test_a_bounded_run_leaves_an_aws_failure_to_the_one_line_of_main():
+  step_failures = cli._AwsStepFailures()
+  assert step_failures.filter(failed_step_record()) is False
+
+
+def test_a_streaming_run_logs_an_aws_failure_as_one_line_without_traceback():
+  step_failures = cli._AwsStepFailures()
+  step_failures.bounded = False
+  record = failed_step_record()
+  assert step_failures.filter(record) is True
+  assert (record.getMessage(), record.exc_info) == (
+      'a step failed calling AWS: no AWS region is set: pass --aws_region=REGION or set '
+      'AWS_DEFAULT_REGION', None)
+
+
+def test_other_step_failures_keep_their_traceback():
+  try:
+    raise KeyError('srcaddr')
+  except KeyError:
+    record = logging.LogRecord(cli._AwsStepFailures.LOGGER, logging.ERROR, __file__, 1, '%s',
+                               ('the error',), sys.exc_info())
+  assert cli._AwsStepFailures().filter(record) is True
+  assert record.exc_info[0] is KeyError
+
+
+def commands_in(text: str) -> list:
+  """The `python -m pipeline` commands in `text`, continuation lines joined,
+  each as its arguments (shell quotes removed)."""
+  joined = re.sub(r'\\\n\s*', '', text)
+  return [shlex.split(line.strip())[3:] for line in joined.splitlines()
+          if line.strip().startswith('python -m pipeline --')]
+
+
+def test_the_readme_shows_the_examples_of_help_and_both_parse():
+  readme = (Path(__file__).resolve().parent.parent / 'README.md').read_text()
+  section = readme.split('## Command line\n', 1)[1].split('\n## ', 1)[0]
+  examples = commands_in(section)
+  assert examples == commands_in(cli.HELP_EPILOG)
+  assert [flag.split('=')[0] for flag in examples[0]] == ['--input', '--endpoint']
+  assert [flag.split('=')[0] for flag in examples[1]] == ['--kinesis_stream', '--aws_region', '--endpoint']
+  for argv in examples:
+    cli.parse_options(argv)

@@ -262,3 +262,15 @@ def test_flink_java_flags_are_options_of_the_flink_runner():
     getters = (b'get' + name[0].upper().encode() + name[1:].encode(),
                b'is' + name[0].upper().encode() + name[1:].encode())
     assert any(getter in options_class for getter in getters), flag
+
+
+def test_importing_the_command_quiets_nothing():
+  """The notices are dropped by the command when it runs (STYLE.md 15), never
+  by importing it: a library user keeps every one of Beam's warnings."""
+  probe = ('import logging, pipeline.cli; print([len(logging.getLogger(name).filters) for name in '
+           '("", "apache_beam.transforms.core", "apache_beam.options.pipeline_options", '
+           '"apache_beam.runners.common")])')
+  shown = subprocess.run([sys.executable, '-c', probe], cwd=REPO, capture_output=True, text=True,
+                         timeout=120, check=True)
+  assert shown.stdout == '[0, 0, 0, 0]\n'
+  assert 'crcmod package not found' in shown.stderr
