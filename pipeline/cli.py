@@ -1,25 +1,33 @@
-"""The command line of `python -m pipeline`: runs vpc-flow-peers over files (or,
-with the Kinesis flags, a stream) and POSTs each window's JSON to the endpoint.
-Importing this module changes nothing in the process; `pipeline/__main__.py`
-applies the process-wide settings of the command (pipeline.process_settings)
-before it runs `main`.
+"""The command line of `python -m pipeline`: reads VPC Flow Logs from files or
+a Kinesis stream, counts each IP address's distinct peers per window and POSTs
+each window's JSON to the endpoint.
 
-Exit status of a bounded run: 0 when every window was delivered, 2 when any
-window went to the dead letters, 1 on failure. A short summary is printed at
-the end.
+Every mistake on the command line (an unknown flag, a bad value, a missing
+source, an AWS set-up problem) is one line on stderr and exit status 1. A
+bounded run exits 0 when every window was delivered and 2 when any window went
+to the dead letters, after a short summary. Importing this module changes
+nothing in the process; `pipeline/__main__.py` applies the command's
+process-wide settings (pipeline.process_settings) before it runs `main`.
 """
 
 import argparse
+import difflib
 import logging
+import re
 import signal
 import sys
 import threading
+import urllib.parse
 from typing import List, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    PipelineOptions, StandardOptions, _BeamArgumentParser)
+from apache_beam.runners.runner import create_runner
 
+from pipeline import process_settings
+from pipeline.aws_errors import aws_error_message
 from pipeline.builder import build_pipeline, log_format_from
 from pipeline.options import VpcFlowPeersOptions, delivery_config
 from pipeline.runners import FlinkSetupError, PrismSetupError, apply_runner_defaults
@@ -40,6 +48,80 @@ class UsageError(ValueError):
   """A flag is missing or wrong; the message says which and why."""
 
 
+class _RefusingParser(_BeamArgumentParser):
+  """Beam's parser (value-provider flags and all), raising UsageError with
+  argparse's one-line message where argparse would print its usage and exit 2
+  (the status that means "some window was dead-lettered")."""
+  def error(self, message):
+    if message.startswith('ambiguous option: '):
+      return super().error(message)  # Beam's parser lets those pass
+    raise UsageError(_plain_argparse_message(message))
+
+
+# argparse's messages about one flag's value, in the words of this command.
+_ARGPARSE_MESSAGE = re.compile(r'argument (?P<flag>--\w+)(?:/\S+)?: (?P<problem>.*)')
+_ARGPARSE_PROBLEMS = (
+    (re.compile(r'expected one argument'), '{flag} needs a value: {flag}=VALUE'),
+    (re.compile(r'ignored explicit argument (?P<value>.*)'),
+     '{flag} takes no value (write it alone), not {value}'),
+)
+
+
+def _plain_argparse_message(message: str) -> str:
+  matched = _ARGPARSE_MESSAGE.fullmatch(message)
+  if matched is None:
+    return message
+  flag, problem = matched['flag'], matched['problem']
+  for pattern, rewritten in _ARGPARSE_PROBLEMS:
+    known = pattern.fullmatch(problem)
+    if known:
+      return rewritten.format(flag=flag, **known.groupdict())
+  return f'{flag}: {problem}'
+
+
+def _options_classes() -> list:
+  """Every option class Beam reads flags from, as Beam gathers them
+  (PipelineOptions.get_all_options): Beam's own, this project's and any other
+  imported, each once."""
+  by_name = {}
+  for options_class in PipelineOptions.__subclasses__():
+    by_name.setdefault(str(options_class), options_class)
+  return list(by_name.values())
+
+
+def parse_options(argv: List[str]) -> PipelineOptions:
+  """The options of `argv`, once every flag is one some option class declares
+  and every value reads as its flag's type; raises UsageError otherwise."""
+  parser = _RefusingParser(allow_abbrev=False)
+  for options_class in _options_classes():
+    options_class._add_argparse_args(parser)  # pylint: disable=protected-access
+  _, unknown = parser.parse_known_args(argv)
+  if unknown:
+    raise UsageError(_unknown_flag_message(unknown[0], parser))
+  options = PipelineOptions(argv)
+  runner = options.view_as(StandardOptions).runner
+  if runner:
+    try:
+      create_runner(runner)
+    except ValueError:
+      raise UsageError(f'--runner={runner} is not a runner: use DirectRunner, FlinkRunner, '
+                       "PrismRunner or a runner class's full path") from None
+    except ImportError as e:
+      raise UsageError(f'--runner={runner} cannot be loaded: {e}') from None
+  return options
+
+
+def _unknown_flag_message(argument: str, parser: argparse.ArgumentParser) -> str:
+  if not argument.startswith('-'):
+    return f'unexpected argument {argument!r}: every value goes with a flag, as --name=value'
+  flag = argument.split('=', 1)[0]
+  known = [option for action in parser._actions for option in action.option_strings]  # pylint: disable=protected-access
+  closest = difflib.get_close_matches(flag, known, n=1)
+  if closest:
+    return f'unknown flag {flag}; did you mean {closest[0]}?'
+  return f'unknown flag {flag} (python -m pipeline --help lists the flags)'
+
+
 def check_options(options: VpcFlowPeersOptions) -> None:
   if bool(options.input) == bool(options.kinesis_stream):
     raise UsageError('give exactly one source: --input=GLOB or --kinesis_stream=NAME')
@@ -50,14 +132,19 @@ def check_options(options: VpcFlowPeersOptions) -> None:
     log_format_from(options)
   except ValueError as e:
     raise UsageError(str(e)) from None
-  if options.window_seconds <= 0:
-    raise UsageError('--window_seconds must be positive')
-  if options.allowed_lateness < 0:
-    raise UsageError('--allowed_lateness must not be negative')
-  if options.max_retry_seconds < 0:
-    raise UsageError('--max_retry_seconds must not be negative')
+  if options.kinesis_endpoint_url and not _is_http_url(options.kinesis_endpoint_url):
+    raise UsageError('--kinesis_endpoint_url must be an http:// or https:// URL, such as '
+                     'http://127.0.0.1:4566')
   if options.input and not FileSystems.match([options.input])[0].metadata_list:
     raise UsageError(f'--input matches no file: {options.input}')
+
+
+def _is_http_url(text: str) -> bool:
+  try:
+    parts = urllib.parse.urlsplit(text)
+    return parts.scheme in ('http', 'https') and bool(parts.hostname) and parts.port != 0
+  except ValueError:  # a port that is not a number
+    return False
 
 
 def source_from(flags: VpcFlowPeersOptions) -> beam.PTransform:
@@ -71,12 +158,14 @@ def source_from(flags: VpcFlowPeersOptions) -> beam.PTransform:
 
 def run(argv: Optional[List[str]] = None) -> RunSummary:
   """Builds and runs the pipeline; returns the summary of a finished run."""
-  options = PipelineOptions(argv)
-  apply_runner_defaults(options)
+  options = parse_options(sys.argv[1:] if argv is None else argv)
   flags = options.view_as(VpcFlowPeersOptions)
   check_options(flags)
+  source = source_from(flags)
+  apply_runner_defaults(options)
+  _AWS_STEP_FAILURES.bounded = not options.view_as(StandardOptions).streaming
   pipeline = beam.Pipeline(options=options)
-  build_pipeline(pipeline, source_from(flags), PostWindows(delivery_config(flags, flags.endpoint)), flags)
+  build_pipeline(pipeline, source, PostWindows(delivery_config(flags, flags.endpoint)), flags)
   with StopOnCtrlC(options.view_as(StandardOptions).streaming) as stopper:
     result = stopper.result = pipeline.run()
     try:
@@ -123,30 +212,106 @@ class StopOnCtrlC:
       signal.signal(signal.SIGINT, self._previous)
 
 
+HELP_DESCRIPTION = """\
+Counts each IP address's distinct peers per window of AWS VPC Flow Logs (files,
+or a Kinesis stream fed by CloudWatch Logs) and POSTs each window's JSON to an
+HTTP endpoint."""
+HELP_USAGE = ('python -m pipeline (--input=GLOB | --kinesis_stream=NAME) '
+              '--endpoint=URL_TEMPLATE [flags]')
+HELP_EPILOG = """\
+examples:
+  python -m pipeline --input='flow-logs/*.log.gz' \\
+      --endpoint='https://example.com/connection_sets/{bucket_time}'
+  python -m pipeline --kinesis_stream=flow-logs --aws_region=us-east-1 \\
+      --endpoint='https://example.com/connection_sets/{bucket_time}'
+  (a stream is read until Ctrl-C; --kinesis_stop_at_latest ends at its last record)
+
+Runner flags (--runner=FlinkRunner, --flink_master, --parallelism,
+--checkpointing_interval, --direct_num_workers, ...) pass through to Beam; a
+flag that neither Beam nor this command knows is an error. AWS credentials come
+from boto3's usual chain (AWS_PROFILE, environment, IAM role), never from flags.
+Exit status: 0 every window delivered, 2 some window dead-lettered, 1 an error.
+"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+  """Each flag as `--name=VALUE` (VALUE: its metavar, or the last word of its
+  name), with its default."""
+  def __init__(self, prog):
+    super().__init__(prog, max_help_position=34)
+
+  def _format_action_invocation(self, action):
+    if not action.option_strings or action.nargs == 0:
+      return super()._format_action_invocation(action)
+    value = action.metavar or action.dest.rsplit('_', 1)[-1].upper()
+    return f'{action.option_strings[0]}={value}'
+
+  def _get_help_string(self, action):
+    shown = action.help or ''
+    if action.default not in (None, False, argparse.SUPPRESS):
+      shown += ' (default: %(default)s)'
+    return shown
+
+
 def print_help() -> None:
   """The project's flags (Beam's own parser would show none of them)."""
   parser = argparse.ArgumentParser(
-      prog='python -m pipeline', description=__doc__.split('\n\n')[0],
-      epilog='Runner flags (--runner, --flink_master, --direct_num_workers, ...) pass '
-      'through to Beam; see the README.')
+      prog='python -m pipeline', usage=HELP_USAGE, description=HELP_DESCRIPTION,
+      epilog=HELP_EPILOG, formatter_class=_HelpFormatter)
   VpcFlowPeersOptions._add_argparse_args(parser)  # pylint: disable=protected-access
   parser.print_help()
 
 
+class _AwsStepFailures(logging.Filter):
+  """Beam logs a step's failure with its traceback (apache_beam.runners.common)
+  before the runner fails the job. When the failure is an AWS call's, a bounded
+  run drops that record: the job then fails and `main` says what to do in one
+  line. A streaming run (which a runner may restart instead) keeps it, as that
+  one line without the traceback."""
+  LOGGER = 'apache_beam.runners.common'
+
+  def __init__(self):
+    super().__init__()
+    self.bounded = True
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    failure = record.exc_info[1] if record.exc_info else None
+    told = aws_error_message(failure) if failure is not None else None
+    if told is None:
+      return True
+    if self.bounded:
+      return False
+    record.msg, record.args, record.exc_info, record.exc_text = (
+        'a step failed calling AWS: %s', (told,), None, None)
+    return True
+
+
+_AWS_STEP_FAILURES = _AwsStepFailures()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-  if argv is not None and ('-h' in argv or '--help' in argv):
+  argv = sys.argv[1:] if argv is None else list(argv)
+  process_settings.quiet_beams_empty_notices()
+  if '-h' in argv or '--help' in argv:
     print_help()
     return EXIT_OK
   logging.basicConfig(
       level=logging.WARNING, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+  step_failures = logging.getLogger(_AwsStepFailures.LOGGER)
+  step_failures.addFilter(_AWS_STEP_FAILURES)
   try:
     summary = run(argv)
   except (UsageError, FlinkSetupError, PrismSetupError) as e:
     print(f'error: {e}', file=sys.stderr)
     return EXIT_FAILURE
-  except Exception:  # pylint: disable=broad-except
-    _LOG.exception('the pipeline failed')
+  except Exception as e:  # pylint: disable=broad-except
+    told = aws_error_message(e)
+    if told is None:
+      _LOG.exception('the pipeline failed')
+    else:
+      print(f'error: {told}', file=sys.stderr)
     return EXIT_FAILURE
+  finally:
+    step_failures.removeFilter(_AWS_STEP_FAILURES)
   print(summary.render())
   return EXIT_WINDOWS_DEAD_LETTERED if summary.windows_dead_lettered else EXIT_OK
-

@@ -1,6 +1,10 @@
 """The project's command-line flags, as one PipelineOptions subclass. Runner
 flags (--runner, --flink_master, --direct_num_workers, ...) pass through to Beam
-untouched."""
+untouched. Each flag's type refuses a bad value with one line (argparse names
+the flag), so that every flag reads its value the same way."""
+
+import argparse
+import math
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -15,26 +19,59 @@ DEFAULT_DEAD_LETTER_DIR = 'dead_letters'
 DEFAULT_ALLOWED_LATENESS_SECONDS = 3600
 
 
+def _checked(text: str, convert, expected: str, acceptable) -> float:
+  try:
+    value = convert(text)
+  except ValueError:
+    value = None
+  if value is None or not math.isfinite(value) or not acceptable(value):
+    raise argparse.ArgumentTypeError(f'expected {expected}, not {text!r}')
+  return value
+
+
+def positive_int(text: str) -> int:
+  return _checked(text, int, 'a whole number above 0', lambda value: value > 0)
+
+
+def non_negative_int(text: str) -> int:
+  return _checked(text, int, 'a whole number, 0 or more', lambda value: value >= 0)
+
+
+def positive_seconds(text: str) -> float:
+  return _checked(text, float, 'a number of seconds above 0', lambda value: value > 0)
+
+
+def non_negative_seconds(text: str) -> float:
+  return _checked(text, float, 'a number of seconds, 0 or more', lambda value: value >= 0)
+
+
+def true_or_false(text: str) -> bool:
+  if text.lower() in ('true', '1', 'yes'):
+    return True
+  if text.lower() in ('false', '0', 'no'):
+    return False
+  raise argparse.ArgumentTypeError(f'expected true or false, not {text!r}')
+
+
 def add_delivery_args(parser) -> None:
   """The flags of delivery to the endpoint, shared by the pipeline and by
   `python -m pipeline.replay` (one definition, the same defaults)."""
   parser.add_argument(
-      '--endpoint_token_env', default=DEFAULT_TOKEN_ENV,
-      help='Name of the environment variable holding a bearer token for the '
-      'endpoint (unset or empty: no Authorization header).')
+      '--endpoint_token_env', default=DEFAULT_TOKEN_ENV, metavar='VAR',
+      help='Environment variable holding a bearer token for the endpoint (unset or '
+      'empty: no Authorization header).')
   parser.add_argument(
-      '--http_connect_timeout', type=float, default=5.0,
+      '--http_connect_timeout', type=positive_seconds, default=5.0, metavar='SECONDS',
       help='Seconds to wait for a connection to the endpoint.')
   parser.add_argument(
-      '--http_read_timeout', type=float, default=30.0,
+      '--http_read_timeout', type=positive_seconds, default=30.0, metavar='SECONDS',
       help='Seconds to wait for the endpoint to answer one POST.')
   parser.add_argument(
-      '--max_retry_seconds', type=float, default=300.0,
-      help='Total time to keep retrying one window before it is dead-lettered.')
+      '--max_retry_seconds', type=non_negative_seconds, default=300.0, metavar='SECONDS',
+      help='How long to keep retrying one window before it is dead-lettered.')
   parser.add_argument(
-      '--ca_bundle',
-      help='CA bundle file to verify the endpoint with, instead of the system '
-      'certificates.')
+      '--ca_bundle', metavar='FILE',
+      help='CA bundle to verify the endpoint with (default: the system certificates).')
   parser.add_argument(
       '--no_verify_tls', action='store_true', default=False,
       help='Do not verify the endpoint TLS certificate (testing only).')
@@ -56,29 +93,67 @@ class VpcFlowPeersOptions(PipelineOptions):
   @classmethod
   def _add_argparse_args(cls, parser):
     parser.add_argument(
-        '--input',
-        help='Glob of input files: Lambda test events, JSON Lines of Kinesis '
-        'records, `aws kinesis get-records` output, S3 flow log files or plain '
-        'flow lines, each gzip-compressed or not (told apart by content).')
+        '--input', metavar='GLOB',
+        help='Input files (local or s3://): Lambda test events, JSON Lines of Kinesis '
+        'records, `aws kinesis get-records` output, S3 flow log files or flow lines, '
+        'gzip-compressed or not.')
     parser.add_argument(
-        '--endpoint',
-        help='URL template each window is POSTed to; {bucket_time} becomes the '
-        'window start in Unix seconds.')
+        '--endpoint', metavar='URL_TEMPLATE',
+        help='Where each window is POSTed; {bucket_time} becomes the window start in '
+        'Unix seconds.')
     parser.add_argument(
-        '--window_seconds', type=int, default=DEFAULT_WINDOW_SECONDS,
-        help='Length of the fixed event-time windows, in seconds.')
+        '--window_seconds', type=positive_int, default=DEFAULT_WINDOW_SECONDS,
+        metavar='SECONDS', help='Length of the event-time windows.')
     parser.add_argument(
-        '--dead_letter_dir', default=DEFAULT_DEAD_LETTER_DIR,
-        help='Directory (or s3://, gs:// prefix) for dead letters: bad input '
-        'and windows the endpoint did not take, kept for replay.')
+        '--dead_letter_dir', default=DEFAULT_DEAD_LETTER_DIR, metavar='DIR',
+        help='Where bad input and windows the endpoint did not take are kept for '
+        'replay (a directory, or an s3:// prefix).')
     parser.add_argument(
-        '--log_format',
-        help="Field order of flow lines inside Kinesis records and of files "
-        "without a header, in AWS's syntax: '${version} ${account-id} ...'. "
-        'Default: the version 2 format.')
+        '--log_format', metavar='FORMAT',
+        help="Field order of flow lines without a header line, in AWS's syntax "
+        "('${version} ${account-id} ...'; default: the version 2 format).")
     parser.add_argument(
-        '--allowed_lateness', type=int, default=DEFAULT_ALLOWED_LATENESS_SECONDS,
-        help='Seconds after the watermark passes a window end during which late '
-        'flows still update that window (it is posted again, complete).')
+        '--allowed_lateness', type=non_negative_int,
+        default=DEFAULT_ALLOWED_LATENESS_SECONDS, metavar='SECONDS',
+        help='How long after the watermark passes its end a window still takes late '
+        'flows (it is posted again, complete).')
     add_delivery_args(parser)
     add_kinesis_args(parser)
+
+
+# Flags of Beam's Flink runner (the Java FlinkPipelineOptions of the job-server
+# jar) that Beam's Python SDK does not declare, with their Java types: int for
+# Integer and Long, bool for Boolean (`--flag` alone means true). Those the
+# project sets itself live in pipeline/runners.py (FlinkCheckpointOptions).
+FLINK_JAVA_FLAGS = {
+    'checkpointing_interval': int, 'checkpointing_mode': str,
+    'checkpoint_timeout_millis': int, 'min_pause_between_checkpoints': int,
+    'num_concurrent_checkpoints': int, 'fail_on_checkpointing_errors': bool,
+    'unaligned_checkpoint_enabled': bool, 'force_unaligned_checkpoint_enabled': bool,
+    'externalized_checkpoints_enabled': bool,
+    'retain_externalized_checkpoints_on_cancellation': bool,
+    'shutdown_sources_after_idle_ms': int, 'number_of_execution_retries': int,
+    'execution_retry_delay': int, 'job_check_interval_in_secs': int, 'attached_mode': bool,
+    'object_reuse': bool, 'operator_chaining': bool, 'state_backend': str,
+    'state_backend_storage_path': str, 'disable_metrics': bool, 'max_bundle_size': int,
+    'max_bundle_time_mills': int, 'latency_tracking_interval': int,
+    'auto_watermark_interval': int, 'execution_mode_for_batch': str,
+    'auto_balance_write_files_sharding_enabled': bool, 'report_checkpoint_duration': str,
+    're_iterable_group_by_key_result': bool, 'faster_copy': bool, 'flink_conf_dir': str,
+    'enable_stable_input_drain': bool, 'force_slot_sharing_group': bool,
+}
+
+
+class FlinkJavaOptions(PipelineOptions):
+  """Declares FLINK_JAVA_FLAGS, so that they are known flags (an unknown flag
+  is a usage error) and reach the Flink runner with their type. Undeclared,
+  Beam would warn that it discards them, and pass them on as strings."""
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    for name, kind in FLINK_JAVA_FLAGS.items():
+      if kind is bool:
+        parser.add_argument(f'--{name}', type=true_or_false, nargs='?', const=True,
+                            default=None, help='Flink runner (Java) option.')
+      else:
+        parser.add_argument(f'--{name}', type=kind, default=None,
+                            help='Flink runner (Java) option.')

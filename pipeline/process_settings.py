@@ -3,15 +3,78 @@
 on import: a library user or a test that imports the pipeline keeps its
 process as it was."""
 
+import ast
 import ctypes
+import inspect
 import logging
 import sys
+import textwrap
 
 
 def apply() -> None:
   """Applies every setting below; call before apache_beam is imported."""
+  quiet_beams_empty_notices()
   skip_unused_beam_dependencies()
   return_freed_arrays_to_the_system()
+
+
+class _NoCrcmodNotice(logging.Filter):
+  """Beam's TFRecord IO says at import (on the root logger) that crcmod is
+  missing: it would need it for TFRecord files only, which this pipeline never
+  reads."""
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('crcmod package not found')
+
+
+class _NoFalseYieldAndReturnNotice(logging.Filter):
+  """Beam warns of a DoFn whose process() both yields and returns, as the
+  returned value would be lost; it also warns of a bare `return`, which loses
+  nothing (Beam's own _ReadMatchesFn has one). Only those false alarms are
+  dropped: a process() returning a value is still reported."""
+  def filter(self, record: logging.LogRecord) -> bool:
+    if not str(record.msg).startswith('Using yield and return in the process method'):
+      return True
+    dofn = record.args[0] if isinstance(record.args, tuple) and record.args else None
+    return not (isinstance(dofn, type) and _returns_nothing(getattr(dofn, 'process', None)))
+
+
+def _returns_nothing(function) -> bool:
+  """True if no `return` of `function` (outside functions nested in it) has a value."""
+  try:
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+  except (OSError, TypeError, SyntaxError):
+    return False
+  body = tree.body[0]
+  waiting = list(ast.iter_child_nodes(body))
+  while waiting:
+    node = waiting.pop()
+    if isinstance(node, ast.Return) and node.value is not None:
+      return False
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+      waiting.extend(ast.iter_child_nodes(node))
+  return True
+
+
+class _NoDiscardedArgsNotice(logging.Filter):
+  """Beam says it discards the flags no option class declares; the command
+  refuses such flags before Beam sees them (pipeline.cli), so Beam's notice
+  could only repeat what the command already checked."""
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Discarding unparseable args')
+
+
+_QUIET = (('', _NoCrcmodNotice()),
+          ('apache_beam.transforms.core', _NoFalseYieldAndReturnNotice()),
+          ('apache_beam.options.pipeline_options', _NoDiscardedArgsNotice()))
+
+
+def quiet_beams_empty_notices() -> None:
+  """Drops the warnings Beam logs at every start that tell the user nothing
+  (each filter above says why); any other warning still shows. Applied before
+  Beam is imported (the crcmod notice comes at import) and again by
+  pipeline.cli.main, which may run without this module's apply()."""
+  for logger_name, quiet in _QUIET:
+    logging.getLogger(logger_name).addFilter(quiet)
 
 
 def skip_unused_beam_dependencies() -> None:
