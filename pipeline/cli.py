@@ -26,7 +26,7 @@ from pipeline.runners import FlinkSetupError, PrismSetupError, apply_runner_defa
 from pipeline.summary import RunSummary, summarize
 from transforms.endpoint_template import validate_endpoint_template
 from transforms.http_sink import PostWindows
-from transforms.kinesis_source import kinesis_transform_from_options
+from transforms.kinesis import kinesis_transform_from_options
 from transforms.sources import ReadFlowLogFiles, ReadRecordsFrom
 
 _LOG = logging.getLogger('pipeline')

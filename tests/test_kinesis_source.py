@@ -1,4 +1,4 @@
-"""Tests of the Kinesis source (transforms.kinesis_source).
+"""Tests of the Kinesis source (transforms.kinesis).
 
 Layers: the restriction tracker and the pure shard-lineage functions without a
 pipeline; then the splittable DoFn in a TestPipeline (DirectRunner, bounded by
@@ -8,15 +8,20 @@ with botocore event hooks; and resharding against kinesalite. Every server is
 started by a fixture on 127.0.0.1 and stopped after.
 """
 
+import argparse
 import datetime
 import itertools
+import json
+import os
 import threading
 import time
 
 import apache_beam as beam
 import pytest
+from apache_beam import coders
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.common import DoFnSignature
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
@@ -30,11 +35,16 @@ from transforms.dead_letter import read_dead_letters
 from transforms.decode import decode_kinesis_data
 from transforms.elements import LogBatch, Skipped
 from transforms.http_sink import DeliveryConfig, PostWindows
-from transforms.kinesis_source import (
-    AFTER_SEQUENCE_NUMBER, AT_TIMESTAMP, LATEST, THROTTLED_BACKOFF_SECONDS,
-    TRIM_HORIZON, ChildShard, RecordClaim, ReadKinesisRecords, ShardCaughtUp,
-    ShardClosed, ShardCursor, ShardRestriction, ShardRestrictionTracker, StartPosition,
-    lineage_roots, owned_children, parse_start_timestamp)
+from transforms.kinesis import (
+    ReadKinesisRecords, add_kinesis_args, kinesis_transform_from_options, parse_start_timestamp)
+from transforms.kinesis.config import KinesisConfig
+from transforms.kinesis.read import ReadShardsUnboundedDoFn
+from transforms.kinesis.reader import THROTTLED_BACKOFF_SECONDS
+from transforms.kinesis.restriction import (
+    AFTER_SEQUENCE_NUMBER, AT_TIMESTAMP, LATEST, TRIM_HORIZON, ChildShard, KinesisShard,
+    RecordClaim, ShardCaughtUp, ShardClosed, ShardCursor, ShardRestriction,
+    ShardRestrictionTracker, StartPosition)
+from transforms.kinesis.shards import lineage_roots, owned_children
 from transforms.sources import ReadRecordsFrom
 
 LONG_SEQUENCE = '49590338271490256608559692538361571095921575989136588898'
@@ -162,6 +172,48 @@ def test_checkpoint_carries_a_waiting_merge_child_to_the_residual():
   assert residual.waiting == (('shard-3', ('shard-2',)),)
 
 
+CHECKPOINT_BEFORE_PACKAGE = os.path.join(
+    os.path.dirname(__file__), 'data', 'kinesis', 'checkpoint-before-package.json')
+
+
+def test_a_checkpoint_taken_before_the_package_restores_and_resumes():
+  """Bytes that Beam's coders wrote for transforms/kinesis_source.py's types
+  (a runner's checkpoint or savepoint of the read) decode to the same values
+  of today's types, resume after the last record claimed, and are written
+  again under the new module's names."""
+  with open(CHECKPOINT_BEFORE_PACKAGE, encoding='utf-8') as f:
+    saved = json.load(f)
+  restriction_coder = DoFnSignature(
+      ReadShardsUnboundedDoFn(KinesisConfig('flow-logs'))).get_restriction_coder()
+  element = coders.registry.get_coder(object).decode(bytes.fromhex(saved['element']))
+  restored, watermark_state = restriction_coder.decode(
+      bytes.fromhex(saved['restriction_and_watermark']))
+  at = StartPosition(AT_TIMESTAMP, timestamp=1700000000.0)
+  assert (type(element), element) == (
+      KinesisShard, KinesisShard('flow-logs', 'shardId-000000000000', at, at, False))
+  assert (type(restored), restored) == (ShardRestriction, ShardRestriction(
+      (cursor('shardId-000000000002', int(LONG_SEQUENCE)),
+       ShardCursor('shardId-000000000004', StartPosition(TRIM_HORIZON))),
+      at, False, (('shardId-000000000005', ('shardId-000000000004',)),)))
+  assert {type(c) for c in restored.cursors} == {ShardCursor}
+  assert {type(c.position) for c in restored.cursors} == {StartPosition}
+  assert watermark_state == Timestamp(1700000000 - 1200)
+
+  tracker = ShardRestrictionTracker(restored)
+  with pytest.raises(ValueError, match='is not after'):
+    tracker.try_claim(RecordClaim('shardId-000000000002', int(LONG_SEQUENCE)))
+  assert tracker.try_claim(RecordClaim('shardId-000000000002', int(LONG_SEQUENCE) + 1))
+  assert tracker.try_claim(ShardClosed('shardId-000000000004', (
+      ChildShard('shardId-000000000005', ('shardId-000000000004',)),)))
+  assert tracker.current_restriction().cursors == (
+      cursor('shardId-000000000002', int(LONG_SEQUENCE) + 1),
+      ShardCursor('shardId-000000000005', at))
+
+  written = restriction_coder.encode((tracker.current_restriction(), watermark_state))
+  assert b'transforms.kinesis.restriction' in written and b'kinesis_source' not in written
+  assert restriction_coder.decode(written) == (tracker.current_restriction(), watermark_state)
+
+
 # --- Shard lineages, positions and flags -------------------------------------
 
 def shard(shard_id, parent=None, adjacent=None, closed=False):
@@ -235,8 +287,6 @@ def test_at_timestamp_needs_a_timestamp():
 
 
 def test_kinesis_flags_build_the_reader():
-  import argparse
-  from transforms.kinesis_source import add_kinesis_args, kinesis_transform_from_options
   parser = argparse.ArgumentParser()
   add_kinesis_args(parser)
   options = parser.parse_args([
