@@ -1,8 +1,9 @@
 """ShardReader.poll(), one exit at a time, against botocore's Stubber (every
 Kinesis call and its parameters scripted and checked, no server, no pipeline)
-with a fake clock: records, caught up, the end of a bounded read, a closed
-shard and its children, an expired iterator, throttling, a shard the runner
-took away, the deadline, and the watermark each round moves."""
+with a fake clock: records, caught up, the end of a bounded read, a shard
+closed while read, a closed shard and its children, an expired iterator,
+throttling, a shard the runner took away, the deadline, and the watermark each
+round moves."""
 
 import datetime
 
@@ -16,7 +17,7 @@ from botocore.stub import Stubber
 from transforms.elements import RawRecord
 from transforms.kinesis.config import KinesisConfig
 from transforms.kinesis.reader import (
-    CAUGHT_UP, CLOSED, DEFER, DONE, ENDED, EXPIRED, GET_RECORDS_LIMIT, IDLE_POLL_SECONDS,
+    CAUGHT_UP, CLOSED, CLOSING, DEFER, DONE, ENDED, EXPIRED, GET_RECORDS_LIMIT, IDLE_POLL_SECONDS,
     MAX_PROCESS_SECONDS, MIN_GET_RECORDS_INTERVAL_SECONDS, NOTHING_LEFT, POLL, RECORDS, TAKEN,
     THROTTLED, THROTTLED_BACKOFF_SECONDS, IteratorCache, Poll, ShardPacer, ShardReader)
 from transforms.kinesis.restriction import (
@@ -117,6 +118,10 @@ class Script:
                                   expected_params={'ShardIterator': iterator,
                                                    'Limit': GET_RECORDS_LIMIT})
 
+  def listing(self, *shards):
+    """ListShards answers with these shards (listed(...) dicts), in one page."""
+    self.stubber.add_response('list_shards', {'Shards': list(shards)}, {'StreamName': STREAM})
+
   def done(self):
     self.stubber.assert_no_pending_responses()
     self.stubber.deactivate()
@@ -125,6 +130,17 @@ class Script:
 def record(sequence, data, arrived=ARRIVED):
   return {'SequenceNumber': sequence, 'Data': data, 'PartitionKey': 'k',
           'ApproximateArrivalTimestamp': datetime.datetime.fromtimestamp(arrived, datetime.timezone.utc)}
+
+
+def listed(shard, parent=None, closed=False):
+  """A shard as ListShards lists it."""
+  entry = {'ShardId': shard, 'HashKeyRange': {'StartingHashKey': '0', 'EndingHashKey': '9'},
+           'SequenceNumberRange': {'StartingSequenceNumber': '1'}}
+  if parent:
+    entry['ParentShardId'] = parent
+  if closed:
+    entry['SequenceNumberRange']['EndingSequenceNumber'] = '99'
+  return entry
 
 
 def emitted(shard, sequence, data, watermark=float(MIN_TIMESTAMP), arrived=ARRIVED):
@@ -189,15 +205,30 @@ def test_a_bounded_read_ends_each_shard_at_the_latest_record_then_is_done():
   s = Script(ShardRestrictionTracker(restriction(shard_id(0), shard_id(1), stop_at_latest=True)))
   s.iterator(shard_id(0), 'a-1')
   s.records('a-1', [], behind=0, next_iterator='a-2')
+  s.listing(listed(shard_id(0)), listed(shard_id(1)))  # open: nothing more comes
   assert s.reader.poll() == Poll(shard_id(0), ENDED)
   s.iterator(shard_id(1), 'b-1')
   s.records('b-1', [('3', b'x')], behind=0, next_iterator='b-2')
   assert s.reader.poll() == Poll(shard_id(1), RECORDS, (emitted(shard_id(1), 3, b'x'),),
                                  watermark=Timestamp.of(ARRIVED - DELAY))
   s.records('b-2', [], behind=0, next_iterator='b-3')
+  s.listing(listed(shard_id(1)))
   assert s.reader.poll() == Poll(shard_id(1), ENDED, then=DONE)
   assert cursors(s.tracker) == ()
   s.tracker.check_done()
+  s.done()
+
+
+def test_a_bounded_read_reads_a_shard_closed_meanwhile_to_its_end_and_on_to_its_children():
+  s = Script(ShardRestrictionTracker(restriction(shard_id(0), stop_at_latest=True)))
+  s.iterator(shard_id(0), 'it-1')
+  s.records('it-1', [], behind=0, next_iterator='it-2')  # split after the iterator was taken
+  s.listing(listed(shard_id(0), closed=True), listed(shard_id(1), shard_id(0)))
+  assert s.reader.poll() == Poll(shard_id(0), CLOSING, watermark=Timestamp.of(NOW - DELAY))
+  s.records('it-2', [], behind=0)  # drained: no NextShardIterator
+  s.listing(listed(shard_id(0), closed=True), listed(shard_id(1), shard_id(0)))
+  assert s.reader.poll() == Poll(shard_id(0), CLOSED)
+  assert cursors(s.tracker) == (ShardCursor(shard_id(1), StartPosition(TRIM_HORIZON)),)
   s.done()
 
 

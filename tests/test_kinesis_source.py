@@ -351,12 +351,19 @@ def test_records_written_through_cloudwatch_logs_are_read_exactly_once(moto, str
   assert counter(result, 'kinesis_records_read') == 41
 
 
-def test_latest_reads_only_what_comes_after_the_start(moto, stream_name):
+def test_latest_reads_exactly_the_records_written_after_the_read_starts(moto, stream_name):
   kinesis = kh.client('kinesis', moto.url)
   kh.create_stream(kinesis, stream_name, 2)
-  kinesis.put_record(StreamName=stream_name, Data=b'old', PartitionKey='a')
+  for key in 'abcdef':  # before the start: on both shards, never read
+    kinesis.put_record(StreamName=stream_name, Data=b'old-' + key.encode(), PartitionKey=key)
+  writer = kh.WriteOnFirstRead(f'{stream_name}-writer', moto.url, stream_name, count=2)
+  expected = [(f'shardId-00000000000{shard}', f'shardId-00000000000{shard}-after-start-{i}'.encode())
+              for shard in (0, 1) for i in (0, 1)]
   with TestPipeline() as p:
-    assert_that(read_stream(p, moto, stream_name, initial_position=LATEST), equal_to([]))
+    records = read_stream(p, moto, stream_name, initial_position=LATEST, client_event_hooks=[
+        ('before-parameter-build.kinesis.GetRecords', writer)])
+    assert_that(records | beam.Map(lambda r: (shard_of(r), r.data)), equal_to(expected))
+  assert sorted(writer.log()) == expected
 
 
 def test_at_timestamp_skips_records_that_arrived_before_it(moto, stream_name):
@@ -456,6 +463,29 @@ def test_each_record_carries_the_watermark_its_reader_had_when_it_was_read(moto,
         (data[0], float(MIN_TIMESTAMP)),
         (data[1], float(Timestamp.of(arrivals[0] - 60))),
         (data[2], float(Timestamp.of(arrivals[1] - 60)))]))
+
+
+def test_the_backlog_kinesis_reports_is_the_millis_behind_latest_metric(moto, stream_name):
+  kinesis = kh.client('kinesis', moto.url)
+  kh.create_stream(kinesis, stream_name, 1)
+  data = write_records(kinesis, stream_name, 3)
+  backlog = kh.ReportBacklog(f'{stream_name}-backlog', [3000, 1500, 0])
+  p = TestPipeline()
+  records = read_stream(p, moto, stream_name, client_event_hooks=[
+      ('provide-client-params.kinesis.GetRecords', one_record_per_call),
+      ('after-call.kinesis.GetRecords', backlog)])
+  assert_that(records | beam.Map(lambda r: r.data), equal_to(data))
+  result = p.run()
+  result.wait_until_finish()
+  # One record a call, then the call that finds the shard caught up.
+  assert backlog.log() == [3000, 1500, 0, 0]
+  query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+  [gauge] = [g for g in query['gauges'] if g.key.metric.name == 'kinesis_millis_behind_latest']
+  assert gauge.committed.value == 0  # caught up: the last it heard
+  [spread] = [d for d in query['distributions']
+              if d.key.metric.name == 'kinesis_millis_behind_latest_distribution']
+  assert (spread.committed.count, spread.committed.sum, spread.committed.min,
+          spread.committed.max) == (4, 4500, 0, 3000)
 
 
 def test_throttling_is_retried_by_botocore_and_every_record_read_once(moto, stream_name):
@@ -604,3 +634,51 @@ def test_resharded_stream_is_read_parents_first_and_every_record_once(kinesalite
   assert max(position['shardId-000000000000']) < min(position['shardId-000000000002'])
   assert max(position['shardId-000000000001']) < min(position['shardId-000000000003'])
   assert max(position['shardId-000000000002']) < min(position['shardId-000000000003'])
+
+
+def test_resharding_while_the_reader_runs_across_checkpoints_reads_every_record_once(kinesalite):
+  """Shard 0 is split after the reader's first GetRecords, and its children
+  merged once the reader reads them; the first iterator of the first child and
+  of the merged shard is refused (throttled), so the runner checkpoints the
+  restriction twice and resumes it: after the split and after the merge."""
+  kinesis = kh.client('kinesis', kinesalite.url)
+  name = 'resharded-while-read'
+  kh.create_stream(kinesis, name, 1)
+  before = [(kinesis.put_record(StreamName=name, Data=f'before-split-{i}'.encode(),
+                                PartitionKey='before', ExplicitHashKey='1')['ShardId'],
+             f'before-split-{i}'.encode()) for i in range(3)]
+  shard = 'shardId-00000000000{}'.format
+  resharder = kh.Resharder(f'{name}-resharder', kinesalite.url, name, split_before=2,
+                           merge_before=shard(2), per_child=2)
+  throttle = kh.FailFirstIteratorOf(f'{name}-throttle', [shard(1), shard(3)])
+  iterators = kh.CallRecorder(f'{name}-iterators')
+
+  _EMITTED.clear()
+  p = TestPipeline()
+  _ = (p | ReadKinesisRecords(name, kh.REGION, kinesalite.url, stop_at_latest=True,
+                              max_attempts=1, client_event_hooks=[
+                                  ('before-parameter-build.kinesis.GetRecords', resharder),
+                                  ('before-parameter-build.kinesis.GetShardIterator', resharder),
+                                  ('before-parameter-build.kinesis.GetShardIterator', iterators),
+                                  ('before-send.kinesis.GetShardIterator', throttle)])
+       | beam.Map(_note_emitted))
+  result = p.run()
+  result.wait_until_finish()
+
+  written = before + resharder.written()
+  assert sorted(written) == sorted(
+      [(shard(0), f'before-split-{i}'.encode()) for i in range(3)]
+      + [(shard(n), f'{label}-{i}'.encode())
+         for n, label in ((1, 'low'), (2, 'high'), (3, 'merged')) for i in range(2)])
+  read = [(shard_of(r), r.data) for r in _EMITTED]
+  assert sorted(read) == sorted(written)  # every record, once
+  assert throttle.log() == [shard(1), shard(3)]
+  assert (counter(result, 'kinesis_throttled'), counter(result, 'kinesis_shards_closed')) == (2, 3)
+  # Each refused iterator was asked for again after the resume, at the same start.
+  asked = [(c['ShardId'], c['ShardIteratorType']) for c in iterators.log()]
+  assert (asked.count((shard(1), TRIM_HORIZON)), asked.count((shard(3), TRIM_HORIZON))) == (2, 2)
+  order = [s for s, _ in read]
+  first = {s: order.index(s) for s in set(order)}
+  last = {s: len(order) - 1 - order[::-1].index(s) for s in set(order)}
+  assert last[shard(0)] < min(first[shard(1)], first[shard(2)])
+  assert max(last[shard(1)], last[shard(2)]) < first[shard(3)]

@@ -33,8 +33,8 @@ Returning regularly. A reader stops (the caller defers the remainder) after
 `IDLE_POLL_SECONDS` later), so runners can checkpoint; shard iterators are kept
 per worker (`IteratorCache`) so that resuming costs no GetShardIterator call.
 A bounded read (`stop_at_latest`) ends a shard once GetRecords returns no record
-with MillisBehindLatest 0; a closed shard ends when drained and its children
-are read the same way.
+with MillisBehindLatest 0 and ListShards lists it open; a closed shard ends when
+drained (no NextShardIterator) and its children are read the same way.
 """
 
 import collections
@@ -53,7 +53,7 @@ from transforms.elements import RawRecord
 from transforms.kinesis.config import KinesisConfig
 from transforms.kinesis.restriction import (
     RecordClaim, ShardCaughtUp, ShardClosed, ShardCursor, StartPosition, sequence_number)
-from transforms.kinesis.shards import list_all_shards, owned_children
+from transforms.kinesis.shards import is_open, list_all_shards, owned_children
 
 _LOG = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ MAX_CACHED_ITERATORS = 1024
 RECORDS = 'records'  # records read (maybe none), and the shard has more
 CAUGHT_UP = 'caught up'  # nothing new: an unbounded read waits for more
 ENDED = 'ended'  # nothing new: a bounded read ends the shard here
+CLOSING = 'closing'  # nothing new, but closed meanwhile: a bounded read goes on to its end
 CLOSED = 'closed'  # the shard is drained; its children take its place
 EXPIRED = 'iterator expired'  # renewed next round, after the last record claimed
 THROTTLED = 'throttled'  # botocore gave up: the shard backs off
@@ -273,6 +274,11 @@ class ShardReader:
     self._allowed[shard_id] = self._wall_clock() - self._config.max_delivery_delay_seconds
     if not self._bounded:
       return Poll(shard_id, CAUGHT_UP)
+    if self._closed_since(shard_id):
+      # Resharded while read: GetRecords can find nothing new before it tells
+      # (no NextShardIterator) that the shard is drained, as kinesalite does.
+      # Ending the shard here would lose its children.
+      return Poll(shard_id, CLOSING)
     if not self._tracker.try_claim(ShardCaughtUp(shard_id)):
       return self._taken(shard_id, ())
     return Poll(shard_id, ENDED)
@@ -290,6 +296,12 @@ class ShardReader:
           RawRecord(f'{self._stream}/{shard_id}/{number}', record['Data'], self._read_at), arrival))
     self._metrics.records_read.inc(len(claimed))
     return tuple(claimed)
+
+  def _closed_since(self, shard_id: str) -> bool:
+    """ListShards lists the shard as closed (a bounded read asks once a shard
+    has caught up, before it ends the shard)."""
+    listed = [s for s in list_all_shards(self._client, self._stream) if s['ShardId'] == shard_id]
+    return bool(listed) and not is_open(listed[0])
 
   def _closed(self, shard_id: str, claimed: Tuple[TimestampedValue, ...]) -> Poll:
     children = owned_children(list_all_shards(self._client, self._stream), shard_id)
