@@ -107,6 +107,19 @@ def test_checkpoint_defers_every_shard_at_its_claimed_position():
   assert tracker.try_split(0) is None
 
 
+@pytest.mark.parametrize('claimed, checkpointed, fraction', [
+    (0, False, 0.0), (2, False, 2 / 3), (2, True, 1.0),
+    (0, True, 1.0),  # nothing claimed, nothing left: done (not 0 of 0)
+])
+def test_progress_is_the_records_claimed_against_the_shards_left(claimed, checkpointed, fraction):
+  tracker = ShardRestrictionTracker(restriction(cursor('shard-0')))
+  for number in range(1, claimed + 1):
+    assert tracker.try_claim(RecordClaim('shard-0', number))
+  if checkpointed:
+    tracker.try_split(0)
+  assert tracker.current_progress().fraction_completed == fraction
+
+
 def test_a_split_hands_part_of_the_shards_to_the_residual():
   tracker = ShardRestrictionTracker(restriction(cursor('shard-1'), cursor('shard-2', 3)))
   primary, residual = tracker.try_split(0.5)

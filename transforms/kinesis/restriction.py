@@ -207,8 +207,12 @@ class ShardRestrictionTracker(RestrictionTracker):
                        ', '.join(list(self._cursors) + list(self._waiting)))
 
   def current_progress(self) -> RestrictionProgress:
-    return RestrictionProgress(
-        completed=float(self._claimed_records), remaining=float(len(self._cursors)))
+    remaining = float(len(self._cursors))
+    if not self._claimed_records and not remaining:
+      # Checkpointed before its first record: all done. (Beam divides the
+      # completed work by the total: 0 of 0 fails its progress report.)
+      return RestrictionProgress(fraction=1.0)
+    return RestrictionProgress(completed=float(self._claimed_records), remaining=remaining)
 
   def is_bounded(self) -> bool:
     return self._restriction.stop_at_latest
