@@ -108,6 +108,12 @@ class StopOnCtrlC:
       threading.Thread(target=self._cancel, daemon=True).start()
 
   def _cancel(self):
+    # A portable job's result closes its job service when cancelled, and its
+    # counters with it: read them first (the result keeps them) for the summary.
+    try:
+      self.result.metrics()
+    except Exception:  # pylint: disable=broad-except
+      _LOG.warning('reading the counters before cancelling failed', exc_info=True)
     try:
       self.result.cancel()
     except Exception:  # pylint: disable=broad-except
