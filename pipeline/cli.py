@@ -79,6 +79,7 @@ def run(argv: Optional[List[str]] = None) -> RunSummary:
   build_pipeline(pipeline, source_from(flags), PostWindows(delivery_config(flags, flags.endpoint)), flags)
   with StopOnCtrlC(options.view_as(StandardOptions).streaming) as stopper:
     result = stopper.result = pipeline.run()
+    stopper.take_back_sigint()
     try:
       result.wait_until_finish()
     except Exception:  # pylint: disable=broad-except
@@ -118,6 +119,13 @@ class StopOnCtrlC:
       self.result.cancel()
     except Exception:  # pylint: disable=broad-except
       _LOG.warning('cancelling the job failed', exc_info=True)
+
+  def take_back_sigint(self):
+    """Beam's portable runners install a SIGINT handler of their own while the
+    pipeline starts; it stops the job server (Prism) first, and the job's
+    counters with it. Ctrl-C is ours again: counters, cancel, clean stop."""
+    if self._active:
+      signal.signal(signal.SIGINT, self._on_sigint)
 
   def __enter__(self):
     if self._active:
