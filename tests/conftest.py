@@ -1,11 +1,13 @@
 """Shared fixtures: real HTTP receivers on 127.0.0.1, stopped after each test,
 and a loopback port that nothing listens on; the time limits of the tests that
 start runners; and a guard that no test leaves the process changed for the
-next (environment, working directory, logging handlers)."""
+next (environment, working directory, logging handlers, SIGINT handler)."""
 
 import logging
 import os
+import signal
 import socket
+import threading
 
 import pytest
 
@@ -73,16 +75,20 @@ def _environment():
 @pytest.fixture(autouse=True)
 def leaves_the_process_as_it_was():
   """After each test: os.environ and the working directory are as before it
-  (or the test fails, naming what changed: use monkeypatch), and logging
-  handlers it added to the root logger (Beam's job services add some and never
-  remove them) are removed, with the root level put back."""
+  (or the test fails, naming what changed: use monkeypatch); logging handlers
+  it added to the root logger are removed, the root level and the SIGINT
+  handler put back (Beam's job services add handlers and never remove them,
+  and its portable runners take SIGINT to stop their job server)."""
   environ, cwd = _environment(), os.getcwd()
   root = logging.getLogger()
   handlers, level = list(root.handlers), root.level
+  sigint = signal.getsignal(signal.SIGINT)
   yield
   for handler in _added_log_handlers(handlers):
     root.removeHandler(handler)
   root.setLevel(level)
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, sigint)
   now = _environment()
   changed = sorted(k for k in set(environ) | set(now) if environ.get(k) != now.get(k))
   moved = os.getcwd() != cwd

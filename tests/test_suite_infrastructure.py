@@ -1,7 +1,8 @@
 """The test suite's own machinery: run_tests.sh stops the builds it started in
 the background when pytest exits; every test has a time limit, and a hang
-fails with a message while the run goes on; no test leaves the environment or
-the working directory changed for the next (tests/conftest.py).
+fails with a message while the run goes on; no test leaves the environment,
+the working directory, root log handlers or the SIGINT handler changed for the
+next (tests/conftest.py).
 
 Each runs the real script or the real conftest in a subprocess over tiny
 tests written here; the project's own .venv serves, so nothing is installed."""
@@ -94,6 +95,7 @@ def test_background_builds_end_with_the_test_run(scripts_copy, tmp_path, selecte
 GUARDED_TESTS = '''
 import logging
 import os
+import signal
 import time
 
 
@@ -116,6 +118,14 @@ def test_adds_a_log_handler():
 def test_sees_no_added_log_handler():
   assert not any(type(h) is logging.NullHandler for h in logging.getLogger().handlers)
   assert os.getcwd() != '/'
+
+
+def test_takes_sigint():
+  signal.signal(signal.SIGINT, lambda *unused: None)
+
+
+def test_sees_the_sigint_handler_of_before():
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_hangs():
@@ -152,6 +162,8 @@ def test_time_limit_and_leak_guard_fail_the_test_at_fault_and_the_run_goes_on(tm
                     f'directory changed (was {REPO})')],
       'test_adds_a_log_handler': [],
       'test_sees_no_added_log_handler': [],
+      'test_takes_sigint': [],
+      'test_sees_the_sigint_handler_of_before': [],
       'test_hangs': [('failure', 'Failed: Timeout (>3.0s) from pytest-timeout.')],
       'test_after_the_hang': [],
   }
