@@ -14,7 +14,29 @@ fi
 # The runners some tests need are built once into ~/.cache/vpc-flow-peers
 # (minutes on a fresh machine): start both builds now, beside the quick tests.
 # The tests that need them wait for them (the build scripts take a lock).
+# Each build runs in a process group of its own, stopped (go, mvn and all)
+# when pytest exits, whatever its status: a build left running would hold the
+# lock and the CPU after the run. A build cut short is started again next time.
+background_builds=()
+start_build() {  # LOG COMMAND...
+  local log=$1
+  shift
+  setsid "$@" >"$log" 2>&1 &
+  background_builds+=("$!")
+}
+stop_builds() {
+  local pid
+  for pid in "${background_builds[@]}"; do
+    kill -TERM -- "-$pid" 2>/dev/null || true
+  done
+  for pid in "${background_builds[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap stop_builds EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 mkdir -p out
-deploy/prism/build-prism.sh >out/build-prism.log 2>&1 &
-deploy/flink/build-job-server.sh >out/build-job-server.log 2>&1 &
-exec .venv/bin/python -m pytest -q "$@" tests
+start_build out/build-prism.log deploy/prism/build-prism.sh
+start_build out/build-job-server.log deploy/flink/build-job-server.sh
+.venv/bin/python -m pytest -q "$@" tests

@@ -34,7 +34,7 @@ from pipeline.runners import FlinkSetupError, PrismSetupError, apply_runner_defa
 from pipeline.summary import RunSummary, summarize
 from transforms.endpoint_template import validate_endpoint_template
 from transforms.http_sink import PostWindows
-from transforms.kinesis_source import kinesis_transform_from_options
+from transforms.kinesis import kinesis_transform_from_options
 from transforms.sources import ReadFlowLogFiles, ReadRecordsFrom
 
 _LOG = logging.getLogger('pipeline')
@@ -168,6 +168,7 @@ def run(argv: Optional[List[str]] = None) -> RunSummary:
   build_pipeline(pipeline, source, PostWindows(delivery_config(flags, flags.endpoint)), flags)
   with StopOnCtrlC(options.view_as(StandardOptions).streaming) as stopper:
     result = stopper.result = pipeline.run()
+    stopper.take_back_sigint()
     try:
       result.wait_until_finish()
     except Exception:  # pylint: disable=broad-except
@@ -197,10 +198,23 @@ class StopOnCtrlC:
       threading.Thread(target=self._cancel, daemon=True).start()
 
   def _cancel(self):
+    # A portable job's result closes its job service when cancelled, and its
+    # counters with it: read them first (the result keeps them) for the summary.
+    try:
+      self.result.metrics()
+    except Exception:  # pylint: disable=broad-except
+      _LOG.warning('reading the counters before cancelling failed', exc_info=True)
     try:
       self.result.cancel()
     except Exception:  # pylint: disable=broad-except
       _LOG.warning('cancelling the job failed', exc_info=True)
+
+  def take_back_sigint(self):
+    """Beam's portable runners install a SIGINT handler of their own while the
+    pipeline starts; it stops the job server (Prism) first, and the job's
+    counters with it. Ctrl-C is ours again: counters, cancel, clean stop."""
+    if self._active:
+      signal.signal(signal.SIGINT, self._on_sigint)
 
   def __enter__(self):
     if self._active:

@@ -10,7 +10,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.count import DEFAULT_WINDOW_SECONDS
 from transforms.http_sink import DEFAULT_TOKEN_ENV, DeliveryConfig
-from transforms.kinesis_source import add_kinesis_args
+from transforms.kinesis import add_kinesis_args
 
 DEFAULT_DEAD_LETTER_DIR = 'dead_letters'
 # Flow logs reach CloudWatch Logs one aggregation interval (up to 10 minutes)

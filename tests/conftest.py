@@ -1,7 +1,14 @@
 """Shared fixtures: real HTTP receivers on 127.0.0.1, stopped after each test,
-and a loopback port that nothing listens on. Also the `quick` marker."""
+and a loopback port that nothing listens on; the `quick` marker; the time
+limits of the tests that start runners; and a guard that no test leaves the
+process changed for the next (environment, working directory, logging
+handlers, SIGINT handler)."""
 
+import logging
+import os
+import signal
 import socket
+import threading
 
 import pytest
 
@@ -32,6 +39,7 @@ def closed_port() -> int:
     return s.getsockname()[1]
 
 
+# --- The quick lane ---------------------------------------------------------
 # The quick lane (`./run_tests.sh --quick`, or `pytest -m quick`): the pure and
 # composite layers, modules whose tests start nothing (no server, no emulator,
 # no runner, no build). Property tests (hypothesis) are left to the full suite:
@@ -61,3 +69,65 @@ def pytest_ignore_collect(collection_path, config):
       and collection_path.stem.startswith('test_') and collection_path.stem not in QUICK_MODULES):
     return True
   return None
+
+
+# --- Time limits -------------------------------------------------------------
+# pytest.ini gives every test its time limit. These fixtures start runners:
+# the tests that use them get longer, unless they set their own limit.
+RUNNER_TIMEOUTS = {
+    # The whole test, fixtures included: the first use waits for the Prism
+    # build (about 5 minutes on a fresh machine), then a streaming run.
+    'prism_binary': pytest.mark.timeout(900),
+    # The test body only: starting the cluster is bounded by the fixture
+    # itself (a cold start builds the job-server jar, up to an hour), and a
+    # streaming job with checkpoints and a restore takes minutes.
+    'flink_cluster': pytest.mark.timeout(900, func_only=True),
+}
+
+
+def pytest_itemcollected(item):
+  for fixture, mark in RUNNER_TIMEOUTS.items():
+    if fixture in item.fixturenames:
+      item.add_marker(mark, append=True)  # after the test's own marks, which win
+
+
+# --- No test leaves the process changed --------------------------------------
+
+def _added_log_handlers(before):
+  """Root logger handlers added since `before`, pytest's own excepted (it
+  attaches fresh capture handlers to each phase of a test)."""
+  return [h for h in logging.getLogger().handlers
+          if h not in before and not type(h).__module__.startswith('_pytest')]
+
+
+def _environment():
+  """os.environ, less the variable pytest itself sets for each test phase."""
+  return {k: v for k, v in os.environ.items() if k != 'PYTEST_CURRENT_TEST'}
+
+
+@pytest.fixture(autouse=True)
+def leaves_the_process_as_it_was():
+  """After each test: os.environ and the working directory are as before it
+  (or the test fails, naming what changed: use monkeypatch); logging handlers
+  it added to the root logger are removed, the root level and the SIGINT
+  handler put back (Beam's job services add handlers and never remove them,
+  and its portable runners take SIGINT to stop their job server)."""
+  environ, cwd = _environment(), os.getcwd()
+  root = logging.getLogger()
+  handlers, level = list(root.handlers), root.level
+  sigint = signal.getsignal(signal.SIGINT)
+  yield
+  for handler in _added_log_handlers(handlers):
+    root.removeHandler(handler)
+  root.setLevel(level)
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, sigint)
+  now = _environment()
+  changed = sorted(k for k in set(environ) | set(now) if environ.get(k) != now.get(k))
+  moved = os.getcwd() != cwd
+  for name in set(now) - set(environ):
+    del os.environ[name]
+  os.environ.update(environ)
+  os.chdir(cwd)
+  assert not changed, f'the test left environment variables changed: {", ".join(changed)}'
+  assert not moved, f'the test left the working directory changed (was {cwd})'

@@ -163,3 +163,144 @@ def moto_iterator_shard(shard_iterator: str) -> str:
   """The shard a moto shard iterator points into (moto's iterators are
   base64 of 'stream:shard:sequence')."""
   return base64.b64decode(shard_iterator).decode('utf-8').split(':')[1]
+
+
+class FailFirstIteratorOf:
+  """A 'before-send.kinesis.GetShardIterator' hook: the first request for each
+  of `shards` is answered with the error `code` (LimitExceededException is
+  GetShardIterator's throttling): with max_attempts=1 the reader sees it, backs
+  off and defers its remainder, so the runner checkpoints the restriction and
+  resumes it. Logs the shards it failed."""
+  def __init__(self, name: str, shards: Sequence[str], code: str = 'LimitExceededException'):
+    self.name = name
+    self.shards = tuple(shards)
+    self.code = code
+    with _FAULT_LOCK:
+      _FAULT_LOG[name] = []
+
+  def __call__(self, request, **kwargs):
+    shard = json.loads(request.body)['ShardId']
+    with _FAULT_LOCK:
+      failed = _FAULT_LOG.setdefault(self.name, [])
+      if shard not in self.shards or shard in failed:
+        return None
+      failed.append(shard)
+    return error_response(self.code)
+
+  def log(self) -> List[str]:
+    with _FAULT_LOCK:
+      return list(_FAULT_LOG.get(self.name, []))
+
+
+class WriteOnFirstRead:
+  """A 'before-parameter-build.kinesis.GetRecords' hook for moto: just before
+  the first GetRecords on each shard (its iterator already taken), writes
+  `count` records into that shard with a client of its own. Logs the data
+  written, by shard."""
+  def __init__(self, name: str, endpoint_url: str, stream_name: str, count: int):
+    self.name = name
+    self.endpoint_url = endpoint_url
+    self.stream_name = stream_name
+    self.count = count
+    with _FAULT_LOCK:
+      _FAULT_LOG[name] = []
+
+  def __call__(self, params, **kwargs):
+    shard_id = moto_iterator_shard(params['ShardIterator'])
+    with _FAULT_LOCK:
+      written = _FAULT_LOG.setdefault(self.name, [])
+      if any(shard == shard_id for shard, _ in written):
+        return
+      kinesis = client('kinesis', self.endpoint_url)
+      shard = next(s for s in kinesis.list_shards(StreamName=self.stream_name)['Shards']
+                   if s['ShardId'] == shard_id)
+      for i in range(self.count):
+        data = f'{shard_id}-after-start-{i}'.encode()
+        kinesis.put_record(StreamName=self.stream_name, Data=data, PartitionKey='k',
+                           ExplicitHashKey=shard['HashKeyRange']['StartingHashKey'])
+        written.append((shard_id, data))
+
+  def log(self) -> List[tuple]:
+    with _FAULT_LOCK:
+      return list(_FAULT_LOG.get(self.name, []))
+
+
+class ReportBacklog:
+  """An 'after-call.kinesis.GetRecords' hook: the n-th GetRecords answer says
+  it is `backlog[n]` ms behind the latest record (0 once the list is used
+  up), as Kinesis says of a shard with a backlog (moto says what its clock
+  saw, kinesalite nothing)."""
+  def __init__(self, name: str, backlog: Sequence[int]):
+    self.name = name
+    self.backlog = tuple(backlog)
+    with _FAULT_LOCK:
+      _FAULT_LOG[name] = []
+
+  def __call__(self, parsed, **kwargs):
+    with _FAULT_LOCK:
+      answers = _FAULT_LOG.setdefault(self.name, [])
+      behind = self.backlog[len(answers)] if len(answers) < len(self.backlog) else 0
+      answers.append(behind)
+    parsed['MillisBehindLatest'] = behind
+
+  def log(self) -> List[int]:
+    with _FAULT_LOCK:
+      return list(_FAULT_LOG.get(self.name, []))
+
+
+class Resharder:
+  """Reshards a kinesalite stream while a read is under way, driven by the
+  reader's own calls: before its `split_before`-th GetRecords call, shard 0
+  is split in two halves and `per_child` records go to each child; before
+  the first GetShardIterator for `merge_before` (a child), the two children
+  merge and `per_child` records go to the merged shard. Registered for
+  'before-parameter-build.kinesis.GetRecords' and '...GetShardIterator'.
+  Logs (shard, data) of every record it wrote."""
+  HALF = 2 ** 127
+
+  def __init__(self, name: str, endpoint_url: str, stream_name: str, split_before: int,
+               merge_before: str, per_child: int):
+    self.name = name
+    self.endpoint_url = endpoint_url
+    self.stream_name = stream_name
+    self.split_before = split_before
+    self.merge_before = merge_before
+    self.per_child = per_child
+    with _FAULT_LOCK:
+      _FAULT_LOG[name] = []
+      _FAULT_LOG[name + '/calls'] = []
+
+  def __call__(self, params, event_name, **kwargs):
+    with _FAULT_LOCK:
+      calls = _FAULT_LOG[self.name + '/calls']
+      calls.append((event_name.rsplit('.', 1)[-1], params.get('ShardId')))
+      get_records = sum(1 for op, _ in calls if op == 'GetRecords')
+      if event_name.endswith('GetRecords') and get_records == self.split_before:
+        self._split()
+      elif calls[-1] == ('GetShardIterator', self.merge_before) and calls.count(calls[-1]) == 1:
+        self._merge()
+
+  def _put(self, kinesis, label: str, count: int, hash_key: int) -> None:
+    for i in range(count):
+      out = kinesis.put_record(StreamName=self.stream_name, Data=f'{label}-{i}'.encode(),
+                               PartitionKey=label, ExplicitHashKey=str(hash_key))
+      _FAULT_LOG[self.name].append((out['ShardId'], f'{label}-{i}'.encode()))
+
+  def _split(self) -> None:
+    kinesis = client('kinesis', self.endpoint_url)
+    kinesis.split_shard(StreamName=self.stream_name, ShardToSplit='shardId-000000000000',
+                        NewStartingHashKey=str(self.HALF))
+    wait_until_active(kinesis, self.stream_name)
+    self._put(kinesis, 'low', self.per_child, 1)
+    self._put(kinesis, 'high', self.per_child, self.HALF + 1)
+
+  def _merge(self) -> None:
+    kinesis = client('kinesis', self.endpoint_url)
+    kinesis.merge_shards(StreamName=self.stream_name, ShardToMerge='shardId-000000000001',
+                         AdjacentShardToMerge='shardId-000000000002')
+    wait_until_active(kinesis, self.stream_name)
+    self._put(kinesis, 'merged', self.per_child, 7)
+
+  def written(self) -> List[tuple]:
+    with _FAULT_LOCK:
+      return list(_FAULT_LOG.get(self.name, []))

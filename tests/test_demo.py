@@ -3,7 +3,7 @@ end, and what its receiver gets is the exact answer for the flows it wrote."""
 
 from collections import defaultdict
 
-from devtools import demo, report
+from devtools import aws_emulator, demo, report
 from devtools.sample_data import SampleVpc
 
 START = 1700000400
@@ -22,7 +22,11 @@ def reference_answer(lines):
   return {b: {ip: len(peers) for ip, peers in by_ip.items()} for b, by_ip in buckets.items()}
 
 
-def test_demo_delivers_the_exact_answer(tmp_path, capsys):
+def test_demo_delivers_the_exact_answer(tmp_path, capsys, monkeypatch):
+  # The demo puts fake AWS credentials into its process's environment; set
+  # through monkeypatch first, they are taken out again when the test ends.
+  for name, value in aws_emulator.FAKE_AWS_ENV.items():
+    monkeypatch.setenv(name, value)
   assert demo.main(['--dir', str(tmp_path), '--lines', '3000', '--start', str(START)]) == 0
   expected = reference_answer(SampleVpc().flow_lines(3000, START))
   assert report.load_windows(str(tmp_path / 'received')) == expected

@@ -28,11 +28,19 @@ FLOWS = [
      flow_line('2001:DB8::7', '10.0.0.1', W1 + 5),
      flow_line('10.0.0.1', '10.0.0.2', W0 + 10)],  # a duplicate
     [flow_line('10.0.0.9', '999.0.0.1', W1 + 6),  # invalid address: a dead letter
-     flow_line('10.0.0.4', '10.0.0.1', W1 + 7)],
+     flow_line('10.0.0.4', '10.0.0.1', W1 + 7),
+     flow_line('10.0.0.4', '10.0.0.5', W1 + 8), flow_line('10.0.0.6', '10.0.0.4', W1 + 9)],
 ]
 EXPECTED = {
     f'/connection_sets/{W0}': {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.3': 1},
-    f'/connection_sets/{W1}': {'10.0.0.1': 2, '2001:db8::7': 1, '10.0.0.4': 1},
+    f'/connection_sets/{W1}': {'10.0.0.4': 3, '10.0.0.1': 2, '2001:db8::7': 1, '10.0.0.5': 1,
+                               '10.0.0.6': 1},
+}
+# The documents as posted, byte for byte: most peers first, ties by address
+# (IPv4 before IPv6), whatever the order of the flows.
+EXPECTED_BODIES = {
+    f'/connection_sets/{W0}': b'{"10.0.0.1":2,"10.0.0.2":1,"10.0.0.3":1}',
+    f'/connection_sets/{W1}': b'{"10.0.0.4":3,"10.0.0.1":2,"10.0.0.5":1,"10.0.0.6":1,"2001:db8::7":1}',
 }
 
 
@@ -63,10 +71,11 @@ def test_command_line_reads_the_stream_and_posts_exact_windows(flow_log_stream, 
   receiver = start_receiver()
   summary = run(command_line(flow_log_stream, receiver, tmp_path))
   assert receiver.latest_by_path() == EXPECTED
+  assert {p.path: p.body for p in receiver.posts} == EXPECTED_BODIES
   assert sorted(p.headers['Idempotency-Key'] for p in receiver.posts) == [f'{W0}-0', f'{W1}-0']
   assert (summary.records, summary.skipped_control, summary.flow_lines, summary.counted_flows,
           summary.skipped_nodata, summary.bad_inputs, summary.windows_delivered,
-          summary.windows_dead_lettered) == (4, 1, 8, 6, 1, 1, 2, 0)
+          summary.windows_dead_lettered) == (4, 1, 10, 8, 1, 1, 2, 0)
   letters = [json.loads(line) for path in sorted(tmp_path.glob('bad_input-*.jsonl'))
              for line in path.read_text().splitlines()]
   assert [(l['kind'], l['reason'].split(':')[0], l['raw']) for l in letters] == [
@@ -83,7 +92,7 @@ def test_python_dash_m_pipeline_from_kinesis_exits_0(flow_log_stream, start_rece
       env={**os.environ, **kh.FAKE_AWS_ENV})
   assert finished.returncode == 0, finished.stderr[-3000:]
   assert 'windows delivered:      2' in finished.stdout
-  assert receiver.latest_by_path() == EXPECTED
+  assert {p.path: p.body for p in receiver.posts} == EXPECTED_BODIES
 
 
 def test_no_source_or_two_sources_is_a_usage_error(capsys):

@@ -1,4 +1,4 @@
-"""Tests of the Kinesis source (transforms.kinesis_source).
+"""Tests of the Kinesis source (transforms.kinesis).
 
 Layers: the restriction tracker and the pure shard-lineage functions without a
 pipeline; then the splittable DoFn in a TestPipeline (DirectRunner, bounded by
@@ -8,15 +8,20 @@ with botocore event hooks; and resharding against kinesalite. Every server is
 started by a fixture on 127.0.0.1 and stopped after.
 """
 
+import argparse
 import datetime
 import itertools
+import json
+import os
 import threading
 import time
 
 import apache_beam as beam
 import pytest
+from apache_beam import coders
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.common import DoFnSignature
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
@@ -30,11 +35,16 @@ from transforms.dead_letter import read_dead_letters
 from transforms.decode import decode_kinesis_data
 from transforms.elements import LogBatch, Skipped
 from transforms.http_sink import DeliveryConfig, PostWindows
-from transforms.kinesis_source import (
-    AFTER_SEQUENCE_NUMBER, AT_TIMESTAMP, LATEST, THROTTLED_BACKOFF_SECONDS,
-    TRIM_HORIZON, ChildShard, RecordClaim, ReadKinesisRecords, ShardCaughtUp,
-    ShardClosed, ShardCursor, ShardRestriction, ShardRestrictionTracker, StartPosition,
-    lineage_roots, owned_children, parse_start_timestamp)
+from transforms.kinesis import (
+    ReadKinesisRecords, add_kinesis_args, kinesis_transform_from_options, parse_start_timestamp)
+from transforms.kinesis.config import KinesisConfig
+from transforms.kinesis.read import ReadShardsUnboundedDoFn
+from transforms.kinesis.reader import THROTTLED_BACKOFF_SECONDS
+from transforms.kinesis.restriction import (
+    AFTER_SEQUENCE_NUMBER, AT_TIMESTAMP, LATEST, TRIM_HORIZON, ChildShard, KinesisShard,
+    RecordClaim, ShardCaughtUp, ShardClosed, ShardCursor, ShardRestriction,
+    ShardRestrictionTracker, StartPosition)
+from transforms.kinesis.shards import lineage_roots, owned_children
 from transforms.sources import ReadRecordsFrom
 
 LONG_SEQUENCE = '49590338271490256608559692538361571095921575989136588898'
@@ -95,6 +105,19 @@ def test_checkpoint_defers_every_shard_at_its_claimed_position():
   assert not tracker.try_claim(RecordClaim('shard-1', 6))  # after a checkpoint, nothing more
   tracker.check_done()  # the primary is complete
   assert tracker.try_split(0) is None
+
+
+@pytest.mark.parametrize('claimed, checkpointed, fraction', [
+    (0, False, 0.0), (2, False, 2 / 3), (2, True, 1.0),
+    (0, True, 1.0),  # nothing claimed, nothing left: done (not 0 of 0)
+])
+def test_progress_is_the_records_claimed_against_the_shards_left(claimed, checkpointed, fraction):
+  tracker = ShardRestrictionTracker(restriction(cursor('shard-0')))
+  for number in range(1, claimed + 1):
+    assert tracker.try_claim(RecordClaim('shard-0', number))
+  if checkpointed:
+    tracker.try_split(0)
+  assert tracker.current_progress().fraction_completed == fraction
 
 
 def test_a_split_hands_part_of_the_shards_to_the_residual():
@@ -160,6 +183,48 @@ def test_checkpoint_carries_a_waiting_merge_child_to_the_residual():
   assert tracker.try_split(0.5) is None
   _, residual = tracker.try_split(0)
   assert residual.waiting == (('shard-3', ('shard-2',)),)
+
+
+CHECKPOINT_BEFORE_PACKAGE = os.path.join(
+    os.path.dirname(__file__), 'data', 'kinesis', 'checkpoint-before-package.json')
+
+
+def test_a_checkpoint_taken_before_the_package_restores_and_resumes():
+  """Bytes that Beam's coders wrote for transforms/kinesis_source.py's types
+  (a runner's checkpoint or savepoint of the read) decode to the same values
+  of today's types, resume after the last record claimed, and are written
+  again under the new module's names."""
+  with open(CHECKPOINT_BEFORE_PACKAGE, encoding='utf-8') as f:
+    saved = json.load(f)
+  restriction_coder = DoFnSignature(
+      ReadShardsUnboundedDoFn(KinesisConfig('flow-logs'))).get_restriction_coder()
+  element = coders.registry.get_coder(object).decode(bytes.fromhex(saved['element']))
+  restored, watermark_state = restriction_coder.decode(
+      bytes.fromhex(saved['restriction_and_watermark']))
+  at = StartPosition(AT_TIMESTAMP, timestamp=1700000000.0)
+  assert (type(element), element) == (
+      KinesisShard, KinesisShard('flow-logs', 'shardId-000000000000', at, at, False))
+  assert (type(restored), restored) == (ShardRestriction, ShardRestriction(
+      (cursor('shardId-000000000002', int(LONG_SEQUENCE)),
+       ShardCursor('shardId-000000000004', StartPosition(TRIM_HORIZON))),
+      at, False, (('shardId-000000000005', ('shardId-000000000004',)),)))
+  assert {type(c) for c in restored.cursors} == {ShardCursor}
+  assert {type(c.position) for c in restored.cursors} == {StartPosition}
+  assert watermark_state == Timestamp(1700000000 - 1200)
+
+  tracker = ShardRestrictionTracker(restored)
+  with pytest.raises(ValueError, match='is not after'):
+    tracker.try_claim(RecordClaim('shardId-000000000002', int(LONG_SEQUENCE)))
+  assert tracker.try_claim(RecordClaim('shardId-000000000002', int(LONG_SEQUENCE) + 1))
+  assert tracker.try_claim(ShardClosed('shardId-000000000004', (
+      ChildShard('shardId-000000000005', ('shardId-000000000004',)),)))
+  assert tracker.current_restriction().cursors == (
+      cursor('shardId-000000000002', int(LONG_SEQUENCE) + 1),
+      ShardCursor('shardId-000000000005', at))
+
+  written = restriction_coder.encode((tracker.current_restriction(), watermark_state))
+  assert b'transforms.kinesis.restriction' in written and b'kinesis_source' not in written
+  assert restriction_coder.decode(written) == (tracker.current_restriction(), watermark_state)
 
 
 # --- Shard lineages, positions and flags -------------------------------------
@@ -235,8 +300,6 @@ def test_at_timestamp_needs_a_timestamp():
 
 
 def test_kinesis_flags_build_the_reader():
-  import argparse
-  from transforms.kinesis_source import add_kinesis_args, kinesis_transform_from_options
   parser = argparse.ArgumentParser()
   add_kinesis_args(parser)
   options = parser.parse_args([
@@ -301,12 +364,19 @@ def test_records_written_through_cloudwatch_logs_are_read_exactly_once(moto, str
   assert counter(result, 'kinesis_records_read') == 41
 
 
-def test_latest_reads_only_what_comes_after_the_start(moto, stream_name):
+def test_latest_reads_exactly_the_records_written_after_the_read_starts(moto, stream_name):
   kinesis = kh.client('kinesis', moto.url)
   kh.create_stream(kinesis, stream_name, 2)
-  kinesis.put_record(StreamName=stream_name, Data=b'old', PartitionKey='a')
+  for key in 'abcdef':  # before the start: on both shards, never read
+    kinesis.put_record(StreamName=stream_name, Data=b'old-' + key.encode(), PartitionKey=key)
+  writer = kh.WriteOnFirstRead(f'{stream_name}-writer', moto.url, stream_name, count=2)
+  expected = [(f'shardId-00000000000{shard}', f'shardId-00000000000{shard}-after-start-{i}'.encode())
+              for shard in (0, 1) for i in (0, 1)]
   with TestPipeline() as p:
-    assert_that(read_stream(p, moto, stream_name, initial_position=LATEST), equal_to([]))
+    records = read_stream(p, moto, stream_name, initial_position=LATEST, client_event_hooks=[
+        ('before-parameter-build.kinesis.GetRecords', writer)])
+    assert_that(records | beam.Map(lambda r: (shard_of(r), r.data)), equal_to(expected))
+  assert sorted(writer.log()) == expected
 
 
 def test_at_timestamp_skips_records_that_arrived_before_it(moto, stream_name):
@@ -406,6 +476,29 @@ def test_each_record_carries_the_watermark_its_reader_had_when_it_was_read(moto,
         (data[0], float(MIN_TIMESTAMP)),
         (data[1], float(Timestamp.of(arrivals[0] - 60))),
         (data[2], float(Timestamp.of(arrivals[1] - 60)))]))
+
+
+def test_the_backlog_kinesis_reports_is_the_millis_behind_latest_metric(moto, stream_name):
+  kinesis = kh.client('kinesis', moto.url)
+  kh.create_stream(kinesis, stream_name, 1)
+  data = write_records(kinesis, stream_name, 3)
+  backlog = kh.ReportBacklog(f'{stream_name}-backlog', [3000, 1500, 0])
+  p = TestPipeline()
+  records = read_stream(p, moto, stream_name, client_event_hooks=[
+      ('provide-client-params.kinesis.GetRecords', one_record_per_call),
+      ('after-call.kinesis.GetRecords', backlog)])
+  assert_that(records | beam.Map(lambda r: r.data), equal_to(data))
+  result = p.run()
+  result.wait_until_finish()
+  # One record a call, then the call that finds the shard caught up.
+  assert backlog.log() == [3000, 1500, 0, 0]
+  query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+  [gauge] = [g for g in query['gauges'] if g.key.metric.name == 'kinesis_millis_behind_latest']
+  assert gauge.committed.value == 0  # caught up: the last it heard
+  [spread] = [d for d in query['distributions']
+              if d.key.metric.name == 'kinesis_millis_behind_latest_distribution']
+  assert (spread.committed.count, spread.committed.sum, spread.committed.min,
+          spread.committed.max) == (4, 4500, 0, 3000)
 
 
 def test_throttling_is_retried_by_botocore_and_every_record_read_once(moto, stream_name):
@@ -554,3 +647,51 @@ def test_resharded_stream_is_read_parents_first_and_every_record_once(kinesalite
   assert max(position['shardId-000000000000']) < min(position['shardId-000000000002'])
   assert max(position['shardId-000000000001']) < min(position['shardId-000000000003'])
   assert max(position['shardId-000000000002']) < min(position['shardId-000000000003'])
+
+
+def test_resharding_while_the_reader_runs_across_checkpoints_reads_every_record_once(kinesalite):
+  """Shard 0 is split after the reader's first GetRecords, and its children
+  merged once the reader reads them; the first iterator of the first child and
+  of the merged shard is refused (throttled), so the runner checkpoints the
+  restriction twice and resumes it: after the split and after the merge."""
+  kinesis = kh.client('kinesis', kinesalite.url)
+  name = 'resharded-while-read'
+  kh.create_stream(kinesis, name, 1)
+  before = [(kinesis.put_record(StreamName=name, Data=f'before-split-{i}'.encode(),
+                                PartitionKey='before', ExplicitHashKey='1')['ShardId'],
+             f'before-split-{i}'.encode()) for i in range(3)]
+  shard = 'shardId-00000000000{}'.format
+  resharder = kh.Resharder(f'{name}-resharder', kinesalite.url, name, split_before=2,
+                           merge_before=shard(2), per_child=2)
+  throttle = kh.FailFirstIteratorOf(f'{name}-throttle', [shard(1), shard(3)])
+  iterators = kh.CallRecorder(f'{name}-iterators')
+
+  _EMITTED.clear()
+  p = TestPipeline()
+  _ = (p | ReadKinesisRecords(name, kh.REGION, kinesalite.url, stop_at_latest=True,
+                              max_attempts=1, client_event_hooks=[
+                                  ('before-parameter-build.kinesis.GetRecords', resharder),
+                                  ('before-parameter-build.kinesis.GetShardIterator', resharder),
+                                  ('before-parameter-build.kinesis.GetShardIterator', iterators),
+                                  ('before-send.kinesis.GetShardIterator', throttle)])
+       | beam.Map(_note_emitted))
+  result = p.run()
+  result.wait_until_finish()
+
+  written = before + resharder.written()
+  assert sorted(written) == sorted(
+      [(shard(0), f'before-split-{i}'.encode()) for i in range(3)]
+      + [(shard(n), f'{label}-{i}'.encode())
+         for n, label in ((1, 'low'), (2, 'high'), (3, 'merged')) for i in range(2)])
+  read = [(shard_of(r), r.data) for r in _EMITTED]
+  assert sorted(read) == sorted(written)  # every record, once
+  assert throttle.log() == [shard(1), shard(3)]
+  assert (counter(result, 'kinesis_throttled'), counter(result, 'kinesis_shards_closed')) == (2, 3)
+  # Each refused iterator was asked for again after the resume, at the same start.
+  asked = [(c['ShardId'], c['ShardIteratorType']) for c in iterators.log()]
+  assert (asked.count((shard(1), TRIM_HORIZON)), asked.count((shard(3), TRIM_HORIZON))) == (2, 2)
+  order = [s for s, _ in read]
+  first = {s: order.index(s) for s in set(order)}
+  last = {s: len(order) - 1 - order[::-1].index(s) for s in set(order)}
+  assert last[shard(0)] < min(first[shard(1)], first[shard(2)])
+  assert max(last[shard(1)], last[shard(2)]) < first[shard(3)]
