@@ -148,5 +148,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _LOG.exception('the pipeline failed')
     return EXIT_FAILURE
   print(summary.render())
+  if summary.dead_letters_unwritten:
+    return EXIT_FAILURE
   return EXIT_WINDOWS_DEAD_LETTERED if summary.windows_dead_lettered else EXIT_OK
 

@@ -194,14 +194,29 @@ def s3_options(args) -> PipelineOptions:
   return PipelineOptions([], **{k: v for k, v in vars(args).items() if k.startswith('s3_')})
 
 
+class _UsageError(Exception):
+  pass
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+  """A mistake on the command line is one line and exit 1 (argparse: usage, 2,
+  which is replay's "windows left")."""
+  def error(self, message):
+    raise _UsageError(message)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m pipeline.replay', description=__doc__.split('\n\n')[0])
+  parser = _ArgumentParser(
+      prog='python -m pipeline.replay', description=__doc__.split('\n\n')[0], allow_abbrev=False)
   parser.add_argument('directory', help='the --dead_letter_dir of the run')
   parser.add_argument('--endpoint', help='URL template to post to instead of the recorded URL')
   add_delivery_args(parser)
   S3Options._add_argparse_args(parser)  # pylint: disable=protected-access
-  args = parser.parse_args(argv)
+  try:
+    args = parser.parse_args(argv)
+  except _UsageError as e:
+    _error(f'error: {e}')
+    return EXIT_FAILURE
   logging.basicConfig(level=logging.WARNING)
   directory = args.directory.rstrip('/') or '/'
   if is_local(directory) and not os.path.isdir(directory):

@@ -163,6 +163,7 @@ class _WriteDeadLetterFiles(beam.DoFn):
     self._directory = directory
     self._chunk_bytes = chunk_bytes
     self._written = Metrics.counter(METRICS_NAMESPACE, 'dead_letters_written')
+    self._unwritten = Metrics.counter(METRICS_NAMESPACE, 'dead_letters_unwritten')
 
   def setup(self):
     # The directory exists after every run, with dead letters or not, so that
@@ -179,14 +180,8 @@ class _WriteDeadLetterFiles(beam.DoFn):
       self._write(letter.kind)
 
   def finish_bundle(self):
-    errors = []
     for kind in list(self._pending):
-      try:
-        self._write(kind)
-      except DeadLetterWriteError as e:
-        errors.append(str(e))
-    if errors:
-      raise DeadLetterWriteError('; '.join(errors))
+      self._write(kind)
 
   def _write(self, kind: str) -> None:
     pending = self._pending.pop(kind)
@@ -194,9 +189,11 @@ class _WriteDeadLetterFiles(beam.DoFn):
     try:
       write_file_atomically(path, pending.lines)
     except DeadLetterWriteError as e:
+      # Not raised: the run goes on delivering what it can, and the command
+      # exits 1 because this counter is not zero.
       _log_unwritten(kind, pending, e)
-      raise DeadLetterWriteError(
-          f'{len(pending.lines)} {kind} dead letter(s) not written: {e}') from e
+      self._unwritten.inc(len(pending.lines))
+      return
     self._written.inc(len(pending.lines))
     _LOG.warning('wrote %d %s dead letter(s) to %s', len(pending.lines), kind, path)
 
@@ -273,10 +270,10 @@ def _raw_lines(stream, cap: int) -> Iterator[Union[bytes, None]]:
       yield line
 
 
-def parse_letter_line(raw: Optional[bytes]) -> tuple:
-  """(letter, None) or (None, what is wrong) for one line's bytes."""
+def parse_letter_line(raw: Optional[bytes], cap: int) -> tuple:
+  """(letter, None) or (None, what is wrong) for one line's bytes (None: longer than `cap`)."""
   if raw is None:
-    return None, f'longer than {MAX_LETTER_BYTES} bytes'
+    return None, f'longer than {cap} bytes'
   try:
     text = raw.decode('utf-8')
   except UnicodeDecodeError as e:
@@ -291,14 +288,15 @@ def parse_letter_line(raw: Optional[bytes]) -> tuple:
   return letter, None
 
 
-def scan_dead_letter_file(path: str, cap: int = MAX_LETTER_BYTES) -> Iterator[LetterLine]:
+def scan_dead_letter_file(path: str, cap: Optional[int] = None) -> Iterator[LetterLine]:
   """Every non-blank line of one file, parsed or marked damaged, in order; one
-  line in memory at a time."""
+  line in memory at a time (`cap`: MAX_LETTER_BYTES)."""
+  cap = cap or MAX_LETTER_BYTES
   with _open(path) as stream:
     for number, raw in enumerate(_raw_lines(stream, cap), 1):
       if raw is not None and not raw.strip():
         continue
-      letter, problem = parse_letter_line(raw)
+      letter, problem = parse_letter_line(raw, cap)
       yield LetterLine(path, number, letter, problem)
 
 
@@ -475,14 +473,19 @@ class S3Lock:
     return True
 
   def _renew(self) -> None:
-    while not self._stop.wait(self._stale_after / 4):
-      try:
-        self._etag = self._put(IfMatch=self._etag)
-      except Exception as e:  # pylint: disable=broad-except
-        if _is_precondition_failure(e) or 'NoSuchKey' in str(e):
-          self._lost = True
-          return
-        _LOG.warning('could not renew the replay lock (will try again): %s', e)
+    while not self._stop.wait(self._stale_after / 4) and self._renew_once():
+      pass
+
+  def _renew_once(self) -> bool:
+    """Rewrites the lock if it is still ours; False once it is not."""
+    try:
+      self._etag = self._put(IfMatch=self._etag)
+    except Exception as e:  # pylint: disable=broad-except
+      if _is_precondition_failure(e) or 'NoSuchKey' in str(e):
+        self._lost = True
+        return False
+      _LOG.warning('could not renew the replay lock (will try again): %s', e)
+    return True
 
   def check(self) -> None:
     if self._lost:
