@@ -380,6 +380,17 @@ def test_replay_of_a_directory_on_s3_removes_delivered_and_keeps_undelivered(end
       'replay: 3 window(s) delivered, 1 still undelivered, 1 damaged line(s) kept')
 
 
+def test_replay_of_an_empty_s3_prefix_says_so_in_one_line_and_exits_0(moto):
+  s3 = s3_client(moto.url)
+  s3.create_bucket(Bucket='dl-empty')
+  result = subprocess.run(replay_command('s3://dl-empty/never-written', f'--s3_endpoint_url={moto.url}'),
+                          cwd=REPO, capture_output=True, text=True, env=dict(os.environ, **FAKE_AWS_ENV),
+                          timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout == 'replay: no undelivered windows under s3://dl-empty/never-written\n'
+  assert s3.list_objects_v2(Bucket='dl-empty').get('Contents') is None  # its lock removed
+
+
 def test_a_second_replay_on_s3_is_refused_while_the_lock_is_held(moto):
   s3 = s3_client(moto.url)
   s3.create_bucket(Bucket='dl-second')
