@@ -8,8 +8,8 @@ Files are never edited in place. `WriteDeadLetters` writes a new file whenever a
 kind's pending letters reach `CHUNK_BYTES` (and at the end of a bundle), and
 every file, new or rewritten, is first written whole to a temporary name beside
 it, then renamed: a reader sees the old content or the new one, never a cut line.
-On S3 the rename is a copy then a delete of the temporary object, so the new
-object exists before anything is removed. This works the same on a local disk,
+On S3, which has no rename, the temporary object is copied over the file and
+deleted after: the new object exists before anything is removed. This works the same on a local disk,
 on S3 and in streaming pipelines.
 
 Reading is by line and tolerant: a damaged line (cut, not JSON, too long) is
@@ -92,35 +92,45 @@ def write_file_atomically(path: str, pieces: Iterable[bytes]) -> int:
         f.flush()
         os.fsync(f.fileno())
       os.replace(temp, path)
-      _fsync_directory(os.path.dirname(path) or '.')
     else:
       with FileSystems.create(temp, compression_type=UNCOMPRESSED) as f:
         for piece in pieces:
           f.write(piece)
           written += len(piece)
-      FileSystems.rename([temp], [path])  # S3: copy to `path`, then delete `temp`
+      # A copy replaces `path` whole (S3 has no rename); the temporary object
+      # is deleted only once the new one exists.
+      FileSystems.copy([temp], [path])
   except BaseException as e:
     _remove_quietly(temp)
     if isinstance(e, Exception):
       raise DeadLetterWriteError(f'could not write {path}: {_describe(e)}') from e
     raise
+  # `path` is replaced: what follows cannot undo that, so it only warns.
+  if is_local(path):
+    _fsync_directory_or_warn(os.path.dirname(path) or '.')
+  else:
+    _remove_quietly(temp)
   return written
 
 
 def delete_file(path: str) -> None:
   if is_local(path):
     os.remove(path)
-    _fsync_directory(os.path.dirname(path) or '.')
+    _fsync_directory_or_warn(os.path.dirname(path) or '.')
   else:
     FileSystems.delete([path])
 
 
-def _fsync_directory(directory: str) -> None:
-  fd = os.open(directory, os.O_RDONLY)
+def _fsync_directory_or_warn(directory: str) -> None:
+  """Makes a rename or delete in `directory` durable."""
   try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+  except OSError as e:
+    _LOG.warning('could not sync directory %s: %s', directory, e)
 
 
 def _remove_quietly(path: str) -> None:
@@ -130,7 +140,7 @@ def _remove_quietly(path: str) -> None:
     else:
       FileSystems.delete([path])
   except Exception:  # pylint: disable=broad-except
-    pass  # it was never created, or the store is gone; a temp name matches no pattern
+    pass  # never created, or already gone; a temporary name matches no pattern
 
 
 def _describe(error: BaseException) -> str:
