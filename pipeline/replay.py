@@ -34,7 +34,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 from pipeline.options import add_delivery_args, delivery_config
 from transforms.dead_letter import (
     DROP, DirectoryLock, DirectoryLocked, LetterLine, LockLost, dead_letter_files, is_local,
-    rewrite_dead_letter_file, scan_dead_letter_file)
+    remove_stale_temporary_files, rewrite_dead_letter_file, scan_dead_letter_file)
 from transforms.elements import KIND_UNDELIVERED_WINDOW
 from transforms.http_sink import DeliveryConfig, DeliveryOutcome, WindowPoster
 
@@ -233,6 +233,8 @@ def main(argv: Optional[List[str]] = None) -> int:
   replay = None
   try:
     with DirectoryLock(directory, options) as lock:
+      for path in remove_stale_temporary_files(directory):
+        _error(f'removed {path}, left by a writer that was killed (the file it was writing is intact)')
       paths = dead_letter_files(directory, KIND_UNDELIVERED_WINDOW)
       if not paths:
         print(f'replay: no undelivered windows under {directory}')

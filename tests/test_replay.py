@@ -1,7 +1,8 @@
 """`python -m pipeline.replay` against endpoints on 127.0.0.1: what it removes,
 keeps and prints, its exit statuses, and the attacks on its files: damaged
-lines, duplicated windows, Ctrl-C, SIGKILL, two replays at once, a full disk,
-and a directory on S3 (moto server)."""
+lines, duplicated windows, Ctrl-C, SIGKILL, a replay while another holds the
+lock, a full disk, and a directory on S3 (moto server). Replays started
+together are in test_replay_properties.py."""
 
 import json
 import os
@@ -17,7 +18,7 @@ from devtools.aws_emulator import FAKE_AWS_ENV, REGION, moto_server
 from pipeline import replay
 from replay_helpers import (
     BUCKET, FILE_NAME, REPO, RecordingEndpoint, buckets_on_disk, delivered_by, letter, letters_on_disk,
-    line_of, posted_by, replay_command, run_on_small_filesystem, start_replay, window_bucket, write_file)
+    line_of, replay_command, run_on_small_filesystem, start_replay, window_bucket, write_file)
 from transforms.dead_letter import LOCK_NAME, DirectoryLock, S3Lock
 from transforms.elements import KIND_UNDELIVERED_WINDOW
 
@@ -110,6 +111,20 @@ def test_replay_of_an_empty_directory_says_so_in_one_line_and_exits_0(tmp_path, 
   write_file(tmp_path, [b'{"kind": "bad_input"}\n'], name='bad_input-a.jsonl')
   assert replay.main([str(tmp_path)]) == 0
   assert capsys.readouterr().out == f'replay: no undelivered windows under {tmp_path}\n'
+
+
+def test_replay_removes_temporary_files_of_killed_writers_once_stale_and_only_then(endpoint, tmp_path, capsys):
+  receiver = endpoint()
+  write_file(tmp_path, [line_of(letter(0, receiver.url()))])
+  stale = write_file(tmp_path, [b'{"cut'], name=f'.{FILE_NAME}.0a1b2c3d.tmp')
+  os.utime(stale, (time.time() - 7200, time.time() - 7200))
+  fresh = write_file(tmp_path, [b'{"being written'], name=f'.{KIND_UNDELIVERED_WINDOW}-b.jsonl.4e5f6a7b.tmp')
+
+  assert run_replay(tmp_path) == 0
+
+  assert files_in(tmp_path) == sorted([os.path.basename(fresh), LOCK_NAME])
+  assert capsys.readouterr().err == (
+      f'removed {stale}, left by a writer that was killed (the file it was writing is intact)\n')
 
 
 # --- exit 1 ---------------------------------------------------------------------------
@@ -282,31 +297,6 @@ def test_sigkill_of_a_replay_loses_no_window_and_leaves_no_stale_lock(endpoint, 
   assert result.returncode == 0, result.stderr
   assert buckets_on_disk(tmp_path) == []
   assert set(receiver.posts_by_bucket(200)) == {window_bucket(i) for i in range(28)}
-
-
-def test_replays_started_together_post_each_window_once_and_leave_none_delivered(endpoint, tmp_path):
-  failing_buckets = {window_bucket(i) for i in (3, 17, 31)}
-  receiver = endpoint(failing=failing_buckets, delay=0.02)
-  for f in range(3):
-    write_file(tmp_path, [line_of(letter(f * 15 + i, receiver.url())) for i in range(15)],
-               name=f'{KIND_UNDELIVERED_WINDOW}-{f}.jsonl')
-  processes = [start_replay(tmp_path) for _ in range(4)]
-  results = [(p.wait(timeout=180), *(s.decode() for s in p.communicate())) for p in processes]
-
-  ran = [(code, out) for code, out, _ in results if code != 1]
-  refused = [err for code, _, err in results if code == 1]
-  for err in refused:
-    assert 'error: another replay is working on' in err
-  assert ran and all(code == 2 for code, _ in ran)
-  # Each replay that ran posted each window at most once; windows the endpoint
-  # took were posted once in all; the failing ones once by each replay.
-  for _, out in ran:
-    assert len(posted_by(out)) == len(set(posted_by(out)))
-  assert receiver.posts_by_bucket(200) == {window_bucket(i): 1 for i in range(45)
-                                          if window_bucket(i) not in failing_buckets}
-  assert receiver.posts_by_bucket(500) == {b: len(ran) for b in failing_buckets}
-  assert sorted(l['bucket_time'] for l in letters_on_disk(tmp_path)) == sorted(failing_buckets)
-  assert {l['attempts'] for l in letters_on_disk(tmp_path)} == {3 + len(ran)}
 
 
 # --- a full disk ------------------------------------------------------------------------

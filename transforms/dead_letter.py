@@ -261,6 +261,23 @@ def dead_letter_files(directory: str, kind: Optional[str] = None) -> List[str]:
   return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
 
 
+def remove_stale_temporary_files(directory: str, older_than_seconds: float = 3600.0) -> List[str]:
+  """Removes the temporary files a killed writer left (a rewrite killed before
+  its rename: the file it was replacing is intact; a pipeline bundle killed
+  before its rename: the runner writes the bundle again). A writer alive
+  renames its file within seconds, so one older than `older_than_seconds` is
+  nobody's. Returns the paths removed."""
+  if is_local(directory) and not os.path.isdir(directory):
+    return []
+  pattern = FileSystems.join(directory, f'.*{FILE_SUFFIX}.*{TEMP_SUFFIX}')
+  cutoff = time.time() - older_than_seconds
+  stale = [m.path for m in FileSystems.match([pattern])[0].metadata_list
+           if m.last_updated_in_seconds and m.last_updated_in_seconds < cutoff]
+  for path in stale:
+    _remove_quietly(path)
+  return stale
+
+
 def _open(path: str):
   return FileSystems.open(path, compression_type=UNCOMPRESSED)
 
