@@ -136,7 +136,15 @@ class Replay:
              'redacted; pass --endpoint')
       return
     self._lock.check()
-    outcome = post_letter(self._poster_for(letter), letter)
+    try:
+      outcome = post_letter(self._poster_for(letter), letter)
+    except Exception as e:  # pylint: disable=broad-except
+      # What the poster cannot even try (a body that is not encodable, a URL
+      # that does not render) is this letter's problem, not the file's.
+      self.left += 1
+      _error(f'window {letter["bucket_time"]} ({line.where}): not posted: {type(e).__name__}: {e} '
+             '(kept as it is)')
+      return
     if outcome.delivered:
       self._seen[identity] = True
       decisions[line.number] = DROP

@@ -204,6 +204,20 @@ def test_a_damaged_line_is_reported_with_file_and_line_and_kept_byte_for_byte(
       'replay: 2 window(s) delivered, 0 still undelivered, 1 damaged line(s) kept')
 
 
+def test_a_letter_the_poster_cannot_send_is_kept_and_does_not_stop_the_rest(endpoint, tmp_path, capsys):
+  receiver = endpoint()
+  unsendable = line_of(dict(letter(1, receiver.url()), body='{"10.0.0.1": 1, "\ud800": 1}'))
+  path = write_file(tmp_path, [line_of(letter(0, receiver.url())), unsendable, line_of(letter(2, receiver.url()))])
+
+  assert run_replay(tmp_path) == 2
+
+  assert open(path, 'rb').read() == unsendable
+  assert receiver.posts_by_bucket() == {window_bucket(0): 1, window_bucket(2): 1}
+  err = capsys.readouterr().err
+  assert err.startswith(f'window {window_bucket(1)} ({path}:2): not posted: UnicodeEncodeError: ')
+  assert err.endswith(' (kept as it is)\n')
+
+
 def test_a_line_over_the_length_cap_is_kept_without_being_read_whole(endpoint, tmp_path, monkeypatch, capsys):
   from transforms import dead_letter
   monkeypatch.setattr(dead_letter, 'MAX_LETTER_BYTES', 4096)
