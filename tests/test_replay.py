@@ -422,10 +422,12 @@ def test_the_s3_lock_of_a_killed_replay_is_taken_over_once_stale(moto):
   lock.acquire()
   held = s3.get_object(Bucket='dl-stale', Key='run-1/.replay.lock')['Body'].read().decode()
   assert held.startswith(f'pid {os.getpid()} on ')
-  # Its holder renews it (every stale_after / 4 s), so it never looks stale while held.
-  time.sleep(3)
+  # Its holder renews it (every stale_after / 4 = 0.5 s): 5 s later, unrenewed,
+  # it would be stale to a replay that allows 4 s (a margin over the store's
+  # one-second clock and a loaded machine's slow answers); renewed, it is not.
+  time.sleep(5)
   with pytest.raises(Exception, match='another replay is working on'):
-    S3Lock('s3://dl-stale/run-1', s3, stale_after=2).acquire()
+    S3Lock('s3://dl-stale/run-1', s3, stale_after=4).acquire()
   lock.check()
   lock.release()
 
