@@ -8,7 +8,7 @@ A sink is a PTransform applied to the PCollection[WindowCounts] that returns
 {'delivered': ..., 'dead_letters': ...} or a single PCollection.
 """
 
-from typing import NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.transforms import window
@@ -22,7 +22,15 @@ from pipeline.options import VpcFlowPeersOptions
 class PipelineOutputs(NamedTuple):
   documents: beam.PCollection  # WindowCounts, before the sink
   delivered: beam.PCollection  # what the sink returned as delivered
-  dead_letters: beam.PCollection  # every DeadLetter, in the global window
+  dead_letters_by_stage: Dict[str, beam.PCollection]  # 'Read', 'Count', 'Deliver'
+
+  def all_dead_letters(self) -> beam.PCollection:
+    """Every DeadLetter in one PCollection, in the global window (for tests:
+    the DirectRunner holds a Flatten's inputs from other stages in memory)."""
+    return [
+        letters | f'Unwindow{stage}DeadLetters' >> beam.WindowInto(window.GlobalWindows())
+        for stage, letters in self.dead_letters_by_stage.items()
+    ] | 'AllDeadLetters' >> beam.Flatten()
 
 
 def log_format_from(options: VpcFlowPeersOptions) -> LogFormat:
@@ -49,14 +57,11 @@ def build_pipeline(pipeline: beam.Pipeline, source: beam.PTransform,
       log_format=log_format_from(options),
       allowed_lateness_seconds=options.allowed_lateness)
   delivered, sink_dead = _outputs(counted['documents'] | 'Deliver' >> sink, 'delivered')
-  dead = [('Read', read_dead), ('Count', counted['dead_letters']), ('Deliver', sink_dead)]
-  # Dead letters of windowed stages are moved to the global window so that
-  # they can be flattened together (Flatten needs one windowing).
-  dead_letters = [
-      letters | f'Unwindow{stage}DeadLetters' >> beam.WindowInto(window.GlobalWindows())
-      for stage, letters in dead if letters is not None
-  ] | 'AllDeadLetters' >> beam.Flatten()
+  dead = {'Read': read_dead, 'Count': counted['dead_letters'], 'Deliver': sink_dead}
+  dead = {stage: letters for stage, letters in dead.items() if letters is not None}
   directory = dead_letter_dir or options.dead_letter_dir
   if directory:
-    dead_letters | 'WriteDeadLetters' >> WriteDeadLetters(directory)
-  return PipelineOutputs(counted['documents'], delivered, dead_letters)
+    # Each stage writes its own, in the stage itself: the DirectRunner would
+    # hold the inputs of a Flatten across stages in memory until all had run.
+    dead | 'WriteDeadLetters' >> WriteDeadLetters(directory)
+  return PipelineOutputs(counted['documents'], delivered, dead)

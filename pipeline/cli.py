@@ -328,4 +328,6 @@ def main(argv: Optional[List[str]] = None) -> int:
   finally:
     step_failures.removeFilter(_AWS_STEP_FAILURES)
   print(summary.render())
+  if summary.dead_letters_unwritten:
+    return EXIT_FAILURE
   return EXIT_WINDOWS_DEAD_LETTERED if summary.windows_dead_lettered else EXIT_OK

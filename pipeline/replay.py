@@ -1,89 +1,270 @@
 """`python -m pipeline.replay DIR`: posts again the windows the endpoint did not
-take, from the dead letters under DIR.
+take, from the dead letters under DIR (a local directory or s3://bucket/prefix).
 
 Each undelivered window is posted with the headers it had (window start and end,
 pane, Idempotency-Key), the token from the same environment variable, and the
 same retry policy. Delivered ones are removed from their dead-letter file (a
-file left empty is deleted); the rest stay for the next replay.
+file left empty is deleted); the rest stay, with their attempt counts, for the
+next replay. A file is only ever replaced whole (written beside it, then
+renamed), so an interrupted or killed replay leaves every window it did not
+deliver on disk. A damaged line is reported, skipped and kept as it is. A
+window seen twice (a duplicated line) is posted once. One replay at a time
+works on a directory (DIR/.replay.lock); another one started meanwhile says so
+and exits 1.
 
 Exit status: 0 when every window was delivered (or there was none), 2 when some
-are still undelivered, 1 on failure.
+are still undelivered or a damaged line was kept, 1 on failure (the directory
+is locked by another replay, a file could not be read or rewritten), 130 when
+interrupted.
 """
 
 import argparse
+import hashlib
+import json
 import logging
 import os
+import signal
 import sys
-from typing import List, Optional
+import threading
+from typing import Dict, List, Optional
 
-from transforms.dead_letter import read_dead_letters, rewrite_dead_letters
-from transforms.elements import KIND_UNDELIVERED_WINDOW
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, S3Options
+
 from pipeline.options import add_delivery_args, delivery_config
-from transforms.http_sink import DeliveryConfig, WindowPoster
+from transforms.dead_letter import (
+    DROP, DirectoryLock, DirectoryLocked, LetterLine, LockLost, dead_letter_files, is_local,
+    remove_stale_temporary_files, rewrite_dead_letter_file, scan_dead_letter_file)
+from transforms.elements import KIND_UNDELIVERED_WINDOW
+from transforms.http_sink import DeliveryConfig, DeliveryOutcome, WindowPoster
 
 _LOG = logging.getLogger('pipeline.replay')
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_WINDOWS_LEFT = 2
+EXIT_INTERRUPTED = 130
+
+# What a replay changes in a letter; the rest of it is the window's identity.
+_UPDATED_KEYS = ('attempts', 'last_status', 'last_error')
+_REQUIRED_KEYS = (('bucket_time', int), ('window_end', int), ('body', str), ('url', str))
+_OPTIONAL_KEYS = (('pane_index', int), ('pane_timing', str), ('attempts', int),
+                  ('url_redacted', bool))
 
 
 def template_from_url(url: str, bucket_time: int) -> str:
   return url.replace(str(bucket_time), '{bucket_time}')
 
 
-def replay(directory: str, endpoint: Optional[str], config: DeliveryConfig) -> tuple:
-  """Replays every undelivered window under `directory`; returns (delivered, left)."""
-  by_file = {}
-  for path, letter in read_dead_letters(directory, KIND_UNDELIVERED_WINDOW):
-    by_file.setdefault(path, []).append(letter)
-  delivered = left = 0
-  posters = {}
-  for path, letters in by_file.items():
-    remaining = []
-    for letter in letters:
-      if letter.get('url_redacted') and not endpoint:
-        _LOG.error('window %s: its URL held secrets and was redacted; pass --endpoint', letter['bucket_time'])
-        remaining.append(letter)
-        continue
-      template = endpoint or template_from_url(letter['url'], letter['bucket_time'])
-      poster = posters.get(template)
-      if poster is None:
-        poster = posters[template] = WindowPoster(config._replace(endpoint_template=template))
-        poster.open()
-      outcome = poster.post_body(letter['bucket_time'], letter['window_end'],
-                                 letter['body'].encode('utf-8'), letter.get('pane_index', 0),
-                                 letter.get('pane_timing', 'ON_TIME'))
-      if outcome.delivered:
-        delivered += 1
-        print(f'delivered window {letter["bucket_time"]} to {outcome.url}')
-      else:
-        letter['attempts'] = letter.get('attempts', 0) + outcome.attempts
-        letter['last_status'], letter['last_error'] = outcome.status, outcome.error
-        remaining.append(letter)
-        print(f'still undelivered: window {letter["bucket_time"]}: '
-              f'{outcome.error or "HTTP %s" % outcome.status}')
-    left += len(remaining)
-    rewrite_dead_letters(path, remaining)
-  for poster in posters.values():
-    poster.close()
-  return delivered, left
+def shape_problem(letter: dict) -> Optional[str]:
+  """What makes a parsed line not an undelivered window replay can post, or None."""
+  if letter.get('kind') != KIND_UNDELIVERED_WINDOW:
+    return f'not an undelivered window (kind {letter.get("kind")!r})'
+  for key, kind in _REQUIRED_KEYS + _OPTIONAL_KEYS:
+    value = letter.get(key)
+    if value is None and (key, kind) in _OPTIONAL_KEYS:
+      continue
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+      return f'"{key}" is missing or not a {kind.__name__}'
+  return None
+
+
+def window_identity(letter: dict) -> bytes:
+  """The same for two copies of one window's letter, whatever replays did to them."""
+  fixed = {k: v for k, v in letter.items() if k not in _UPDATED_KEYS + ('reason',)}
+  return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode('utf-8')).digest()
+
+
+def post_letter(poster: WindowPoster, letter: dict) -> DeliveryOutcome:
+  """Posts one undelivered window as the pipeline posted it."""
+  return poster.post_body(letter['bucket_time'], letter['window_end'],
+                          letter['body'].encode('utf-8'), letter.get('pane_index', 0),
+                          letter.get('pane_timing', 'ON_TIME'))
+
+
+class Replay:
+  """One replay of a directory: each file is read line by line, each window on
+  it posted at most once, and the file rewritten once with what is left."""
+  def __init__(self, endpoint: Optional[str], config: DeliveryConfig, lock: DirectoryLock):
+    self._endpoint = endpoint
+    self._config = config
+    self._lock = lock
+    self._posters: Dict[str, WindowPoster] = {}
+    self._seen: Dict[bytes, bool] = {}  # window identity -> delivered
+    self.delivered = self.left = self.damaged = 0
+    self.failures: List[str] = []
+
+  def run(self, paths: List[str]) -> None:
+    try:
+      for path in paths:
+        self._replay_file(path)
+    finally:
+      for poster in self._posters.values():
+        poster.close()
+
+  def _replay_file(self, path: str) -> None:
+    decisions: Dict[int, Optional[dict]] = {}
+    try:
+      for line in scan_dead_letter_file(path):
+        self._consider(line, decisions)
+    except (LockLost, KeyboardInterrupt):
+      self._rewrite(path, decisions)
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      self.failures.append(f'could not read all of {path}: {e}')
+      _error(self.failures[-1])
+    self._rewrite(path, decisions)
+
+  def _consider(self, line: LetterLine, decisions: Dict[int, Optional[dict]]) -> None:
+    letter = line.letter
+    problem = line.problem or shape_problem(letter)
+    if problem:
+      self.damaged += 1
+      _error(f'damaged line {line.where}: {problem} (kept as it is)')
+      return
+    identity = window_identity(letter)
+    if identity in self._seen:
+      # A copy of a window posted earlier in this replay: posting it again would
+      # post it twice; it goes if that one was delivered, else it stays as it is.
+      if self._seen[identity]:
+        decisions[line.number] = DROP
+      return
+    self._seen[identity] = False
+    if letter.get('url_redacted') and not self._endpoint:
+      self.left += 1
+      _error(f'window {letter["bucket_time"]} ({line.where}): its URL held secrets and was '
+             'redacted; pass --endpoint')
+      return
+    self._lock.check()
+    try:
+      outcome = post_letter(self._poster_for(letter), letter)
+    except Exception as e:  # pylint: disable=broad-except
+      # What the poster cannot even try (a body that is not encodable, a URL
+      # that does not render) is this letter's problem, not the file's.
+      self.left += 1
+      _error(f'window {letter["bucket_time"]} ({line.where}): not posted: {type(e).__name__}: {e} '
+             '(kept as it is)')
+      return
+    if outcome.delivered:
+      self._seen[identity] = True
+      decisions[line.number] = DROP
+      self.delivered += 1
+      print(f'delivered window {letter["bucket_time"]} to {outcome.url}', flush=True)
+    else:
+      decisions[line.number] = {'attempts': letter.get('attempts', 0) + outcome.attempts,
+                                'last_status': outcome.status, 'last_error': outcome.error}
+      self.left += 1
+      print(f'still undelivered: window {letter["bucket_time"]}: '
+            f'{outcome.error or "HTTP %s" % outcome.status}', flush=True)
+
+  def _poster_for(self, letter: dict) -> WindowPoster:
+    template = self._endpoint or template_from_url(letter['url'], letter['bucket_time'])
+    poster = self._posters.get(template)
+    if poster is None:
+      poster = self._posters[template] = WindowPoster(self._config._replace(endpoint_template=template))
+      poster.open()
+    return poster
+
+  def _rewrite(self, path: str, decisions: Dict[int, Optional[dict]]) -> None:
+    try:
+      rewrite_dead_letter_file(path, decisions)
+    except Exception as e:  # pylint: disable=broad-except
+      delivered_here = sum(1 for d in decisions.values() if d is DROP)
+      self.failures.append(
+          f'{e}; the file is as it was: its {delivered_here} delivered window(s) stay in it '
+          '(the next replay posts them again, with the same Idempotency-Key)')
+      _error(self.failures[-1])
+
+  def summary(self) -> str:
+    text = f'replay: {self.delivered} window(s) delivered, {self.left} still undelivered'
+    if self.damaged:
+      text += f', {self.damaged} damaged line(s) kept'
+    if self.failures:
+      text += f', {len(self.failures)} file(s) failed'
+    return text
+
+  def exit_status(self) -> int:
+    if self.failures:
+      return EXIT_FAILURE
+    return EXIT_WINDOWS_LEFT if self.left or self.damaged else EXIT_OK
+
+
+def _error(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+  raise KeyboardInterrupt
+
+
+def s3_options(args) -> PipelineOptions:
+  """Beam's S3 options from replay's --s3_* flags (endpoint, region, keys)."""
+  return PipelineOptions([], **{k: v for k, v in vars(args).items() if k.startswith('s3_')})
+
+
+class _UsageError(Exception):
+  pass
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+  """A mistake on the command line is one line and exit 1 (argparse: usage, 2,
+  which is replay's "windows left")."""
+  def error(self, message):
+    raise _UsageError(message)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser = _ArgumentParser(
+      prog='python -m pipeline.replay', description=__doc__.split('\n\n')[0], allow_abbrev=False)
   parser.add_argument('directory', help='the --dead_letter_dir of the run')
   parser.add_argument('--endpoint', help='URL template to post to instead of the recorded URL')
   add_delivery_args(parser)
-  args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.WARNING)
-  if '://' not in args.directory and not os.path.isdir(args.directory):
-    print(f'error: no such directory: {args.directory}', file=sys.stderr)
-    return 1
-  config = delivery_config(args, args.endpoint or 'http://unused/{bucket_time}')
+  S3Options._add_argparse_args(parser)  # pylint: disable=protected-access
   try:
-    delivered, left = replay(args.directory, args.endpoint, config)
-  except Exception:  # pylint: disable=broad-except
-    _LOG.exception('replay failed')
-    return 1
-  print(f'replay: {delivered} window(s) delivered, {left} still undelivered')
-  return 2 if left else 0
+    args = parser.parse_args(argv)
+  except _UsageError as e:
+    _error(f'error: {e}')
+    return EXIT_FAILURE
+  logging.basicConfig(level=logging.WARNING)
+  directory = args.directory.rstrip('/') or '/'
+  if is_local(directory) and not os.path.isdir(directory):
+    if os.path.exists(directory):
+      _error(f'error: not a directory: {directory}')
+      return EXIT_FAILURE
+    print(f'replay: no dead letters: {directory} does not exist')
+    return EXIT_OK
+  options = s3_options(args)
+  FileSystems.set_options(options)  # S3: before listing s3:// (input branch: configure_filesystems)
+  config = delivery_config(args, args.endpoint or 'http://unused/{bucket_time}')
+  in_main_thread = threading.current_thread() is threading.main_thread()
+  previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if in_main_thread else None
+  replay = None
+  try:
+    with DirectoryLock(directory, options) as lock:
+      for path in remove_stale_temporary_files(directory):
+        _error(f'removed {path}, left by a writer that was killed (the file it was writing is intact)')
+      paths = dead_letter_files(directory, KIND_UNDELIVERED_WINDOW)
+      if not paths:
+        print(f'replay: no undelivered windows under {directory}')
+        return EXIT_OK
+      replay = Replay(args.endpoint, config, lock)
+      replay.run(paths)
+  except KeyboardInterrupt:
+    print(f'interrupted: {replay.summary() if replay else "nothing replayed"}; every window '
+          'not delivered is still in the dead letters')
+    return EXIT_INTERRUPTED
+  except (DirectoryLocked, LockLost) as e:
+    _error(f'error: {e}')
+    return EXIT_FAILURE
+  except Exception as e:  # pylint: disable=broad-except
+    _LOG.debug('replay failed', exc_info=True)
+    _error(f'error: replay of {directory} failed: {e}')
+    return EXIT_FAILURE
+  finally:
+    if in_main_thread:
+      signal.signal(signal.SIGTERM, previous_sigterm)
+  print(replay.summary())
+  return replay.exit_status()
 
 
 if __name__ == '__main__':

@@ -24,6 +24,8 @@ class RunSummary(NamedTuple):
   windows_dead_lettered: int
   dead_letters_written: int
   dead_letter_dir: str
+  dead_letters_unwritten: int = 0  # a write failed (full disk): each is in the log
+
 
   def render(self) -> str:
     return '\n'.join([
@@ -39,7 +41,9 @@ class RunSummary(NamedTuple):
         f'  windows delivered:      {self.windows_delivered}',
         f'  windows dead-lettered:  {self.windows_dead_lettered}',
         f'  dead letters:           {self.dead_letters_written} written under {self.dead_letter_dir}',
-    ])
+    ] + ([f'  dead letters NOT written: {self.dead_letters_unwritten} (the write failed; '
+          'undelivered windows are in the log as "dead letter not written")']
+         if self.dead_letters_unwritten else []))
 
 
 def counter_values(result) -> dict:
@@ -69,4 +73,5 @@ def summarize(result, dead_letter_dir: str) -> RunSummary:
       late_pairs=get('late_pairs'),
       windows_delivered=get('windows_delivered'),
       windows_dead_lettered=get('windows_dead_lettered'),
-      dead_letters_written=get('dead_letters_written'), dead_letter_dir=dead_letter_dir)
+      dead_letters_written=get('dead_letters_written'), dead_letter_dir=dead_letter_dir,
+      dead_letters_unwritten=get('dead_letters_unwritten'))

@@ -297,7 +297,7 @@ def test_build_pipeline_with_a_recording_sink(tmp_path):
     assert_that(outputs.delivered, equal_to([
         window(W0, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.3': 1}),
         window(W1, {'10.0.0.1': 1, '2001:db8::5': 1})]), label='CheckDelivered')
-    assert_that(outputs.dead_letters, equal_to([
+    assert_that(outputs.all_dead_letters(), equal_to([
         DeadLetter(KIND_BAD_INPUT, 'Kinesis record data is not gzip', 'shard-0/3', {'raw': 'not gzip'}),
         bad_line('expected 14 fields, found 4', 'shard-0/1 logEvents[3]', 'not a flow line'),
     ]), label='CheckDeadLetters')
@@ -320,7 +320,7 @@ def test_build_pipeline_reads_records_in_the_log_format_option(tmp_path):
                              dead_letter_dir=str(tmp_path))
     assert_that(outputs.documents, equal_to([
         window(W0, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.3': 1}, seconds=60)]), label='CheckDocuments')
-    assert_that(outputs.dead_letters | beam.Map(lambda d: (d.reason, d.origin)), equal_to([
+    assert_that(outputs.all_dead_letters() | beam.Map(lambda d: (d.reason, d.origin)), equal_to([
         ('expected 4 fields, found 14', 'shard-0/1 logEvents[2]')]), label='CheckDeadLetters')
 
 

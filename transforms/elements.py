@@ -9,6 +9,7 @@ flows through them, so that the flow reads from one file:
 """
 
 import base64
+import codecs
 import json
 from typing import Dict, NamedTuple, Optional, Tuple, Union
 
@@ -96,7 +97,9 @@ def cut_raw(raw: Union[bytes, str, None]) -> dict:
   if isinstance(raw, (bytes, bytearray)):
     raw = bytes(raw)
     try:
-      text = raw[:MAX_RAW_CHARS].decode('utf-8')
+      # The cut may split a character: the incomplete end is dropped, so text
+      # stays text; bytes that are not UTF-8 anywhere else go as base64.
+      text = codecs.getincrementaldecoder('utf-8')().decode(raw[:MAX_RAW_CHARS], final=len(raw) <= MAX_RAW_CHARS)
       out = {'raw': text}
     except UnicodeDecodeError:
       out = {'raw_base64': base64.b64encode(raw[:MAX_RAW_CHARS * 3 // 4]).decode()}
