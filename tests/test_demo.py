@@ -25,7 +25,7 @@ def reference_answer(lines):
 def test_demo_delivers_the_exact_answer(tmp_path, capsys):
   assert demo.main(['--dir', str(tmp_path), '--lines', '3000', '--start', str(START)]) == 0
   expected = reference_answer(SampleVpc().flow_lines(3000, START))
-  assert report.load_windows(str(tmp_path / 'received')) == expected
+  assert report.load_windows(str(tmp_path / demo.STORE)) == expected
   output = capsys.readouterr().out
   assert 'windows delivered:      6' in output
   assert f'window {START} (2023-11-14 22:20 UTC): {len(expected[START])} addresses' in output
