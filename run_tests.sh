@@ -10,4 +10,6 @@ source tools/ensure_venv.sh
 mkdir -p out
 deploy/prism/build-prism.sh >out/build-prism.log 2>&1 &
 deploy/flink/build-job-server.sh >out/build-job-server.log 2>&1 &
+# The viewer's page is tested in a real headless Chromium (Debian's package).
+tools/ensure_chromium.sh
 exec .venv/bin/python -m pytest -q "$@" tests
