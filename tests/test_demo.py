@@ -1,12 +1,21 @@
 """The demo (`./run_local.sh` with no arguments) runs the production path end to
-end, and what its receiver gets is the exact answer for the flows it wrote."""
+end, and what its receiver gets is the exact answer for the flows it wrote;
+`./run_local.sh --view` then keeps the viewer up until Ctrl-C."""
 
+import os
+import re
+import signal
+import subprocess
+import time
 from collections import defaultdict
+
+import requests
 
 from devtools import demo, report
 from devtools.sample_data import SampleVpc
 
 START = 1700000400
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def reference_answer(lines):
@@ -29,3 +38,32 @@ def test_demo_delivers_the_exact_answer(tmp_path, capsys):
   output = capsys.readouterr().out
   assert 'windows delivered:      6' in output
   assert f'window {START} (2023-11-14 22:20 UTC): {len(expected[START])} addresses' in output
+
+
+def test_run_local_view_keeps_the_viewer_up_until_ctrl_c(tmp_path):
+  """`./run_local.sh --view`: the demo, then the viewer at the URL it prints,
+  serving the demo's windows, until SIGINT (Ctrl-C) ends it with status 0."""
+  process = subprocess.Popen(
+      [os.path.join(REPO, 'run_local.sh'), '--view', '--lines', '3000', '--start', str(START)],
+      cwd=REPO, env={**os.environ, 'DEMO_DIR': str(tmp_path)}, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)
+  try:
+    url = None
+    deadline = time.monotonic() + 300
+    for line in process.stdout:
+      match = re.match(r'== the viewer: (http://127\.0\.0\.1:\d+/) ', line)
+      if match:
+        url = match.group(1)
+        break
+      assert time.monotonic() < deadline, 'the demo took too long'
+    assert url, process.stderr.read()[-3000:]
+    windows = requests.get(url + 'api/windows', timeout=30).json()['windows']
+    assert [w['start'] for w in windows] == [START + 600 * i for i in range(6)]
+    assert requests.get(url, timeout=30).status_code == 200
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 0
+    assert 'stopped the viewer' in process.stderr.read()
+  finally:
+    if process.poll() is None:
+      process.kill()
+      process.wait()

@@ -125,6 +125,17 @@ def test_windows_give_each_window_and_its_jump_count(loaded):
   assert [w['jumps'] for w in get(loaded, '/api/windows?min_count=30')['windows']] == [0, 0, 0, 1, 1, 0]
 
 
+def test_answers_follow_each_new_document(loaded):
+  before = get(loaded, '/api/windows')
+  assert get(loaded, '/api/windows') == before
+  send(loaded, contract_post(W + 3600, {X: 3, Y: 100}))
+  after = get(loaded, '/api/windows')['windows']
+  assert [(w['start'], w['max_peers'], w['jumps']) for w in after[-2:]] == [(W + 3000, 49, 0),
+                                                                           (W + 3600, 100, 0)]
+  send(loaded, contract_post(W + 3600, {X: 3, Y: 100, Z: 90}, pane=1))
+  assert get(loaded, '/api/windows')['windows'][-1]['jumps'] == 1
+
+
 def test_groups_list_every_group_with_its_windows(loaded):
   assert get(loaded, '/api/groups') == {'groups': [
       {'group': '', 'pairs': [], 'windows': 6, 'first': W, 'last': W + 3000},

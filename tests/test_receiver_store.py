@@ -279,3 +279,8 @@ def test_store_jumps_are_the_rule_on_each_series(tmp_path, history):
       for i in series_jumps([counts.get(address, 0) for counts in data], rule, 2))
   assert sorted((j['window_start'], j['address']) for j in store.jumps(rule, limit=10_000)[0]) == expected_2
   store.close()
+  # Reopened without one (the report, a restart with no flag), it keeps its own.
+  store = Store(str(tmp_path / 'store.sqlite'))
+  assert store.history == 2
+  assert sorted((j['window_start'], j['address']) for j in store.jumps(rule, limit=10_000)[0]) == expected_2
+  store.close()

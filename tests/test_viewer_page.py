@@ -2,8 +2,8 @@
 the pipeline runs on the sample data into the receiver, and the page shows its
 windows, lists and highlights the scanner's fan-out jump (and exactly the jumps
 the rule gives on the exact answer), draws the chart of an address when one is
-chosen, follows a changed rule, and leaves a screenshot under out/ that is
-checked not to be blank."""
+chosen, follows a changed rule, lets a group be chosen, and leaves a
+screenshot under out/ that is checked not to be blank."""
 
 import os
 from collections import defaultdict
@@ -19,6 +19,7 @@ from devtools.receiver import Receiver
 from devtools.sample_data import DEFAULT_START, SCANNER, SampleVpc, write_sample
 from devtools.viewer.jumps import JumpRule, series_jumps
 from pipeline.cli import main
+from receiver_posts import contract_post, send
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCREENSHOT = os.path.join(REPO, 'out', 'viewer', 'viewer.png')
@@ -169,3 +170,30 @@ def test_a_stricter_rule_clears_the_jumps(viewer, page):
   assert page.find_element(By.ID, 'jumps-summary').text.startswith('none: at least ')
   assert script(page, 'return document.querySelectorAll("#timeline circle.jump-mark").length') == 0
   assert page.find_element(By.ID, 'status').text == ''
+
+
+def test_groups_are_selectable(tmp_path, page):
+  """With grouping, a menu chooses the group, and the windows, jumps and top
+  talkers follow it (POSTs built to the contract, as grouped runs send them)."""
+  account1 = (('account-id', '111122223333'), ('vpc-id', 'vpc-0a1b'))
+  account2 = (('account-id', '444455556666'), ('vpc-id', 'vpc-9f9f'))
+  with Receiver(store=str(tmp_path / 'store.sqlite')) as receiver:
+    for i, start in enumerate(WINDOWS):
+      send(receiver, contract_post(start, {'10.0.0.5': 40 if i == 4 else 2, '10.0.0.6': 9}, group=account1))
+    for start in WINDOWS[:3]:
+      send(receiver, contract_post(start, {'10.0.0.5': 7}, group=account2))
+    page.get(receiver.viewer_url())
+    wait(page, idle, 'the first view')
+    menu = page.find_element(By.ID, 'group')
+    assert page.find_element(By.ID, 'group-label').is_displayed()
+    assert [o.text for o in menu.find_elements(By.TAG_NAME, 'option')] == [
+        'account-id=111122223333 vpc-id=vpc-0a1b', 'account-id=444455556666 vpc-id=vpc-9f9f']
+    assert [(int(r['window']), r['address']) for r in rows(page, 'jumps')] == [(WINDOWS[4], '10.0.0.5')]
+    assert len(page.find_elements(By.CSS_SELECTOR, '#timeline rect.window-bar')) == 6
+
+    menu.find_elements(By.TAG_NAME, 'option')[1].click()
+    wait(page, lambda d: idle(d) and len(d.find_elements(By.CSS_SELECTOR, '#timeline rect.window-bar')) == 3,
+         "the second group's windows")
+    assert rows(page, 'jumps') == []
+    assert [(r['address'], r['cells'][2]) for r in rows(page, 'top')] == [('10.0.0.5', '7')]
+    assert 'group=account-id%3D444455556666%26vpc-id%3Dvpc-9f9f' in page.current_url

@@ -15,11 +15,13 @@ Each of windows, top, series and jumps takes `ratio` and `min_count` to override
 the rule's defaults.
 """
 
+import collections
 import datetime
 import math
 import os
+import threading
 import urllib.parse
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import orjson
 
@@ -31,6 +33,7 @@ STATIC_TYPES = {'.html': 'text/html; charset=utf-8', '.js': 'text/javascript; ch
                 '.css': 'text/css; charset=utf-8', '.svg': 'image/svg+xml'}
 MAX_TOP = 1000
 MAX_JUMPS = 10_000
+CACHE_BYTES = 32 * 2**20
 
 
 class Answer(NamedTuple):
@@ -59,6 +62,11 @@ class Api:
     self._routes: Dict[str, Callable[[Dict[str, str]], Answer]] = {
         '/api/rule': self.rule_info, '/api/groups': self.groups, '/api/windows': self.windows,
         '/api/top': self.top, '/api/series': self.series, '/api/jumps': self.jumps}
+    # Answers by request, while the store is unchanged: windows arrive every
+    # few minutes, the page and an alerting system ask the same again and again.
+    self._cache: 'collections.OrderedDict[str, Tuple[int, Answer]]' = collections.OrderedDict()
+    self._cache_bytes = 0
+    self._cache_lock = threading.Lock()
 
   def answer(self, target: str) -> Answer:
     """The answer to `GET target` (a path with its query string)."""
@@ -75,10 +83,37 @@ class Api:
       query = dict(urllib.parse.parse_qsl(split.query, keep_blank_values=True))
     except ValueError:
       return error(400, 'the query string is not valid')
+    version = self.store.version
+    cached = self._cached(target, version)
+    if cached is not None:
+      return cached
     try:
-      return route(query)
+      answer = route(query)
     except BadRequest as e:
       return error(400, str(e))
+    self._remember(target, version, answer)
+    return answer
+
+  def _cached(self, target: str, version: int) -> Optional[Answer]:
+    with self._cache_lock:
+      entry = self._cache.get(target)
+      if entry is None or entry[0] != version:
+        return None
+      self._cache.move_to_end(target)
+      return entry[1]
+
+  def _remember(self, target: str, version: int, answer: Answer):
+    if answer.status != 200 or len(answer.body) > CACHE_BYTES // 8:
+      return
+    with self._cache_lock:
+      old = self._cache.pop(target, None)
+      if old is not None:
+        self._cache_bytes -= len(old[1].body)
+      self._cache[target] = (version, answer)
+      self._cache_bytes += len(answer.body)
+      while self._cache_bytes > CACHE_BYTES:
+        _, (_, dropped) = self._cache.popitem(last=False)
+        self._cache_bytes -= len(dropped.body)
 
   def rule_of(self, query: Dict[str, str]) -> JumpRule:
     ratio = _number(query, 'ratio', self.rule.ratio, float)

@@ -14,13 +14,16 @@ changes), so that the top talkers of a window, an address's series and the
 jumps for any ratio and minimum are index range scans.
 """
 
+import collections
+import itertools
 import queue
 import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
+import numpy as np
 import orjson
 
 from devtools.viewer import jumps as jump_rule
@@ -70,31 +73,64 @@ CREATE TABLE IF NOT EXISTS counts (
   baseline REAL,  -- jumps.baseline of the address here; NULL in a group's first window
   PRIMARY KEY (window_id, address_id)
 ) WITHOUT ROWID;
--- top talkers of a window, and jumps (peers >= min AND peers >= ratio * baseline)
+-- top talkers of a window, and jumps (peers >= min AND peers >= ratio * baseline);
+-- an address's series is one primary-key lookup a window
 CREATE INDEX IF NOT EXISTS counts_by_peers ON counts (window_id, peers, baseline);
--- an address's series
-CREATE INDEX IF NOT EXISTS counts_by_address ON counts (address_id, window_id);
 '''
+
+
+class WindowCounts(NamedTuple):
+  """One window's counts as arrays, by address id (ascending)."""
+  ids: np.ndarray
+  peers: np.ndarray
+
+  @classmethod
+  def of(cls, rows: List[Tuple[int, int]]) -> 'WindowCounts':
+    table = np.array(rows, dtype=np.int64).reshape(-1, 2)
+    table = table[np.argsort(table[:, 0], kind='stable')]
+    return cls(table[:, 0], table[:, 1].astype(np.float64))
+
+
+def baselines(window: WindowCounts, previous: List[WindowCounts]) -> Optional[np.ndarray]:
+  """`jumps.baseline` of each address of `window` (in its order) over the
+  `previous` windows, or None when there are none: the same median as
+  jumps.median, over arrays instead of a Python loop per address."""
+  if not previous:
+    return None
+  matrix = np.zeros((len(previous), len(window.ids)))
+  for row, earlier in zip(matrix, previous):
+    if not len(earlier.ids):  # pylint: disable=len-as-condition
+      continue
+    at = np.minimum(np.searchsorted(earlier.ids, window.ids), len(earlier.ids) - 1)
+    present = earlier.ids[at] == window.ids
+    row[present] = earlier.peers[at[present]]
+  return np.median(matrix, axis=0)
 
 
 class Store:
   """The SQLite file at `path` (created if missing, reopened as it was).
 
-  `history`: how many previous windows a jump baseline looks at; reopening a
-  store with another history recomputes every baseline."""
-  def __init__(self, path: str, history: int = jump_rule.DEFAULT_HISTORY, readers: int = 4):
-    if history < 1:
+  `history`: how many previous windows a jump baseline looks at (None: the
+  store's own, jumps.DEFAULT_HISTORY for a new one); reopening a store with
+  another history recomputes every baseline."""
+  def __init__(self, path: str, history: Optional[int] = None, readers: int = 4):
+    if history is not None and history < 1:
       raise ValueError('history must be at least 1 window')
     self.path = path
-    self.history = history
+    self.history = history or jump_rule.DEFAULT_HISTORY
+    # Counts the documents applied by this process: answers computed from the
+    # store stay good while it is unchanged (one receiver writes a store).
+    self.version = 0
+    self._version_lock = threading.Lock()
     self._write_lock = threading.Lock()
+    self._recent: 'collections.OrderedDict[int, WindowCounts]' = collections.OrderedDict()
     self._writer = self._connect()
     self._writer.executescript(SCHEMA)
     self._writer.execute('CREATE TEMP TABLE incoming (address TEXT NOT NULL, peers INTEGER NOT NULL)')
     self._readers: 'queue.Queue[sqlite3.Connection]' = queue.Queue()
     for _ in range(readers):
       self._readers.put(self._connect())
-    self._check_history()
+    self._check_history(history)
 
   def _connect(self) -> sqlite3.Connection:
     connection = sqlite3.connect(self.path, timeout=30, check_same_thread=False,
@@ -119,6 +155,7 @@ class Store:
         yield self._writer
       except BaseException:
         self._writer.execute('ROLLBACK')
+        self._recent.clear()  # it may hold counts that were rolled back
         raise
       self._writer.execute('COMMIT')
 
@@ -136,32 +173,39 @@ class Store:
     """Stores one POSTed part; returns ledger.APPLIED, WAITING, DUPLICATE or
     STALE, or raises PostError (422) as ledger.MemoryLedger does."""
     with self._transaction() as db:
-      row = db.execute('SELECT digest FROM parts WHERE key = ?', (part.key,)).fetchone()
-      if row is not None:
-        if row[0] != part.digest:
-          raise conflict(f'Idempotency-Key {part.key!r} was already used for another body')
-        return DUPLICATE
-      pane_rows = db.execute(
-          'SELECT part_index, part_count, body FROM parts WHERE group_key = ? AND window_start = ? '
-          'AND pane = ?', (part.group, part.window_start, part.pane_index)).fetchall()
-      check_pane(part, [(index, count) for index, count, _ in pane_rows])
-      applied = db.execute(
-          'SELECT w.pane FROM windows w JOIN groups g ON g.id = w.group_id '
-          'WHERE g.key = ? AND w.start = ?', (part.group, part.window_start)).fetchone()
-      waiting = [body for _, _, body in pane_rows if body is not None]
-      if applied is not None and part.pane_index <= applied[0]:
-        self._insert_part(db, part, None)
-        return STALE
-      if len(waiting) + 1 < part.part_count:
-        self._insert_part(db, part, _body_of(part))
-        return WAITING
-      others = [_part_of(part, index, body) for index, _, body in pane_rows]
-      counts = merged_counts(sorted([*others, part], key=lambda p: p.part_index))
+      outcome = self._add(db, part)
+    if outcome == APPLIED:
+      with self._version_lock:
+        self.version += 1
+    return outcome
+
+  def _add(self, db: sqlite3.Connection, part: Part) -> str:
+    row = db.execute('SELECT digest FROM parts WHERE key = ?', (part.key,)).fetchone()
+    if row is not None:
+      if row[0] != part.digest:
+        raise conflict(f'Idempotency-Key {part.key!r} was already used for another body')
+      return DUPLICATE
+    pane_rows = db.execute(
+        'SELECT part_index, part_count, body FROM parts WHERE group_key = ? AND window_start = ? '
+        'AND pane = ?', (part.group, part.window_start, part.pane_index)).fetchall()
+    check_pane(part, [(index, count) for index, count, _ in pane_rows])
+    applied = db.execute(
+        'SELECT w.pane FROM windows w JOIN groups g ON g.id = w.group_id '
+        'WHERE g.key = ? AND w.start = ?', (part.group, part.window_start)).fetchone()
+    waiting = [body for _, _, body in pane_rows if body is not None]
+    if applied is not None and part.pane_index <= applied[0]:
       self._insert_part(db, part, None)
-      db.execute('UPDATE parts SET body = NULL WHERE group_key = ? AND window_start = ? AND pane <= ? '
-                 'AND body IS NOT NULL', (part.group, part.window_start, part.pane_index))
-      self._apply(db, part, counts)
-      return APPLIED
+      return STALE
+    if len(waiting) + 1 < part.part_count:
+      self._insert_part(db, part, _body_of(part))
+      return WAITING
+    others = [_part_of(part, index, body) for index, _, body in pane_rows]
+    counts = merged_counts(sorted([*others, part], key=lambda p: p.part_index))
+    self._insert_part(db, part, None)
+    db.execute('UPDATE parts SET body = NULL WHERE group_key = ? AND window_start = ? AND pane <= ? '
+               'AND body IS NOT NULL', (part.group, part.window_start, part.pane_index))
+    self._apply(db, part, counts)
+    return APPLIED
 
   @staticmethod
   def _insert_part(db: sqlite3.Connection, part: Part, body: Optional[bytes]):
@@ -192,46 +236,60 @@ class Store:
     db.executemany('INSERT INTO incoming VALUES (?, ?)', counts.items())
     db.execute('INSERT OR IGNORE INTO addresses (address) SELECT address FROM incoming')
     rows = db.execute('SELECT a.id, i.peers FROM incoming i JOIN addresses a ON a.address = i.address')
-    self._write_counts(db, window_id, group_id, part.window_start, rows.fetchall(), insert=True)
+    window = WindowCounts.of(rows.fetchall())
     db.execute('DELETE FROM incoming')
+    self._remember(window_id, window)
+    self._write_counts(db, window_id, group_id, part.window_start, window, insert=True)
     # The windows after this one look back at it.
     later = db.execute('SELECT id, start FROM windows WHERE group_id = ? AND start > ? '
                        'ORDER BY start LIMIT ?', (group_id, part.window_start, self.history))
     for later_id, later_start in later.fetchall():
-      self._recompute_baselines(db, later_id, group_id, later_start)
+      self._write_counts(db, later_id, group_id, later_start, self._counts_of(db, later_id),
+                         insert=False)
 
-  def _previous_counts(self, db, group_id: int, start: int) -> List[Dict[int, int]]:
+  def _write_counts(self, db, window_id: int, group_id: int, start: int, window: 'WindowCounts',
+                    insert: bool):
+    """Writes the window's counts (or only their baselines) with the baselines
+    its previous windows give."""
     previous = db.execute('SELECT id FROM windows WHERE group_id = ? AND start < ? '
                           'ORDER BY start DESC LIMIT ?', (group_id, start, self.history)).fetchall()
-    return [dict(db.execute('SELECT address_id, peers FROM counts WHERE window_id = ?', (wid,)))
-            for (wid,) in previous]
-
-  def _write_counts(self, db, window_id: int, group_id: int, start: int,
-                    rows: List[Tuple[int, int]], insert: bool):
-    previous = self._previous_counts(db, group_id, start)
-    if previous:
-      with_baselines = [(window_id, address_id, peers,
-                         jump_rule.median([counts.get(address_id, 0) for counts in previous]))
-                        for address_id, peers in rows]
-    else:
-      with_baselines = [(window_id, address_id, peers, None) for address_id, peers in rows]
+    found = baselines(window, [self._counts_of(db, wid) for (wid,) in previous])
+    rows = zip(itertools.repeat(window_id), window.ids.tolist(), window.peers.astype(np.int64).tolist(),
+               found.tolist() if found is not None else itertools.repeat(None))
     if insert:
-      db.executemany('INSERT INTO counts VALUES (?, ?, ?, ?)', with_baselines)
+      db.executemany('INSERT INTO counts VALUES (?, ?, ?, ?)', rows)
     else:
-      db.executemany('UPDATE counts SET baseline = ?4 WHERE window_id = ?1 AND address_id = ?2',
-                     with_baselines)
+      db.executemany('UPDATE counts SET baseline = ?4 WHERE window_id = ?1 AND address_id = ?2', rows)
 
-  def _recompute_baselines(self, db, window_id: int, group_id: int, start: int):
-    rows = db.execute('SELECT address_id, peers FROM counts WHERE window_id = ?', (window_id,))
-    self._write_counts(db, window_id, group_id, start, rows.fetchall(), insert=False)
+  def _counts_of(self, db, window_id: int) -> 'WindowCounts':
+    window = self._recent.get(window_id)
+    if window is None:
+      window = WindowCounts.of(db.execute(
+          'SELECT address_id, peers FROM counts WHERE window_id = ? ORDER BY address_id',
+          (window_id,)).fetchall())
+      self._remember(window_id, window)
+    else:
+      self._recent.move_to_end(window_id)
+    return window
 
-  def _check_history(self):
+  def _remember(self, window_id: int, window: 'WindowCounts'):
+    """Keeps the last windows written or read, which the next window's
+    baselines look back at, so that they are not read back from disk."""
+    self._recent[window_id] = window
+    self._recent.move_to_end(window_id)
+    while len(self._recent) > 4 * self.history + 8:
+      self._recent.popitem(last=False)
+
+  def _check_history(self, asked: Optional[int]):
     with self._transaction() as db:
       row = db.execute("SELECT value FROM meta WHERE name = 'history'").fetchone()
-      if row is not None and int(row[0]) != self.history:
+      if row is not None and asked is None:
+        self.history = int(row[0])
+      elif row is not None and int(row[0]) != self.history:
         for window_id, group_id, start in db.execute(
             'SELECT id, group_id, start FROM windows').fetchall():
-          self._recompute_baselines(db, window_id, group_id, start)
+          self._write_counts(db, window_id, group_id, start, self._counts_of(db, window_id),
+                             insert=False)
       db.execute("INSERT OR REPLACE INTO meta VALUES ('history', ?)", (str(self.history),))
 
   # --- reading -------------------------------------------------------------
@@ -303,9 +361,13 @@ class Store:
     where = 'w.start >= :since' + ('' if group is None else ' AND g.key = :group')
     with self._reader() as db:
       rows = db.execute(
+          # CROSS JOIN keeps this order: windows first, then each window's
+          # range of counts_by_peers from the minimum up (the planner would
+          # otherwise scan every count).
           'SELECT g.key, w.start, w.end, a.address, c.peers, c.baseline FROM windows w '
           'JOIN groups g ON g.id = w.group_id '
-          'JOIN counts c ON c.window_id = w.id AND c.peers >= :min AND c.peers >= :ratio * c.baseline '
+          'CROSS JOIN counts c INDEXED BY counts_by_peers ON c.window_id = w.id '
+          '  AND c.peers >= :min AND c.peers >= :ratio * c.baseline '
           f'JOIN addresses a ON a.id = c.address_id WHERE {where} '
           f'ORDER BY w.start {"DESC" if newest_first else ""}, g.key, c.peers DESC, a.address '
           'LIMIT :limit',
