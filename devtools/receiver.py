@@ -58,13 +58,19 @@ class Receiver:
   `retry_after`: a Retry-After value sent with 429 and 503 answers.
   `delay_seconds`: how long to wait before answering each POST.
   `rule`, `history`: the jump rule's defaults (`devtools.viewer.jumps`; no
-  history: the store's own)."""
+  history: the store's own).
+  `record_only`: keep POSTs as they come, unread (no store, no contract
+  checked; the last POST to a path is its document), so that answering costs
+  the sender nothing: the benchmark's endpoint."""
   def __init__(self, port: int = 0, store: Optional[str] = None,
                statuses: Optional[List[int]] = None, retry_after: Optional[str] = None,
                delay_seconds: float = 0.0, always_status: Optional[int] = None,
                host: str = '127.0.0.1', rule: JumpRule = JumpRule(),
                history: Optional[int] = None,
-               max_body_bytes: int = contract.MAX_BODY_BYTES):
+               max_body_bytes: int = contract.MAX_BODY_BYTES, record_only: bool = False):
+    if record_only and store:
+      raise ValueError('a record_only receiver keeps no store')
+    self.record_only = record_only
     self.posts: List[ReceivedPost] = []
     self.attempts = 0
     self._statuses = list(statuses or [])
@@ -95,11 +101,18 @@ class Receiver:
     status = self._scripted_status()
     if not 200 <= status < 300:
       return Answer(status, 'application/json', b'{"error":"scripted answer"}')
+    if self.record_only:
+      with self._lock:
+        self.posts.append(ReceivedPost(path, headers, body))
+      return json_answer({'outcome': 'recorded'})
     try:
       part = contract.read_part(path, headers, body, self.max_body_bytes)
       outcome = self._documents.add(part)
     except PostError as e:
       return error(e.status, e.message)
+    except sqlite3.Error as e:
+      # Not stored (the transaction rolled back): the sender should try again.
+      return error(503, f'the store could not take the document: {e}')
     with self._lock:
       self.posts.append(ReceivedPost(path, headers, body))
     return json_answer({'outcome': outcome, 'window_start': part.window_start,
@@ -128,10 +141,14 @@ class Receiver:
   def latest_by_path(self) -> Dict[str, dict]:
     """Each document (the highest whole pane of each window and group) by the
     path it was posted to."""
+    if self.record_only:
+      with self._lock:
+        return {post.path: post.json() for post in self.posts}
     return {path: counts for _, path, counts in self._documents.documents().values()}
 
   def documents(self) -> Dict[tuple, dict]:
-    """(window start, group) -> the document's counts."""
+    """(window start, group) -> the document's counts (none for a
+    record_only receiver)."""
     return {key: counts for key, (_, _, counts) in self._documents.documents().items()}
 
   def start(self) -> 'Receiver':

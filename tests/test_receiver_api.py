@@ -72,6 +72,19 @@ def test_a_receiver_without_a_store_keeps_documents_in_memory_and_serves_no_page
       'error': 'this receiver keeps no store, so it serves no viewer (start it with a store file)'}
 
 
+def test_a_record_only_receiver_reads_nothing(start_receiver):
+  """The benchmark's endpoint: every POST kept as sent, the last at a path
+  its document, nothing checked."""
+  receiver = start_receiver(record_only=True)
+  send(receiver, contract_post(W, {X: 1}))
+  send(receiver, contract_post(W, {X: 1}, pane=1, body=b'{"10.0.3.66": 5}'))
+  assert send(receiver, ('/elsewhere', {}, b'not json')).json() == {'outcome': 'recorded'}
+  assert [post.body for post in receiver.posts] == [b'{"10.0.3.66":1}', b'{"10.0.3.66": 5}', b'not json']
+  assert receiver.documents() == {}
+  receiver.posts.pop()
+  assert receiver.latest_by_path() == {f'/connection_sets/{W}': {X: 5}}
+
+
 @pytest.mark.parametrize('change, status, error', [
     ({'body': b'not json'}, 400, 'body is not JSON'),
     ({'headers': {'X-Pane-Index': 'x'}}, 400, "X-Pane-Index must be a non-negative whole number, got 'x'"),
