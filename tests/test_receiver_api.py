@@ -7,6 +7,7 @@ devtools.receiver` keeps its documents across a restart."""
 import http.client
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -114,6 +115,19 @@ def test_a_post_without_a_length_is_refused(start_receiver, tmp_path):
   assert (response.status, json.loads(response.read())) == (
       411, {'error': 'send the body with a Content-Length, not chunked'})
   connection.close()
+
+
+def test_a_store_that_cannot_write_answers_503(start_receiver, tmp_path, monkeypatch):
+  receiver = start_receiver(store=str(tmp_path / 'store.sqlite'))
+
+  def full_disk(part):
+    raise sqlite3.OperationalError('database or disk is full')
+
+  monkeypatch.setattr(receiver.store, 'add', full_disk)
+  response = send(receiver, contract_post(W, {X: 1}))
+  assert (response.status_code, response.json()) == (
+      503, {'error': 'the store could not take the document: database or disk is full'})
+  assert receiver.posts == []
 
 
 def test_scripted_answers_come_before_the_contract(start_receiver):
