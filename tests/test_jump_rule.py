@@ -1,9 +1,13 @@
 """The fan-out jump rule (devtools.viewer.jumps), table-driven: one address's
-counts per window in, the windows where it jumped out."""
+counts per window in, the windows where it jumped out; and the store's array
+version of the baseline against the plain one."""
+
+import random
 
 import pytest
 
 from devtools.viewer.jumps import JumpRule, baseline, is_jump, median, series_jumps
+from devtools.viewer.store import CountArrays, baselines
 
 
 @pytest.mark.parametrize('values, expected', [
@@ -60,3 +64,17 @@ def test_baseline_without_previous_windows_is_none():
         'intermittent_host'])
 def test_series_jumps(series, rule, history, expected):
   assert series_jumps(series, rule, history) == expected
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_the_store_s_array_baselines_are_the_rule_s(seed):
+  """store.baselines (numpy, for 50,000 addresses at once) gives what
+  jumps.baseline gives address by address, absent addresses counting 0."""
+  r = random.Random(seed)
+  windows = [{a: r.randrange(0, 200) for a in range(60) if r.random() < 0.6} for _ in range(7)]
+  windows[2 + seed % 3] = {}  # a window without any address
+  arrays = [CountArrays.of(sorted(w.items())) for w in windows]
+  current, previous = arrays[-1], arrays[:-1]
+  expected = [baseline([w.get(a, 0) for w in windows[:-1]]) for a in sorted(windows[-1])]
+  assert list(baselines(current, previous)) == expected
+  assert baselines(current, []) is None

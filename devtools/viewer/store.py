@@ -79,19 +79,19 @@ CREATE INDEX IF NOT EXISTS counts_by_peers ON counts (window_id, peers, baseline
 '''
 
 
-class WindowCounts(NamedTuple):
+class CountArrays(NamedTuple):
   """One window's counts as arrays, by address id (ascending)."""
   ids: np.ndarray
   peers: np.ndarray
 
   @classmethod
-  def of(cls, rows: List[Tuple[int, int]]) -> 'WindowCounts':
+  def of(cls, rows: List[Tuple[int, int]]) -> 'CountArrays':
     table = np.array(rows, dtype=np.int64).reshape(-1, 2)
     table = table[np.argsort(table[:, 0], kind='stable')]
     return cls(table[:, 0], table[:, 1].astype(np.float64))
 
 
-def baselines(window: WindowCounts, previous: List[WindowCounts]) -> Optional[np.ndarray]:
+def baselines(window: CountArrays, previous: List[CountArrays]) -> Optional[np.ndarray]:
   """`jumps.baseline` of each address of `window` (in its order) over the
   `previous` windows, or None when there are none: the same median as
   jumps.median, over arrays instead of a Python loop per address."""
@@ -123,7 +123,7 @@ class Store:
     self.version = 0
     self._version_lock = threading.Lock()
     self._write_lock = threading.Lock()
-    self._recent: 'collections.OrderedDict[int, WindowCounts]' = collections.OrderedDict()
+    self._recent: 'collections.OrderedDict[int, CountArrays]' = collections.OrderedDict()
     self._writer = self._connect()
     self._writer.executescript(SCHEMA)
     self._writer.execute('CREATE TEMP TABLE incoming (address TEXT NOT NULL, peers INTEGER NOT NULL)')
@@ -236,7 +236,7 @@ class Store:
     db.executemany('INSERT INTO incoming VALUES (?, ?)', counts.items())
     db.execute('INSERT OR IGNORE INTO addresses (address) SELECT address FROM incoming')
     rows = db.execute('SELECT a.id, i.peers FROM incoming i JOIN addresses a ON a.address = i.address')
-    window = WindowCounts.of(rows.fetchall())
+    window = CountArrays.of(rows.fetchall())
     db.execute('DELETE FROM incoming')
     self._remember(window_id, window)
     self._write_counts(db, window_id, group_id, part.window_start, window, insert=True)
@@ -247,7 +247,7 @@ class Store:
       self._write_counts(db, later_id, group_id, later_start, self._counts_of(db, later_id),
                          insert=False)
 
-  def _write_counts(self, db, window_id: int, group_id: int, start: int, window: 'WindowCounts',
+  def _write_counts(self, db, window_id: int, group_id: int, start: int, window: 'CountArrays',
                     insert: bool):
     """Writes the window's counts (or only their baselines) with the baselines
     its previous windows give."""
@@ -261,10 +261,10 @@ class Store:
     else:
       db.executemany('UPDATE counts SET baseline = ?4 WHERE window_id = ?1 AND address_id = ?2', rows)
 
-  def _counts_of(self, db, window_id: int) -> 'WindowCounts':
+  def _counts_of(self, db, window_id: int) -> 'CountArrays':
     window = self._recent.get(window_id)
     if window is None:
-      window = WindowCounts.of(db.execute(
+      window = CountArrays.of(db.execute(
           'SELECT address_id, peers FROM counts WHERE window_id = ? ORDER BY address_id',
           (window_id,)).fetchall())
       self._remember(window_id, window)
@@ -272,7 +272,7 @@ class Store:
       self._recent.move_to_end(window_id)
     return window
 
-  def _remember(self, window_id: int, window: 'WindowCounts'):
+  def _remember(self, window_id: int, window: 'CountArrays'):
     """Keeps the last windows written or read, which the next window's
     baselines look back at, so that they are not read back from disk."""
     self._recent[window_id] = window
