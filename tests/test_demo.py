@@ -43,26 +43,28 @@ def test_demo_delivers_the_exact_answer(tmp_path, capsys):
 def test_run_local_view_keeps_the_viewer_up_until_ctrl_c(tmp_path):
   """`./run_local.sh --view`: the demo, then the viewer at the URL it prints,
   serving the demo's windows, until SIGINT (Ctrl-C) ends it with status 0."""
-  process = subprocess.Popen(
-      [os.path.join(REPO, 'run_local.sh'), '--view', '--lines', '3000', '--start', str(START)],
-      cwd=REPO, env={**os.environ, 'DEMO_DIR': str(tmp_path)}, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True)
+  # Files, not pipes: a pipe nobody reads (the pipeline logs a lot) would block it.
+  out, err = tmp_path / 'stdout', tmp_path / 'stderr'
+  with open(out, 'w', encoding='utf-8') as stdout, open(err, 'w', encoding='utf-8') as stderr:
+    process = subprocess.Popen(
+        [os.path.join(REPO, 'run_local.sh'), '--view', '--lines', '3000', '--start', str(START)],
+        cwd=REPO, env={**os.environ, 'DEMO_DIR': str(tmp_path / 'demo')}, stdout=stdout,
+        stderr=stderr, stdin=subprocess.DEVNULL)
   try:
-    url = None
     deadline = time.monotonic() + 300
-    for line in process.stdout:
-      match = re.match(r'== the viewer: (http://127\.0\.0\.1:\d+/) ', line)
-      if match:
-        url = match.group(1)
-        break
+    match = None
+    while not match:
+      assert process.poll() is None, err.read_text()[-3000:]
       assert time.monotonic() < deadline, 'the demo took too long'
-    assert url, process.stderr.read()[-3000:]
+      time.sleep(0.2)
+      match = re.search(r'^== the viewer: (http://127\.0\.0\.1:\d+/) ', out.read_text(), re.M)
+    url = match.group(1)
     windows = requests.get(url + 'api/windows', timeout=30).json()['windows']
     assert [w['start'] for w in windows] == [START + 600 * i for i in range(6)]
     assert requests.get(url, timeout=30).status_code == 200
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 0
-    assert 'stopped the viewer' in process.stderr.read()
+    assert 'stopped the viewer' in err.read_text()
   finally:
     if process.poll() is None:
       process.kill()
