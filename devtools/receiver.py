@@ -61,16 +61,20 @@ class Receiver:
   history: the store's own).
   `record_only`: keep POSTs as they come, unread (no store, no contract
   checked; the last POST to a path is its document), so that answering costs
-  the sender nothing: the benchmark's endpoint."""
+  the sender nothing: the benchmark's endpoint.
+  `keep_posts`: keep every accepted POST in `posts` (the tests'); a long-running
+  service with a store does not."""
   def __init__(self, port: int = 0, store: Optional[str] = None,
                statuses: Optional[List[int]] = None, retry_after: Optional[str] = None,
                delay_seconds: float = 0.0, always_status: Optional[int] = None,
                host: str = '127.0.0.1', rule: JumpRule = JumpRule(),
                history: Optional[int] = None,
-               max_body_bytes: int = contract.MAX_BODY_BYTES, record_only: bool = False):
+               max_body_bytes: int = contract.MAX_BODY_BYTES, record_only: bool = False,
+               keep_posts: bool = True):
     if record_only and store:
       raise ValueError('a record_only receiver keeps no store')
     self.record_only = record_only
+    self.keep_posts = keep_posts or record_only
     self.posts: List[ReceivedPost] = []
     self.attempts = 0
     self._statuses = list(statuses or [])
@@ -113,8 +117,9 @@ class Receiver:
     except sqlite3.Error as e:
       # Not stored (the transaction rolled back): the sender should try again.
       return error(503, f'the store could not take the document: {e}')
-    with self._lock:
-      self.posts.append(ReceivedPost(path, headers, body))
+    if self.keep_posts:
+      with self._lock:
+        self.posts.append(ReceivedPost(path, headers, body))
     return json_answer({'outcome': outcome, 'window_start': part.window_start,
                         'group': part.group, 'pane': part.pane_index, 'part': part.part_index})
 
@@ -253,7 +258,8 @@ def main(argv: Optional[List[str]] = None) -> int:
   try:
     receiver = Receiver(args.port, args.store, host=args.host,
                         rule=JumpRule(args.jump_ratio, args.jump_min_count),
-                        history=args.jump_history, max_body_bytes=args.max_body_bytes).start()
+                        history=args.jump_history, max_body_bytes=args.max_body_bytes,
+                        keep_posts=False).start()
   except (OSError, ValueError, sqlite3.Error) as e:
     parser.exit(1, f'{parser.prog}: cannot start: {e}\n')
   if args.port_file:

@@ -63,6 +63,13 @@ def test_a_post_is_answered_with_its_outcome(start_receiver, tmp_path):
   assert receiver.attempts == 3
 
 
+def test_a_service_keeps_documents_not_posts(start_receiver, tmp_path):
+  """`python -m devtools.receiver` runs for days: what it keeps is in the store."""
+  receiver = start_receiver(store=str(tmp_path / 'store.sqlite'), keep_posts=False)
+  send(receiver, contract_post(W, {X: 1}))
+  assert (receiver.posts, receiver.documents()) == ([], {(W, ''): {X: 1}})
+
+
 def test_a_receiver_without_a_store_keeps_documents_in_memory_and_serves_no_page(start_receiver):
   receiver = start_receiver()
   send(receiver, contract_post(W, {X: 1}))
