@@ -159,7 +159,7 @@ def test_an_unclean_stop_keeps_what_was_acknowledged(tmp_path):
     ({'X-Part-Index': '2', 'X-Part-Count': '2'}, 400, 'X-Part-Index 2 is not below X-Part-Count 2'),
     ({'X-Part-Count': '0'}, 400, 'X-Part-Count must be from 1 to 10000, got 0'),
     ({'X-Part-Count': '10001'}, 400, 'X-Part-Count must be from 1 to 10000, got 10001'),
-    ({'X-Pane-Timing': 'SOON'}, 400, 'X-Pane-Timing must be EARLY, ON_TIME or LATE'),
+    ({'X-Pane-Timing': 'SOON'}, 400, 'X-Pane-Timing must be EARLY, ON_TIME, LATE or UNKNOWN'),
     ({'X-Group': 'account-id'}, 400, 'X-Group must be field=value pairs joined by &'),
     ({'X-Group': '=111122223333'}, 400, 'X-Group has a pair without a field name'),
     ({'Content-Type': 'text/plain'}, 415, "Content-Type must be application/json, got 'text/plain'"),
@@ -222,6 +222,9 @@ def test_headers_the_pipeline_does_not_send_yet_have_their_defaults():
   assert (part.window_start, part.window_end, part.group, part.pane_index, part.pane_timing,
           part.part_index, part.part_count, part.key, part.counts) == (
               W, W + 600, '', 1, 'LATE', 0, 1, f'{W}-1', {'a': 1})
+  # A batch run on Flink: Beam's timing of its one pane is UNKNOWN.
+  flink = read_part(f'/connection_sets/{W}', {'X-Pane-Index': '0', 'X-Pane-Timing': 'UNKNOWN'}, b'{}')
+  assert (flink.pane_index, flink.pane_timing) == (0, 'UNKNOWN')
   bare = read_part(f'/windows/{W}?token=x', {}, b'{"a":1}')
   assert (bare.window_start, bare.window_end, bare.pane_index, bare.part_count) == (W, None, 0, 1)
   assert bare.key == read_part(f'/windows/{W}', {}, b'{"a":1}').key

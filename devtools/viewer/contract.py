@@ -29,6 +29,8 @@ MAX_PEERS = 2**53  # exact in JavaScript, where the page reads it
 _WINDOW_IN_PATH = re.compile(r'([0-9]{1,15})/*$')
 _WHOLE_NUMBER = re.compile(r'[0-9]{1,15}')
 _CONTENT_TYPES = ('', 'application/json')
+# Beam's pane timings; a batch run on Flink posts its one pane as UNKNOWN.
+PANE_TIMINGS = ('', 'EARLY', 'ON_TIME', 'LATE', 'UNKNOWN')
 
 
 class PostError(Exception):
@@ -46,7 +48,7 @@ class Part(NamedTuple):
   window_end: Optional[int]
   group: str  # the X-Group pairs, re-encoded one way ('' without grouping)
   pane_index: int
-  pane_timing: str  # EARLY, ON_TIME, LATE, or '' when not sent
+  pane_timing: str  # EARLY, ON_TIME, LATE, UNKNOWN, or '' when not sent
   part_index: int
   part_count: int
   key: str
@@ -88,8 +90,9 @@ def read_part(path: str, headers: Mapping[str, str], body: bytes,
   if part_index >= part_count:
     raise PostError(400, f'X-Part-Index {part_index} is not below X-Part-Count {part_count}')
   pane_timing = headers.get('x-pane-timing', '').strip().upper()
-  if pane_timing not in ('', 'EARLY', 'ON_TIME', 'LATE'):
-    raise PostError(400, f'X-Pane-Timing must be EARLY, ON_TIME or LATE, got {pane_timing!r}')
+  if pane_timing not in PANE_TIMINGS:
+    raise PostError(400, f'X-Pane-Timing must be EARLY, ON_TIME, LATE or UNKNOWN, '
+                         f'got {pane_timing!r}')
   group = canonical_group(headers.get('x-group', ''))
   counts = parse_counts(document)
   digest = hashlib.sha256(document).hexdigest()
