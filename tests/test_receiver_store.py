@@ -222,6 +222,8 @@ def test_headers_the_pipeline_does_not_send_yet_have_their_defaults():
   assert (part.window_start, part.window_end, part.group, part.pane_index, part.pane_timing,
           part.part_index, part.part_count, part.key, part.counts) == (
               W, W + 600, '', 1, 'LATE', 0, 1, f'{W}-1', {'a': 1})
+  # Headers outside the contract are not read (a long bearer token is fine).
+  assert read_part(f'/w/{W}', {'Authorization': 'Bearer ' + 'x' * 4000}, b'{}').window_start == W
   # A batch run on Flink: Beam's timing of its one pane is UNKNOWN.
   flink = read_part(f'/connection_sets/{W}', {'X-Pane-Index': '0', 'X-Pane-Timing': 'UNKNOWN'}, b'{}')
   assert (flink.pane_index, flink.pane_timing) == (0, 'UNKNOWN')
