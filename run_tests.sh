@@ -39,4 +39,6 @@ trap 'exit 143' TERM
 mkdir -p out
 start_build out/build-prism.log deploy/prism/build-prism.sh
 start_build out/build-job-server.log deploy/flink/build-job-server.sh
+# The viewer's page is tested in a real headless Chromium (Debian's package).
+tools/ensure_chromium.sh
 .venv/bin/python -m pytest -q "$@" tests

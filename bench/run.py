@@ -115,7 +115,7 @@ def baseline_answer(size: int, out_dir: str) -> dict:
 def run_pipeline(data: str, out_dir: str, flags: List[str] = ()) -> Tuple[Measurement, dict]:
   """`python -m pipeline [flags]` over `data`, posting to a receiver here; its
   measurement, and the documents it posted by window start."""
-  with Receiver() as receiver:
+  with Receiver(record_only=True) as receiver:
     run = measure([PYTHON, '-m', 'pipeline', *flags, f'--input={data}/*.jsonl',
                    f'--endpoint={receiver.url("/windows/{bucket_time}")}',
                    f'--dead_letter_dir={os.path.join(out_dir, "dead_letters")}'],

@@ -3,7 +3,8 @@ benchmark's input.
 
 A small VPC (web, app and database tiers in 10.0.0.0/16 with some IPv6 on
 2600:1f18:4a3:6e00::/56) talks to clients on the internet with a heavy-tailed
-(Zipf-like) choice of talkers; one host scans a subnet; some interfaces log
+(Zipf-like) choice of talkers; one host, quiet for the first half of the span,
+then scans two subnets (its fan-out jumps); some interfaces log
 NODATA and SKIPDATA. Lines are wrapped as CloudWatch Logs subscription messages
 in Kinesis records, hundreds of lines a record, the way a Kinesis stream
 subscribed to the flow log group carries them. Same arguments, same bytes.
@@ -28,9 +29,14 @@ DEFAULT_START = 1_767_225_600  # 2026-01-01 00:00:00 UTC, a window boundary
 
 
 class SampleVpc:
-  """The hosts of the sample VPC and a generator of their flows."""
-  def __init__(self, seed: int = 7, hosts: int = 60, internet_peers: int = 5000):
+  """The hosts of the sample VPC and a generator of their flows.
+
+  `scan_after`: the part of the span (0 to 1) before the scanner starts
+  scanning; until then it talks to a few app hosts like any other host."""
+  def __init__(self, seed: int = 7, hosts: int = 60, internet_peers: int = 5000,
+               scan_after: float = 0.5):
     self._random = random.Random(seed)
+    self._scan_after = scan_after
     r = self._random
     self.hosts = [f'10.0.{i // 200}.{10 + i % 200}' for i in range(hosts)]
     self.ipv6_hosts = [f'2600:1f18:4a3:6e00::{0x10 + i:x}' for i in range(8)]
@@ -52,6 +58,7 @@ class SampleVpc:
   def flow_lines(self, count: int, start: int, seconds: int = 3600) -> Iterator[str]:
     """`count` version-2 flow lines with start times spread over `seconds`."""
     r = self._random
+    scan_from = start + int(seconds * self._scan_after)
     for i in range(count):
       t = start + (i * seconds) // max(count, 1)
       kind = r.random()
@@ -61,7 +68,10 @@ class SampleVpc:
         status = r.choice(['NODATA', 'NODATA', 'SKIPDATA'])
         yield (f'2 {ACCOUNT_ID} {self.interfaces[host]} - - - - - - - {t} {t + 60} - {status}')
         continue
-      if kind < 0.06:
+      if kind < 0.06 and t < scan_from:
+        src, dst = SCANNER, self.hosts[20 + r.randrange(3)]
+        dstport, action = 5432, 'ACCEPT'
+      elif kind < 0.06:
         # The scanner sweeps 10.0.8.0/22 and 10.0.12.0/22; most probes are rejected.
         src, dst = SCANNER, f'10.0.{8 + r.randrange(8)}.{r.randrange(256)}'
         dstport, action = r.choice([22, 23, 80, 443, 3389, 5432]), r.choice(['REJECT'] * 4 + ['ACCEPT'])
