@@ -26,8 +26,15 @@ start_build() {  # LOG COMMAND...
 }
 stop_builds() {
   local pid
+  local tries
   for pid in "${background_builds[@]}"; do
-    kill -TERM -- "-$pid" 2>/dev/null || true
+    # A build started a moment ago may not lead its group yet (setsid has not
+    # run): signal the group once it exists, or stop when the build is gone.
+    for tries in $(seq 50); do
+      kill -TERM -- "-$pid" 2>/dev/null && break
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
   done
   for pid in "${background_builds[@]}"; do
     wait "$pid" 2>/dev/null || true
