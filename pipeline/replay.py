@@ -18,7 +18,8 @@ from typing import List, Optional
 
 from transforms.dead_letter import read_dead_letters, rewrite_dead_letters
 from transforms.elements import KIND_UNDELIVERED_WINDOW
-from pipeline.options import add_delivery_args, delivery_config
+from pipeline.options import (
+    add_delivery_args, add_filesystem_args, configure_filesystems, delivery_config)
 from transforms.http_sink import DeliveryConfig, WindowPoster
 
 _LOG = logging.getLogger('pipeline.replay')
@@ -71,7 +72,9 @@ def main(argv: Optional[List[str]] = None) -> int:
   parser.add_argument('directory', help='the --dead_letter_dir of the run')
   parser.add_argument('--endpoint', help='URL template to post to instead of the recorded URL')
   add_delivery_args(parser)
+  add_filesystem_args(parser)
   args = parser.parse_args(argv)
+  configure_filesystems(args)  # before anything lists an s3:// path
   logging.basicConfig(level=logging.WARNING)
   if '://' not in args.directory and not os.path.isdir(args.directory):
     print(f'error: no such directory: {args.directory}', file=sys.stderr)
