@@ -439,3 +439,14 @@ def test_decode_file_json_lines_with_a_bad_first_line_past_the_document_cap():
   assert [i for i in items if not is_bad(i)] == [
       LogBatch(f'{ORIGIN}:{n}', (LINE_A, LINE_B), None, True) for n in range(2, 12)]
   assert [i[1].split(':')[0] for i in items if is_bad(i)] == ['line 1 is not JSON']
+
+
+def test_decode_file_gzip_members_that_inflate_past_a_piece_each_come_once():
+  """Members whose content is larger than the reader's decompression piece
+  (256 KiB), so that a member ends inside a piece: each is read once, whole,
+  with the member after it (the decompressor's unconsumed tail then repeats
+  bytes of its unused data, which must not be read twice)."""
+  lines = ''.join(f'{LINE_A}\n' for _ in range(10000)).encode()
+  assert len(lines) > 4 * 256 * 1024
+  items = decoded_file(gz(lines) * 3 + gz(f'{LINE_B}\n'.encode()))
+  assert [line for item in items for line in item.lines] == [LINE_A] * 30000 + [LINE_B]

@@ -454,6 +454,17 @@ def decode_file(raw: IO[bytes], origin: str, limits: InputLimits = InputLimits()
   Yields LogBatches and Skipped records, and a BadInput for each part that
   cannot be read; good data beside bad data in the same file still comes out.
   A file in none of the shapes is one BadInput saying what it looks like."""
+  try:
+    yield from _decode_content(raw, origin, limits)
+  except InputTooLarge as e:
+    yield BadInput(f'{e}: file not read', origin)
+  except (OSError, EOFError, zlib.error) as e:
+    # A truncated or corrupt gzip file: what was read before the damage has
+    # already been yielded.
+    yield BadInput(f'file cannot be read to its end: {e}', origin)
+
+
+def _decode_content(raw: IO[bytes], origin: str, limits: InputLimits):
   stream = io.BufferedReader(raw, 1 << 20) if not hasattr(raw, 'peek') else raw
   head = stream.peek(len(PARQUET_MAGIC))[:len(PARQUET_MAGIC)]
   if head == PARQUET_MAGIC:
@@ -464,28 +475,21 @@ def decode_file(raw: IO[bytes], origin: str, limits: InputLimits = InputLimits()
     content = io.BufferedReader(_GunzipReader(stream, limits.max_file_bytes), 1 << 16)
   else:
     content = io.BufferedReader(_CappedReader(stream, limits.max_file_bytes), 1 << 16)
-  try:
-    sample = content.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
-    what = what_binary_data_is(sample)
-    if what is not None:
-      compressed = ' (after gunzip)' if head[:2] == GZIP_MAGIC else ''
-      yield BadInput(f'file is {what}{compressed}: not a shape this pipeline reads '
-                     '(flow log text, JSON of Kinesis records, or Parquet)', sample[:64])
-      return
-    first = _first_byte(content)
-    if first == b'{':
-      yield from _decode_json_file(content, origin, limits)
-    elif first == b'[':
-      yield from _decode_json_document(content.read(limits.max_json_document_bytes + 1), origin,
-                                       limits.max_json_document_bytes)
-    elif first:
-      yield from _decode_flow_lines(content, origin, limits)
-  except InputTooLarge as e:
-    yield BadInput(f'{e}: file not read', origin)
-  except (OSError, EOFError, zlib.error) as e:
-    # A truncated or corrupt gzip file: what was read before the damage has
-    # already been yielded.
-    yield BadInput(f'file cannot be read to its end: {e}', origin)
+  sample = content.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
+  what = what_binary_data_is(sample)
+  if what is not None:
+    compressed = ' (after gunzip)' if head[:2] == GZIP_MAGIC else ''
+    yield BadInput(f'file is {what}{compressed}: not a shape this pipeline reads '
+                   '(flow log text, JSON of Kinesis records, or Parquet)', sample[:64])
+    return
+  first = _first_byte(content)
+  if first == b'{':
+    yield from _decode_json_file(content, origin, limits)
+  elif first == b'[':
+    yield from _decode_json_document(content.read(limits.max_json_document_bytes + 1), origin,
+                                     limits.max_json_document_bytes)
+  elif first:
+    yield from _decode_flow_lines(content, origin, limits)
 
 
 def _decode_json_file(stream, origin: str, limits: InputLimits):
@@ -496,7 +500,7 @@ def _decode_json_file(stream, origin: str, limits: InputLimits):
   document_cap = limits.max_json_document_bytes
   first_line = stream.readline(max(document_cap, limits.max_line_bytes) + 1)
   first_value = None
-  if len(first_line) <= limits.max_line_bytes or not first_line.endswith(b'\n'):
+  if len(first_line) <= document_cap:
     # (A one-line document may be longer than a line may be, up to the document cap.)
     try:
       _refuse_huge_json(first_line, 'line 1')
@@ -514,22 +518,25 @@ def _decode_json_file(stream, origin: str, limits: InputLimits):
       yield from _decode_json_lines(stream, origin, 2, limits)
       return
     content = first_line + stream.read(document_cap - len(first_line) + 1)
-    if len(content) <= document_cap:
+    too_many_values = count_json_values(content) > MAX_JSON_VALUES
+    if len(content) <= document_cap and not too_many_values:
       try:
-        _refuse_huge_json(content, 'JSON document')
         document = json_loads(content)
-      except BadInput as e:
-        yield e
-        return
       except _JSON_ERRORS:
         document = None
       if document is not None:
         yield from _decode_json_values(document, origin)
         return
-      if not any(_is_json_object(line) for line in content.splitlines()[1:]):
-        # A cut or broken document, not JSON Lines: one dead letter.
+    if not any(_is_json_object(line) for line in content.splitlines()[1:]):
+      # A cut, broken or oversized document, not JSON Lines: one dead letter.
+      if len(content) > document_cap:
+        yield BadInput(f'JSON document larger than {document_cap} bytes: not read', content[:4096])
+      elif too_many_values:
+        yield BadInput(f'JSON document holds more than {MAX_JSON_VALUES} JSON values: not parsed',
+                       content[:4096], len(content))
+      else:
         yield BadInput('file is not JSON (neither one document nor JSON Lines)', content)
-        return
+      return
     # JSON Lines after all; past the document cap, the rest of the file follows
     # (from the end of the line the cap cut).
     rest = io.BufferedReader(_ChainedReader(io.BytesIO(content), stream), 1 << 16)
@@ -628,7 +635,9 @@ class _GunzipReader(io.RawIOBase):
   def _next_piece(self) -> None:
     """Decompresses the next piece (maybe empty); raises on damage."""
     if self._decompressor.eof:
-      rest = self._decompressor.unused_data + self._input
+      # unused_data holds every byte given past the member's end (the
+      # unconsumed tail may repeat some of them).
+      rest = self._decompressor.unused_data
       while len(rest) < len(GZIP_MAGIC):  # the stream may end inside a magic
         more = self._compressed.read(1 << 16)
         if not more:
