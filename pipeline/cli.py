@@ -184,7 +184,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     level = log_level(PipelineOptions(argv).view_as(VpcFlowPeersOptions))
   except (SystemExit, AttributeError):
     level = logging.WARNING  # a bad flag: run() says which
-  logging.basicConfig(level=level, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+  # force: importing Beam may already have given the root logger a handler.
+  logging.basicConfig(level=level, format='%(asctime)s %(levelname)s %(name)s: %(message)s',
+                      force=True)
   try:
     summary = run(argv)
   except (UsageError, FlinkSetupError, PrismSetupError) as e:
