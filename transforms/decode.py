@@ -78,11 +78,12 @@ FILE_BATCH_LINES = 5000
 # documents are `aws kinesis get-records` output (at most 10 MB of record data
 # per call, base64: about 14 MB) and Lambda events (6 MB payloads).
 MAX_JSON_DOCUMENT_BYTES = 64 * 1024 * 1024
-# Values (objects, arrays, and elements after a comma) one JSON text may hold:
-# a get-records page of 10,000 records has about 60,000.
+# Values (count_json_values) one JSON text may hold: a get-records page of
+# 10,000 records has about 50,000.
 MAX_JSON_VALUES = 1_000_000
-# AWS writes flow log files of at most 75 MB, gzip-compressed: about 1 GiB of
-# text at the best ratios seen. A file decompressing to more is a bomb.
+# AWS writes flow log files of at most 75 MB, gzip-compressed; flow log text
+# compresses about tenfold, so under 1 GiB. A file decompressing to four times
+# that is a bomb.
 DEFAULT_MAX_FILE_BYTES = 4 * 1024 * 1024 * 1024
 # A flow log line is a few hundred bytes; a JSON line holds one Kinesis record
 # (at most 1 MiB, base64: 1.4 MB) or one subscription message (CloudWatch Logs
@@ -171,11 +172,14 @@ def gunzip_members(data: bytes, limit: int = MAX_RECORD_DECOMPRESSED_BYTES
 
 
 def count_json_values(text: Union[bytes, str]) -> int:
-  """An upper bound of the values a JSON text holds (objects, arrays, and the
-  elements after each comma), counted without parsing it."""
+  """An upper bound of the values a JSON text holds, counted without parsing
+  it: every value is the whole text, an element after a comma, or the first
+  element of an object or array (objects and arrays are counted as values too)."""
   if isinstance(text, str):
-    return text.count('{') + text.count('[') + text.count(',')
-  return text.count(b'{') + text.count(b'[') + text.count(b',')
+    containers, commas = text.count('{') + text.count('['), text.count(',')
+  else:
+    containers, commas = text.count(b'{') + text.count(b'['), text.count(b',')
+  return 1 + 2 * containers + commas
 
 
 def _refuse_huge_json(text: Union[bytes, str], what: str) -> None:
