@@ -187,9 +187,11 @@ class _Converter:
     pa, pc = self._pa, self._pc
     if pa.types.is_timestamp(column.type):
       column = pc.cast(pc.cast(column, pa.timestamp('s'), safe=False), pa.int64())
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-      column = pc.cast(column, pa.string())
-    return pc.if_else(pc.equal(column, ''), self._null_text, column)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or (
+        pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+      column = pc.cast(column, pa.string())  # binary: checked to be UTF-8
+      return pc.if_else(pc.equal(column, ''), self._null_text, column)
+    return pc.cast(column, pa.string())  # a number is never empty
 
   def _first_of_list(self, column):
     """The first element of each list (null for an empty or null list)."""
@@ -240,7 +242,27 @@ class _Converter:
                                    OCSF_NETWORK_ACTIVITY), False)
       others = len(keep) - pc.sum(keep).as_py() if len(keep) else 0
       joined = pc.if_else(keep, joined, pa.scalar('', pa.string()))
-    return tuple(joined.to_pylist()), others
+    return _as_lines(pa, pc, joined), others
+
+
+def _as_lines(pa, pc, joined) -> Tuple[str, ...]:
+  """The strings of an arrow string array, as Python strings: decoded in one
+  piece and split at the newlines ended to each (far cheaper than one str per
+  element through to_pylist); when a value holds a newline itself, element by
+  element."""
+  import numpy  # pylint: disable=import-outside-toplevel (comes with pyarrow)
+  ended = pc.binary_join_element_wise(joined, '', '\n').combine_chunks() if isinstance(
+      joined, pa.ChunkedArray) else pc.binary_join_element_wise(joined, '', '\n')
+  if len(ended) == 0:
+    return ()
+  offset_type = numpy.int64 if pa.types.is_large_string(ended.type) else numpy.int32
+  offsets = numpy.frombuffer(ended.buffers()[1], dtype=offset_type)[ended.offset:ended.offset + len(ended) + 1]
+  text = ended.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]].decode('utf-8')
+  lines = text.split('\n')
+  lines.pop()  # after the last newline
+  if len(lines) != len(joined):
+    return tuple(joined.to_pylist())
+  return tuple(lines)
 
 
 def _flattened(pa, batch):
