@@ -24,7 +24,7 @@ from apache_beam.runners.direct.direct_runner import DirectRunner
 
 from pipeline.builder import build_pipeline, log_format_from
 from pipeline.options import (
-    VpcFlowPeersOptions, configure_filesystems, delivery_config, input_limits, log_level)
+    VpcFlowPeersOptions, configure_filesystems, delivery_config, input_limits, log_level, s3_options)
 from pipeline.runners import FlinkSetupError, PrismSetupError, apply_runner_defaults
 from pipeline.summary import RunSummary, summarize
 from transforms.endpoint_template import validate_endpoint_template
@@ -85,7 +85,7 @@ def source_from(flags: VpcFlowPeersOptions) -> beam.PTransform:
       return ReadRecordsFrom(kinesis_transform_from_options(flags))
     except ValueError as e:
       raise UsageError(str(e)) from None
-  return ReadFlowLogFiles(flags.input, input_limits(flags))
+  return ReadFlowLogFiles(flags.input, input_limits(flags), s3_options(flags))
 
 
 def run(argv: Optional[List[str]] = None) -> RunSummary:

@@ -84,6 +84,12 @@ def configure_filesystems(options) -> None:
   FileSystems.set_options(options)
 
 
+def s3_options(options: PipelineOptions) -> dict:
+  """Beam's S3 options of a run, as the dict Beam's S3 client accepts."""
+  s3 = options.view_as(S3Options)
+  return {name: getattr(s3, name) for name in _s3_option_names() if getattr(s3, name) is not None}
+
+
 # --log_level values, as the logging module names them.
 LOG_LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL')
 

@@ -5,6 +5,7 @@ which is what `pipeline.builder.build_pipeline` expects of any source."""
 import io
 import os
 import stat
+from typing import Optional
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -127,15 +128,27 @@ class _SourceReader(io.RawIOBase):
 
 
 class DecodeFileDoFn(beam.DoFn):
-  """Reads one matched file of any supported shape into LogBatches."""
-  def __init__(self, limits: InputLimits = InputLimits()):
+  """Reads one matched file of any supported shape into LogBatches.
+
+  With `s3_options` (Beam's S3Options as a dict: endpoint, region, keys),
+  s3:// files are opened through one S3 client made for the DoFn instead of
+  Beam's filesystem, which makes a boto3 client per file opened (about 0.3 s
+  of CPU each: two thirds of a backfill's time on files of 10,000 lines)."""
+  def __init__(self, limits: InputLimits = InputLimits(), s3_options: Optional[dict] = None):
     super().__init__()
     self._limits = limits
+    self._s3_options = None if s3_options is None else dict(s3_options)
 
   def setup(self):
     self._counters = _DecodeCounters()
     self._files = Metrics.counter(METRICS_NAMESPACE, 'files')
     self._unreadable = Metrics.counter(METRICS_NAMESPACE, 'unreadable_files')
+    self._s3io = None  # made when the first s3:// file is met
+
+  def teardown(self):
+    if self._s3io is not None:
+      self._s3io.client.client.close()
+      self._s3io = None
 
   def process(self, readable_file: fileio.ReadableFile):
     path = readable_file.metadata.path
@@ -159,10 +172,14 @@ class DecodeFileDoFn(beam.DoFn):
       self._unreadable.inc()
     progress.report(files=1)
 
-  @staticmethod
-  def _open(readable_file, path):
+  def _open(self, readable_file, path):
     if isinstance(FileSystems.get_filesystem(path), LocalFileSystem):
       return open_local_regular_file(path)
+    if path.startswith('s3://') and self._s3_options is not None:
+      if self._s3io is None:
+        from apache_beam.io.aws.s3io import S3IO  # pylint: disable=import-outside-toplevel
+        self._s3io = S3IO(options=self._s3_options)
+      return self._s3io.open(path, 'r')
     return readable_file.open(
         mime_type='application/octet-stream', compression_type=CompressionTypes.UNCOMPRESSED)
 
@@ -173,10 +190,12 @@ class ReadFlowLogFiles(beam.PTransform):
   `limits`.
 
   The file list is reshuffled so that files spread over all workers."""
-  def __init__(self, file_pattern: str, limits: InputLimits = InputLimits()):
+  def __init__(self, file_pattern: str, limits: InputLimits = InputLimits(),
+               s3_options: Optional[dict] = None):
     super().__init__()
     self._file_pattern = file_pattern
     self._limits = limits
+    self._s3_options = s3_options
 
   def expand(self, pbegin):
     decoded = (
@@ -184,7 +203,7 @@ class ReadFlowLogFiles(beam.PTransform):
         | 'MatchFiles' >> fileio.MatchFiles(self._file_pattern)
         | 'SpreadFiles' >> beam.Reshuffle()
         | 'ReadMatches' >> fileio.ReadMatches()
-        | 'DecodeFiles' >> beam.ParDo(DecodeFileDoFn(self._limits)).with_outputs(
+        | 'DecodeFiles' >> beam.ParDo(DecodeFileDoFn(self._limits, self._s3_options)).with_outputs(
             DEAD_LETTER_TAG, main='batches'))
     return {'batches': decoded.batches, 'dead_letters': decoded[DEAD_LETTER_TAG]}
 
