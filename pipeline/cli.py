@@ -180,12 +180,8 @@ def main(argv: Optional[List[str]] = None) -> int:
   if argv is not None and ('-h' in argv or '--help' in argv):
     print_help()
     return EXIT_OK
-  try:
-    level = log_level(PipelineOptions(argv).view_as(VpcFlowPeersOptions))
-  except (SystemExit, AttributeError):
-    level = logging.WARNING  # a bad flag: run() says which
   # force: importing Beam may already have given the root logger a handler.
-  logging.basicConfig(level=level, format='%(asctime)s %(levelname)s %(name)s: %(message)s',
+  logging.basicConfig(level=log_level(argv), format='%(asctime)s %(levelname)s %(name)s: %(message)s',
                       force=True)
   try:
     summary = run(argv)

@@ -123,8 +123,13 @@ def input_limits(flags) -> InputLimits:
                      max_json_document_bytes=flags.max_json_document_bytes)
 
 
-def log_level(flags) -> int:
-  return getattr(logging, flags.log_level)
+def log_level(argv) -> int:
+  """The level --log_level names in a command line, read before the pipeline's
+  options are (an unknown level is WARNING here; the options' check refuses it)."""
+  parser = argparse.ArgumentParser(add_help=False)
+  parser.add_argument('--log_level', type=str.upper, default='WARNING')
+  known, _ = parser.parse_known_args(argv)
+  return getattr(logging, known.log_level) if known.log_level in LOG_LEVELS else logging.WARNING
 
 
 class VpcFlowPeersOptions(PipelineOptions):
