@@ -293,3 +293,12 @@ def test_kinesis_record_members_keep_their_good_lines_through_the_pipeline():
     assert_that(decoded['dead_letters'] | beam.Map(lambda d: (d.kind, d.reason, d.origin)),
                 equal_to([('bad_input', '5 byte(s) after gzip member 0 are not gzip', 'shard-0/3')]),
                 label='DeadLetters')
+
+
+def test_flow_log_whose_first_line_is_damaged_is_still_text():
+  """Damage in the first line (NUL and undecodable bytes) is that line's dead
+  letter; the file is not taken for binary data and its other lines count."""
+  damaged = b'2 123456789012 eni-1 \x00\x00\xff\xfe 10.0.0.2 1 2 6 1 60 1700000400 1700000401 ACCEPT OK\n'
+  items = list(decode_file(io.BytesIO(damaged + ''.join(f'{LINE_A}\n' for _ in range(40)).encode()), 'f.log'))
+  assert [i.reason for i in items if isinstance(i, BadInput)] == ['line 1 is not UTF-8']
+  assert [line for i in items if isinstance(i, LogBatch) for line in i.lines] == [''] + [LINE_A] * 40

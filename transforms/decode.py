@@ -436,9 +436,9 @@ _SNIFF_BYTES = 4096
 
 def what_binary_data_is(sample: bytes) -> Optional[str]:
   """None when `sample` (a file's first bytes) reads as text; else what the
-  file looks like. Text is UTF-8 without NUL bytes and with few control
-  characters or undecodable bytes: a flow log with one damaged line is text
-  (that line is a dead letter of its own), a Parquet or zip file is not."""
+  file looks like. Text is UTF-8 with few control characters (NUL included)
+  or undecodable bytes: a flow log with one damaged line is text (that line is
+  a dead letter of its own), a zip file or random bytes are not."""
   for magic, what in _OTHER_FORMATS:
     if sample.startswith(magic):
       return what
@@ -446,7 +446,7 @@ def what_binary_data_is(sample: bytes) -> Optional[str]:
     return None
   text = sample.decode('utf-8', errors='replace')
   odd = text.count('\ufffd') + sum(1 for c in text if ord(c) < 32 and ord(c) not in _TEXT_CONTROLS)
-  if '\x00' in text or odd * 10 > len(text):
+  if odd * 10 > len(text):
     return 'binary data'
   return None
 
