@@ -172,3 +172,21 @@ def test_backfill_from_s3_on_flink(s3, flink_cluster, start_receiver, monkeypatc
   assert [(l['origin'], l['reason'].split(':')[0]) for k in written for l in letters(s3_client, k)] == [
       (f's3://{BUCKET}/{TEXT_PREFIX}notes.bin', 'file is binary data')]
   assert [job['state'] for job in flink_cluster.jobs()].count('FINISHED') >= 1
+
+
+def test_s3_object_gone_between_listing_and_reading_is_a_dead_letter_not_a_crash(s3, monkeypatch):
+  from apache_beam.io.filesystem import FileMetadata  # pylint: disable=import-outside-toplevel
+  from apache_beam.io.fileio import ReadableFile  # pylint: disable=import-outside-toplevel
+  from transforms.sources import DecodeFileDoFn  # pylint: disable=import-outside-toplevel
+  server, _ = s3
+  for name, value in FAKE_AWS_ENV.items():
+    monkeypatch.setenv(name, value)
+  decode = DecodeFileDoFn(s3_options={'s3_endpoint_url': server.url, 's3_region_name': REGION})
+  decode.setup()
+  try:
+    out = list(decode.process(ReadableFile(FileMetadata(f's3://{BUCKET}/gone.log.gz', 10))))
+  finally:
+    decode.teardown()
+  assert [(o.tag, o.value.reason, o.value.origin) for o in out] == [
+      ('dead_letter', f'cannot open file: [Errno 2] Not found: s3://{BUCKET}/gone.log.gz',
+       f's3://{BUCKET}/gone.log.gz')]

@@ -9,6 +9,7 @@ from typing import Optional
 
 import apache_beam as beam
 from apache_beam.io import fileio
+from apache_beam.io.aws.clients.s3.messages import S3ClientError
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.localfilesystem import LocalFileSystem
@@ -88,6 +89,17 @@ def open_local_regular_file(path: str) -> io.BufferedReader:
     raise
 
 
+# What opening or reading a source file raises when the storage fails it (as
+# opposed to its content being damaged): local I/O errors, S3's client errors.
+_SOURCE_ERRORS = (OSError, S3ClientError)
+
+
+def _error_text(error: Exception) -> str:
+  if isinstance(error, S3ClientError):
+    return f'S3 error {error.code}: {error.message}'
+  return str(error)
+
+
 class _SourceReader(io.RawIOBase):
   """The bytes of a source file as the decoder reads them: counted for the
   progress report, and with I/O errors of the source (as opposed to damaged
@@ -112,9 +124,9 @@ class _SourceReader(io.RawIOBase):
   def readinto(self, buffer) -> int:
     try:
       data = self._stream.read(len(buffer))
-    except OSError as e:
+    except _SOURCE_ERRORS as e:
       self.failed = e
-      raise UnreadableFile(f'reading failed: {e}') from None
+      raise UnreadableFile(f'reading failed: {_error_text(e)}') from None
     n = len(data)
     buffer[:n] = data
     progress.report(bytes_read=n)
@@ -132,8 +144,8 @@ class DecodeFileDoFn(beam.DoFn):
 
   With `s3_options` (Beam's S3Options as a dict: endpoint, region, keys),
   s3:// files are opened through one S3 client made for the DoFn instead of
-  Beam's filesystem, which makes a boto3 client per file opened (about 0.3 s
-  of CPU each: two thirds of a backfill's time on files of 10,000 lines)."""
+  Beam's filesystem, which makes a boto3 client, a costly object, per file
+  opened (bench/results/s3_backfill.md has what that cost)."""
   def __init__(self, limits: InputLimits = InputLimits(), s3_options: Optional[dict] = None):
     super().__init__()
     self._limits = limits
@@ -155,10 +167,10 @@ class DecodeFileDoFn(beam.DoFn):
     self._files.inc()
     try:
       source = _SourceReader(self._open(readable_file, path))
-    except (UnreadableFile, OSError) as e:
+    except _SOURCE_ERRORS as e:
       self._unreadable.inc()
       progress.report(files=1)
-      message = str(e) if isinstance(e, UnreadableFile) else f'cannot open file: {e}'
+      message = str(e) if isinstance(e, UnreadableFile) else f'cannot open file: {_error_text(e)}'
       yield self._counters.route(BadInput(message), path)
       return
     with source:
