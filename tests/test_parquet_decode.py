@@ -111,6 +111,13 @@ def test_aws_parquet_rows_are_numbered_across_batches_and_row_groups():
   assert items[1].line_origin(0) == f'{ORIGIN}:{PARQUET_BATCH_ROWS + 1}'
 
 
+def test_aws_parquet_dictionary_encoded_columns_are_read_as_their_values():
+  table = aws_table([aws_row('10.0.0.1', '10.0.0.2', 1700000410), aws_row('10.0.0.1', '10.0.0.3', 1700000411)])
+  encoded = table.set_column(3, 'srcaddr', table.column('srcaddr').dictionary_encode())
+  assert str(encoded.schema.field('srcaddr').type) == 'dictionary<values=string, indices=int32, ordered=0>'
+  assert [r.srcaddr for r in records(decoded(parquet_bytes(encoded)))] == ['10.0.0.1', '10.0.0.1']
+
+
 def test_aws_parquet_timestamp_typed_times_are_unix_seconds():
   table = pa.table({'srcaddr': ['10.0.0.1'], 'dstaddr': ['10.0.0.2'],
                     'start': pa.array([1700000410123], pa.timestamp('ms')),

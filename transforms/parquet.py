@@ -131,7 +131,9 @@ class _Layout(NamedTuple):
 
 
 def _is_scalar(pa, arrow_type) -> bool:
-  return not (pa.types.is_nested(arrow_type) or pa.types.is_dictionary(arrow_type))
+  if pa.types.is_dictionary(arrow_type):  # dictionary-encoded values are values
+    arrow_type = arrow_type.value_type
+  return not pa.types.is_nested(arrow_type)
 
 
 def layout_of(schema, pa) -> _Layout:
@@ -185,6 +187,8 @@ class _Converter:
   def text(self, column):
     """An arrow column as text, null (written "-") for null and empty values."""
     pa, pc = self._pa, self._pc
+    if pa.types.is_dictionary(column.type):
+      column = column.dictionary_decode()
     if pa.types.is_timestamp(column.type):
       column = pc.cast(pc.cast(column, pa.timestamp('s'), safe=False), pa.int64())
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or (
