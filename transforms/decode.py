@@ -473,7 +473,9 @@ def _decode_content(raw: IO[bytes], origin: str, limits: InputLimits):
   head = stream.peek(len(PARQUET_MAGIC))[:len(PARQUET_MAGIC)]
   if head == PARQUET_MAGIC:
     from transforms.parquet import decode_parquet  # pylint: disable=import-outside-toplevel
-    yield from decode_parquet(stream, origin, limits.max_file_bytes)
+    # Parquet is read at the offsets its footer names: straight from a
+    # seekable source (each buffer in between would be refilled at each seek).
+    yield from decode_parquet(raw if raw.seekable() else stream, origin, limits.max_file_bytes)
     return
   if head[:2] == GZIP_MAGIC:
     content = io.BufferedReader(_GunzipReader(stream, limits.max_file_bytes), 1 << 16)
@@ -551,7 +553,10 @@ def _decode_json_file(stream, origin: str, limits: InputLimits):
 
 
 def _is_json_object(line: bytes) -> bool:
-  if count_json_values(line) > MAX_JSON_VALUES:
+  stripped = line.strip()
+  if not (stripped.startswith(b'{') and stripped.endswith(b'}')):
+    return False  # (the lines of a pretty-printed document, mostly)
+  if count_json_values(stripped) > MAX_JSON_VALUES:
     return False
   try:
     return isinstance(json_loads(line), dict)
