@@ -4,13 +4,15 @@ each window's JSON to the endpoint.
 
 Every mistake on the command line (an unknown flag, a bad value, a missing
 source, an AWS set-up problem) is one line on stderr and exit status 1. A
-bounded run exits 0 when every window was delivered and 2 when any window went
-to the dead letters, after a short summary. Importing this module changes
+bounded run exits 0 when every window was delivered, 2 when any window went
+to the dead letters, and 1 on failure (an input file that could not be read
+counts as one), after a short summary. Importing this module changes
 nothing in the process; `pipeline/__main__.py` applies the command's
 process-wide settings (pipeline.process_settings) before it runs `main`.
 """
 
 import argparse
+import contextlib
 import difflib
 import logging
 import re
@@ -24,17 +26,20 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
     PipelineOptions, StandardOptions, _BeamArgumentParser)
+from apache_beam.runners.direct.direct_runner import DirectRunner
 from apache_beam.runners.runner import create_runner
 
 from pipeline import process_settings
 from pipeline.aws_errors import aws_error_message
 from pipeline.builder import build_pipeline, log_format_from
-from pipeline.options import VpcFlowPeersOptions, delivery_config
+from pipeline.options import (
+    VpcFlowPeersOptions, configure_filesystems, delivery_config, input_limits, log_level, s3_options)
 from pipeline.runners import FlinkSetupError, PrismSetupError, apply_runner_defaults
 from pipeline.summary import RunSummary, summarize
 from transforms.endpoint_template import validate_endpoint_template
 from transforms.http_sink import PostWindows
 from transforms.kinesis import kinesis_transform_from_options
+from transforms.progress import Progress, report
 from transforms.sources import ReadFlowLogFiles, ReadRecordsFrom
 
 _LOG = logging.getLogger('pipeline')
@@ -135,7 +140,7 @@ def check_options(options: VpcFlowPeersOptions) -> None:
   if options.kinesis_endpoint_url and not _is_http_url(options.kinesis_endpoint_url):
     raise UsageError('--kinesis_endpoint_url must be an http:// or https:// URL, such as '
                      'http://127.0.0.1:4566')
-  if options.input and not FileSystems.match([options.input])[0].metadata_list:
+  if options.input and not matched_files(options.input):
     raise UsageError(f'--input matches no file: {options.input}')
 
 
@@ -147,26 +152,44 @@ def _is_http_url(text: str) -> bool:
     return False
 
 
+def matched_files(pattern: str) -> list:
+  """The FileMetadata of every file the glob matches (any Beam filesystem)."""
+  try:
+    return FileSystems.match([pattern])[0].metadata_list
+  except Exception as e:  # pylint: disable=broad-except (Beam wraps every filesystem's error)
+    raise UsageError(f'--input cannot be listed: {_first_line(e)}') from None
+
+
+def _first_line(error: Exception) -> str:
+  return str(error).strip().splitlines()[0][:500] if str(error).strip() else type(error).__name__
+
+
 def source_from(flags: VpcFlowPeersOptions) -> beam.PTransform:
   if flags.kinesis_stream:
     try:
       return ReadRecordsFrom(kinesis_transform_from_options(flags))
     except ValueError as e:
       raise UsageError(str(e)) from None
-  return ReadFlowLogFiles(flags.input)
+  return ReadFlowLogFiles(flags.input, input_limits(flags), s3_options(flags))
 
 
 def run(argv: Optional[List[str]] = None) -> RunSummary:
   """Builds and runs the pipeline; returns the summary of a finished run."""
   options = parse_options(sys.argv[1:] if argv is None else argv)
+  configure_filesystems(options)  # before anything lists an s3:// path
   flags = options.view_as(VpcFlowPeersOptions)
   check_options(flags)
   source = source_from(flags)
   apply_runner_defaults(options)
   _AWS_STEP_FAILURES.bounded = not options.view_as(StandardOptions).streaming
   pipeline = beam.Pipeline(options=options)
-  build_pipeline(pipeline, source, PostWindows(delivery_config(flags, flags.endpoint)), flags)
-  with StopOnCtrlC(options.view_as(StandardOptions).streaming) as stopper:
+  outputs = build_pipeline(
+      pipeline, source, PostWindows(delivery_config(flags, flags.endpoint)), flags)
+  progress = progress_for(options, flags)
+  if progress is not None:
+    _ = outputs.delivered | 'ReportPostedWindows' >> beam.Map(lambda _: report(windows=1))
+  streaming = options.view_as(StandardOptions).streaming
+  with progress or contextlib.nullcontext(), StopOnCtrlC(streaming) as stopper:
     result = stopper.result = pipeline.run()
     stopper.take_back_sigint()
     try:
@@ -175,7 +198,26 @@ def run(argv: Optional[List[str]] = None) -> RunSummary:
       if not stopper.stopped:
         raise
       # The job was cancelled because we asked: a clean stop, not a failure.
+  if progress is not None:
+    progress.print_now()
   return summarize(result, flags.dead_letter_dir)
+
+
+def progress_for(options: PipelineOptions, flags: VpcFlowPeersOptions) -> Optional[Progress]:
+  """A Progress for a bounded file run on the DirectRunner when asked for
+  (--progress) or when stderr is a terminal; None otherwise."""
+  if not flags.input or options.view_as(StandardOptions).streaming:
+    return None
+  if not (flags.progress or sys.stderr.isatty()):
+    return None
+  runner = options.view_as(StandardOptions).runner
+  if runner not in (None, 'DirectRunner', 'direct') and not isinstance(runner, DirectRunner):
+    if flags.progress:
+      _LOG.warning('--progress is shown on the DirectRunner only; %s shows a job\'s progress itself',
+                   runner)
+    return None
+  files = matched_files(flags.input)
+  return Progress(len(files), sum(f.size_in_bytes for f in files))
 
 
 class StopOnCtrlC:
@@ -309,8 +351,9 @@ def main(argv: Optional[List[str]] = None) -> int:
   if '-h' in argv or '--help' in argv:
     print_help()
     return EXIT_OK
-  logging.basicConfig(
-      level=logging.WARNING, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+  # force: importing Beam may already have given the root logger a handler.
+  logging.basicConfig(level=log_level(argv), format='%(asctime)s %(levelname)s %(name)s: %(message)s',
+                      force=True)
   step_failures = logging.getLogger(_AwsStepFailures.LOGGER)
   step_failures.addFilter(_AWS_STEP_FAILURES)
   try:
@@ -328,6 +371,9 @@ def main(argv: Optional[List[str]] = None) -> int:
   finally:
     step_failures.removeFilter(_AWS_STEP_FAILURES)
   print(summary.render())
-  if summary.dead_letters_unwritten:
+  if summary.unreadable_files:
+    print(f'error: {summary.unreadable_files} input file(s) could not be read: see the '
+          f'bad_input dead letters under {summary.dead_letter_dir}', file=sys.stderr)
+  if summary.unreadable_files or summary.dead_letters_unwritten:
     return EXIT_FAILURE
   return EXIT_WINDOWS_DEAD_LETTERED if summary.windows_dead_lettered else EXIT_OK

@@ -6,9 +6,15 @@ the flag), so that every flag reads its value the same way."""
 import argparse
 import math
 
-from apache_beam.options.pipeline_options import PipelineOptions
+import argparse
+import logging
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 
 from transforms.count import DEFAULT_WINDOW_SECONDS
+from transforms.decode import (
+    DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_LINE_BYTES, MAX_JSON_DOCUMENT_BYTES, InputLimits)
 from transforms.http_sink import DEFAULT_TOKEN_ENV, DeliveryConfig
 from transforms.kinesis import add_kinesis_args
 
@@ -89,6 +95,80 @@ def delivery_config(flags, endpoint_template: str) -> DeliveryConfig:
       ca_bundle=flags.ca_bundle)
 
 
+def add_filesystem_args(parser) -> None:
+  """Beam's own S3 flags (--s3_endpoint_url, --s3_region_name, ...), for a
+  command that is not a pipeline (`python -m pipeline.replay`); a pipeline's
+  options have them already. Credentials come from boto3's chain unless given."""
+  S3Options._add_argparse_args(parser)  # pylint: disable=protected-access
+
+
+def _s3_option_names():
+  parser = argparse.ArgumentParser(add_help=False)
+  add_filesystem_args(parser)
+  return [action.dest for action in parser._actions]  # pylint: disable=protected-access
+
+
+def configure_filesystems(options) -> None:
+  """Gives Beam's filesystems the run's options (S3's endpoint, region, keys)
+  before anything lists or opens a path: Beam does it only when a Pipeline is
+  made, and an s3:// path touched before that fails with "Must provide one of
+  client or options". `options` is a PipelineOptions or the argparse namespace
+  of a command that added `add_filesystem_args`."""
+  if not isinstance(options, PipelineOptions):
+    values = {name: getattr(options, name) for name in _s3_option_names()
+              if getattr(options, name, None) is not None}
+    options = PipelineOptions([], **values)
+  FileSystems.set_options(options)
+
+
+def s3_options(options: PipelineOptions) -> dict:
+  """Beam's S3 options of a run, as the dict Beam's S3 client accepts."""
+  s3 = options.view_as(S3Options)
+  return {name: getattr(s3, name) for name in _s3_option_names() if getattr(s3, name) is not None}
+
+
+# --log_level values, as the logging module names them.
+LOG_LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL')
+
+
+def add_input_args(parser) -> None:
+  """Caps on what one input file may hold, progress and logging."""
+  parser.add_argument(
+      '--max_file_bytes', type=positive_int, default=DEFAULT_MAX_FILE_BYTES,
+      help='Most bytes one input file may decompress to (Parquet: decoded columns); '
+      'the rest of a larger file is one dead letter.')
+  parser.add_argument(
+      '--max_line_bytes', type=positive_int, default=DEFAULT_MAX_LINE_BYTES,
+      help='Longest line of a text or JSON Lines file, in bytes; a longer line is a dead '
+      'letter.')
+  parser.add_argument(
+      '--max_json_document_bytes', type=positive_int, default=MAX_JSON_DOCUMENT_BYTES,
+      help='Largest JSON document file (a Lambda event, get-records output) parsed whole; '
+      'a larger one is a dead letter.')
+  parser.add_argument(
+      '--progress', action='store_true', default=False,
+      help='Print progress to stderr every few seconds (the default when stderr is a '
+      'terminal; DirectRunner only).')
+  parser.add_argument(
+      '--log_level', default='WARNING', type=str.upper, choices=LOG_LEVELS,
+      help='Level of the log messages printed to stderr.')
+
+
+def input_limits(flags) -> InputLimits:
+  """The InputLimits the input flags (add_input_args) describe."""
+  return InputLimits(max_file_bytes=flags.max_file_bytes, max_line_bytes=flags.max_line_bytes,
+                     max_json_document_bytes=flags.max_json_document_bytes)
+
+
+def log_level(argv) -> int:
+  """The level --log_level names in a command line, read before the pipeline's
+  options are (an unknown level is WARNING here; the options' check refuses it)."""
+  parser = argparse.ArgumentParser(add_help=False)
+  parser.add_argument('--log_level', type=str.upper, default='WARNING')
+  known, _ = parser.parse_known_args(argv)
+  return getattr(logging, known.log_level) if known.log_level in LOG_LEVELS else logging.WARNING
+
+
 class VpcFlowPeersOptions(PipelineOptions):
   @classmethod
   def _add_argparse_args(cls, parser):
@@ -119,6 +199,7 @@ class VpcFlowPeersOptions(PipelineOptions):
         'flows (it is posted again, complete).')
     add_delivery_args(parser)
     add_kinesis_args(parser)
+    add_input_args(parser)
 
 
 # Flags of Beam's Flink runner (the Java FlinkPipelineOptions of the job-server

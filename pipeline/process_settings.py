@@ -78,13 +78,17 @@ def quiet_beams_empty_notices() -> None:
 
 
 def skip_unused_beam_dependencies() -> None:
-  """Beam imports pyarrow and pymongo at start-up whenever they are installed
-  (as its own dependencies, they always are) for IOs and batch types this
-  pipeline never uses: a third of Beam's import memory (about 35 MB of the
-  peak RSS of every run) and some 0.3 s. Marked absent before Beam is imported,
-  they take Beam's "not installed" path, which every one of its imports of
-  them has. Modules already imported are left alone."""
-  for name in ('pyarrow', 'pyarrow_hotfix', 'pymongo', 'bson'):
+  """Beam imports pymongo at start-up whenever it is installed (as a Beam
+  dependency, it always is) for its MongoDB IO, which this pipeline never
+  uses. Marked absent before Beam is imported, it takes Beam's "not installed"
+  path, which is the only import of it on Beam's side. Modules already
+  imported are left alone.
+
+  pyarrow is not skipped, though Beam's import of it is the larger cost: the
+  pipeline reads Parquet with it, and Beam modules imported while it was
+  marked absent would keep believing so (bench/results/process_settings.md
+  has what each costs)."""
+  for name in ('pymongo', 'bson'):
     sys.modules.setdefault(name, None)
   # Its MongoDB IO says at import that it found no bson; nothing here uses it.
   logging.getLogger('apache_beam.io.mongodbio').setLevel(logging.ERROR)

@@ -28,10 +28,9 @@ import sys
 import threading
 from typing import Dict, List, Optional
 
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 
-from pipeline.options import add_delivery_args, delivery_config
+from pipeline.options import (
+    add_delivery_args, add_filesystem_args, configure_filesystems, delivery_config)
 from transforms.dead_letter import (
     DROP, DirectoryLock, DirectoryLocked, LetterLine, LockLost, dead_letter_files, is_local,
     remove_stale_temporary_files, rewrite_dead_letter_file, scan_dead_letter_file)
@@ -197,11 +196,6 @@ def _raise_keyboard_interrupt(signum, frame):
   raise KeyboardInterrupt
 
 
-def s3_options(args) -> PipelineOptions:
-  """Beam's S3 options from replay's --s3_* flags (endpoint, region, keys)."""
-  return PipelineOptions([], **{k: v for k, v in vars(args).items() if k.startswith('s3_')})
-
-
 class _UsageError(Exception):
   pass
 
@@ -219,7 +213,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   parser.add_argument('directory', help='the --dead_letter_dir of the run')
   parser.add_argument('--endpoint', help='URL template to post to instead of the recorded URL')
   add_delivery_args(parser)
-  S3Options._add_argparse_args(parser)  # pylint: disable=protected-access
+  add_filesystem_args(parser)
   try:
     args = parser.parse_args(argv)
   except _UsageError as e:
@@ -233,8 +227,7 @@ def main(argv: Optional[List[str]] = None) -> int:
       return EXIT_FAILURE
     print(f'replay: no dead letters: {directory} does not exist')
     return EXIT_OK
-  options = s3_options(args)
-  FileSystems.set_options(options)  # S3: before listing s3:// (input branch: configure_filesystems)
+  configure_filesystems(args)  # before anything lists an s3:// path
   config = delivery_config(args, args.endpoint or 'http://unused/{bucket_time}')
   in_main_thread = threading.current_thread() is threading.main_thread()
   previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if in_main_thread else None

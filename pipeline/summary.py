@@ -25,12 +25,14 @@ class RunSummary(NamedTuple):
   dead_letters_written: int
   dead_letter_dir: str
   dead_letters_unwritten: int = 0  # a write failed (full disk): each is in the log
+  unreadable_files: int = 0  # input files that could not be read (the run fails)
 
 
   def render(self) -> str:
+    unreadable = f' ({self.unreadable_files} could not be read)' if self.unreadable_files else ''
     return '\n'.join([
         'vpc-flow-peers summary',
-        f'  input files:            {self.files}',
+        f'  input files:            {self.files}{unreadable}',
         f'  Kinesis records:        {self.records}',
         f'  flow lines:             {self.flow_lines} ({self.counted_flows} counted)',
         f'  skipped:                {self.skipped_control} control, {self.skipped_nodata} NODATA, '
@@ -74,4 +76,5 @@ def summarize(result, dead_letter_dir: str) -> RunSummary:
       windows_delivered=get('windows_delivered'),
       windows_dead_lettered=get('windows_dead_lettered'),
       dead_letters_written=get('dead_letters_written'), dead_letter_dir=dead_letter_dir,
-      dead_letters_unwritten=get('dead_letters_unwritten'))
+      dead_letters_unwritten=get('dead_letters_unwritten'),
+      unreadable_files=get('unreadable_files'))

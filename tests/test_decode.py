@@ -11,9 +11,8 @@ import pytest
 from builders import (
     b64, control_message, custom_line, data_message, flow_line, get_records_output, gz,
     kinesis_jsonl, lambda_event, no_traffic_line, record_data)
-from transforms import decode
 from transforms.decode import (
-    MAX_RECORD_DECOMPRESSED_BYTES, BadInput, LogBatch, Skipped, decode_file,
+    MAX_RECORD_DECOMPRESSED_BYTES, BadInput, InputLimits, LogBatch, Skipped, decode_file,
     decode_kinesis_data, gunzip_capped)
 
 LINE_A = flow_line('10.0.0.1', '10.0.0.2', 1700000410)
@@ -431,13 +430,23 @@ def test_decode_file_concatenated_gzip_members_split_at_a_read_boundary():
   assert not [item for item in items if is_bad(item)]
 
 
-def test_decode_file_json_lines_with_a_bad_first_line_past_the_document_cap(monkeypatch):
+def test_decode_file_json_lines_with_a_bad_first_line_past_the_document_cap():
   """A JSON Lines file bigger than the whole-document cap, whose first line is
   bad, is still read to its end, line by line."""
-  monkeypatch.setattr(decode, 'MAX_JSON_DOCUMENT_BYTES', 1000)
   content = b'{bad first line\n' + kinesis_jsonl([RECORD_1] * 10).encode()
   assert len(content) > 3000
-  items = decoded_file(content)
+  items = described(decode_file(io.BytesIO(content), ORIGIN, InputLimits(max_json_document_bytes=1000)))
   assert [i for i in items if not is_bad(i)] == [
       LogBatch(f'{ORIGIN}:{n}', (LINE_A, LINE_B), None, True) for n in range(2, 12)]
   assert [i[1].split(':')[0] for i in items if is_bad(i)] == ['line 1 is not JSON']
+
+
+def test_decode_file_gzip_members_that_inflate_past_a_piece_each_come_once():
+  """Members whose content is larger than the reader's decompression piece
+  (256 KiB), so that a member ends inside a piece: each is read once, whole,
+  with the member after it (the decompressor's unconsumed tail then repeats
+  bytes of its unused data, which must not be read twice)."""
+  lines = ''.join(f'{LINE_A}\n' for _ in range(10000)).encode()
+  assert len(lines) > 4 * 256 * 1024
+  items = decoded_file(gz(lines) * 3 + gz(f'{LINE_B}\n'.encode()))
+  assert [line for item in items for line in item.lines] == [LINE_A] * 30000 + [LINE_B]

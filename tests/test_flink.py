@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import (
     FlinkRunnerOptions, PipelineOptions, PortableOptions)
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-from flink_cluster import flink_cluster  # pylint: disable=unused-import
+from flink_cluster import REST_PORT, flink_cluster  # pylint: disable=unused-import
 from pipeline import runners
 from pipeline.cli import main
 from pipeline.summary import RunSummary
@@ -26,7 +26,7 @@ from test_golden_end_to_end import (
 from transforms.dead_letter import read_dead_letters
 from transforms.elements import KIND_BAD_INPUT, KIND_UNDELIVERED_WINDOW
 
-FLINK_FLAGS = ['--runner=FlinkRunner', '--flink_master=localhost:8081']
+FLINK_FLAGS = ['--runner=FlinkRunner', f'--flink_master=localhost:{REST_PORT}']
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import pytest
 
-from flink_cluster import flink_cluster  # pylint: disable=unused-import
+from flink_cluster import REST_PORT, flink_cluster  # pylint: disable=unused-import
 from pipeline.cli import run
 from tests import kinesis_helpers as kh
 from tests.builders import flow_line, no_traffic_line
@@ -281,7 +281,7 @@ class StreamingJob:
 
 def streaming_command_line(stream_url: str, receiver, dead_letters) -> List[str]:
   return [
-      '--runner=FlinkRunner', '--flink_master=localhost:8081', '--streaming',
+      '--runner=FlinkRunner', f'--flink_master=localhost:{REST_PORT}', '--streaming',
       '--checkpointing_interval=2000', '--parallelism=1',
       f'--kinesis_stream={STREAM}', f'--kinesis_endpoint_url={stream_url}',
       f'--aws_region={kh.REGION}', '--kinesis_initial_position=TRIM_HORIZON',

@@ -5,7 +5,13 @@ CloudWatch Logs subscription message whose log events are flow log lines. A file
 may hold such records in one of several shapes (a Lambda test event, JSON Lines of
 Kinesis records, `aws kinesis get-records` output), or flow log lines themselves
 (as AWS delivers them to S3, with a header line, or plain), each gzip-compressed or
-not. The shape is told from the content, never from the file name.
+not, or flow log records in Parquet (AWS's schema, or Security Lake's OCSF, read
+by `transforms.parquet`). The shape is told from the content, never from the
+file name.
+
+Every size read from a file has a cap (`InputLimits`): decompressed bytes per
+file, bytes per line, bytes of a JSON document read whole. What goes past a cap
+is one `BadInput` saying which cap, never unbounded memory.
 
 Everything here is a pure function from bytes to `LogBatch`es and `BadInput`s;
 the thin DoFns that call them live in `transforms.sources`.
@@ -18,7 +24,7 @@ import itertools
 import json
 import operator
 import zlib
-from typing import IO, Iterator, List, Optional, Tuple, Union
+from typing import IO, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 from transforms.elements import LogBatch, Skipped
 from transforms.flow_record import LogFormat
@@ -59,30 +65,62 @@ DATA_MESSAGE = 'DATA_MESSAGE'
 CONTROL_MESSAGE = 'CONTROL_MESSAGE'
 
 GZIP_MAGIC = b'\x1f\x8b'
+PARQUET_MAGIC = b'PAR1'
 
 # A Kinesis record is at most 1 MiB; its data decompresses to far less than
 # this unless it is a gzip bomb.
 MAX_RECORD_DECOMPRESSED_BYTES = 64 * 1024 * 1024
 # A flow log file is split into batches of this many lines.
 FILE_BATCH_LINES = 5000
-# A JSON document (not JSON Lines) file is parsed whole; cap what it may hold.
-MAX_JSON_DOCUMENT_BYTES = 512 * 1024 * 1024
+# A JSON document (not JSON Lines) file is parsed whole, and JSON parsing turns
+# each byte into far more memory (a 3-byte `{},` is a 64-byte dict), so both the
+# document's size and its number of values are capped. The largest legitimate
+# documents are `aws kinesis get-records` output (at most 10 MB of record data
+# per call, base64: about 14 MB) and Lambda events (6 MB payloads).
+MAX_JSON_DOCUMENT_BYTES = 64 * 1024 * 1024
+# Values (count_json_values) one JSON text may hold: a get-records page of
+# 10,000 records has about 50,000.
+MAX_JSON_VALUES = 1_000_000
+# AWS writes flow log files of at most 75 MB, gzip-compressed; flow log text
+# compresses about tenfold, so under 1 GiB. A file decompressing to four times
+# that is a bomb.
+DEFAULT_MAX_FILE_BYTES = 4 * 1024 * 1024 * 1024
+# A flow log line is a few hundred bytes; a JSON line holds one Kinesis record
+# (at most 1 MiB, base64: 1.4 MB) or one subscription message (CloudWatch Logs
+# batches at most 1 MiB of events).
+DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
+
+
+class InputLimits(NamedTuple):
+  """The caps on what one input file may make the pipeline hold or read."""
+  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # decompressed content (Parquet: decoded columns)
+  max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+  max_json_document_bytes: int = MAX_JSON_DOCUMENT_BYTES
 
 
 class BadInput(ValueError):
-  """Input that cannot be decoded. `raw` is the offending input (bytes or str)."""
-  def __init__(self, reason: str, raw: Union[bytes, str, None] = None):
+  """Input that cannot be decoded. `raw` is the offending input (bytes or str),
+  or only its start, in which case `raw_length` is the length of the whole."""
+  def __init__(self, reason: str, raw: Union[bytes, str, None] = None,
+               raw_length: Optional[int] = None):
     super().__init__(reason)
     self.reason = reason
     self.raw = raw
+    self.raw_length = raw_length
 
 
 class DamagedStream(BadInput):
-  """A file that cannot be read to its end (truncated or corrupt gzip)."""
+  """A file that cannot be read to its end (truncated or corrupt gzip, or past
+  a cap)."""
+
+
+class InputTooLarge(OSError):
+  """Raised by the capped readers when a file's content passes its cap."""
 
 
 def gunzip_capped(data: bytes, limit: int = MAX_RECORD_DECOMPRESSED_BYTES) -> bytes:
-  """Decompresses gzip data, refusing to produce more than `limit` bytes."""
+  """Decompresses gzip data of one member, refusing to produce more than
+  `limit` bytes."""
   decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
   try:
     out = decompressor.decompress(data, limit + 1)
@@ -93,6 +131,61 @@ def gunzip_capped(data: bytes, limit: int = MAX_RECORD_DECOMPRESSED_BYTES) -> by
   if not decompressor.eof:
     raise BadInput('truncated gzip data', data)
   return out
+
+
+def gunzip_members(data: bytes, limit: int = MAX_RECORD_DECOMPRESSED_BYTES
+                   ) -> Tuple[List[bytes], Optional[BadInput]]:
+  """Decompresses gzip data member by member (concatenated members are valid
+  gzip), all of them together under `limit` bytes.
+
+  Returns the members' contents and, when something follows the last good
+  member that is not a whole gzip member (trailing garbage, a cut or corrupt
+  member, or more than the cap), a BadInput for that rest. Raises BadInput
+  when not even the first member can be read."""
+  members: List[bytes] = []
+  rest = bytes(data)
+  total = 0
+  while True:
+    decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    try:
+      out = decompressor.decompress(rest, limit - total + 1)
+      error = None
+    except zlib.error as e:
+      error = f'not valid gzip: {e}'
+    if error is None:
+      if total + len(out) > limit:
+        error = f'gzip data decompresses to more than {limit} bytes'
+      elif not decompressor.eof:
+        error = 'truncated gzip data'
+    if error is not None:
+      if not members:
+        raise BadInput(error, data)
+      return members, BadInput(f'gzip member {len(members)}: {error}', rest)
+    members.append(out)
+    total += len(out)
+    rest = decompressor.unused_data
+    if not rest:
+      return members, None
+    if not rest.startswith(GZIP_MAGIC):
+      return members, BadInput(
+          f'{len(rest)} byte(s) after gzip member {len(members) - 1} are not gzip', rest)
+
+
+def count_json_values(text: Union[bytes, str]) -> int:
+  """An upper bound of the values a JSON text holds, counted without parsing
+  it: every value is the whole text, an element after a comma, or the first
+  element of an object or array (objects and arrays are counted as values too)."""
+  if isinstance(text, str):
+    containers, commas = text.count('{') + text.count('['), text.count(',')
+  else:
+    containers, commas = text.count(b'{') + text.count(b'['), text.count(b',')
+  return 1 + 2 * containers + commas
+
+
+def _refuse_huge_json(text: Union[bytes, str], what: str) -> None:
+  if count_json_values(text) > MAX_JSON_VALUES:
+    raise BadInput(f'{what} holds more than {MAX_JSON_VALUES} JSON values: not parsed',
+                   text[:4096], len(text))
 
 
 def decode_subscription_message(payload: bytes, origin: str) -> Iterator[Union[LogBatch, Skipped]]:
@@ -107,6 +200,7 @@ def decode_subscription_message(payload: bytes, origin: str) -> Iterator[Union[L
     if lines is not None:
       yield LogBatch(origin, lines, None, True)
       return
+  _refuse_huge_json(payload, 'subscription message')
   try:
     message = json_loads(payload)
   except _JSON_ERRORS as e:
@@ -139,13 +233,29 @@ def read_subscription_message(message, origin: str, raw) -> Iterator[Union[LogBa
   yield LogBatch(origin, lines, None, True)
 
 
-def decode_kinesis_data(data: bytes, origin: str) -> Iterator[Union[LogBatch, Skipped]]:
-  """Decodes a Kinesis record's data (already base64-decoded, as boto3 gives it)."""
+def decode_kinesis_data(data: bytes, origin: str) -> Iterator[Union[LogBatch, Skipped, BadInput]]:
+  """Decodes a Kinesis record's data (already base64-decoded, as boto3 gives it).
+
+  Raises BadInput when the record cannot be read at all. Data of several gzip
+  members (valid gzip: a producer may concatenate compressed messages) is read
+  member by member, each one a subscription message, all under the one cap;
+  then a member that cannot be read, and anything after the last member that
+  is not gzip, is a BadInput yielded after the members read before it."""
   if not isinstance(data, (bytes, bytearray)):
     raise BadInput('Kinesis record data is not bytes', repr(data))
   if not data.startswith(GZIP_MAGIC):
     raise BadInput('Kinesis record data is not gzip', data)
-  yield from decode_subscription_message(gunzip_capped(data), origin)
+  members, rest = gunzip_members(data)
+  if len(members) == 1 and rest is None:
+    yield from decode_subscription_message(members[0], origin)
+    return
+  for index, member in enumerate(members):
+    try:
+      yield from decode_subscription_message(member, origin if index == 0 else f'{origin} member {index}')
+    except BadInput as e:
+      yield BadInput(f'gzip member {index}: {e.reason}', e.raw, e.raw_length)
+  if rest is not None:
+    yield rest
 
 
 def decode_base64(text: str) -> bytes:
@@ -201,37 +311,65 @@ def _decode_json_value(value, origin: str) -> Iterator[Union[LogBatch, Skipped, 
                    json.dumps(value)[:4096])
 
 
-def _text_lines(stream: IO[bytes], origin: str, first_number: int = 1) -> Iterator[Tuple[int, Union[str, BadInput]]]:
-  """The stream's lines as text. A line that is not UTF-8 comes as a BadInput;
-  so does damage that ends the stream early (a truncated or corrupt gzip file),
-  after every whole line before it."""
+def _text_lines(stream: IO[bytes], origin: str, first_number: int = 1,
+                max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Tuple[int, Union[str, BadInput]]]:
+  """The stream's lines as text. A line that is not UTF-8, or longer than
+  `max_line_bytes` (its rest is read and dropped, never held), comes as a
+  BadInput; so does damage that ends the stream early (a truncated or corrupt
+  gzip file, or content past the file's cap), after every whole line before it."""
   number = first_number - 1
   try:
-    for number, raw in enumerate(stream, first_number):
+    while True:
+      raw = stream.readline(max_line_bytes + 1)
+      if not raw:
+        return
+      number += 1
+      if len(raw) > max_line_bytes and not raw.endswith(b'\n'):
+        length = len(raw) + _skip_rest_of_line(stream)
+        yield number, BadInput(f'line {number} is longer than {max_line_bytes} bytes: not read',
+                               raw[:4096], length)
+        continue
       try:
         yield number, raw.decode('utf-8')
       except UnicodeDecodeError:
-        yield number, BadInput(f'line {number} is not UTF-8', raw)
+        yield number, BadInput(f'line {number} is not UTF-8', raw[:4096], len(raw))
+  except InputTooLarge as e:
+    yield number + 1, DamagedStream(f'{e}: not read past line {number}', origin)
   except (OSError, EOFError, zlib.error) as e:
     yield number + 1, DamagedStream(f'file cannot be read past line {number}: {e}', origin)
 
 
-def _decode_json_lines(stream: IO[bytes], origin: str, first_number: int = 1):
-  for number, line in _text_lines(stream, origin, first_number):
+def _skip_rest_of_line(stream: IO[bytes]) -> int:
+  """Reads past the end of the current line in pieces; returns the bytes read."""
+  skipped = 0
+  while True:
+    piece = stream.readline(1 << 20)
+    skipped += len(piece)
+    if not piece or piece.endswith(b'\n'):
+      return skipped
+
+
+def _decode_json_lines(stream: IO[bytes], origin: str, first_number: int = 1,
+                       limits: InputLimits = InputLimits()):
+  for number, line in _text_lines(stream, origin, first_number, limits.max_line_bytes):
     if isinstance(line, BadInput):
       yield line
       continue
     if not line.strip():
       continue
     try:
+      _refuse_huge_json(line, f'line {number}')
       value = json_loads(line)
+    except BadInput as e:
+      yield e
+      continue
     except _JSON_ERRORS as e:
       yield BadInput(f'line {number} is not JSON: {e}', line)
       continue
     yield from _decode_json_value(value, f'{origin}:{number}')
 
 
-def _decode_flow_lines(stream: IO[bytes], origin: str):
+def _decode_flow_lines(stream: IO[bytes], origin: str, limits: InputLimits = InputLimits()):
   """Flow log lines, after an optional header line naming their fields. Blank
   lines stay in the batches (and are passed over when parsing) so that a line's
   position in its batch gives its line number."""
@@ -239,7 +377,7 @@ def _decode_flow_lines(stream: IO[bytes], origin: str):
   batch: List[str] = []
   first_line = 1
   bad_lines: List[BadInput] = []
-  for number, line in _text_lines(stream, origin):
+  for number, line in _text_lines(stream, origin, max_line_bytes=limits.max_line_bytes):
     if isinstance(line, BadInput):
       bad_lines.append(line)  # yielded after the lines read before it
       if isinstance(line, DamagedStream):
@@ -280,39 +418,114 @@ def _first_byte(stream) -> bytes:
     stream.read(len(ahead))
 
 
-def decode_file(raw: IO[bytes], origin: str) -> Iterator[Union[LogBatch, Skipped, BadInput]]:
-  """Reads a file of any supported shape, gzip-compressed or not.
+# Formats a glob may catch that are none of the shapes read here, by their
+# first bytes, so that the dead letter can say what the file is.
+_OTHER_FORMATS = (
+    (b'PK\x03\x04', 'a zip archive'), (b'BZh', 'bzip2-compressed data'),
+    (b'\xfd7zXZ\x00', 'xz-compressed data'), (b'\x28\xb5\x2f\xfd', 'zstd-compressed data'),
+    (b'\x04\x22\x4d\x18', 'LZ4-compressed data'), (b'\xff\x06\x00\x00sNaPpY', 'snappy-framed data'),
+    (b'ORC', 'an ORC file'), (b'Obj\x01', 'an Avro file'), (b'\x89PNG', 'a PNG image'),
+    (b'%PDF', 'a PDF document'), (b'\x7fELF', 'an ELF executable'),
+    (GZIP_MAGIC, 'gzip-compressed data inside gzip'),
+    (PARQUET_MAGIC, 'a gzip-compressed Parquet file (Parquet is read uncompressed: '
+                    'its columns are compressed inside it)'))
+# In text, control characters other than these are rare; in binary data common.
+_TEXT_CONTROLS = frozenset(b'\t\n\r\x0b\x0c\x1b')
+_SNIFF_BYTES = 4096
+
+
+def what_binary_data_is(sample: bytes) -> Optional[str]:
+  """None when `sample` (a file's first bytes) reads as text; else what the
+  file looks like. Text is UTF-8 with few control characters (NUL included)
+  or undecodable bytes: a flow log with one damaged line is text (that line is
+  a dead letter of its own), a zip file or random bytes are not."""
+  for magic, what in _OTHER_FORMATS:
+    if sample.startswith(magic):
+      return what
+  if not sample:
+    return None
+  text = sample.decode('utf-8', errors='replace')
+  odd = text.count('\ufffd') + sum(1 for c in text if ord(c) < 32 and ord(c) not in _TEXT_CONTROLS)
+  if odd * 10 > len(text):
+    return 'binary data'
+  return None
+
+
+def decode_file(raw: IO[bytes], origin: str, limits: InputLimits = InputLimits()
+                ) -> Iterator[Union[LogBatch, Skipped, BadInput]]:
+  """Reads a file of any supported shape, gzip-compressed or not, or Parquet.
 
   Yields LogBatches and Skipped records, and a BadInput for each part that
-  cannot be read; good data beside bad data in the same file still comes out."""
-  stream = io.BufferedReader(raw, 1 << 20) if not hasattr(raw, 'peek') else raw
-  if stream.peek(2)[:2] == GZIP_MAGIC:
-    stream = io.BufferedReader(_GunzipReader(stream), 1 << 16)
+  cannot be read; good data beside bad data in the same file still comes out.
+  A file in none of the shapes is one BadInput saying what it looks like."""
   try:
-    first = _first_byte(stream)
-    if first == b'{':
-      yield from _decode_json_file(stream, origin)
-    elif first == b'[':
-      yield from _decode_json_document(stream.read(MAX_JSON_DOCUMENT_BYTES + 1), origin)
-    elif first:
-      yield from _decode_flow_lines(stream, origin)
+    yield from _decode_content(raw, origin, limits)
+  except InputTooLarge as e:
+    yield BadInput(f'{e}: file not read', origin)
   except (OSError, EOFError, zlib.error) as e:
     # A truncated or corrupt gzip file: what was read before the damage has
     # already been yielded.
     yield BadInput(f'file cannot be read to its end: {e}', origin)
 
 
-def _decode_json_file(stream, origin: str):
+def _decode_content(raw: IO[bytes], origin: str, limits: InputLimits):
+  stream = io.BufferedReader(raw, 1 << 20) if not hasattr(raw, 'peek') else raw
+  head = stream.peek(len(PARQUET_MAGIC))[:len(PARQUET_MAGIC)]
+  if head == PARQUET_MAGIC:
+    from transforms.parquet import decode_parquet  # pylint: disable=import-outside-toplevel
+    # Parquet is read at the offsets its footer names: straight from a
+    # seekable source (each buffer in between would be refilled at each seek).
+    yield from decode_parquet(raw if raw.seekable() else stream, origin, limits.max_file_bytes)
+    return
+  if head[:2] == GZIP_MAGIC:
+    content = io.BufferedReader(_GunzipReader(stream, limits.max_file_bytes), 1 << 16)
+  else:
+    content = io.BufferedReader(_CappedReader(stream, limits.max_file_bytes), 1 << 16)
+  sample = content.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
+  what = what_binary_data_is(sample)
+  if what is not None:
+    compressed = ' (after gunzip)' if head[:2] == GZIP_MAGIC else ''
+    yield BadInput(f'file is {what}{compressed}: not a shape this pipeline reads '
+                   '(flow log text, JSON of Kinesis records, or Parquet)', sample[:64])
+    return
+  first = _first_byte(content)
+  if first == b'{':
+    yield from _decode_json_file(content, origin, limits)
+  elif first == b'[':
+    yield from _decode_json_document(content.read(limits.max_json_document_bytes + 1), origin,
+                                     limits.max_json_document_bytes)
+  elif first:
+    yield from _decode_flow_lines(content, origin, limits)
+
+
+def _decode_json_file(stream, origin: str, limits: InputLimits):
   """A file starting with "{": JSON Lines (each line one record, event or
   message), or one JSON document spread over several lines. When the first
   line is not JSON by itself, the file is read as one document; if that fails
   too it is JSON Lines with a bad first line, and the good lines still count."""
-  first_line = stream.readline()
-  try:
-    first_value = json_loads(first_line)
-  except _JSON_ERRORS:
-    content = first_line + stream.read(MAX_JSON_DOCUMENT_BYTES)
-    if len(content) <= MAX_JSON_DOCUMENT_BYTES:
+  document_cap = limits.max_json_document_bytes
+  first_line = stream.readline(max(document_cap, limits.max_line_bytes) + 1)
+  first_value = None
+  if len(first_line) <= document_cap:
+    # (A one-line document may be longer than a line may be, up to the document cap.)
+    try:
+      _refuse_huge_json(first_line, 'line 1')
+      first_value = json_loads(first_line)
+    except BadInput as e:
+      yield e
+      yield from _decode_json_lines(stream, origin, 2, limits)
+      return
+    except _JSON_ERRORS:
+      pass
+  if first_value is None:
+    if len(first_line) > document_cap:
+      length = len(first_line) + _skip_rest_of_line(stream)
+      yield BadInput(f'line 1 is longer than {document_cap} bytes: not read', first_line[:4096], length)
+      yield from _decode_json_lines(stream, origin, 2, limits)
+      return
+    content = first_line + stream.read(document_cap - len(first_line) + 1)
+    too_many_values = count_json_values(content) > MAX_JSON_VALUES
+    if len(content) <= document_cap and not too_many_values:
       try:
         document = json_loads(content)
       except _JSON_ERRORS:
@@ -320,21 +533,31 @@ def _decode_json_file(stream, origin: str):
       if document is not None:
         yield from _decode_json_values(document, origin)
         return
-      if not any(_is_json_object(line) for line in content.splitlines()[1:]):
-        # A cut or broken document, not JSON Lines: one dead letter.
+    if not any(_is_json_object(line) for line in content.splitlines()[1:]):
+      # A cut, broken or oversized document, not JSON Lines: one dead letter.
+      if len(content) > document_cap:
+        yield BadInput(f'JSON document larger than {document_cap} bytes: not read', content[:4096])
+      elif too_many_values:
+        yield BadInput(f'JSON document holds more than {MAX_JSON_VALUES} JSON values: not parsed',
+                       content[:4096], len(content))
+      else:
         yield BadInput('file is not JSON (neither one document nor JSON Lines)', content)
-        return
+      return
     # JSON Lines after all; past the document cap, the rest of the file follows
     # (from the end of the line the cap cut).
-    if not content.endswith(b'\n'):
-      content += stream.readline()
-    yield from _decode_json_lines(itertools.chain(io.BytesIO(content), stream), origin)
+    rest = io.BufferedReader(_ChainedReader(io.BytesIO(content), stream), 1 << 16)
+    yield from _decode_json_lines(rest, origin, limits=limits)
     return
   yield from _decode_json_value(first_value, f'{origin}:1')
-  yield from _decode_json_lines(stream, origin, first_number=2)
+  yield from _decode_json_lines(stream, origin, 2, limits)
 
 
 def _is_json_object(line: bytes) -> bool:
+  stripped = line.strip()
+  if not (stripped.startswith(b'{') and stripped.endswith(b'}')):
+    return False  # (the lines of a pretty-printed document, mostly)
+  if count_json_values(stripped) > MAX_JSON_VALUES:
+    return False
   try:
     return isinstance(json_loads(line), dict)
   except _JSON_ERRORS:
@@ -347,61 +570,121 @@ def _decode_json_values(value, origin: str):
     yield from _decode_json_value(item, origin if len(values) == 1 else f'{origin} item {i}')
 
 
-class _GunzipReader(io.RawIOBase):
-  """Decompresses a gzip stream (of one or more members) as it is read. Unlike
-  gzip.GzipFile, it hands out everything decompressed before damage (a
-  truncated or corrupt file) and raises only on the read after that."""
-  def __init__(self, compressed: IO[bytes]):
+class _CappedReader(io.RawIOBase):
+  """Reads a stream, raising InputTooLarge once more than `limit` bytes came."""
+  def __init__(self, stream: IO[bytes], limit: int):
     super().__init__()
-    self._compressed = compressed
-    self._decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
-    self._pending = b''
-    self._error: Optional[Exception] = None
+    self._stream = stream
+    self._left = limit
+    self._limit = limit
 
   def readable(self):
     return True
 
   def readinto(self, buffer) -> int:
-    while not self._pending:
-      if self._error is not None:
-        error, self._error = self._error, None
-        raise error
-      if not self._fill():
-        return 0
-    n = min(len(buffer), len(self._pending))
-    buffer[:n] = self._pending[:n]
-    self._pending = self._pending[n:]
+    n = self._stream.readinto(buffer)
+    self._left -= n
+    if self._left < 0:
+      raise InputTooLarge(f'file is larger than {self._limit} bytes')
     return n
 
-  def _fill(self) -> bool:
-    """Decompresses more; False at the clean end of the stream."""
-    chunk = self._compressed.read(1 << 16)
-    try:
-      if not chunk:
-        if not self._decompressor.eof:
-          raise EOFError('gzip data ends before its end-of-stream marker')
-        return False
-      self._pending = self._decompressor.decompress(chunk)
-      while self._decompressor.eof and self._decompressor.unused_data:
-        # Another gzip member follows (concatenated .gz files are valid gzip).
-        rest = self._decompressor.unused_data
-        if len(rest) < len(GZIP_MAGIC):  # the chunk ended inside the magic
-          rest += self._compressed.read(len(GZIP_MAGIC) - len(rest))
-        if not rest.startswith(GZIP_MAGIC):
-          raise OSError('data after the end of the gzip stream is not gzip')
-        self._decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
-        self._pending += self._decompressor.decompress(rest)
-    except (zlib.error, EOFError, OSError) as e:
-      self._error = e if isinstance(e, (EOFError, OSError)) else OSError(f'corrupt gzip data: {e}')
+
+class _ChainedReader(io.RawIOBase):
+  """One stream after another, as one stream."""
+  def __init__(self, *streams: IO[bytes]):
+    super().__init__()
+    self._streams = list(streams)
+
+  def readable(self):
     return True
 
+  def readinto(self, buffer) -> int:
+    while self._streams:
+      n = self._streams[0].readinto(buffer)
+      if n:
+        return n
+      self._streams.pop(0)
+    return 0
 
-def _decode_json_document(document: bytes, origin: str):
-  if len(document) > MAX_JSON_DOCUMENT_BYTES:
-    yield BadInput(f'JSON document larger than {MAX_JSON_DOCUMENT_BYTES} bytes', document[:4096])
+
+class _GunzipReader(io.RawIOBase):
+  """Decompresses a gzip stream (of one or more members) as it is read, in
+  linear time and bounded memory: each call decompresses at most `_PIECE`
+  bytes (a deflate block can expand a thousandfold), and every decompressed
+  byte is copied out once. Unlike gzip.GzipFile, it hands out everything
+  decompressed before damage (a truncated or corrupt file, data after the last
+  member that is not gzip) and raises only on the read after that; past
+  `limit` decompressed bytes it raises InputTooLarge."""
+  _PIECE = 1 << 18
+
+  def __init__(self, compressed: IO[bytes], limit: int = DEFAULT_MAX_FILE_BYTES):
+    super().__init__()
+    self._compressed = compressed
+    self._decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    self._input = b''  # compressed bytes not yet given to the decompressor
+    self._piece = memoryview(b'')
+    self._offset = 0
+    self._produced = 0
+    self._limit = limit
+    self._finished = False
+
+  def readable(self):
+    return True
+
+  def readinto(self, buffer) -> int:
+    while self._offset >= len(self._piece):
+      if self._finished:
+        return 0
+      self._next_piece()
+    n = min(len(buffer), len(self._piece) - self._offset)
+    buffer[:n] = self._piece[self._offset:self._offset + n]
+    self._offset += n
+    return n
+
+  def _next_piece(self) -> None:
+    """Decompresses the next piece (maybe empty); raises on damage."""
+    if self._decompressor.eof:
+      # unused_data holds every byte given past the member's end (the
+      # unconsumed tail may repeat some of them).
+      rest = self._decompressor.unused_data
+      while len(rest) < len(GZIP_MAGIC):  # the stream may end inside a magic
+        more = self._compressed.read(1 << 16)
+        if not more:
+          break
+        rest += more
+      if not rest:
+        self._finished = True
+        return
+      if not rest.startswith(GZIP_MAGIC):
+        raise OSError('data after the end of the gzip stream is not gzip')
+      # Another gzip member follows (concatenated .gz files are valid gzip).
+      self._decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
+      self._input = rest
+    if not self._input:
+      self._input = self._compressed.read(1 << 16)
+      if not self._input:
+        raise EOFError('gzip data ends before its end-of-stream marker')
+    try:
+      piece = self._decompressor.decompress(self._input, self._PIECE)
+    except zlib.error as e:
+      raise OSError(f'corrupt gzip data: {e}') from None
+    self._input = self._decompressor.unconsumed_tail
+    self._produced += len(piece)
+    if self._produced > self._limit:
+      raise InputTooLarge(f'file decompresses to more than {self._limit} bytes')
+    self._piece, self._offset = memoryview(piece), 0
+
+
+def _decode_json_document(document: bytes, origin: str, cap: int = MAX_JSON_DOCUMENT_BYTES):
+  if len(document) > cap:
+    yield BadInput(f'JSON document larger than {cap} bytes: not read', document[:4096])
     return
   try:
+    _refuse_huge_json(document, 'JSON document')
     value = json_loads(document)
+  except BadInput as e:
+    yield e
+    return
   except _JSON_ERRORS as e:
     yield BadInput(f'file is not JSON: {e}', document)
     return
