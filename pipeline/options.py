@@ -108,17 +108,18 @@ def _s3_option_names():
   return [action.dest for action in parser._actions]  # pylint: disable=protected-access
 
 
-def configure_filesystems(options) -> None:
+def configure_filesystems(options) -> PipelineOptions:
   """Gives Beam's filesystems the run's options (S3's endpoint, region, keys)
   before anything lists or opens a path: Beam does it only when a Pipeline is
   made, and an s3:// path touched before that fails with "Must provide one of
   client or options". `options` is a PipelineOptions or the argparse namespace
-  of a command that added `add_filesystem_args`."""
+  of a command that added `add_filesystem_args`; returns the options set."""
   if not isinstance(options, PipelineOptions):
     values = {name: getattr(options, name) for name in _s3_option_names()
               if getattr(options, name, None) is not None}
     options = PipelineOptions([], **values)
   FileSystems.set_options(options)
+  return options
 
 
 def s3_options(options: PipelineOptions) -> dict:

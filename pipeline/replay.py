@@ -227,7 +227,7 @@ def main(argv: Optional[List[str]] = None) -> int:
       return EXIT_FAILURE
     print(f'replay: no dead letters: {directory} does not exist')
     return EXIT_OK
-  configure_filesystems(args)  # before anything lists an s3:// path
+  options = configure_filesystems(args)  # before anything lists an s3:// path
   config = delivery_config(args, args.endpoint or 'http://unused/{bucket_time}')
   in_main_thread = threading.current_thread() is threading.main_thread()
   previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if in_main_thread else None

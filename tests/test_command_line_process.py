@@ -112,7 +112,7 @@ def test_a_run_with_runner_flags_shows_only_real_warnings(start_receiver, tmp_pa
       check=False)
   assert finished.returncode == 0, finished.stderr
   assert re.fullmatch(
-      r'WARNING:transforms\.dead_letter:wrote 1 bad_input dead letter\(s\) to '
+      r'[\d-]+ [\d:,]+ WARNING transforms\.dead_letter: wrote 1 bad_input dead letter\(s\) to '
       + re.escape(str(tmp_path / 'dead')) + r'/bad_input-[\w-]+\.jsonl\n', finished.stderr), finished.stderr
   assert receiver.latest_by_path() == {'/connection_sets/1700000400': {'10.0.0.1': 1, '10.0.0.2': 1}}
 
