@@ -20,11 +20,12 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.builder import build_pipeline, log_format_from
+from pipeline.builder import build_pipeline, group_fields, log_format_from
 from pipeline.options import VpcFlowPeersOptions, delivery_config
 from pipeline.runners import FlinkSetupError, PrismSetupError, apply_runner_defaults
 from pipeline.summary import RunSummary, summarize
 from transforms.endpoint_template import validate_endpoint_template
+from transforms.flow_record import LogFormat, is_field_name
 from transforms.http_sink import PostWindows
 from transforms.kinesis_source import kinesis_transform_from_options
 from transforms.sources import ReadFlowLogFiles, ReadRecordsFrom
@@ -34,6 +35,12 @@ _LOG = logging.getLogger('pipeline')
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_WINDOWS_DEAD_LETTERED = 2
+
+
+# Limits of the counting flags: a group of more fields, or more shards than
+# Flink's default number of key groups, is a mistake, not a deployment.
+MAX_GROUP_FIELDS = 8
+MAX_MERGE_SHARDS = 128
 
 
 class UsageError(ValueError):
@@ -46,10 +53,13 @@ def check_options(options: VpcFlowPeersOptions) -> None:
   if not options.endpoint:
     raise UsageError('--endpoint=URL_TEMPLATE is required')
   try:
-    validate_endpoint_template(options.endpoint)
-    log_format_from(options)
+    log_format = log_format_from(options)
   except ValueError as e:
-    raise UsageError(str(e)) from None
+    raise UsageError(f'--log_format: {e}') from None
+  if log_format.unknown_fields:
+    _LOG.warning('--log_format names fields this version does not know (read like any other '
+                 'field): %s', ' '.join(log_format.unknown_fields))
+  check_counting_options(options, log_format)
   if options.window_seconds <= 0:
     raise UsageError('--window_seconds must be positive')
   if options.allowed_lateness < 0:
@@ -58,6 +68,26 @@ def check_options(options: VpcFlowPeersOptions) -> None:
     raise UsageError('--max_retry_seconds must not be negative')
   if options.input and not FileSystems.match([options.input])[0].metadata_list:
     raise UsageError(f'--input matches no file: {options.input}')
+
+
+def check_counting_options(options: VpcFlowPeersOptions, log_format: LogFormat) -> None:
+  group_by = group_fields(options)
+  bad = [field for field in group_by if not is_field_name(field)]
+  if bad or len(set(group_by)) != len(group_by) or len(group_by) > MAX_GROUP_FIELDS:
+    raise UsageError(f'--group_by takes up to {MAX_GROUP_FIELDS} distinct flow log field names '
+                     f'separated by commas, e.g. account-id,vpc-id (got {options.group_by[:200]!r})')
+  if options.kinesis_stream:
+    # Records are all in the configured format (a file may have its own header).
+    missing = [field for field in group_by if log_format.column(field) is None]
+    if missing:
+      raise UsageError(f'--group_by names {", ".join(missing)}, which the log format lacks '
+                       '(--log_format, default version 2)')
+  try:
+    validate_endpoint_template(options.endpoint, group_by)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  if not 1 <= options.merge_shards <= MAX_MERGE_SHARDS:
+    raise UsageError(f'--merge_shards must be between 1 and {MAX_MERGE_SHARDS}')
 
 
 def source_from(flags: VpcFlowPeersOptions) -> beam.PTransform:
