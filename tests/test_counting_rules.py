@@ -22,7 +22,7 @@ from transforms.counting import rules
 from transforms.counting.addresses import address_key, address_text
 from transforms.counting.count import AccumulatePeersDoFn
 from transforms.counting.peers import PeerCounts, counts_as_text
-from transforms.elements import LogBatch
+from transforms.elements import NO_EVENT_TIME, LogBatch, event_times_of
 from transforms.flow_record import DEFAULT_FIELDS, LogFormat
 
 WINDOW = 600
@@ -193,7 +193,8 @@ def outcome_of(scan, line, plan, event_time) -> tuple:
   read_line."""
   known: Dict[str, int] = {}
   with_times = event_time is not None or plan.start < 0
-  pairs, flows, rest, counted_here = scan((line,), plan, known, (event_time,) if with_times else None)
+  times = event_times_of([NO_EVENT_TIME if event_time is None else event_time]) if with_times else None
+  pairs, flows, rest, counted_here = scan((line,), plan, known, times)
   if not rest:
     assert counted_here == 1
     if flows:
@@ -234,7 +235,8 @@ def test_the_c_scan_counts_the_plain_lines_itself():
   for name in plain:
     fields, key, line, event_time, _ = RULES[name]
     plan = rules.plan_for(LogFormat(fields), key, WINDOW, event_times=event_time is not None)
-    _, _, rest, counted_here = rules.native_scan((line,), plan, {}, None if event_time is None else (event_time,))
+    _, _, rest, counted_here = rules.native_scan((line,), plan, {}, None if event_time is None else event_times_of(
+        [event_time]))
     assert (rest, counted_here) == ([], 1), name
 
 
@@ -298,10 +300,11 @@ def test_the_c_scan_reads_the_address_cache_and_never_writes_it():
     (((), rules.plan_for(LogFormat(V2), INTERFACE, WINDOW)._replace(window_seconds=2**70), {}), OverflowError),
     (((), 'plan', {}), TypeError),
     ((('x',), rules.plan_for(LogFormat(V2), INTERFACE, WINDOW), []), TypeError),
-    ((('x',), rules.plan_for(LogFormat(V2), INTERFACE, WINDOW), {}, (1, 2)), ValueError),
+    ((('x',), rules.plan_for(LogFormat(NO_START), INTERFACE, WINDOW, True), {}, event_times_of([1, 2])), ValueError),
+    ((('x',), rules.plan_for(LogFormat(NO_START), INTERFACE, WINDOW, True), {}, (1,)), TypeError),
     ((5, rules.plan_for(LogFormat(V2), INTERFACE, WINDOW), {}), TypeError),
 ], ids=['short_plan', 'column_outside', 'group_column_outside', 'zero_window', 'huge_window', 'plan_not_a_tuple',
-        'cache_not_a_dict', 'event_times_of_another_length', 'lines_not_a_sequence'])
+        'cache_not_a_dict', 'event_times_of_another_length', 'event_times_not_bytes', 'lines_not_a_sequence'])
 def test_the_c_scan_refuses_bad_arguments_cleanly(arguments, error):
   with pytest.raises(error):
     rules.native_scan(*arguments)
@@ -309,9 +312,10 @@ def test_the_c_scan_refuses_bad_arguments_cleanly(arguments, error):
 
 def test_the_c_scan_leaves_what_is_not_text_to_the_rules():
   plan = rules.plan_for(LogFormat(NO_START), INTERFACE, WINDOW, event_times=True)
-  lines = ('1 eni-1 10.0.0.1 10.0.0.2 ACCEPT OK',) * 5
-  times = (1700000410000, None, 1.7e12, 2**70, True)
-  assert rules.native_scan(lines, plan, {}, times)[2:] == ([1, 2, 3, 4], 1)
+  lines = ('1 eni-1 10.0.0.1 10.0.0.2 ACCEPT OK',) * 4
+  times = event_times_of([1700000410000, NO_EVENT_TIME, 12, -2**63])
+  assert rules.native_scan(lines, plan, {}, times)[2:] == ([1, 2, 3], 1)
+  assert rules.python_scan(lines, plan, {}, times)[2:] == ([1, 2, 3], 1)
   assert rules.native_scan([b'bytes', None, 3], rules.plan_for(LogFormat(V2), INTERFACE, WINDOW), {})[2:] == (
       [0, 1, 2], 0)
 

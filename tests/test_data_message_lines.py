@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 from builders import data_message, flow_line
 from transforms import decode
 from transforms.decode import BadInput
-from transforms.elements import LogBatch, Skipped
+from transforms.elements import NO_EVENT_TIME, LogBatch, Skipped, event_times_of, read_event_times
 from transforms._flowscan import data_message_events  # pylint: disable=no-name-in-module
 
 ORIGIN = 'shard-0/1'
@@ -64,7 +64,7 @@ def test_reads_a_plain_data_message_as_the_json_parse_does(style):
   assert assert_reads_as_python_does(payload)
   # Through the whole decoding, with the C reader on.
   assert list(decode.decode_subscription_message(payload, ORIGIN)) == [
-      LogBatch(ORIGIN, tuple(LINES), None, True, event_times=(1700000000000, 1700000000000))]
+      LogBatch(ORIGIN, tuple(LINES), None, True, event_times=event_times_of([1700000000000] * 2))]
 
 
 @pytest.mark.parametrize('payload, lines', [
@@ -84,28 +84,28 @@ TIMESTAMP = b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"x"%s}]}'
 
 
 @pytest.mark.parametrize('timestamp, event_times', [
-    (b'', (None,)),
-    (b',"timestamp":-1', (-1,)),
-    (b',"timestamp":1.5', (None,)),
-    (b',"timestamp":1e3', (None,)),
-    (b',"timestamp":"1700000000000"', (None,)),
-    (b',"timestamp":null', (None,)),
-    (b',"timestamp":true', (None,)),
+    (b'', [NO_EVENT_TIME]),
+    (b',"timestamp":-1', [NO_EVENT_TIME]),
+    (b',"timestamp":1.5', [NO_EVENT_TIME]),
+    (b',"timestamp":1e3', [NO_EVENT_TIME]),
+    (b',"timestamp":"1700000000000"', [NO_EVENT_TIME]),
+    (b',"timestamp":null', [NO_EVENT_TIME]),
+    (b',"timestamp":true', [NO_EVENT_TIME]),
     (b',"timestamp":01', 'bad'),
-    (b',"timestamp":1234567890123456789', (1234567890123456789,)),
-    (b',"timestamp":1,"timestamp":2', (2,)),
+    (b',"timestamp":1234567890123456789', [1234567890123456789]),
+    (b',"timestamp":1,"timestamp":2', [2]),
 ], ids=['none', 'negative', 'fraction', 'exponent', 'string', 'null', 'boolean', 'leading_zero',
         'nineteen_digits', 'twice'])
 def test_declines_events_without_a_plain_timestamp_and_the_json_parse_decides(timestamp, event_times):
   """The C reader reads a timestamp of 1 to 18 digits; the Python path keeps
-  any integer and gives None for anything else."""
+  any non-negative 64-bit integer and NO_EVENT_TIME for anything else."""
   payload = TIMESTAMP % timestamp
   assert data_message_events(payload) is None
   outcome = python_outcome(payload)
   if event_times == 'bad':
     assert outcome[0] == 'BadInput'
   else:
-    assert outcome == [LogBatch(ORIGIN, ('x',), None, True, event_times=event_times)]
+    assert outcome == [LogBatch(ORIGIN, ('x',), None, True, event_times=event_times_of(event_times))]
 
 
 NESTED = b'{"messageType":"DATA_MESSAGE","logEvents":[],"deep":%s}'
@@ -259,3 +259,13 @@ def test_every_plain_data_message_is_read_in_c(lines, style, extra):
   payload = dumped(message, style)
   assert data_message_lines(payload) == tuple(lines)
   assert assert_reads_as_python_does(payload)
+
+
+def test_the_timestamps_of_events_read_in_c_are_each_events_own():
+  message = data_message(LINES * 3)
+  for i, event in enumerate(message['logEvents']):
+    event['timestamp'] = [1700000000000, 1700000000000, 1700000060123, 5, 1700000060123, 1700000060123][i]
+  lines, event_times = data_message_events(dumped(message, 0))
+  assert lines == tuple(LINES * 3)
+  assert list(read_event_times(event_times)) == [1700000000000, 1700000000000, 1700000060123, 5, 1700000060123,
+                                                 1700000060123]

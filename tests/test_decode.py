@@ -12,6 +12,7 @@ from builders import (
     b64, control_message, custom_line, data_message, flow_line, get_records_output, gz,
     kinesis_jsonl, lambda_event, no_traffic_line, record_data)
 from transforms import decode
+from transforms.elements import event_times_of
 from transforms.decode import (
     MAX_RECORD_DECOMPRESSED_BYTES, BadInput, LogBatch, Skipped, decode_file,
     decode_kinesis_data, gunzip_capped)
@@ -42,7 +43,7 @@ class StartsWith:
 def record_batch(origin, lines):
   """The LogBatch of a subscription message's log events, as the builders
   write them (every event stamped 1700000000000)."""
-  return LogBatch(origin, lines, None, True, event_times=(1700000000000,) * len(lines))
+  return LogBatch(origin, lines, None, True, event_times=event_times_of([1700000000000] * len(lines)))
 
 def bad(reason, raw):
   return ('BadInput', reason, raw)

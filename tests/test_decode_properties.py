@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from builders import b64, data_message, flow_line, gz, record_data
 from transforms.decode import BadInput, decode_file, decode_kinesis_data
-from transforms.elements import LogBatch, Skipped
+from transforms.elements import NO_EVENT_TIME, LogBatch, Skipped, event_times_of
 from transforms.counting import rules
 from transforms.flow_record import LogFormat
 
@@ -83,8 +83,9 @@ def test_arbitrary_json_never_crashes_decode_kinesis_data(value):
                              for e in value['logEvents']))
   if is_data_message:
     assert outcome == [LogBatch('shard-0/1', tuple(e['message'] for e in value['logEvents']), None, True,
-                                event_times=tuple(e.get('timestamp') if type(e.get('timestamp')) is int
-                                                  else None for e in value['logEvents']))]
+                                event_times=event_times_of(
+                                    e['timestamp'] if type(e.get('timestamp')) is int and 0 <= e['timestamp'] < 2**63
+                                    else NO_EVENT_TIME for e in value['logEvents']))]
 
 
 @SETTINGS
@@ -147,5 +148,5 @@ def test_a_valid_record_survives_the_fuzzing_helpers():
   """The helpers above accept a good record, so the properties test something."""
   line = flow_line('10.0.0.1', '10.0.0.2', 1700000400)
   assert decode_kinesis_outcome(record_data(data_message([line]))) == [
-      LogBatch('shard-0/1', (line,), None, True, event_times=(1700000000000,))]
+      LogBatch('shard-0/1', (line,), None, True, event_times=event_times_of([1700000000000]))]
   assert read_line_outcome(line) == rules.Flow(1700000400, ('123456789012',), 167772161, 167772162)

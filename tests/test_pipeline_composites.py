@@ -19,7 +19,8 @@ from pipeline.options import VpcFlowPeersOptions
 from transforms.counting.count import CountDistinctPeers, _ToWindowCounts
 from transforms.counting.peers import PeerCounts
 from transforms.dead_letter import read_dead_letters
-from transforms.elements import KIND_BAD_INPUT, KIND_LATE_DATA, DeadLetter, LogBatch, RawRecord, WindowCounts
+from transforms.elements import (
+    KIND_BAD_INPUT, KIND_LATE_DATA, DeadLetter, LogBatch, RawRecord, WindowCounts, event_times_of)
 from transforms.flow_record import LogFormat
 from transforms.sources import ReadFlowLogFiles, ReadRecordsFrom
 
@@ -92,7 +93,7 @@ def records_batch(origin, *lines):
 
 def event_batch(origin, *lines):
   """A batch as decoded from a subscription message built by `data_message`."""
-  return LogBatch(origin, tuple(lines), None, True, event_times=(1700000000000,) * len(lines))
+  return LogBatch(origin, tuple(lines), None, True, event_times=event_times_of([1700000000000] * len(lines)))
 
 
 def arriving(origin, srcaddr, dstaddr, start, watermark):

@@ -10,7 +10,7 @@
 
 /* ---- data_message_events: a CloudWatch Logs subscription message's events ----
 
-   data_message_events(payload: bytes) -> (tuple of str, tuple of int), or None
+   data_message_events(payload: bytes) -> (tuple of str, bytes), or None
 
    The "message" and the "timestamp" of every log event of a DATA_MESSAGE,
    read straight from the JSON text, without building the events' dicts
@@ -21,7 +21,9 @@
    with exactly one "messageType", "DATA_MESSAGE", and one "logEvents", an
    array of objects each with exactly one "message", a string, and exactly
    one "timestamp", a non-negative integer of at most 18 digits. Such a text
-   is valid JSON whose parse gives these very messages and timestamps.
+   is valid JSON whose parse gives these very messages and timestamps. The
+   timestamps come as one bytes object of native int64s (elements.LogBatch's
+   event_times), one per line.
    Anything else, valid JSON or not, gives None: the Python path
    (decode.decode_subscription_message) parses it and decides. */
 
@@ -169,23 +171,37 @@ static int events_add(Events *events, Event event) {
   return 1;
 }
 
-/* A non-negative integer of at most 18 digits, as JSON writes it. */
-static int json_timestamp(Json *j, int64_t *out) {
+typedef struct {
+  Span text;  /* the digits of the last timestamp read, and their value */
+  int64_t value;
+} LastTimestamp;
+
+/* A non-negative integer of at most 18 digits, as JSON writes it. The events
+   of a message mostly share their timestamp: the same digits as the last
+   ones are not converted again. */
+static int json_timestamp(Json *j, LastTimestamp *last, int64_t *out) {
   json_space(j);
   const unsigned char *p = j->p, *e = j->end;
   if (p >= e || !is_digit(*p) || (*p == '0' && p + 1 < e && is_digit(p[1]))) return 0;
-  int64_t value = 0;
   const unsigned char *digits = p;
-  while (p < e && is_digit(*p)) value = value * 10 + (*p++ - '0');
-  if (p - digits > 18 || (p < e && (*p == '.' || *p == 'e' || *p == 'E'))) return 0;
+  while (p < e && is_digit(*p)) p++;
+  Py_ssize_t length = p - digits;
+  if (length > 18 || (p < e && (*p == '.' || *p == 'e' || *p == 'E'))) return 0;
+  if (length != last->text.length || memcmp(digits, last->text.text, (size_t)length) != 0) {
+    int64_t value = 0;
+    for (const unsigned char *d = digits; d < p; d++) value = value * 10 + (*d - '0');
+    last->text.text = (const char *)digits;
+    last->text.length = length;
+    last->value = value;
+  }
   j->p = p;
-  *out = value;
+  *out = last->value;
   return 1;
 }
 
 /* One log event: an object with exactly one "message", a string, and one
    "timestamp", an integer. */
-static int json_event(Json *j, Events *events) {
+static int json_event(Json *j, Events *events, LastTimestamp *last) {
   if (!json_take(j, '{') || ++j->depth > MAX_JSON_DEPTH) return 0;
   int messages = 0, timestamps = 0;
   Event event;
@@ -196,7 +212,7 @@ static int json_event(Json *j, Events *events) {
       if (span_is(&key, "message")) {
         if (messages++ || !json_string(j, &event.message)) return 0;
       } else if (span_is(&key, "timestamp")) {
-        if (timestamps++ || !json_timestamp(j, &event.timestamp)) return 0;
+        if (timestamps++ || !json_timestamp(j, last, &event.timestamp)) return 0;
       } else if (!json_skip_value(j)) {
         return 0;
       }
@@ -221,9 +237,10 @@ static int json_data_message(Json *j, Events *events) {
       if (types++ || !json_string(j, &type) || !span_is(&type, "DATA_MESSAGE")) return 0;
     } else if (span_is(&key, "logEvents")) {
       if (event_lists++ || !json_take(j, '[')) return 0;
+      LastTimestamp last = {{NULL, -1}, 0};
       if (!json_take(j, ']')) {
         do {
-          if (!json_event(j, events)) return 0;
+          if (!json_event(j, events, &last)) return 0;
         } while (json_take(j, ','));
         if (!json_take(j, ']')) return 0;
       }
@@ -250,19 +267,17 @@ static PyObject *data_message_events(PyObject *module, PyObject *payload) {
     Py_RETURN_NONE;
   }
   PyObject *lines = PyTuple_New(events.count);
-  PyObject *timestamps = lines ? PyTuple_New(events.count) : NULL;
+  PyObject *timestamps = lines ? PyBytes_FromStringAndSize(NULL, events.count * (Py_ssize_t)sizeof(int64_t)) : NULL;
   for (Py_ssize_t i = 0; timestamps != NULL && i < events.count; i++) {
     Span message = events.items[i].message;
     PyObject *line = PyUnicode_New(message.length, 127);
-    PyObject *timestamp = line ? PyLong_FromLongLong(events.items[i].timestamp) : NULL;
-    if (timestamp == NULL) {
-      Py_XDECREF(line);
+    if (line == NULL) {
       Py_CLEAR(timestamps);
       break;
     }
     memcpy(PyUnicode_DATA(line), message.text, (size_t)message.length);
     PyTuple_SET_ITEM(lines, i, line);
-    PyTuple_SET_ITEM(timestamps, i, timestamp);
+    ((int64_t *)PyBytes_AS_STRING(timestamps))[i] = events.items[i].timestamp;
   }
   free(events.items);
   if (timestamps == NULL) {
@@ -274,7 +289,7 @@ static PyObject *data_message_events(PyObject *module, PyObject *payload) {
 
 static PyMethodDef methods[] = {
     {"data_message_events", data_message_events, METH_O,
-     "data_message_events(payload) -> (lines, timestamps), or None: see transforms/_flowscan.c."},
+     "data_message_events(payload) -> (lines, event_times), or None: see transforms/_flowscan.c."},
     {NULL, NULL, 0, NULL},
 };
 

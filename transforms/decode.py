@@ -20,7 +20,7 @@ import operator
 import zlib
 from typing import IO, Iterator, List, Optional, Tuple, Union
 
-from transforms.elements import LogBatch, Skipped
+from transforms.elements import NO_EVENT_TIME, LogBatch, Skipped, event_times_of
 from transforms.flow_record import LogFormat
 
 try:
@@ -139,12 +139,14 @@ def read_subscription_message(message, origin: str, raw) -> Iterator[Union[LogBa
     raise BadInput('a log event has no message', raw) from None
   if not set(map(type, lines)) <= {str}:
     raise BadInput('a log event message is not a string', raw)
-  yield LogBatch(origin, lines, None, True, event_times=tuple(map(_event_timestamp, events)))
+  yield LogBatch(origin, lines, None, True, event_times=event_times_of(map(_event_timestamp, events)))
 
 
-def _event_timestamp(event: dict) -> Optional[int]:
+def _event_timestamp(event: dict) -> int:
   timestamp = event.get('timestamp')
-  return timestamp if type(timestamp) is int else None  # pylint: disable=unidiomatic-typecheck
+  if type(timestamp) is int and 0 <= timestamp < 2**63:  # pylint: disable=unidiomatic-typecheck
+    return timestamp
+  return NO_EVENT_TIME
 
 
 def decode_kinesis_data(data: bytes, origin: str) -> Iterator[Union[LogBatch, Skipped]]:

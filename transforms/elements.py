@@ -9,9 +9,10 @@ flows through them, so that the flow reads from one file:
 `Skipped` is what decoding says of a record read and deliberately not counted.
 """
 
+import array
 import base64
 import json
-from typing import Dict, NamedTuple, Optional, Tuple, Union
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 
 class RawRecord(NamedTuple):
@@ -48,21 +49,36 @@ class LogBatch(NamedTuple):
   back less), and Beam could drop flows this check let pass.
 
   `event_times` holds, for lines read from CloudWatch Logs events, each
-  event's `timestamp` (Unix milliseconds; None where an event has none): it
-  windows the lines of a format without `start`. None for lines from files."""
+  event's `timestamp` (Unix milliseconds) as native int64s, one per line, -1
+  where an event has none (`event_times_of` reads them): it windows the
+  lines of a format without `start`. None for lines from files."""
   origin: str
   lines: Tuple[str, ...]
   fields: Optional[Tuple[str, ...]] = None
   from_record: bool = False  # True when decoded from a Kinesis record
   first_line_number: int = 1  # in a file, the number of the first line
   watermark: Optional[float] = None
-  event_times: Optional[Tuple[Optional[int], ...]] = None
+  event_times: Optional[bytes] = None
 
   def line_origin(self, index: int) -> str:
     """Where the batch's line `index` came from, for dead letters."""
     if self.from_record:
       return f'{self.origin} logEvents[{index}]'
     return f'{self.origin}:{self.first_line_number + index}'
+
+
+# An event without a timestamp, in LogBatch.event_times.
+NO_EVENT_TIME = -1
+
+
+def event_times_of(timestamps: Sequence[int]) -> bytes:
+  """LogBatch.event_times of these timestamps (NO_EVENT_TIME for none)."""
+  return array.array('q', timestamps).tobytes()
+
+
+def read_event_times(event_times: bytes) -> Sequence[int]:
+  """The timestamps LogBatch.event_times holds, as a sequence of ints."""
+  return memoryview(event_times).cast('q')
 
 
 class Skipped(NamedTuple):

@@ -9,8 +9,8 @@
    end and log-status, -1 for one not used, window_seconds, min_time, max_time,
    the tuple of group columns, the field names); `known_addresses` the address
    cache, a dict from address text to key, read here and never written;
-   `event_times` None or each line's log event timestamp (int, Unix ms, or
-   None). The result is what rules.scan returns; only which lines land in
+   `event_times` None or each line's log event timestamp (Unix ms, bytes of
+   native int64s, negative for none: elements.LogBatch). The result is what rules.scan returns; only which lines land in
    `rest` differs: a line is counted here only when it is plainly what
    rules.read_line counts:
      - ASCII, `n_fields` fields separated by single spaces, no other white
@@ -339,33 +339,27 @@ outside:
   return 0;
 }
 
-/* Each line's event time (Unix ms) as int64, NO_TIME where there is none. */
+/* Each line's event time (Unix ms) as int64, NO_TIME where there is none:
+   `event_times` is None or bytes of native int64s (elements.LogBatch),
+   negative for an event without a timestamp. */
 static int read_event_times(PyObject *event_times, Py_ssize_t n, int64_t *out) {
   if (event_times == Py_None) {
     for (Py_ssize_t i = 0; i < n; i++) out[i] = NO_TIME;
     return 1;
   }
-  PyObject *times = PySequence_Fast(event_times, "scan: event_times must be a sequence or None");
-  if (times == NULL) return 0;
-  if (PySequence_Fast_GET_SIZE(times) != n) {
-    Py_DECREF(times);
-    PyErr_SetString(PyExc_ValueError, "scan: event_times must have one entry per line");
-    return 0;
-  }
-  PyObject **items = PySequence_Fast_ITEMS(times);
-  for (Py_ssize_t i = 0; i < n; i++) {
-    out[i] = NO_TIME;
-    if (PyLong_CheckExact(items[i])) {
-      long long value = PyLong_AsLongLong(items[i]);
-      if (value == -1 && PyErr_Occurred()) {
-        PyErr_Clear();  /* beyond 64 bits: no plausible time */
-        continue;
-      }
-      out[i] = value;
+  Py_buffer view;
+  if (PyObject_GetBuffer(event_times, &view, PyBUF_SIMPLE) < 0) return 0;
+  int ok = view.len == n * (Py_ssize_t)sizeof(int64_t);
+  if (ok) {
+    memcpy(out, view.buf, (size_t)view.len);
+    for (Py_ssize_t i = 0; i < n; i++) {
+      if (out[i] < 0) out[i] = NO_TIME;
     }
+  } else {
+    PyErr_SetString(PyExc_ValueError, "scan: event_times must hold one int64 per line");
   }
-  Py_DECREF(times);
-  return 1;
+  PyBuffer_Release(&view);
+  return ok;
 }
 
 static PyObject *scan(PyObject *module, PyObject *args) {
@@ -394,7 +388,8 @@ static PyObject *scan(PyObject *module, PyObject *args) {
     PyErr_NoMemory();
     goto done;
   }
-  if (!read_event_times(event_times, n, times)) goto done;
+  /* Event times window only the lines of a format without start. */
+  if (!read_event_times(plan.start < 0 ? event_times : Py_None, n, times)) goto done;
   for (Py_ssize_t i = 0; i < n; i++) {
     PyObject *item = PyTuple_GET_ITEM(lines, i);
     if (PyUnicode_Check(item) && PyUnicode_IS_READY(item) && PyUnicode_IS_ASCII(item)) {

@@ -36,7 +36,7 @@ from transforms.counting import rules
 from transforms.counting.late import LateFlows, TooLate
 from transforms.counting.peers import (
     PeerCounts, PeerPairs, PeerPairsCoder, ShardCountsCoder, counts_as_text)
-from transforms.elements import DEAD_LETTER_TAG, DeadLetter, LogBatch, WindowCounts
+from transforms.elements import DEAD_LETTER_TAG, DeadLetter, LogBatch, WindowCounts, read_event_times
 from transforms.flow_record import LogFormat
 
 _LOG = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class AccumulatePeersDoFn(beam.DoFn):
     """Reads a line the scan left: counts it, tallies why it is skipped, or
     returns its dead letter."""
     line, tally = batch.lines[index], self._tally.values
-    timestamp = None if batch.event_times is None else batch.event_times[index]
+    timestamp = None if batch.event_times is None else read_event_times(batch.event_times)[index]
     try:
       outcome = rules.read_line(line, plan, self._known_addresses, timestamp)
     except rules.FlowLineError as e:

@@ -22,6 +22,7 @@ import array
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 from transforms.counting.addresses import NARROW_LIMIT, cached_address_key
+from transforms.elements import read_event_times
 from transforms.flow_record import ADDRESS_FIELDS, NO_VALUE, LogFormat
 
 # log-status values (AWS: "OK", "NODATA" when there was no traffic on the
@@ -156,7 +157,7 @@ def flow_time(text: str, name: str, plan: ScanPlan) -> Optional[int]:
 
 def event_time(timestamp: Optional[int], plan: ScanPlan) -> int:
   """A CloudWatch Logs event's timestamp (Unix milliseconds) in seconds."""
-  if timestamp is None:
+  if timestamp is None or timestamp < 0:  # (elements.NO_EVENT_TIME)
     raise FlowLineError('log format has no start field, and the log event has no timestamp')
   seconds = timestamp // MILLISECONDS
   if not plan.min_time <= seconds < plan.max_time:
@@ -221,7 +222,7 @@ ScanResult = Tuple[Dict[Tuple[int, Tuple[str, ...]], bytes], list, list, int]
 
 
 def scan(lines: Sequence[str], plan: ScanPlan, known_addresses: Dict[str, int],
-         event_times: Optional[Sequence[Optional[int]]] = None) -> ScanResult:
+         event_times: Optional[bytes] = None) -> ScanResult:
   """Counts a batch of lines: returns (pairs_by_key, flows, rest, counted).
 
   pairs_by_key maps each (window start, group) to native uint64 bytes: both
@@ -230,14 +231,16 @@ def scan(lines: Sequence[str], plan: ScanPlan, known_addresses: Dict[str, int],
   pairs). flows lists (window start, group, src key, dst key) for the other
   counted flows (an IPv6 side). rest lists, by index, the lines not counted
   here, for `read_line` to decide; `counted` is the number of flows in the
-  first two. `event_times` holds each line's log event timestamp (Unix ms),
-  or is None."""
+  first two. `event_times` holds each line's log event timestamp, as
+  elements.LogBatch does, or is None."""
   pairs_by_key: Dict[Tuple[int, Tuple[str, ...]], array.array] = {}
   flows, rest = [], []
+  times = None if event_times is None or plan.start >= 0 else read_event_times(event_times)
+  if times is not None and len(times) != len(lines):
+    raise ValueError('scan: event_times must hold one int64 per line')
   for index, line in enumerate(lines):
     try:
-      flow = read_line(line, plan, known_addresses,
-                       None if event_times is None else event_times[index])
+      flow = read_line(line, plan, known_addresses, None if times is None else times[index])
     except FlowLineError:
       flow = None
     if type(flow) is not Flow:  # pylint: disable=unidiomatic-typecheck
