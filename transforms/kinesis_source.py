@@ -49,7 +49,7 @@ Design, and why:
   the watermark); the event time is assigned downstream from the flow's start.
   Each record also carries the watermark its restriction had when the record
   was read (`RawRecord.watermark`), from which downstream tells too-late flows
-  (see `transforms.count.AccumulatePeersDoFn`).
+  (see `transforms.counting.late`).
 * Limits and faults. botocore's own 'standard' retry mode retries throttling
   (ProvisionedThroughputExceeded, LimitExceeded, ...) with exponential backoff
   and jitter; 'adaptive' is not used because its client-side rate limiter is

@@ -19,7 +19,7 @@ gives the complete document again.
 import hashlib
 import logging
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple, Union
 
 import apache_beam as beam
 import numpy as np
@@ -42,11 +42,13 @@ from transforms.flow_record import LogFormat
 _LOG = logging.getLogger(__name__)
 
 DEFAULT_WINDOW_SECONDS = 600
-# Each window's merge is spread over this many shards by default: enough keys
-# for Flink to balance them over the few workers a job has (with S keys hashed
-# to 2 workers the busier one holds about 1/2 + 1/sqrt(4S) of the work: 56 %
-# at 16), few enough that the DirectRunner's cost per key (a shuffle key costs
-# about 0.4 ms there) stays out of sight (bench/ measures it).
+# Each window's merge is spread over this many shards by default. Flink hashes
+# keys to workers, so S shards split over 2 workers leave the busier one about
+# S/2 + 0.4 sqrt(S) of them on average: 60 % of the merge at 16 (55 % at 64, 71 %
+# at 4). More shards balance better but each costs a key per window and group
+# in the shuffle (about 0.4 ms on the DirectRunner) and in Flink's state, which
+# multiplies with the number of groups; 16 keeps that out of sight on the
+# benchmark (bench/) while a job of 2 to 4 workers gets most of the spread.
 DEFAULT_MERGE_SHARDS = 16
 # See AccumulatePeersDoFn.finish_bundle.
 ADDRESS_CACHE_RELEARN_RATIO = 8
@@ -78,23 +80,67 @@ class _LineTally:
       self._bad_inputs.inc(self.values['bad_lines'])
     if self.late_pairs:
       self._late_pairs.inc(self.late_pairs)
-    self.values = dict.fromkeys(self.NAMES, 0)
+    self.values.update(dict.fromkeys(self.NAMES, 0))  # in place: a bundle holds the dict
     self.late_pairs = 0
 
 
-class _BundlePeers:
-  """A bundle's peer pairs per (window start, group), and its too-late ones."""
-  def __init__(self):
+class _Plans:
+  """The scan plan of each format a worker meets, or why it cannot be counted."""
+  def __init__(self, key: rules.CountingKey, window_seconds: int, default_format: LogFormat):
+    self._key, self._window_seconds, self._default_format = key, window_seconds, default_format
+    self._plans: Dict[tuple, Union[rules.ScanPlan, rules.UnusableFormat]] = {}
+
+  def __call__(self, batch: LogBatch) -> Union[rules.ScanPlan, rules.UnusableFormat]:
+    key = (batch.fields, batch.event_times is not None)
+    plan = self._plans.get(key)
+    if plan is None:
+      try:
+        log_format = self._default_format if batch.fields is None else LogFormat(batch.fields)
+        plan = rules.plan_for(log_format, self._key, self._window_seconds, key[1])
+      except ValueError as e:
+        plan = e if isinstance(e, rules.UnusableFormat) else rules.UnusableFormat(str(e))
+      self._plans[key] = plan
+    return plan
+
+
+class _Bundle:
+  """A bundle's peer pairs per (window start, group), its too-late ones and
+  its tallies: the batches counted into it, and what it emits at its end."""
+  def __init__(self, tally: _LineTally, known_addresses: Dict[str, int]):
     self.windows: Dict[Tuple[int, GroupValues], PeerPairs] = {}
     self.late = LateFlows()
-    self._last_closed = -math.inf  # windows starting here or before are too late
-    self._origin = ''
+    self._tally, self._known = tally.values, known_addresses
+    self._last_closed, self._origin = -math.inf, ''  # windows starting at or before it are too late
 
-  def reading(self, last_closed: float, origin: str) -> '_BundlePeers':
-    self._last_closed, self._origin = last_closed, origin
-    return self
+  def count(self, batch: LogBatch, plan: rules.ScanPlan, scan, last_closed: float) -> Iterator[DeadLetter]:
+    """Counts a batch: the scan's flows, then the lines it left, read by
+    rules.read_line; yields the dead letters of the bad lines."""
+    self._last_closed, self._origin = last_closed, batch.origin
+    pairs_by_key, flows, rest, counted = scan(batch.lines, plan, self._known, batch.event_times)
+    for (bucket, group), pairs in pairs_by_key.items():
+      self._pairs(bucket, group).add_pairs(np.frombuffer(pairs, dtype=np.uint64))
+    for bucket, group, src, dst in flows:
+      self._pairs(bucket, group).add_flow(src, dst)
+    self._tally['flow_lines'] += len(batch.lines)
+    self._tally['counted_flows'] += counted
+    times = None if batch.event_times is None else read_event_times(batch.event_times)
+    for index in rest:
+      line = batch.lines[index]
+      try:
+        outcome = rules.read_line(line, plan, self._known, None if times is None else times[index])
+      except rules.FlowLineError as e:
+        self._tally['bad_lines'] += 1
+        yield DeadLetter.bad_input(str(e), batch.line_origin(index), line)
+        continue
+      if isinstance(outcome, rules.Flow):
+        self._pairs(outcome.bucket, outcome.group).add_flow(outcome.src, outcome.dst)
+        self._tally['counted_flows'] += 1
+      elif outcome == rules.BLANK_LINE:
+        self._tally['flow_lines'] -= 1  # a blank line in a file is not a flow line
+      else:
+        self._tally[outcome] += 1
 
-  def pairs(self, bucket: int, group: GroupValues) -> PeerPairs:
+  def _pairs(self, bucket: int, group: GroupValues) -> PeerPairs:
     if bucket <= self._last_closed:
       return self.late.pairs((bucket, group), self._origin)
     pairs = self.windows.get((bucket, group))
@@ -102,12 +148,15 @@ class _BundlePeers:
       pairs = self.windows[bucket, group] = PeerPairs.empty()
     return pairs
 
-  def add(self, pairs_by_key, flows) -> None:
-    """Adds what a scan counted."""
-    for (bucket, group), pairs in pairs_by_key.items():
-      self.pairs(bucket, group).add_pairs(np.frombuffer(pairs, dtype=np.uint64))
-    for bucket, group, src, dst in flows:
-      self.pairs(bucket, group).add_flow(src, dst)
+  def shards(self, shards: int) -> Iterator[WindowedValue]:
+    """((group, shard), PeerPairs) per window and non-empty shard, stamped
+    with the window's start; empties the bundle's windows."""
+    windows, self.windows = self.windows, {}
+    while windows:  # popped, so that only the receivers hold each window's pairs
+      (bucket, group), pairs = windows.popitem()
+      for shard, part in enumerate(pairs.compact().split(shards)):
+        if part:
+          yield WindowedValue(((group, shard), part), bucket, [window.GlobalWindow()])
 
 
 class AccumulatePeersDoFn(beam.DoFn):
@@ -117,8 +166,7 @@ class AccumulatePeersDoFn(beam.DoFn):
   window and shard, timestamped with the window's start; bad lines, batches
   of a format that cannot be counted and too-late flows (`too_late`) go to
   the dead-letter output. Lines are scanned by rules.scan (in C where it is
-  built and `native` is true) and those it leaves are decided by
-  rules.read_line."""
+  built and `native` is true)."""
   def __init__(self, key: rules.CountingKey, window_seconds: int, default_format: LogFormat,
                too_late: Optional[TooLate] = None, shards: int = 1, native: bool = True):
     self._key, self._window_seconds, self._default_format = key, window_seconds, default_format
@@ -131,63 +179,23 @@ class AccumulatePeersDoFn(beam.DoFn):
                    'counting flow lines in Python, several times slower')
     self._scan = (rules.native_scan if native and self._window_seconds < _NATIVE_WINDOW_LIMIT
                   else rules.python_scan)
-    self._plans: Dict[tuple, object] = {}  # (fields, event times?) -> ScanPlan or UnusableFormat
+    self._plans = _Plans(self._key, self._window_seconds, self._default_format)
     self._known_addresses: Dict[str, int] = {}
     self._tally = _LineTally()
 
   def start_bundle(self):
-    self._bundle = _BundlePeers()
+    self._bundle = _Bundle(self._tally, self._known_addresses)
 
   def process(self, batch: LogBatch):
-    plan = self._plan(batch)
+    plan = self._plans(batch)
     if isinstance(plan, rules.UnusableFormat):
       self._tally.values['bad_lines'] += 1
       yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter.bad_input(
           f'{plan}; {len(batch.lines)} lines not counted', batch.line_origin(0), '\n'.join(batch.lines[:50])))
       return
     last_closed = self._too_late.last_closed_window(batch.watermark) if self._too_late else -math.inf
-    bundle = self._bundle.reading(last_closed, batch.origin)
-    pairs, flows, rest, counted = self._scan(batch.lines, plan, self._known_addresses, batch.event_times)
-    bundle.add(pairs, flows)
-    tally = self._tally.values
-    tally['flow_lines'] += len(batch.lines)
-    tally['counted_flows'] += counted
-    for index in rest:
-      letter = self._decide(batch, index, plan, bundle)
-      if letter is not None:
-        yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
-
-  def _plan(self, batch: LogBatch):
-    key = (batch.fields, batch.event_times is not None)
-    plan = self._plans.get(key)
-    if plan is None:
-      try:
-        log_format = self._default_format if batch.fields is None else LogFormat(batch.fields)
-        plan = rules.plan_for(log_format, self._key, self._window_seconds, key[1])
-      except ValueError as e:
-        plan = e if isinstance(e, rules.UnusableFormat) else rules.UnusableFormat(str(e))
-      self._plans[key] = plan
-    return plan
-
-  def _decide(self, batch: LogBatch, index: int, plan: rules.ScanPlan,
-              bundle: _BundlePeers) -> Optional[DeadLetter]:
-    """Reads a line the scan left: counts it, tallies why it is skipped, or
-    returns its dead letter."""
-    line, tally = batch.lines[index], self._tally.values
-    timestamp = None if batch.event_times is None else read_event_times(batch.event_times)[index]
-    try:
-      outcome = rules.read_line(line, plan, self._known_addresses, timestamp)
-    except rules.FlowLineError as e:
-      tally['bad_lines'] += 1
-      return DeadLetter.bad_input(str(e), batch.line_origin(index), line)
-    if isinstance(outcome, rules.Flow):
-      bundle.pairs(outcome.bucket, outcome.group).add_flow(outcome.src, outcome.dst)
-      tally['counted_flows'] += 1
-    elif outcome == rules.BLANK_LINE:
-      tally['flow_lines'] -= 1  # a blank line in a file is not a flow line
-    else:
-      tally[outcome] += 1
-    return None
+    for letter in self._bundle.count(batch, plan, self._scan, last_closed):
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
 
   def finish_bundle(self):
     if self._tally.values['flow_lines'] >= ADDRESS_CACHE_RELEARN_RATIO * len(self._known_addresses):
@@ -196,12 +204,7 @@ class AccumulatePeersDoFn(beam.DoFn):
       # memory goes to the shuffle and the stages after it. (A DirectRunner
       # batch run has one such bundle; a stream's small bundles keep the cache.)
       self._known_addresses.clear()
-    windows, self._bundle.windows = self._bundle.windows, {}
-    while windows:  # popped, so that only the receivers hold each window's pairs
-      (bucket, group), pairs = windows.popitem()
-      for shard, part in enumerate(pairs.compact().split(self._shards)):
-        if part:
-          yield WindowedValue(((group, shard), part), bucket, [window.GlobalWindow()])
+    yield from self._bundle.shards(self._shards)
     for bucket, late_pairs, letter in self._bundle.late.dead_letters(self._key.group_by):
       self._tally.late_pairs += late_pairs
       yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, WindowedValue(letter, bucket, [window.GlobalWindow()]))
