@@ -44,7 +44,7 @@ _LOG = logging.getLogger(__name__)
 DEFAULT_WINDOW_SECONDS = 600
 # Each window's merge is spread over this many shards by default. Flink hashes
 # keys to workers, so S shards split over 2 workers leave the busier one about
-# S/2 + 0.4 sqrt(S) of them on average: 60 % of the merge at 16 (55 % at 64, 71 %
+# S/2 + 0.4 sqrt(S) of them on average: 60 % of the merge at 16 (55 % at 64, 69 %
 # at 4). More shards balance better but each costs a key per window and group
 # in the shuffle (about 0.4 ms on the DirectRunner) and in Flink's state, which
 # multiplies with the number of groups; 16 keeps that out of sight on the
