@@ -21,15 +21,19 @@ setuptools.setup(
         # 3x faster JSON parsing of CloudWatch Logs messages (bench/ measures it).
         'orjson>=3.9',
     ],
-    # The decoding and counting fast paths in C (transforms/_flowscan.c):
-    # subscription messages to lines about 2.5 times, lines to peer pairs about
-    # 6 times faster than the same work in Python (bench/ measures the whole
-    # pipeline). Optional: without a C compiler the package still installs
-    # and gives the same answers in Python, slower (with a warning when a
-    # pipeline starts). The images build it in a stage with a compiler.
-    ext_modules=[setuptools.Extension(
-        'transforms._flowscan', ['transforms/_flowscan.c'], optional=True,
-        extra_compile_args=['-O3'])],
+    # The decoding and counting fast paths in C (transforms/_flowscan.c,
+    # transforms/counting/_scan.c): subscription messages to lines about 2.5
+    # times, lines to peer pairs about 6 times faster than the same work in
+    # Python (bench/ measures the whole pipeline). Optional: without a C
+    # compiler the package still installs and gives the same answers in
+    # Python, slower (with a warning when a pipeline starts). The images build
+    # them in a stage with a compiler.
+    ext_modules=[
+        setuptools.Extension('transforms._flowscan', ['transforms/_flowscan.c'], optional=True,
+                             extra_compile_args=['-O3']),
+        setuptools.Extension('transforms.counting._scan', ['transforms/counting/_scan.c'],
+                             optional=True, extra_compile_args=['-O3']),
+    ],
     extras_require={
         'test': ['pytest>=8', 'hypothesis>=6.100', 'moto[server]>=5.0'],
     },

@@ -8,12 +8,12 @@ A sink is a PTransform applied to the PCollection[WindowCounts] that returns
 {'delivered': ..., 'dead_letters': ...} or a single PCollection.
 """
 
-from typing import Dict, NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.transforms import window
 
-from transforms.count import CountDistinctPeers
+from transforms.counting.count import CountDistinctPeers
 from transforms.dead_letter import WriteDeadLetters
 from transforms.flow_record import LogFormat
 from pipeline.options import VpcFlowPeersOptions
@@ -39,6 +39,11 @@ def log_format_from(options: VpcFlowPeersOptions) -> LogFormat:
   return LogFormat.default()
 
 
+def group_fields(options: VpcFlowPeersOptions) -> Tuple[str, ...]:
+  """The --group_by fields, in order."""
+  return tuple(field.strip() for field in (options.group_by or '').split(',') if field.strip())
+
+
 def _outputs(result, main_name: str):
   if isinstance(result, dict):
     return result[main_name], result.get('dead_letters')
@@ -55,7 +60,10 @@ def build_pipeline(pipeline: beam.Pipeline, source: beam.PTransform,
   counted = batches | 'CountDistinctPeers' >> CountDistinctPeers(
       window_seconds=options.window_seconds,
       log_format=log_format_from(options),
-      allowed_lateness_seconds=options.allowed_lateness)
+      allowed_lateness_seconds=options.allowed_lateness,
+      group_by=group_fields(options),
+      address_fields=options.address_fields,
+      merge_shards=options.merge_shards)
   delivered, sink_dead = _outputs(counted['documents'] | 'Deliver' >> sink, 'delivered')
   dead = {'Read': read_dead, 'Count': counted['dead_letters'], 'Deliver': sink_dead}
   dead = {stage: letters for stage, letters in dead.items() if letters is not None}

@@ -31,12 +31,13 @@ from apache_beam.runners.runner import create_runner
 
 from pipeline import process_settings
 from pipeline.aws_errors import aws_error_message
-from pipeline.builder import build_pipeline, log_format_from
+from pipeline.builder import build_pipeline, group_fields, log_format_from
 from pipeline.options import (
     VpcFlowPeersOptions, configure_filesystems, delivery_config, input_limits, log_level, s3_options)
 from pipeline.runners import FlinkSetupError, PrismSetupError, apply_runner_defaults
 from pipeline.summary import RunSummary, summarize
 from transforms.endpoint_template import validate_endpoint_template
+from transforms.flow_record import LogFormat, is_field_name
 from transforms.http_sink import PostWindows
 from transforms.kinesis import kinesis_transform_from_options
 from transforms.progress import Progress, report
@@ -47,6 +48,12 @@ _LOG = logging.getLogger('pipeline')
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_WINDOWS_DEAD_LETTERED = 2
+
+
+# Limits of the counting flags: a group of more fields, or more shards than
+# Flink's default number of key groups, is a mistake, not a deployment.
+MAX_GROUP_FIELDS = 8
+MAX_MERGE_SHARDS = 128
 
 
 class UsageError(ValueError):
@@ -133,10 +140,13 @@ def check_options(options: VpcFlowPeersOptions) -> None:
   if not options.endpoint:
     raise UsageError('--endpoint=URL_TEMPLATE is required')
   try:
-    validate_endpoint_template(options.endpoint)
-    log_format_from(options)
+    log_format = log_format_from(options)
   except ValueError as e:
-    raise UsageError(str(e)) from None
+    raise UsageError(f'--log_format: {e}') from None
+  if log_format.unknown_fields:
+    _LOG.warning('--log_format names fields this version does not know (read like any other '
+                 'field): %s', ' '.join(log_format.unknown_fields))
+  check_counting_options(options, log_format)
   if options.kinesis_endpoint_url and not _is_http_url(options.kinesis_endpoint_url):
     raise UsageError('--kinesis_endpoint_url must be an http:// or https:// URL, such as '
                      'http://127.0.0.1:4566')
@@ -162,6 +172,26 @@ def matched_files(pattern: str) -> list:
 
 def _first_line(error: Exception) -> str:
   return str(error).strip().splitlines()[0][:500] if str(error).strip() else type(error).__name__
+
+
+def check_counting_options(options: VpcFlowPeersOptions, log_format: LogFormat) -> None:
+  group_by = group_fields(options)
+  bad = [field for field in group_by if not is_field_name(field)]
+  if bad or len(set(group_by)) != len(group_by) or len(group_by) > MAX_GROUP_FIELDS:
+    raise UsageError(f'--group_by takes up to {MAX_GROUP_FIELDS} distinct flow log field names '
+                     f'separated by commas, e.g. account-id,vpc-id (got {options.group_by[:200]!r})')
+  if options.kinesis_stream:
+    # Records are all in the configured format (a file may have its own header).
+    missing = [field for field in group_by if log_format.column(field) is None]
+    if missing:
+      raise UsageError(f'--group_by names {", ".join(missing)}, which the log format lacks '
+                       '(--log_format, default version 2)')
+  try:
+    validate_endpoint_template(options.endpoint, group_by)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  if not 1 <= options.merge_shards <= MAX_MERGE_SHARDS:
+    raise UsageError(f'--merge_shards must be between 1 and {MAX_MERGE_SHARDS}')
 
 
 def source_from(flags: VpcFlowPeersOptions) -> beam.PTransform:

@@ -12,7 +12,8 @@ import logging
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 
-from transforms.count import DEFAULT_WINDOW_SECONDS
+from transforms.counting.count import DEFAULT_MERGE_SHARDS, DEFAULT_WINDOW_SECONDS
+from transforms.counting.rules import ADDRESS_CHOICES, INTERFACE_ADDRESSES
 from transforms.decode import (
     DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_LINE_BYTES, MAX_JSON_DOCUMENT_BYTES, InputLimits)
 from transforms.http_sink import DEFAULT_TOKEN_ENV, DeliveryConfig
@@ -198,9 +199,29 @@ class VpcFlowPeersOptions(PipelineOptions):
         default=DEFAULT_ALLOWED_LATENESS_SECONDS, metavar='SECONDS',
         help='How long after the watermark passes its end a window still takes late '
         'flows (it is posted again, complete).')
+    add_counting_args(parser)
     add_delivery_args(parser)
     add_kinesis_args(parser)
     add_input_args(parser)
+
+
+def add_counting_args(parser) -> None:
+  """What a flow is counted under, and how each window's merge is spread."""
+  parser.add_argument(
+      '--group_by', default='',
+      help='Comma-separated flow log fields (account-id, vpc-id, interface-id, ...) whose '
+      'values group the addresses: each (window, group) is counted apart and posted as its '
+      'own document, to the --endpoint template with a placeholder per field '
+      '({account_id}, ...). Records whose field is "-" form the group "-". Default: no grouping.')
+  parser.add_argument(
+      '--address_fields', choices=ADDRESS_CHOICES, default=INTERFACE_ADDRESSES,
+      help='Which addresses are counted: "interface" (srcaddr, dstaddr) or "packet" '
+      '(pkt-srcaddr, pkt-dstaddr: the hosts behind a NAT gateway or the pods on a node, '
+      'falling back to srcaddr/dstaddr where they are "-" or absent).')
+  parser.add_argument(
+      '--merge_shards', type=positive_int, default=DEFAULT_MERGE_SHARDS,
+      help='Each window is merged in this many shards (by a stable hash of the address), '
+      'which the runner spreads over its workers.')
 
 
 # Flags of Beam's Flink runner (the Java FlinkPipelineOptions of the job-server

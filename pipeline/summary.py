@@ -18,6 +18,7 @@ class RunSummary(NamedTuple):
   skipped_skipdata: int
   skipped_no_address: int
   skipped_other_status: int
+  header_lines: int
   bad_inputs: int
   late_pairs: int
   windows_delivered: int
@@ -37,7 +38,7 @@ class RunSummary(NamedTuple):
         f'  flow lines:             {self.flow_lines} ({self.counted_flows} counted)',
         f'  skipped:                {self.skipped_control} control, {self.skipped_nodata} NODATA, '
         f'{self.skipped_skipdata} SKIPDATA, {self.skipped_no_address} without addresses, '
-        f'{self.skipped_other_status} without log-status',
+        f'{self.skipped_other_status} without log-status, {self.header_lines} repeated headers',
         f'  bad inputs:             {self.bad_inputs}',
         f'  too late:               {self.late_pairs} peer pairs after their window closed',
         f'  windows delivered:      {self.windows_delivered}',
@@ -71,7 +72,8 @@ def summarize(result, dead_letter_dir: str) -> RunSummary:
       counted_flows=get('counted_flows'), skipped_control=get('control_messages'),
       skipped_nodata=get('skipped_nodata'), skipped_skipdata=get('skipped_skipdata'),
       skipped_no_address=get('skipped_no_address'),
-      skipped_other_status=get('skipped_other_status'), bad_inputs=get('bad_inputs'),
+      skipped_other_status=get('skipped_other_status'), header_lines=get('header_lines'),
+      bad_inputs=get('bad_inputs'),
       late_pairs=get('late_pairs'),
       windows_delivered=get('windows_delivered'),
       windows_dead_lettered=get('windows_dead_lettered'),

@@ -1,8 +1,9 @@
 """The C reader of subscription messages (transforms/_flowscan.c,
-data_message_lines) must read exactly the lines the JSON parse reads, or
-decline (None) and leave the message to it: never other lines, never lines
-from text that is not valid JSON. Each case compares it with the Python path
-(decode.decode_subscription_message without the C reader)."""
+data_message_events) must read exactly the lines and event timestamps the
+JSON parse reads, or decline (None) and leave the message to it: never other
+lines, never lines from text that is not valid JSON. Each case compares it
+with the Python path (decode.decode_subscription_message without the C
+reader)."""
 
 import json
 import random
@@ -13,8 +14,8 @@ from hypothesis import given, settings, strategies as st
 from builders import data_message, flow_line
 from transforms import decode
 from transforms.decode import BadInput
-from transforms.elements import LogBatch, Skipped
-from transforms._flowscan import data_message_lines  # pylint: disable=no-name-in-module
+from transforms.elements import NO_EVENT_TIME, LogBatch, Skipped, event_times_of, read_event_times
+from transforms._flowscan import data_message_events  # pylint: disable=no-name-in-module
 
 ORIGIN = 'shard-0/1'
 LINES = [flow_line('10.0.0.1', '10.0.0.2', 1700000000), flow_line('10.0.0.3', '10.0.0.4', 1700000060)]
@@ -23,19 +24,26 @@ LINES = [flow_line('10.0.0.1', '10.0.0.2', 1700000000), flow_line('10.0.0.3', '1
 def python_outcome(payload: bytes):
   """What the Python path makes of the payload: its items, or its BadInput."""
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(decode, '_data_message_lines', None)
+    patch.setattr(decode, '_data_message_events', None)
     try:
       return list(decode.decode_subscription_message(payload, ORIGIN))
     except BadInput as e:
       return ('BadInput', e.reason)
 
 
+def data_message_lines(payload: bytes):
+  """The lines the C reader reads, or None."""
+  events = data_message_events(payload)
+  return None if events is None else events[0]
+
+
 def assert_reads_as_python_does(payload: bytes) -> bool:
   """True if the C reader read the payload (and read it right)."""
-  lines = data_message_lines(payload)
-  if lines is None:
+  events = data_message_events(payload)
+  if events is None:
     return False
-  assert python_outcome(payload) == [LogBatch(ORIGIN, lines, None, True)]
+  lines, timestamps = events
+  assert python_outcome(payload) == [LogBatch(ORIGIN, lines, None, True, event_times=timestamps)]
   return True
 
 
@@ -56,26 +64,55 @@ def test_reads_a_plain_data_message_as_the_json_parse_does(style):
   assert assert_reads_as_python_does(payload)
   # Through the whole decoding, with the C reader on.
   assert list(decode.decode_subscription_message(payload, ORIGIN)) == [
-      LogBatch(ORIGIN, tuple(LINES), None, True)]
+      LogBatch(ORIGIN, tuple(LINES), None, True, event_times=event_times_of([1700000000000] * 2))]
 
 
 @pytest.mark.parametrize('payload, lines', [
     (b'{"messageType":"DATA_MESSAGE","logEvents":[]}', ()),
-    (b' {"logEvents" : [ {"message":"a b"} , {"id":1,"message":""} ] ,"messageType":"DATA_MESSAGE"} \r\n',
-     ('a b', '')),
+    (b' {"logEvents" : [ {"message":"a b", "timestamp" : 0} , {"id":1,"timestamp":17,"message":""} ] ,'
+     b'"messageType":"DATA_MESSAGE"} \r\n', ('a b', '')),
     (b'{"messageType":"DATA_MESSAGE","x":[-0,1.5e+3,2E-2,0.25,-12,true,false,null,{},[],"s",{"a":[{}]}],'
-     b'"logEvents":[{"message":"m","extractedFields":{"k":[1,{"z":null}]}}]}', ('m',)),
+     b'"logEvents":[{"message":"m","timestamp":123456789012345678,"extractedFields":{"k":[1,{"z":null}]}}]}',
+     ('m',)),
 ], ids=['no_events', 'white_space_and_key_order', 'every_kind_of_value_skipped'])
 def test_reads_the_json_it_accepts_exactly(payload, lines):
   assert data_message_lines(payload) == lines
   assert assert_reads_as_python_does(payload)
 
 
+TIMESTAMP = b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"x"%s}]}'
+
+
+@pytest.mark.parametrize('timestamp, event_times', [
+    (b'', [NO_EVENT_TIME]),
+    (b',"timestamp":-1', [NO_EVENT_TIME]),
+    (b',"timestamp":1.5', [NO_EVENT_TIME]),
+    (b',"timestamp":1e3', [NO_EVENT_TIME]),
+    (b',"timestamp":"1700000000000"', [NO_EVENT_TIME]),
+    (b',"timestamp":null', [NO_EVENT_TIME]),
+    (b',"timestamp":true', [NO_EVENT_TIME]),
+    (b',"timestamp":01', 'bad'),
+    (b',"timestamp":1234567890123456789', [1234567890123456789]),
+    (b',"timestamp":1,"timestamp":2', [2]),
+], ids=['none', 'negative', 'fraction', 'exponent', 'string', 'null', 'boolean', 'leading_zero',
+        'nineteen_digits', 'twice'])
+def test_declines_events_without_a_plain_timestamp_and_the_json_parse_decides(timestamp, event_times):
+  """The C reader reads a timestamp of 1 to 18 digits; the Python path keeps
+  any non-negative 64-bit integer and NO_EVENT_TIME for anything else."""
+  payload = TIMESTAMP % timestamp
+  assert data_message_events(payload) is None
+  outcome = python_outcome(payload)
+  if event_times == 'bad':
+    assert outcome[0] == 'BadInput'
+  else:
+    assert outcome == [LogBatch(ORIGIN, ('x',), None, True, event_times=event_times_of(event_times))]
+
+
 NESTED = b'{"messageType":"DATA_MESSAGE","logEvents":[],"deep":%s}'
 
 
 BAD, SKIPPED = 'a BadInput', 'a Skipped'
-LONG_INTEGER = b'{"messageType":"DATA_MESSAGE","logEvents":[{"id":%s,"message":"x"}]}'
+LONG_INTEGER = b'{"messageType":"DATA_MESSAGE","logEvents":[{"id":%s,"timestamp":5,"message":"x"}]}'
 
 
 def outcome_kind(outcome):
@@ -94,18 +131,18 @@ def outcome_kind(outcome):
     (b'{"messageType":"DATA_MESSAGE"}', BAD),
     (b'{"logEvents":[]}', BAD),
     (b'{"messageType":"DATA_MESSAGE","logEvents":{}}', BAD),
-    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"id":"1"}]}', BAD),
-    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":5}]}', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"id":"1","timestamp":1}]}', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"timestamp":1,"message":5}]}', BAD),
     (b'{"messageType":"DATA_MESSAGE","logEvents":["a b"]}', BAD),
     # Duplicate keys: the JSON parse keeps the last; left to it.
     (b'{"messageType":"DATA_MESSAGE","messageType":"CONTROL_MESSAGE","logEvents":[]}', SKIPPED),
-    (b'{"messageType":"DATA_MESSAGE","logEvents":[],"logEvents":[{"message":"x"}]}', ('x',)),
-    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a","message":"b"}]}', ('b',)),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[],"logEvents":[{"timestamp":1,"message":"x"}]}', ('x',)),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"timestamp":1,"message":"a","message":"b"}]}', ('b',)),
     # Strings the C reader does not read: escapes, control characters, non-ASCII.
-    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a\\"b"}]}', ('a"b',)),
-    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a\\u0041"}]}', ('aA',)),
-    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a\tb"}]}', BAD),
-    ('{"messageType":"DATA_MESSAGE","logEvents":[{"message":"caf\u00e9"}]}'.encode(), ('caf\u00e9',)),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"timestamp":1,"message":"a\\"b"}]}', ('a"b',)),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"timestamp":1,"message":"a\\u0041"}]}', ('aA',)),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"timestamp":1,"message":"a\tb"}]}', BAD),
+    ('{"messageType":"DATA_MESSAGE","logEvents":[{"timestamp":1,"message":"caf\u00e9"}]}'.encode(), ('caf\u00e9',)),
     (b'{"messageType":"DATA_MESSAGE","logEvents":[],"note":"\xff"}', BAD),
     (b'\xef\xbb\xbf{"messageType":"DATA_MESSAGE","logEvents":[]}', ()),
     # Integers longer than 19 digits: orjson refuses them, json takes them up to 4300 digits.
@@ -117,7 +154,7 @@ def outcome_kind(outcome):
     (b'{"messageType":"DATA_MESSAGE","logEvents":[]}}', BAD),
     (b'{"messageType":"DATA_MESSAGE","logEvents":[]} x', BAD),
     (b'{"messageType":"DATA_MESSAGE","logEvents":[],}', BAD),
-    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"message":"a"},]}', BAD),
+    (b'{"messageType":"DATA_MESSAGE","logEvents":[{"timestamp":1,"message":"a"},]}', BAD),
     (b'{"messageType":"DATA_MESSAGE" "logEvents":[]}', BAD),
     (b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":01}', BAD),
     (b'{"messageType":"DATA_MESSAGE","logEvents":[],"n":1.}', BAD),
@@ -222,3 +259,13 @@ def test_every_plain_data_message_is_read_in_c(lines, style, extra):
   payload = dumped(message, style)
   assert data_message_lines(payload) == tuple(lines)
   assert assert_reads_as_python_does(payload)
+
+
+def test_the_timestamps_of_events_read_in_c_are_each_events_own():
+  message = data_message(LINES * 3)
+  for i, event in enumerate(message['logEvents']):
+    event['timestamp'] = [1700000000000, 1700000000000, 1700000060123, 5, 1700000060123, 1700000060123][i]
+  lines, event_times = data_message_events(dumped(message, 0))
+  assert lines == tuple(LINES * 3)
+  assert list(read_event_times(event_times)) == [1700000000000, 1700000000000, 1700000060123, 5, 1700000060123,
+                                                 1700000060123]

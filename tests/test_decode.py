@@ -11,6 +11,8 @@ import pytest
 from builders import (
     b64, control_message, custom_line, data_message, flow_line, get_records_output, gz,
     kinesis_jsonl, lambda_event, no_traffic_line, record_data)
+from transforms import decode
+from transforms.elements import event_times_of
 from transforms.decode import (
     MAX_RECORD_DECOMPRESSED_BYTES, BadInput, InputLimits, LogBatch, Skipped, decode_file,
     decode_kinesis_data, gunzip_capped)
@@ -36,6 +38,12 @@ class StartsWith:
   def __repr__(self):
     return f'StartsWith({self.prefix!r})'
 
+
+
+def record_batch(origin, lines):
+  """The LogBatch of a subscription message's log events, as the builders
+  write them (every event stamped 1700000000000)."""
+  return LogBatch(origin, lines, None, True, event_times=event_times_of([1700000000000] * len(lines)))
 
 def bad(reason, raw):
   return ('BadInput', reason, raw)
@@ -121,22 +129,22 @@ def test_decode_kinesis_data_refuses_a_65_mib_bomb():
     data_message([LINE_A, LINE_B], ids_as_int=True),
     data_message([LINE_A, LINE_B], policyLevel='ACCOUNT_LEVEL_POLICY'),
     {**data_message([]), 'logEvents': [
-        {'id': '1', 'timestamp': 1, 'message': LINE_A, 'extractedFields': {'srcaddr': '10.0.0.1'}},
-        {'id': 2, 'timestamp': 1, 'message': LINE_B, 'extractedFields': {}}]},
+        {'id': '1', 'timestamp': 1700000000000, 'message': LINE_A, 'extractedFields': {'srcaddr': '10.0.0.1'}},
+        {'id': 2, 'timestamp': 1700000000000, 'message': LINE_B, 'extractedFields': {}}]},
 ], ids=['ids_as_strings', 'ids_as_ints', 'with_policy_level', 'with_extracted_fields_and_mixed_ids'])
 def test_decode_kinesis_data_message(message):
   assert list(decode_kinesis_data(record_data(message), 'shard-0/1')) == [
-      LogBatch('shard-0/1', (LINE_A, LINE_B), None, True)]
+      record_batch('shard-0/1', (LINE_A, LINE_B))]
 
 
 def test_decode_kinesis_data_message_without_events_is_an_empty_batch():
   assert list(decode_kinesis_data(record_data(data_message([])), 'shard-0/2')) == [
-      LogBatch('shard-0/2', (), None, True)]
+      record_batch('shard-0/2', ())]
 
 
 def test_decode_kinesis_data_accepts_bytearray():
   assert list(decode_kinesis_data(bytearray(record_data(data_message([LINE_A]))), 'o')) == [
-      LogBatch('o', (LINE_A,), None, True)]
+      record_batch('o', (LINE_A,))]
 
 
 def test_decode_kinesis_control_message_is_skipped():
@@ -206,35 +214,35 @@ S3_FILE = (' '.join(S3_FIELDS) + '\n' + S3_LINE_1 + '\n' + S3_LINE_2 + '\n').enc
 FILE_SHAPES = {
     'lambda_event_pretty_printed': (
         lambda_event([RECORD_1, RECORD_2, CONTROL]).encode(),
-        [LogBatch(f'{ORIGIN} record 0', (LINE_A, LINE_B), None, True),
-         LogBatch(f'{ORIGIN} record 1', (LINE_C, LINE_D), None, True),
+        [record_batch(f'{ORIGIN} record 0', (LINE_A, LINE_B)),
+         record_batch(f'{ORIGIN} record 1', (LINE_C, LINE_D)),
          Skipped(f'{ORIGIN} record 2', 'control message')]),
     'lambda_event_on_one_line': (
         lambda_event([RECORD_1, RECORD_2], pretty=False).encode(),
-        [LogBatch(f'{ORIGIN}:1 record 0', (LINE_A, LINE_B), None, True),
-         LogBatch(f'{ORIGIN}:1 record 1', (LINE_C, LINE_D), None, True)]),
+        [record_batch(f'{ORIGIN}:1 record 0', (LINE_A, LINE_B)),
+         record_batch(f'{ORIGIN}:1 record 1', (LINE_C, LINE_D))]),
     'json_lines_kinesis_data': (
         kinesis_jsonl([RECORD_1, CONTROL, RECORD_2]).encode(),
-        [LogBatch(f'{ORIGIN}:1', (LINE_A, LINE_B), None, True),
+        [record_batch(f'{ORIGIN}:1', (LINE_A, LINE_B)),
          Skipped(f'{ORIGIN}:2', 'control message'),
-         LogBatch(f'{ORIGIN}:3', (LINE_C, LINE_D), None, True)]),
+         record_batch(f'{ORIGIN}:3', (LINE_C, LINE_D))]),
     'json_lines_capital_data': (
         kinesis_jsonl([RECORD_1, RECORD_2], key='Data').encode(),
-        [LogBatch(f'{ORIGIN}:1', (LINE_A, LINE_B), None, True),
-         LogBatch(f'{ORIGIN}:2', (LINE_C, LINE_D), None, True)]),
+        [record_batch(f'{ORIGIN}:1', (LINE_A, LINE_B)),
+         record_batch(f'{ORIGIN}:2', (LINE_C, LINE_D))]),
     'get_records_output': (
         get_records_output([RECORD_1, RECORD_2]).encode(),
-        [LogBatch(f'{ORIGIN} record 0', (LINE_A, LINE_B), None, True),
-         LogBatch(f'{ORIGIN} record 1', (LINE_C, LINE_D), None, True)]),
+        [record_batch(f'{ORIGIN} record 0', (LINE_A, LINE_B)),
+         record_batch(f'{ORIGIN} record 1', (LINE_C, LINE_D))]),
     'get_records_output_without_records': (
         b'{"Records": [], "NextShardIterator": "AAAA", "MillisBehindLatest": 0}\n', []),
     'json_array_of_records': (
         json.dumps([{'kinesis': {'data': b64(RECORD_1)}}, {'Data': b64(RECORD_2)}]).encode(),
-        [LogBatch(f'{ORIGIN} item 0', (LINE_A, LINE_B), None, True),
-         LogBatch(f'{ORIGIN} item 1', (LINE_C, LINE_D), None, True)]),
+        [record_batch(f'{ORIGIN} item 0', (LINE_A, LINE_B)),
+         record_batch(f'{ORIGIN} item 1', (LINE_C, LINE_D))]),
     'decoded_subscription_message': (
         json.dumps(data_message([LINE_A, LINE_B]), indent=1).encode(),
-        [LogBatch(ORIGIN, (LINE_A, LINE_B), None, True)]),
+        [record_batch(ORIGIN, (LINE_A, LINE_B))]),
     's3_flow_log_with_custom_header': (
         S3_FILE, [LogBatch(ORIGIN, (S3_LINE_1, S3_LINE_2), tuple(S3_FIELDS), False, 2)]),
     's3_flow_log_header_only': ((' '.join(S3_FIELDS) + '\n').encode(), []),
@@ -246,8 +254,8 @@ FILE_SHAPES = {
         [LogBatch(ORIGIN, (LINE_A, '', LINE_B), None, False, 1)]),
     'json_lines_with_blank_lines_between_records': (
         (kinesis_jsonl([RECORD_1]) + '\n   \n' + kinesis_jsonl([RECORD_2])).encode(),
-        [LogBatch(f'{ORIGIN}:1', (LINE_A, LINE_B), None, True),
-         LogBatch(f'{ORIGIN}:4', (LINE_C, LINE_D), None, True)]),
+        [record_batch(f'{ORIGIN}:1', (LINE_A, LINE_B)),
+         record_batch(f'{ORIGIN}:4', (LINE_C, LINE_D))]),
     'empty_file': (b'', []),
     'only_blank_lines': (b'\n\n  \n', []),
 }
@@ -298,7 +306,7 @@ def test_decode_file_json_lines_mixing_good_and_bad_records():
   ]
   content = ('\n'.join(lines) + '\n').encode() + NOT_UTF8 + kinesis_jsonl([RECORD_2]).encode()
   assert decoded_file(content) == [
-      LogBatch(f'{ORIGIN}:1', (LINE_A, LINE_B), None, True),
+      record_batch(f'{ORIGIN}:1', (LINE_A, LINE_B)),
       bad(StartsWith('record data is not valid base64: '), '%%% not base64 %%%'),
       bad('Kinesis record data is not gzip', b'plain text'),
       bad(StartsWith('line 4 is not JSON: '), 'this line is not JSON\n'),
@@ -307,10 +315,10 @@ def test_decode_file_json_lines_mixing_good_and_bad_records():
           '{"something": "else"}'),
       bad('JSON record has no base64 kinesis.data or Data', '{"kinesis": {"data": 12345}}'),
       Skipped(f'{ORIGIN}:8', 'control message'),
-      LogBatch(f'{ORIGIN}:10 record 0', (LINE_C, LINE_D), None, True),
+      record_batch(f'{ORIGIN}:10 record 0', (LINE_C, LINE_D)),
       bad('Kinesis record data is not gzip', b'\x00\x00\x00'),
       bad('line 11 is not UTF-8', NOT_UTF8),
-      LogBatch(f'{ORIGIN}:12', (LINE_C, LINE_D), None, True),
+      record_batch(f'{ORIGIN}:12', (LINE_C, LINE_D)),
   ]
 
 
@@ -318,9 +326,9 @@ def test_decode_file_lambda_event_with_a_bad_record_keeps_the_good_ones():
   event = json.loads(lambda_event([RECORD_1, b'not gzip', RECORD_2]))
   event['Records'][1]['kinesis']['data'] = 'not base64!'
   assert decoded_file(gz(json.dumps(event, indent=2).encode())) == [
-      LogBatch(f'{ORIGIN} record 0', (LINE_A, LINE_B), None, True),
+      record_batch(f'{ORIGIN} record 0', (LINE_A, LINE_B)),
       bad(StartsWith('record data is not valid base64: '), 'not base64!'),
-      LogBatch(f'{ORIGIN} record 2', (LINE_C, LINE_D), None, True)]
+      record_batch(f'{ORIGIN} record 2', (LINE_C, LINE_D))]
 
 
 def test_decode_file_flow_lines_with_a_non_utf8_line():
@@ -345,16 +353,16 @@ def test_decode_file_json_lines_whose_first_line_is_cut_keeps_the_records_after_
   content = b'{"kinesis": {"data": "H4sIAAAA\n' + kinesis_jsonl([RECORD_1, RECORD_2]).encode()
   items = decoded_file(content)
   assert [i for i in items if not is_bad(i)] == [
-      LogBatch(f'{ORIGIN}:2', (LINE_A, LINE_B), None, True),
-      LogBatch(f'{ORIGIN}:3', (LINE_C, LINE_D), None, True)]
+      record_batch(f'{ORIGIN}:2', (LINE_A, LINE_B)),
+      record_batch(f'{ORIGIN}:3', (LINE_C, LINE_D))]
   assert len([i for i in items if is_bad(i)]) == 1
 
 
 def test_decode_file_json_lines_starting_with_a_blank_line_keeps_its_records():
   content = ('\n' + kinesis_jsonl([RECORD_1, RECORD_2])).encode()
   assert decoded_file(content) == [
-      LogBatch(f'{ORIGIN}:2', (LINE_A, LINE_B), None, True),
-      LogBatch(f'{ORIGIN}:3', (LINE_C, LINE_D), None, True)]
+      record_batch(f'{ORIGIN}:2', (LINE_A, LINE_B)),
+      record_batch(f'{ORIGIN}:3', (LINE_C, LINE_D))]
 
 
 def test_decode_file_deeply_nested_json_is_bad_input():
@@ -376,7 +384,7 @@ def test_decode_file_truncated_gzip_json_lines_keeps_records_before_the_damage()
   content = first_two + kinesis_jsonl([RECORD_2]).encode()
   truncated = stored_gzip(content)[:15 + len(first_two) + 40]
   assert decoded_file(truncated) == [
-      LogBatch(f'{ORIGIN}:1', (LINE_A, LINE_B), None, True),
+      record_batch(f'{ORIGIN}:1', (LINE_A, LINE_B)),
       Skipped(f'{ORIGIN}:2', 'control message'),
       bad('file cannot be read past line 2: gzip data ends before its end-of-stream marker', ORIGIN)]
 
@@ -437,7 +445,7 @@ def test_decode_file_json_lines_with_a_bad_first_line_past_the_document_cap():
   assert len(content) > 3000
   items = described(decode_file(io.BytesIO(content), ORIGIN, InputLimits(max_json_document_bytes=1000)))
   assert [i for i in items if not is_bad(i)] == [
-      LogBatch(f'{ORIGIN}:{n}', (LINE_A, LINE_B), None, True) for n in range(2, 12)]
+      record_batch(f'{ORIGIN}:{n}', (LINE_A, LINE_B)) for n in range(2, 12)]
   assert [i[1].split(':')[0] for i in items if is_bad(i)] == ['line 1 is not JSON']
 
 

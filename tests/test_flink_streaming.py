@@ -331,7 +331,7 @@ def assert_repeats_identical(receiver) -> int:
 def assert_one_key_per_window(receiver) -> None:
   """All POSTs of a window carry one Idempotency-Key: a window posted again
   (after a restore) is the same pane, and a late pane that changes no count
-  is not posted (transforms.count.SkipUnchangedPanes)."""
+  is not posted (transforms.counting.count.SkipUnchangedPanes)."""
   keys = collections.defaultdict(set)
   for post in receiver.posts:
     keys[post.path].add(post.headers['Idempotency-Key'])

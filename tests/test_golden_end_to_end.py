@@ -101,16 +101,18 @@ def test_golden_python_dash_m_pipeline(start_receiver, tmp_path):
 
 
 def test_golden_without_the_c_fast_paths(start_receiver, tmp_path):
-  """Installed without a C compiler (transforms._flowscan missing), the
-  command gives the same answer and dead letters, and says it is slower."""
+  """Installed without a C compiler (transforms._flowscan and
+  transforms.counting._scan missing), the command gives the same answer and
+  dead letters, and says it is slower."""
   receiver = start_receiver()
   without_c = ("import runpy, sys; sys.modules['transforms._flowscan'] = None; "
+               "sys.modules['transforms.counting._scan'] = None; "
                "runpy.run_module('pipeline', run_name='__main__', alter_sys=True)")
   finished = subprocess.run(
       [sys.executable, '-c', without_c, *command_line(receiver, tmp_path)],
       cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
   assert finished.returncode == 0, finished.stderr[-3000:]
-  assert 'transforms._flowscan is not built' in finished.stderr
+  assert 'transforms.counting._scan is not built' in finished.stderr
   assert 'flow lines:             28 (21 counted)' in finished.stdout
   assert_expected_posts(receiver)
   assert_expected_dead_letters(tmp_path)

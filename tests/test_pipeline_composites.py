@@ -4,6 +4,7 @@ build_pipeline with an in-memory source and a recording sink. DirectRunner,
 `assert_that` with the exact expected elements."""
 
 import apache_beam as beam
+import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -15,9 +16,11 @@ from builders import (
     control_message, data_message, flow_line, gz, no_traffic_line, record_data)
 from pipeline.builder import build_pipeline
 from pipeline.options import VpcFlowPeersOptions
-from transforms.count import CountDistinctPeers, _ToWindowCounts
+from transforms.counting.count import CountDistinctPeers, _ToWindowCounts
+from transforms.counting.peers import PeerCounts
 from transforms.dead_letter import read_dead_letters
-from transforms.elements import KIND_BAD_INPUT, KIND_LATE_DATA, DeadLetter, LogBatch, RawRecord, WindowCounts
+from transforms.elements import (
+    KIND_BAD_INPUT, KIND_LATE_DATA, DeadLetter, LogBatch, RawRecord, WindowCounts, event_times_of)
 from transforms.flow_record import LogFormat
 from transforms.sources import ReadFlowLogFiles, ReadRecordsFrom
 
@@ -55,8 +58,7 @@ def test_decode_kinesis_records_to_batches_and_dead_letters():
   with TestPipeline() as p:
     decoded = p | 'Read' >> ReadRecordsFrom(beam.Create(records))
     assert_that(decoded['batches'], equal_to([
-        LogBatch('shard-000/1', tuple(good), None, True),
-        LogBatch('shard-000/6', (good[0],), None, True)]), label='CheckBatches')
+        event_batch('shard-000/1', *good), event_batch('shard-000/6', good[0])]), label='CheckBatches')
     reasons = decoded['dead_letters'] | beam.Map(lambda d: (d.kind, d.reason.split(':')[0], d.origin, d.details))
     assert_that(reasons, equal_to([
         (KIND_BAD_INPUT, 'Kinesis record data is not gzip', 'shard-000/3', {'raw': 'plain text, not gzip'}),
@@ -87,6 +89,11 @@ def test_read_flow_log_files_with_an_unusable_header_keeps_the_other_files(tmp_p
 
 def records_batch(origin, *lines):
   return LogBatch(origin, tuple(lines), None, True)
+
+
+def event_batch(origin, *lines):
+  """A batch as decoded from a subscription message built by `data_message`."""
+  return LogBatch(origin, tuple(lines), None, True, event_times=event_times_of([1700000000000] * len(lines)))
 
 
 def arriving(origin, srcaddr, dstaddr, start, watermark):
@@ -330,10 +337,12 @@ def test_an_empty_closing_pane_is_not_posted():
   window with allowed lateness expires) must not replace the window's
   document with {}: it is dropped (and counted); a pane with pairs is kept."""
   with TestPipeline() as p:
+    empty = PeerCounts(np.empty(0, np.uint64), np.empty(0, np.int64), {})
+    one = PeerCounts(np.array([167772161], np.uint64), np.array([1], np.int64), {})
     panes = (p
-             | beam.Create([TimestampedValue({}, W0 + 1), TimestampedValue({167772161: 1}, W1 + 2)])
+             | beam.Create([TimestampedValue(((), empty), W0 + 1), TimestampedValue(((), one), W1 + 2)])
              | beam.WindowInto(FixedWindows(600))
-             | beam.ParDo(_ToWindowCounts()))
+             | beam.ParDo(_ToWindowCounts(())))
     assert_that(panes, equal_to([WindowCounts(W1, W1 + 600, {'10.0.0.1': 1}, 0, 'UNKNOWN')]))
 
 

@@ -20,7 +20,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import FixedWindows, TimestampedValue
 
 from transforms import METRICS_NAMESPACE
-from transforms.count import SkipUnchangedPanes, _ToWindowCounts
+from transforms.counting.count import SkipUnchangedPanes, _ToWindowCounts
 from transforms.elements import WindowCounts
 
 W0, W1 = 1700000400, 1700001000

@@ -11,9 +11,9 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   echo "setting up $VENV ..." >&2
   python3 -m venv "$VENV"
 fi
-# transforms/_flowscan.c is compiled by the install (editable: next to its source).
+# The C fast paths are compiled by the install (editable: next to their sources).
 if [[ ! -f "$STAMP" || "$ROOT/setup.py" -nt "$STAMP" || "$ROOT/requirements-dev.txt" -nt "$STAMP"
-      || "$ROOT/transforms/_flowscan.c" -nt "$STAMP" ]]; then
+      || "$ROOT/transforms/_flowscan.c" -nt "$STAMP" || "$ROOT/transforms/counting/_scan.c" -nt "$STAMP" ]]; then
   "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
   "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]" -r "$ROOT/requirements-dev.txt" >&2
   touch "$STAMP"

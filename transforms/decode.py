@@ -26,13 +26,13 @@ import operator
 import zlib
 from typing import IO, Iterator, List, NamedTuple, Optional, Tuple, Union
 
-from transforms.elements import LogBatch, Skipped
+from transforms.elements import NO_EVENT_TIME, LogBatch, Skipped, event_times_of
 from transforms.flow_record import LogFormat
 
 try:
-  from transforms._flowscan import data_message_lines as _data_message_lines  # setup.py builds it
+  from transforms._flowscan import data_message_events as _data_message_events  # setup.py builds it
 except ImportError:  # pragma: no cover (installed without a C compiler)
-  _data_message_lines = None
+  _data_message_events = None
 
 try:
   # orjson parses CloudWatch Logs messages about three times faster than json
@@ -191,14 +191,16 @@ def _refuse_huge_json(text: Union[bytes, str], what: str) -> None:
 def decode_subscription_message(payload: bytes, origin: str) -> Iterator[Union[LogBatch, Skipped]]:
   """Reads one decompressed CloudWatch Logs subscription message.
 
-  A plain DATA_MESSAGE (the usual case) has its lines read in C, straight
-  from the JSON text (transforms/_flowscan.c says which texts qualify: a
-  strict subset of JSON that parses to exactly those lines); everything else
-  is parsed here and decided by `read_subscription_message`."""
-  if _data_message_lines is not None:
-    lines = _data_message_lines(payload)
-    if lines is not None:
-      yield LogBatch(origin, lines, None, True)
+  A plain DATA_MESSAGE (the usual case) has its lines and their events'
+  timestamps read in C, straight from the JSON text (transforms/_flowscan.c
+  says which texts qualify: a strict subset of JSON that parses to exactly
+  those); everything else is parsed here and decided by
+  `read_subscription_message`."""
+  if _data_message_events is not None:
+    events = _data_message_events(payload)
+    if events is not None:
+      lines, timestamps = events
+      yield LogBatch(origin, lines, None, True, event_times=timestamps)
       return
   _refuse_huge_json(payload, 'subscription message')
   try:
@@ -222,15 +224,23 @@ def read_subscription_message(message, origin: str, raw) -> Iterator[Union[LogBa
   events = message.get('logEvents')
   if not isinstance(events, list):
     raise BadInput('DATA_MESSAGE without a logEvents list', raw)
-  # Events carry "id" (a string or an int), "timestamp" (ingestion, not flow
-  # time) and sometimes "extractedFields"; only "message" matters here.
+  # Events carry "id" (a string or an int), "timestamp" (Unix ms; for flow
+  # logs the record's start, which windows a format without `start`) and
+  # sometimes "extractedFields".
   try:
     lines = tuple(map(_event_message, events))
   except (KeyError, TypeError, IndexError):
     raise BadInput('a log event has no message', raw) from None
   if not set(map(type, lines)) <= {str}:
     raise BadInput('a log event message is not a string', raw)
-  yield LogBatch(origin, lines, None, True)
+  yield LogBatch(origin, lines, None, True, event_times=event_times_of(map(_event_timestamp, events)))
+
+
+def _event_timestamp(event: dict) -> int:
+  timestamp = event.get('timestamp')
+  if type(timestamp) is int and 0 <= timestamp < 2**63:  # pylint: disable=unidiomatic-typecheck
+    return timestamp
+  return NO_EVENT_TIME
 
 
 def decode_kinesis_data(data: bytes, origin: str) -> Iterator[Union[LogBatch, Skipped, BadInput]]:
@@ -371,30 +381,41 @@ def _decode_json_lines(stream: IO[bytes], origin: str, first_number: int = 1,
 
 def _decode_flow_lines(stream: IO[bytes], origin: str, limits: InputLimits = InputLimits()):
   """Flow log lines, after an optional header line naming their fields. Blank
-  lines stay in the batches (and are passed over when parsing) so that a line's
-  position in its batch gives its line number."""
+  lines stay in the batches (and are passed over when counting) so that a
+  line's position in its batch gives its line number. A header line inside
+  the file (concatenated S3 objects each have one) stays in its batch too,
+  where counting skips it and counts it as a header, unless it names another
+  format: then a new batch starts with it, in that format."""
   fields = None
   batch: List[str] = []
   first_line = 1
   bad_lines: List[BadInput] = []
   for number, line in _text_lines(stream, origin, max_line_bytes=limits.max_line_bytes):
+    header = None
     if isinstance(line, BadInput):
       bad_lines.append(line)  # yielded after the lines read before it
       if isinstance(line, DamagedStream):
         break
       line = ''  # keeps the line's place, so that numbering stays right
-    elif number == 1:
+    elif number == 1 or 'srcaddr' in line:  # a data line never holds the word
       try:
         header = LogFormat.from_header(line)
       except ValueError as e:
         # A header that names its fields but not ones this file can be counted
-        # with: the whole file is one dead letter (it stays where it is).
-        yield BadInput(f'unusable header line, file not read: {e}', line)
-        return
-      if header is not None:
-        fields = header.fields
-        first_line = 2
-        continue
+        # with: the rest of the file is one dead letter (it stays where it is).
+        where = 'file not read' if number == 1 else f'file not read from line {number} on'
+        yield BadInput(f'unusable header line, {where}: {e}', line)
+        break
+    if number == 1 and header is not None:
+      fields = header.fields
+      first_line = 2
+      continue
+    if header is not None and header.fields != fields:
+      if batch:
+        yield LogBatch(origin, tuple(batch), fields, False, first_line)
+        yield from bad_lines
+        batch, bad_lines = [], []
+      fields, first_line = header.fields, number
     batch.append(line.rstrip('\r\n'))
     if len(batch) >= FILE_BATCH_LINES:
       yield LogBatch(origin, tuple(batch), fields, False, first_line)

@@ -2,16 +2,18 @@
 flows through them, so that the flow reads from one file:
 
     RawRecord (a Kinesis record's bytes) -> LogBatch (flow log lines sharing a
-    format) -> peer pairs per window (transforms.peers) -> WindowCounts (one
-    window's answer) -> the endpoint; and from every stage, DeadLetter.
+    format) -> peer pairs per window, group and shard, then peer counts
+    (transforms.counting.peers) -> WindowCounts (one window and group's
+    answer) -> the endpoint; and from every stage, DeadLetter.
 
 `Skipped` is what decoding says of a record read and deliberately not counted.
 """
 
+import array
 import base64
 import codecs
 import json
-from typing import Dict, NamedTuple, Optional, Tuple, Union
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 
 class RawRecord(NamedTuple):
@@ -37,7 +39,7 @@ class LogBatch(NamedTuple):
   the lines travel to their window, since a reader's outputs go out before
   the watermark it reports after them. So it tells, without asking the
   runner, which of the lines' windows may already be closed (see
-  `AccumulatePeersDoFn`). None when the source has no watermark (files).
+  `transforms.counting.late`). None when the source has no watermark (files).
 
   That holds because nothing holds the lines back between the read and
   AccumulatePeersDoFn: they run fused in one bundle, and on Flink a bundle's
@@ -45,19 +47,39 @@ class LogBatch(NamedTuple):
   (`--finish_bundle_before_checkpointing`, a default of pipeline/runners.py).
   A Reshuffle after the read, or that flag off, would let a later watermark
   overtake the lines (the records' own timestamps, their arrival, hold it
-  back less), and Beam could drop flows this check let pass."""
+  back less), and Beam could drop flows this check let pass.
+
+  `event_times` holds, for lines read from CloudWatch Logs events, each
+  event's `timestamp` (Unix milliseconds) as native int64s, one per line, -1
+  where an event has none (`event_times_of` reads them): it windows the
+  lines of a format without `start`. None for lines from files."""
   origin: str
   lines: Tuple[str, ...]
   fields: Optional[Tuple[str, ...]] = None
   from_record: bool = False  # True when decoded from a Kinesis record
   first_line_number: int = 1  # in a file, the number of the first line
   watermark: Optional[float] = None
+  event_times: Optional[bytes] = None
 
   def line_origin(self, index: int) -> str:
     """Where the batch's line `index` came from, for dead letters."""
     if self.from_record:
       return f'{self.origin} logEvents[{index}]'
     return f'{self.origin}:{self.first_line_number + index}'
+
+
+# An event without a timestamp, in LogBatch.event_times.
+NO_EVENT_TIME = -1
+
+
+def event_times_of(timestamps: Sequence[int]) -> bytes:
+  """LogBatch.event_times of these timestamps (NO_EVENT_TIME for none)."""
+  return array.array('q', timestamps).tobytes()
+
+
+def read_event_times(event_times: bytes) -> Sequence[int]:
+  """The timestamps LogBatch.event_times holds, as a sequence of ints."""
+  return memoryview(event_times).cast('q')
 
 
 class Skipped(NamedTuple):

@@ -15,7 +15,7 @@ COPY setup.py README.md ./
 COPY pipeline ./pipeline
 COPY transforms ./transforms
 RUN pip wheel --no-deps --wheel-dir /wheels . \
- && python -c "import glob, zipfile; names = zipfile.ZipFile(glob.glob('/wheels/*.whl')[0]).namelist(); assert any(n.startswith('transforms/_flowscan.') and n.endswith('.so') for n in names), 'no C fast path in the wheel'"
+ && python -c "import glob, zipfile; names = zipfile.ZipFile(glob.glob('/wheels/*.whl')[0]).namelist(); assert all(any(n.startswith(p) and n.endswith('.so') for n in names) for p in ('transforms/_flowscan.', 'transforms/counting/_scan.')), 'no C fast path in the wheel'"
 
 # --- the worker pool ---
 FROM python:3.11-slim
@@ -27,7 +27,7 @@ COPY --from=wheel /wheels /tmp/wheels
 # rebuild of both images is caught by tests/test_deploy_manifests.py.
 RUN pip install "apache-beam==2.70.0" /tmp/wheels/*.whl \
  && rm -rf /tmp/wheels \
- && python -c "import transforms._flowscan" \
+ && python -c "import transforms._flowscan, transforms.counting._scan" \
  && useradd --uid 9999 --create-home beam
 USER beam
 
