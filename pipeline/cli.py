@@ -375,15 +375,47 @@ class _AwsStepFailures(logging.Filter):
 _AWS_STEP_FAILURES = _AwsStepFailures()
 
 
+LOG_FORMAT = '%(asctime)s %(levelname)s %(name)s: %(message)s'
+
+
+def configure_logging(level: int) -> None:
+  """The root logger at `level`, printing to stderr in LOG_FORMAT. Importing
+  Beam may have given it a plain stderr handler already (a module's warning
+  made logging configure itself): that one gets the format; handlers of other
+  kinds (a test's log capture) are left as they are."""
+  root = logging.getLogger()
+  root.setLevel(level)
+  plain = [h for h in root.handlers  # pylint: disable=unidiomatic-typecheck
+           if type(h) is logging.StreamHandler or isinstance(h, _StderrHandler)]
+  if not plain:
+    plain = [_StderrHandler()]
+    root.addHandler(plain[0])
+  for handler in plain:
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+
+
+class _StderrHandler(logging.StreamHandler):
+  """Writes to whatever sys.stderr is at the time (main may run more than
+  once in a process, each time with its own stderr)."""
+  def __init__(self):
+    super().__init__()
+
+  @property
+  def stream(self):
+    return sys.stderr
+
+  @stream.setter
+  def stream(self, value):  # StreamHandler.__init__ sets it
+    pass
+
+
 def main(argv: Optional[List[str]] = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   process_settings.quiet_beams_empty_notices()
   if '-h' in argv or '--help' in argv:
     print_help()
     return EXIT_OK
-  # force: importing Beam may already have given the root logger a handler.
-  logging.basicConfig(level=log_level(argv), format='%(asctime)s %(levelname)s %(name)s: %(message)s',
-                      force=True)
+  configure_logging(log_level(argv))
   step_failures = logging.getLogger(_AwsStepFailures.LOGGER)
   step_failures.addFilter(_AWS_STEP_FAILURES)
   try:

@@ -46,9 +46,10 @@ def closed_port() -> int:
 # they search for minutes. A module joins by its name here. With `-m quick`
 # alone, the other modules are not even imported.
 QUICK_MODULES = frozenset([
-    'test_aws_errors', 'test_command_line', 'test_count_fast_path', 'test_data_message_lines',
-    'test_decode', 'test_deploy_manifests', 'test_endpoint_template',
-    'test_flow_record', 'test_peers', 'test_pipeline_composites',
+    'test_aws_errors', 'test_command_line', 'test_counting_peers', 'test_counting_pipeline',
+    'test_counting_rules', 'test_data_message_lines', 'test_decode', 'test_deploy_manifests',
+    'test_endpoint_template', 'test_flow_log_headers', 'test_flow_record',
+    'test_pipeline_composites',
 ])
 
 

@@ -55,10 +55,10 @@ def test_unchanged_panes_counts_the_panes_that_repeat_the_last_posted_counts():
 def test_empty_panes_counts_the_panes_without_a_pair_that_are_not_posted():
   p = TestPipeline()
   documents = (p
-               | beam.Create([TimestampedValue({}, W0 + 1), TimestampedValue({}, W1 + 1),
-                              TimestampedValue({KEY_10_0_0_1: 1}, W1 + 2)])
+               | beam.Create([TimestampedValue(((), {}), W0 + 1), TimestampedValue(((), {}), W1 + 1),
+                              TimestampedValue(((), {KEY_10_0_0_1: 1}), W1 + 2)])
                | beam.WindowInto(FixedWindows(600))
-               | beam.ParDo(_ToWindowCounts()))
+               | beam.ParDo(_ToWindowCounts(())))
   assert_that(documents, equal_to([WindowCounts(W1, W1 + 600, {'10.0.0.1': 1}, 0, 'UNKNOWN')]))
   result = p.run()
   result.wait_until_finish()
