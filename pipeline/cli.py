@@ -21,11 +21,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.builder import build_pipeline, log_format_from
-from pipeline.options import VpcFlowPeersOptions, delivery_config
+from pipeline.options import VpcFlowPeersOptions, check_delivery_args, delivery_config
 from pipeline.runners import FlinkSetupError, PrismSetupError, apply_runner_defaults
 from pipeline.summary import RunSummary, summarize
 from transforms.endpoint_template import validate_endpoint_template
-from transforms.http_sink import PostWindows
+from transforms.delivery import PostWindows
 from transforms.kinesis_source import kinesis_transform_from_options
 from transforms.sources import ReadFlowLogFiles, ReadRecordsFrom
 
@@ -54,8 +54,10 @@ def check_options(options: VpcFlowPeersOptions) -> None:
     raise UsageError('--window_seconds must be positive')
   if options.allowed_lateness < 0:
     raise UsageError('--allowed_lateness must not be negative')
-  if options.max_retry_seconds < 0:
-    raise UsageError('--max_retry_seconds must not be negative')
+  try:
+    check_delivery_args(options, options.endpoint)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
   if options.input and not FileSystems.match([options.input])[0].metadata_list:
     raise UsageError(f'--input matches no file: {options.input}')
 

@@ -1,21 +1,22 @@
-"""Shared fixtures: real HTTP receivers on 127.0.0.1, stopped after each test,
-and a loopback port that nothing listens on."""
+"""Shared fixtures: real HTTP endpoints on 127.0.0.1 (tests/endpoint.py, which
+records every attempt), stopped after each test, and a loopback port that
+nothing listens on."""
 
 import socket
 
 import pytest
 
-from devtools.receiver import Receiver
+from tests.endpoint import ScriptedEndpoint
 
 
 @pytest.fixture
 def start_receiver():
-  """Starts `devtools.receiver.Receiver`s (same arguments) and stops them all
-  when the test ends."""
+  """Starts `tests.endpoint.ScriptedEndpoint`s (same arguments) and stops them
+  all when the test ends."""
   started = []
 
-  def start(**kwargs) -> Receiver:
-    receiver = Receiver(**kwargs).start()
+  def start(**kwargs) -> ScriptedEndpoint:
+    receiver = ScriptedEndpoint(**kwargs).start()
     started.append(receiver)
     return receiver
 

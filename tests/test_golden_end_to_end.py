@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipeline.cli import main, run
 from transforms.dead_letter import read_dead_letters
+from transforms.delivery.parts import idempotency_key
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / 'tests' / 'data' / 'golden'
@@ -53,7 +54,8 @@ def assert_expected_posts(receiver):
     assert post.headers['Content-Type'] == 'application/json'
     assert post.headers['X-Window-Start'] == str(bucket)
     assert post.headers['X-Window-End'] == str(bucket + 600)
-    assert post.headers['Idempotency-Key'] == f'{bucket}-0'
+    assert post.headers['Idempotency-Key'] == idempotency_key(bucket, (), 0, 0, 1, post.body)
+    assert (post.headers['X-Part-Index'], post.headers['X-Part-Count']) == ('0', '1')
     assert 'Authorization' not in post.headers
 
 

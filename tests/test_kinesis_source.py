@@ -29,7 +29,7 @@ from transforms import METRICS_NAMESPACE
 from transforms.dead_letter import read_dead_letters
 from transforms.decode import decode_kinesis_data
 from transforms.elements import LogBatch, Skipped
-from transforms.http_sink import DeliveryConfig, PostWindows
+from transforms.delivery import DeliveryConfig, PostWindows
 from transforms.kinesis_source import (
     AFTER_SEQUENCE_NUMBER, AT_TIMESTAMP, LATEST, THROTTLED_BACKOFF_SECONDS,
     TRIM_HORIZON, ChildShard, RecordClaim, ReadKinesisRecords, ShardCaughtUp,
