@@ -64,7 +64,7 @@ class RedeliveryPolicy(NamedTuple):
   `max_delay`, until delivered or `max_age` seconds after it was first held."""
   max_age: float = 24 * 3600.0
   first_delay: float = 5.0
-  max_delay: float = 60.0
+  max_delay: float = 30.0
 
 
 class DeliveryConfig(NamedTuple):

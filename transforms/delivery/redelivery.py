@@ -42,7 +42,10 @@ _LOG = logging.getLogger(__name__)
 class HeldPane(NamedTuple):
   """A pane waiting for the endpoint."""
   window: WindowCounts
-  held_since: float  # Unix seconds (wall clock: it survives a restore)
+  # Processing time (Unix seconds) since when it waits, within one backoff
+  # delay: set at the first timer firing after it was held (a DoFn learns
+  # processing time only from its timers' firing times). It survives a restore.
+  held_since: Optional[float] = None
   attempts: int = 0
   parts_delivered: Tuple[int, ...] = ()
   last_status: Optional[int] = None
@@ -72,7 +75,7 @@ def hold(held: Iterable[HeldPane], pane: HeldPane) -> Tuple[List[HeldPane], int]
     elif other.window.pane_index < pane.window.pane_index:
       replaced += 1
       # The window has been waiting since its first pane was held.
-      pane = pane._replace(held_since=min(pane.held_since, other.held_since))
+      pane = pane._replace(held_since=other.held_since)
     else:
       return list(held), 1
   kept.append(pane)
@@ -89,7 +92,12 @@ def next_delay(policy: RedeliveryPolicy, failures: int) -> float:
 
 
 def aged_out(pane: HeldPane, now: float, policy: RedeliveryPolicy) -> bool:
-  return now - pane.held_since >= policy.max_age
+  return pane.held_since is not None and now - pane.held_since >= policy.max_age
+
+
+def since_when(panes: Iterable[HeldPane], since: float) -> List[HeldPane]:
+  """`panes`, those held since an unknown time given `since`."""
+  return [p if p.held_since is not None else p._replace(held_since=since) for p in panes]
 
 
 class HeldPaneCoder(coders.Coder):
@@ -126,6 +134,8 @@ class RedeliverWindowsDoFn(beam.DoFn):
   END_OF_INPUT = userstate.TimerSpec('end_of_input', TimeDomain.WATERMARK)
 
   def __init__(self, config: DeliveryConfig, clock=time.time):
+    """`clock`: the processing time where a pane is first held (the timer is
+    set from it); a test on a runner's test clock passes that clock's."""
     self._config = config
     self._policy = config.redelivery
     self._clock = clock
@@ -151,7 +161,8 @@ class RedeliverWindowsDoFn(beam.DoFn):
       self._counters.attempts.inc(outcome.last.attempts)
     return outcome
 
-  def _letter(self, pane: HeldPane, outcome: Optional[PaneOutcome], why: Optional[str] = None):
+  def _letter(self, pane: HeldPane, outcome: Optional[PaneOutcome], why: Optional[str] = None,
+              now: Optional[float] = None):
     self._counters.dead_lettered.inc()
     last = outcome.last if outcome is not None and outcome.last is not None else PostOutcome(
         False, pane.url, pane.last_status, pane.last_error, 0, retryable=True)
@@ -161,10 +172,12 @@ class RedeliverWindowsDoFn(beam.DoFn):
                                  len(self._parts(pane.window)),
                                  last._replace(attempts=pane.attempts + (
                                      outcome.last.attempts if outcome and outcome.last else 0)))
-    _LOG.error('%s not delivered: %s', pane.window.bucket_time, last.reason)
+    _LOG.error('window %d (pane %d) not delivered: %s', pane.window.bucket_time,
+               pane.window.pane_index, last.reason)
+    held = {} if now is None or pane.held_since is None else {
+        'held_seconds': round(now - pane.held_since, 3)}
     return beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, undelivered_letter(
-        pane.window, letter_outcome, self._config, self._has_secrets,
-        {'held_seconds': round(self._clock() - pane.held_since, 3)}))
+        pane.window, letter_outcome, self._config, self._has_secrets, held))
 
   def _delivered(self, pane: HeldPane, outcome: PaneOutcome):
     self._counters.delivered.inc()
@@ -178,7 +191,7 @@ class RedeliverWindowsDoFn(beam.DoFn):
               end_of_input=beam.DoFn.TimerParam(END_OF_INPUT)):
     _, window_counts = keyed
     end_of_input.set(window.GlobalWindow().max_timestamp())
-    pane = HeldPane(window_counts, self._clock())
+    pane = HeldPane(window_counts)
     current = list(held.read())
     if current:
       # The endpoint is failing: join the queue, which goes out oldest first.
@@ -207,7 +220,7 @@ class RedeliverWindowsDoFn(beam.DoFn):
       held.add(pane)
 
   @userstate.on_timer(REDELIVER)
-  def redeliver(self, held=beam.DoFn.StateParam(HELD),
+  def redeliver(self, fired=beam.DoFn.TimestampParam, held=beam.DoFn.StateParam(HELD),
                 failed=beam.DoFn.StateParam(FAILED_FIRINGS),
                 redeliver=beam.DoFn.TimerParam(REDELIVER)):
     taken = []  # whether the endpoint has taken a part in this firing
@@ -220,28 +233,30 @@ class RedeliverWindowsDoFn(beam.DoFn):
         taken.append(part)
       return outcome
 
-    now, keep, down = self._clock(), [], False
-    for pane in oldest_first(held.read()):
+    now, keep, down = float(fired), [], False
+    failures = failed.read() or 0
+    # Panes held since this timer was set have waited at most its delay.
+    panes = since_when(held.read(), now - next_delay(self._policy, failures))
+    for pane in oldest_first(panes):
       if not down:
         outcome = self._post(pane, post)
         if outcome.complete:
           yield self._delivered(pane, outcome)
           continue
         if outcome.last is not None and not outcome.last.retryable:
-          yield self._letter(pane, outcome)
+          yield self._letter(pane, outcome, now=now)
           continue
         down = True
         pane = pane.after(outcome)
       if aged_out(pane, now, self._policy):
         yield self._letter(pane, None, f'held for {now - pane.held_since:.0f} s, longer than '
-                           f'--max_redelivery_age ({self._policy.max_age:g} s)')
+                           f'--max_redelivery_age ({self._policy.max_age:g} s)', now)
         continue
       keep.append(pane)
     self._rewrite(held, keep)
     if keep:
-      failures = (failed.read() or 0) + 1
-      failed.write(failures)
-      redeliver.set(now + next_delay(self._policy, failures))
+      failed.write(failures + 1)
+      redeliver.set(now + next_delay(self._policy, failures + 1))
     else:
       failed.clear()
 

@@ -9,6 +9,7 @@ in Beam state and posts it again later, by itself.
 """
 
 import logging
+import time
 from typing import Tuple
 
 import apache_beam as beam
@@ -73,10 +74,11 @@ class PostWindows(beam.PTransform):
   """The HTTP sink: WindowCounts in; {'delivered', 'dead_letters'} out.
 
   Streaming runs (the pipeline's option) hold and redeliver; bounded runs
-  post each pane once, with retries."""
-  def __init__(self, config: DeliveryConfig):
+  post each pane once, with retries. `clock`: see RedeliverWindowsDoFn."""
+  def __init__(self, config: DeliveryConfig, clock=time.time):
     super().__init__()
     self._config = config
+    self._clock = clock
 
   def expand(self, windows):
     if not windows.pipeline.options.view_as(StandardOptions).streaming:
@@ -94,6 +96,6 @@ class PostWindows(beam.PTransform):
         | 'KeyByEndpointHost' >> beam.Map(
             lambda counts: (endpoint_origin(template, counts), counts)).with_output_types(
                 Tuple[str, WindowCounts])
-        | 'Redeliver' >> beam.ParDo(RedeliverWindowsDoFn(self._config)).with_outputs(
+        | 'Redeliver' >> beam.ParDo(RedeliverWindowsDoFn(self._config, self._clock)).with_outputs(
             DEAD_LETTER_TAG, main='delivered'))
     return {'delivered': posted.delivered, 'dead_letters': posted[DEAD_LETTER_TAG]}
