@@ -16,6 +16,7 @@ from apache_beam.transforms import window
 from transforms.count import CountDistinctPeers
 from transforms.dead_letter import WriteDeadLetters
 from transforms.flow_record import LogFormat
+from transforms.time_range import KeepTimeRange, TimeRange
 from pipeline.options import VpcFlowPeersOptions
 
 
@@ -31,6 +32,12 @@ def log_format_from(options: VpcFlowPeersOptions) -> LogFormat:
   return LogFormat.default()
 
 
+def time_range_from(options: VpcFlowPeersOptions) -> TimeRange:
+  """--since and --until (bounded runs); raises ValueError for bad values."""
+  return TimeRange.from_flags(getattr(options, 'since', None), getattr(options, 'until', None),
+                              options.window_seconds)
+
+
 def _outputs(result, main_name: str):
   if isinstance(result, dict):
     return result[main_name], result.get('dead_letters')
@@ -44,6 +51,9 @@ def build_pipeline(pipeline: beam.Pipeline, source: beam.PTransform,
 
   Dead letters are written under `dead_letter_dir` (default: the option)."""
   batches, read_dead = _outputs(pipeline | 'Read' >> source, 'batches')
+  time_range = time_range_from(options)
+  if time_range:
+    batches = batches | 'KeepTimeRange' >> KeepTimeRange(time_range, log_format_from(options))
   counted = batches | 'CountDistinctPeers' >> CountDistinctPeers(
       window_seconds=options.window_seconds,
       log_format=log_format_from(options),

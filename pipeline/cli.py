@@ -20,7 +20,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.builder import build_pipeline, log_format_from
+from pipeline.builder import build_pipeline, log_format_from, time_range_from
 from pipeline.options import VpcFlowPeersOptions, check_delivery_args, delivery_config
 from pipeline.runners import FlinkSetupError, PrismSetupError, apply_runner_defaults
 from pipeline.summary import RunSummary, summarize
@@ -56,8 +56,11 @@ def check_options(options: VpcFlowPeersOptions) -> None:
     raise UsageError('--allowed_lateness must not be negative')
   try:
     check_delivery_args(options, options.endpoint)
+    time_range = time_range_from(options)
   except ValueError as e:
     raise UsageError(str(e)) from None
+  if time_range and (options.kinesis_stream and not options.kinesis_stop_at_latest):
+    raise UsageError('--since and --until are for bounded runs (files, or --kinesis_stop_at_latest)')
   if options.input and not FileSystems.match([options.input])[0].metadata_list:
     raise UsageError(f'--input matches no file: {options.input}')
 
@@ -87,7 +90,7 @@ def run(argv: Optional[List[str]] = None) -> RunSummary:
       if not stopper.stopped:
         raise
       # The job was cancelled because we asked: a clean stop, not a failure.
-  return summarize(result, flags.dead_letter_dir)
+  return summarize(result, flags.dead_letter_dir, time_range_from(flags))
 
 
 class StopOnCtrlC:
