@@ -235,3 +235,73 @@ def test_replay_of_a_redacted_url_needs_the_endpoint(start_receiver, tmp_path, c
       (f'/connection_sets/{BUCKET}?token=abc123', document_body(window.counts))]
   assert not path.exists()
   assert 'replay: 1 window(s) delivered, 0 still undelivered' in capsys.readouterr().out
+
+
+def test_delivery_flags_reach_the_config():
+  from pipeline.options import VpcFlowPeersOptions, delivery_config  # pylint: disable=import-outside-toplevel
+  flags = VpcFlowPeersOptions([
+      '--endpoint_token_env=MY_TOKEN', '--http_connect_timeout=1.5', '--http_read_timeout=2.5',
+      '--http_attempt_timeout=7', '--max_retry_seconds=11', '--ca_bundle=/etc/ca.pem',
+      '--http_compress', '--max_body_bytes=1000', '--max_redelivery_age=3600'])
+  config = delivery_config(flags, 'http://h/{bucket_time}')
+  assert config._replace(breaker=None, redelivery=None) == DeliveryConfig(
+      'http://h/{bucket_time}', token_env='MY_TOKEN', connect_timeout=1.5, read_timeout=2.5,
+      attempt_timeout=7.0, max_retry_seconds=11.0, verify_tls=True, ca_bundle='/etc/ca.pem',
+      compress=True, max_body_bytes=1000, breaker=None, redelivery=None)
+  assert config.redelivery.max_age == 3600.0
+  assert delivery_config(VpcFlowPeersOptions(['--no_verify_tls']), 'http://h/{bucket_time}').verify_tls is False
+
+
+def test_retry_contract_through_the_command_line(start_receiver, tmp_path, monkeypatch):
+  """Retry-After waited, the same key, token and body on every attempt of a
+  part, and the flags (token variable, compression, parts) wired through."""
+  monkeypatch.setenv('MY_TOKEN', 'tok-42-secret')
+  seen = set()
+
+  def once_503_per_part(attempt):
+    part = attempt.headers['X-Part-Index']
+    if part in seen:
+      return None
+    seen.add(part)
+    return Answer(503, headers={'Retry-After': '2'})
+
+  endpoint = start_receiver(script=once_503_per_part)
+  flows = tmp_path / 'flows.log'
+  flows.write_text('\n'.join(flow_line('10.0.0.1', f'10.2.0.{j + 1}', BUCKET + 5) for j in range(30)) + '\n')
+  assert main([f'--input={flows}', f'--endpoint={endpoint.url()}', '--endpoint_token_env=MY_TOKEN',
+               '--http_compress', '--max_body_bytes=300', '--max_retry_seconds=30',
+               f'--dead_letter_dir={tmp_path / "dead"}']) == 0
+  by_part = {}
+  for attempt in endpoint.requests:
+    by_part.setdefault(attempt.headers['X-Part-Index'], []).append(attempt)
+  assert len(by_part) > 1
+  for part, (refused, taken) in by_part.items():
+    assert (refused.status, taken.status) == (503, 200)
+    assert taken.at - refused.at >= 1.9  # Retry-After: 2, though the backoff alone is under 1 s
+    for attempt in (refused, taken):
+      assert attempt.headers['Authorization'] == 'Bearer tok-42-secret'
+      assert attempt.headers['Content-Encoding'] == 'gzip'
+      assert len(attempt.body) <= 300
+    assert (refused.headers['Idempotency-Key'], refused.raw_body) == (taken.headers['Idempotency-Key'], taken.raw_body)
+  assert {k: v for a in endpoint.posts for k, v in a.json().items()} == {
+      '10.0.0.1': 30, **{f'10.2.0.{j + 1}': 1 for j in range(30)}}
+
+
+def test_retry_budget_and_timeouts_through_the_command_line(start_receiver, tmp_path):
+  endpoint = start_receiver(delay_seconds=1.5)
+  started = time.monotonic()
+  assert main([f'--input={write_flows(tmp_path / "flows.log", windows=1)}', f'--endpoint={endpoint.url()}',
+               '--max_retry_seconds=2', '--http_read_timeout=0.5',
+               f'--dead_letter_dir={tmp_path / "dead"}']) == 2
+  assert time.monotonic() - started < 2 + 30  # the budget, and the run's own start-up
+  [letter] = undelivered(tmp_path / 'dead')
+  assert 'Read timed out' in letter['last_error'] and letter['attempts'] == endpoint.attempts >= 2
+
+
+def test_attempt_deadline_through_the_command_line(start_receiver, tmp_path):
+  endpoint = start_receiver(script=lambda attempt: Answer(200, trickle_seconds=0.3, trickle_all=True))
+  assert main([f'--input={write_flows(tmp_path / "flows.log", windows=1)}', f'--endpoint={endpoint.url()}',
+               '--max_retry_seconds=2', '--http_read_timeout=5', '--http_attempt_timeout=1',
+               f'--dead_letter_dir={tmp_path / "dead"}']) == 2
+  [letter] = undelivered(tmp_path / 'dead')
+  assert letter['last_error'].startswith('attempt deadline of 1 s passed (--http_attempt_timeout)')

@@ -39,7 +39,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import InvalidHeader, MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
-from transforms.delivery.breaker import Breakers, BreakerPolicy, CircuitBreaker
+from transforms.delivery.breaker import CLOSED, Breakers, BreakerPolicy, CircuitBreaker
 from transforms.delivery.parts import DocumentPart
 from transforms.delivery.redaction import (
     DEFAULT_TOKEN_ENV, LIBRARY_LOGGERS, ScrubLogRecords, Secrets, redact_url, read_token,
@@ -239,7 +239,7 @@ class DeadlineRetry(Retry):
       wait = new_retry.get_retry_after(response) if response is not None else None
       remaining = self._remaining()
       if (remaining <= 0 or (wait is not None and wait > remaining)
-          or (self.stop_when_open and self.breaker is not None and self.breaker.state != 'closed')):
+          or (self.stop_when_open and self.breaker is not None and self.breaker.state != CLOSED)):
         raise MaxRetryError(_pool, url, error or ResponseError(
             f'retry time exhausted (last status {getattr(response, "status", None)})'))
     except MaxRetryError:
@@ -356,7 +356,7 @@ class WindowPoster:
     shown = self.scrub(redact_url(url))
     retry = self._retry(deadline, breaker, single, outage_budget, stop_when_open)
     self._adapter.max_retries = retry
-    status, error, response = None, None, None
+    status, error, response, unexpected = None, None, None, False
     try:
       response = self._session.post(
           url, data=payload, headers=headers, allow_redirects=False, stream=True,
@@ -366,10 +366,19 @@ class WindowPoster:
       self._read_answer(response, shown)
     except requests.RequestException as e:
       error = self._describe(e)
+    except Exception as e:  # pylint: disable=broad-except
+      # Nothing the endpoint does may crash the sink: an error of ours is a
+      # dead letter with its (scrubbed) reason, never a traceback with the URL.
+      error, unexpected = self._describe(e), True
     finally:
       self._watchdog.disarm()
       if response is not None:
         response.close()
+    if error is not None and (retry.log['failures'] == 0 or unexpected):
+      # It never reached the host (a URL or header requests refused): trying
+      # again cannot help, and the breaker learnt nothing.
+      breaker.release_probe()
+      return PostOutcome(False, shown, None, error, 0, retryable=False), None
     attempts = retry.log['failures'] + (0 if retry.log['gave_up'] or error else 1)
     attempts = max(attempts, 1)
     if error is not None:
