@@ -321,3 +321,35 @@ def test_parts_go_out_with_their_own_headers_and_keys(start_receiver, open_poste
   assert [a.headers['Idempotency-Key'] for a in endpoint.posts] == [p.key for p in parts]
   assert all(len(a.body) <= 256 for a in endpoint.posts)
   assert {k: v for a in endpoint.posts for k, v in json.loads(a.body).items()} == counts
+
+
+def test_tls_ca_bundle_flag_wins_over_the_machines_requests_ca_bundle(tls_endpoint, certificates, tmp_path, monkeypatch):
+  """Through the command line, with REQUESTS_CA_BUNDLE naming another bundle
+  (as these machines set it): requests used to let the variable replace the
+  session's verify, so --ca_bundle did not pin trust."""
+  from pipeline.cli import main  # pylint: disable=import-outside-toplevel
+  from tests.builders import flow_line  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv('REQUESTS_CA_BUNDLE', str(certificates[1].cert))
+  monkeypatch.setenv('CURL_CA_BUNDLE', str(certificates[1].cert))
+  flows = tmp_path / 'flows.log'
+  flows.write_text(flow_line('10.0.0.1', '10.0.0.2', BUCKET + 1) + '\n')
+  assert main([f'--input={flows}', f'--endpoint={tls_endpoint.url()}', f'--ca_bundle={certificates[0].cert}',
+               '--max_retry_seconds=5',
+               f'--dead_letter_dir={tmp_path / "dead"}']) == 0
+  assert tls_endpoint.latest_by_path() == {f'/connection_sets/{BUCKET}': {'10.0.0.1': 1, '10.0.0.2': 1}}
+
+
+def test_proxies_from_the_environment_are_honoured_explicitly(start_receiver, open_poster, closed_port, monkeypatch):
+  """trust_env is off (no netrc, no CA variables), but HTTP_PROXY and NO_PROXY still apply."""
+  proxy = start_receiver()
+  target = f'http://127.0.0.2:{closed_port}/connection_sets/{{bucket_time}}'
+  monkeypatch.setenv('HTTP_PROXY', f'http://127.0.0.1:{proxy.port}')
+  monkeypatch.delenv('NO_PROXY', raising=False)
+  monkeypatch.delenv('no_proxy', raising=False)
+  assert post(open_poster(target)).delivered
+  [attempt] = proxy.requests
+  assert (attempt.path, attempt.body) == (f'http://127.0.0.2:{closed_port}/connection_sets/{BUCKET}', BODY)
+  monkeypatch.setenv('NO_PROXY', '127.0.0.2')
+  outcome = post(open_poster(target, max_retry_seconds=0.5, connect_timeout=0.5))
+  assert not outcome.delivered and 'ConnectionError' in outcome.error
+  assert proxy.attempts == 1
