@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.endpoint import Answer, ScriptedEndpoint
+from tests.endpoint import Answer
 from tests.tls_certs import self_signed
 from transforms.delivery.breaker import BreakerPolicy
 from transforms.delivery.parts import DocumentPart, document_body, idempotency_key, window_parts

@@ -14,12 +14,12 @@ caller can hold the window and go on (transforms.delivery.redelivery).
 import json
 import logging
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
 from apache_beam.metrics import Metrics
 
 from transforms import METRICS_NAMESPACE
-from transforms.delivery.breaker import CLOSED, HALF_OPEN
+from transforms.delivery.breaker import CLOSED, HALF_OPEN, Breakers
 from transforms.delivery.parts import DocumentPart, document_body, group_header, parts_of
 from transforms.delivery.poster import PostOutcome, WindowPoster, origin_of
 from transforms.delivery.redaction import redact_url
@@ -245,7 +245,6 @@ class LetterReplayer:
   circuit breaker per host for all of them, so that a dead endpoint costs one
   wait for the whole replay."""
   def __init__(self, config, endpoint: Optional[str] = None):
-    from transforms.delivery.breaker import Breakers  # pylint: disable=import-outside-toplevel
     self._config = config
     self._endpoint = endpoint
     self._breakers = Breakers(config.breaker)

@@ -24,11 +24,9 @@ from typing import Iterable, List, NamedTuple, Optional, Tuple
 import apache_beam as beam
 import orjson
 from apache_beam import coders
-from apache_beam.metrics import Metrics
 from apache_beam.transforms import userstate, window
 from apache_beam.transforms.timeutil import TimeDomain
 
-from transforms import METRICS_NAMESPACE
 from transforms.delivery.breaker import Breakers
 from transforms.delivery.deliver import Deliverer, PaneOutcome, SinkCounters, log_pane, undelivered_letter
 from transforms.delivery.parts import window_parts
