@@ -113,7 +113,7 @@ class Deliverer:
   def try_now(self, part: DocumentPart, single: bool = False) -> Optional[PostOutcome]:
     """The streaming policy: None (no attempt) while the host's breaker is
     open and no probe is due, else the outcome of a chain of attempts that
-    ends as soon as the breaker opens (or max_retry_seconds pass). `single`:
+    ends as soon as the breaker opens (or the policy's inline_seconds pass). `single`:
     one attempt, whatever the breaker says (a redelivery timer's probe)."""
     breaker = self.poster.breaker_for(part)
     now = self._clock()
@@ -123,8 +123,8 @@ class Deliverer:
       return None
     if breaker.state == HALF_OPEN:
       return self._remember(part, self.poster.post(part, now + self.config.attempt_timeout, single=True))
-    return self._remember(part, self.poster.post(
-        part, now + self.config.max_retry_seconds, stop_when_open=True))
+    budget = min(self.config.max_retry_seconds, self.config.redelivery.inline_seconds)
+    return self._remember(part, self.poster.post(part, now + budget, stop_when_open=True))
 
   def deliver_pane(self, parts: Sequence[DocumentPart], skip: Sequence[int] = (),
                    post: Optional[Callable[[DocumentPart], Optional[PostOutcome]]] = None

@@ -61,10 +61,13 @@ PAYLOAD_TOO_LARGE = 413
 class RedeliveryPolicy(NamedTuple):
   """How a streaming run holds windows the endpoint cannot take: retried
   `first_delay` seconds later, then twice as long after each failure up to
-  `max_delay`, until delivered or `max_age` seconds after it was first held."""
+  `max_delay`, until delivered or `max_age` seconds after it was first held.
+  A pane's first attempts, as it arrives, take at most `inline_seconds` (and
+  end when the breaker opens): the stream waits for them."""
   max_age: float = 24 * 3600.0
   first_delay: float = 5.0
   max_delay: float = 30.0
+  inline_seconds: float = 30.0
 
 
 class DeliveryConfig(NamedTuple):
