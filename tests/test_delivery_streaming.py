@@ -4,7 +4,7 @@ Kinesis stream continuously on Prism, posting to a real endpoint on
 
 - A LATE pane goes over the wire: pane 0 of a window, then, after a late flow,
   pane 1 with its own Idempotency-Key and the complete document.
-- The endpoint goes down for two minutes while flows keep arriving, then comes
+- Then the endpoint goes down for two minutes while flows keep arriving, then comes
   back on the same port: every window is delivered, exactly once per pane,
   none dead-lettered and no replay run; a window's later pane replaces its
   held earlier pane, which is never posted.
@@ -167,49 +167,26 @@ def assert_each_pane_delivered_once_with_its_key(endpoint):
         bucket, (), int(a.headers['X-Pane-Index']), 0, 1, a.body)
 
 
-def test_a_late_pane_goes_over_the_wire_with_its_key_and_the_complete_document(
+def test_a_late_pane_then_an_endpoint_down_two_minutes_getting_every_window_back_by_itself(
     start_receiver, streaming_run, stream):
+  """(One run for both, as each Prism start costs a minute or more.)"""
   _, feed = stream
   endpoint = start_receiver()
   run = streaming_run(endpoint)
   try:
     feed.start()
     # A window posted soon after it closed (the first ones may come from the
-    # backlog the run read at its start, long closed).
+    # backlog the run read at its start, long closed) ...
     endpoint.wait_for(lambda e: any(int(a.headers['X-Window-Start']) >= time.time() - 3 * WINDOW
                                     for a in e.posts), 300, 'a window to be posted as it closes')
-    bucket = max(int(a.headers['X-Window-Start']) for a in endpoint.posts)
-    # A flow of that window, arriving after it closed (within the lateness).
-    feed.put([('10.250.0.1', '10.250.0.2', bucket + 5)])
-    path = f'/connection_sets/{bucket}'
-    endpoint.wait_for(lambda e: any(a.path == path and a.headers['X-Pane-Index'] == '1' for a in e.posts),
-                      120, f'the LATE pane of window {bucket}')
-    feed.stop()
-    code, _, stderr = run.stop()
-  finally:
-    feed.stop()
-  assert code == 0, stderr[-3000:]
-  expected = feed.documents()[path]
-  panes = [a for a in endpoint.posts if a.path == path]
-  assert [(a.headers['X-Pane-Index'], a.headers['X-Pane-Timing']) for a in panes] == [
-      ('0', 'ON_TIME'), ('1', 'LATE')]
-  late = panes[1]
-  assert late.json() == expected  # the complete document, not only the late flow
-  assert '10.250.0.1' in late.json() and len(late.json()) == len(panes[0].json()) + 2
-  assert late.headers['Idempotency-Key'] == idempotency_key(bucket, (), 1, 0, 1, document_body(expected))
-  assert late.headers['Idempotency-Key'] != panes[0].headers['Idempotency-Key']
-  assert_each_pane_delivered_once_with_its_key(endpoint)
+    late_bucket = max(int(a.headers['X-Window-Start']) for a in endpoint.posts)
+    late_path = f'/connection_sets/{late_bucket}'
+    # ... gets a flow after it closed (within the lateness): its LATE pane.
+    feed.put([('10.250.0.1', '10.250.0.2', late_bucket + 5)])
+    endpoint.wait_for(lambda e: any(a.path == late_path and a.headers['X-Pane-Index'] == '1'
+                                    for a in e.posts), 120, f'the LATE pane of window {late_bucket}')
+    late_expected = feed.documents()[late_path]
 
-
-def test_an_endpoint_down_two_minutes_gets_every_window_back_by_itself(
-    start_receiver, streaming_run, stream):
-  _, feed = stream
-  endpoint = start_receiver()
-  run = streaming_run(endpoint)
-  try:
-    feed.start()
-    endpoint.wait_for(lambda e: any(int(a.headers['X-Window-Start']) >= time.time() - 3 * WINDOW
-                                    for a in e.posts), 300, 'a window to be posted as it closes')
     endpoint.stop()
     down_at = time.monotonic()
     down_wall = time.time()
@@ -232,6 +209,17 @@ def test_an_endpoint_down_two_minutes_gets_every_window_back_by_itself(
   finally:
     feed.stop()
   assert code == 0, stderr[-3000:]
+  # The LATE pane went over the wire with its own key and the complete document.
+  panes = [a for a in endpoint.posts if a.path == late_path]
+  assert [(a.headers['X-Pane-Index'], a.headers['X-Pane-Timing']) for a in panes] == [
+      ('0', 'ON_TIME'), ('1', 'LATE')]
+  late = panes[1]
+  assert late.json() == late_expected == expected[late_path]  # complete, not only the late flow
+  assert '10.250.0.1' in late.json() and len(late.json()) == len(panes[0].json()) + 2
+  assert late.headers['Idempotency-Key'] == idempotency_key(
+      late_bucket, (), 1, 0, 1, document_body(late_expected))
+  assert late.headers['Idempotency-Key'] != panes[0].headers['Idempotency-Key']
+
   assert endpoint.latest_by_path() == expected
   assert_each_pane_delivered_once_with_its_key(endpoint)
   held = [a for a in endpoint.posts if a.at >= up_at]
