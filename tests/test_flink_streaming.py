@@ -42,8 +42,8 @@ from flink_cluster import flink_cluster  # pylint: disable=unused-import
 from pipeline.cli import run
 from tests import kinesis_helpers as kh
 from tests.builders import flow_line, no_traffic_line
-from transforms.dead_letter import (
-    KIND_BAD_INPUT, KIND_LATE_DATA, KIND_UNDELIVERED_WINDOW, read_dead_letters)
+from transforms.dead_letter import read_dead_letters
+from transforms.elements import KIND_BAD_INPUT, KIND_LATE_DATA, KIND_UNDELIVERED_WINDOW
 
 WINDOW_SECONDS = 10
 STREAM, SHARDS = 'flow-logs', 2
