@@ -97,15 +97,17 @@ class ScriptedEndpoint:
     """The last document delivered at each path (a later pane replaces an earlier)."""
     return {post.path: post.json() for post in self.posts}
 
-  def wait_for(self, condition: Callable[['ScriptedEndpoint'], bool], timeout: float, what: str):
-    """Waits until `condition(self)` holds (checked on every attempt); fails saying what."""
+  def wait_for(self, condition: Callable[['ScriptedEndpoint'], bool], timeout: float, what: str,
+               explain: Callable[[], str] = lambda: ''):
+    """Waits until `condition(self)` holds (checked on every attempt); fails
+    saying what, and what `explain()` says."""
     deadline = time.monotonic() + timeout
     with self._changed:
       while not condition(self):
         left = deadline - time.monotonic()
         if left <= 0:
           raise AssertionError(f'timed out after {timeout:.0f} s waiting for {what}; '
-                               f'{len(self.requests)} attempts so far')
+                               f'{len(self.requests)} attempts so far\n{explain()}')
         self._changed.wait(min(left, 1.0))
 
   # --- answering -----------------------------------------------------------

@@ -97,7 +97,7 @@ class StreamingRun:
     self.process = subprocess.Popen(
         [sys.executable, '-m', 'pipeline', '--kinesis_stream=flows',
          f'--kinesis_endpoint_url={moto_url}', f'--aws_region={aws_emulator.REGION}',
-         '--kinesis_max_delivery_delay=3', f'--window_seconds={WINDOW}', '--allowed_lateness=90',
+         '--kinesis_max_delivery_delay=3', f'--window_seconds={WINDOW}', '--allowed_lateness=300',
          f'--prism_location={prism_binary}', f'--endpoint={endpoint.url()}',
          f'--dead_letter_dir={self.dead}', *extra],
         cwd=REPO, stdout=self._out, stderr=self._err, text=True,
@@ -148,6 +148,19 @@ def streaming_run(tmp_path, prism_binary, stream):
   yield start
   for run in runs:
     run.kill()
+
+
+def explain(endpoint, expected, run) -> str:
+  """What differs from the reference answer, the dead letters and the run's log."""
+  got = endpoint.latest_by_path()
+  missing = sorted(set(expected) - set(got))
+  different = sorted(p for p in set(expected) & set(got) if expected[p] != got[p])
+  letters = [f'{l["kind"]}: {l.get("origin")}: {l.get("reason")}' for _, l in read_dead_letters(str(run.dead))]
+  log = [line for line in run.stderr().splitlines() if 'yield and return' not in line]
+  return (f'missing: {missing}\ndifferent: {[(p, expected[p], got[p]) for p in different]}\n'
+          f'unexpected: {sorted(set(got) - set(expected))}\ndead letters: {letters}\n'
+          f'attempts: {[(a.path, a.headers.get("X-Pane-Index"), a.status) for a in endpoint.requests]}\n'
+          + '\n'.join(log[-40:]))
 
 
 def delivered_keys(endpoint):
@@ -202,8 +215,9 @@ def test_a_late_pane_then_an_endpoint_down_two_minutes_getting_every_window_back
     up_at = time.monotonic()
     feed.stop()
     expected = feed.documents()
-    endpoint.wait_for(lambda e: e.latest_by_path() == expected, 240,
-                      'every window, with its last pane, after the endpoint came back')
+    endpoint.wait_for(lambda e: e.latest_by_path() == expected, 400,
+                      'every window, with its last pane, after the endpoint came back',
+                      lambda: explain(endpoint, expected, run))
     recovered = max(a.at for a in endpoint.posts) - up_at
     code, stdout, stderr = run.stop()
   finally:
