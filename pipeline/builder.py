@@ -16,6 +16,7 @@ from apache_beam.transforms import window
 from transforms.counting.count import CountDistinctPeers
 from transforms.dead_letter import WriteDeadLetters
 from transforms.flow_record import LogFormat
+from transforms.time_range import KeepTimeRange, TimeRange
 from pipeline.options import VpcFlowPeersOptions
 
 
@@ -44,6 +45,12 @@ def group_fields(options: VpcFlowPeersOptions) -> Tuple[str, ...]:
   return tuple(field.strip() for field in (options.group_by or '').split(',') if field.strip())
 
 
+def time_range_from(options: VpcFlowPeersOptions) -> TimeRange:
+  """--since and --until (bounded runs); raises ValueError for bad values."""
+  return TimeRange.from_flags(getattr(options, 'since', None), getattr(options, 'until', None),
+                              options.window_seconds)
+
+
 def _outputs(result, main_name: str):
   if isinstance(result, dict):
     return result[main_name], result.get('dead_letters')
@@ -57,6 +64,9 @@ def build_pipeline(pipeline: beam.Pipeline, source: beam.PTransform,
 
   Dead letters are written under `dead_letter_dir` (default: the option)."""
   batches, read_dead = _outputs(pipeline | 'Read' >> source, 'batches')
+  time_range = time_range_from(options)
+  if time_range:
+    batches = batches | 'KeepTimeRange' >> KeepTimeRange(time_range, log_format_from(options))
   counted = batches | 'CountDistinctPeers' >> CountDistinctPeers(
       window_seconds=options.window_seconds,
       log_format=log_format_from(options),

@@ -31,14 +31,15 @@ from apache_beam.runners.runner import create_runner
 
 from pipeline import process_settings
 from pipeline.aws_errors import aws_error_message
-from pipeline.builder import build_pipeline, group_fields, log_format_from
+from pipeline.builder import build_pipeline, group_fields, log_format_from, time_range_from
 from pipeline.options import (
-    VpcFlowPeersOptions, configure_filesystems, delivery_config, input_limits, log_level, s3_options)
+    VpcFlowPeersOptions, check_delivery_args, configure_filesystems, delivery_config, input_limits,
+    log_level, s3_options)
 from pipeline.runners import FlinkSetupError, PrismSetupError, apply_runner_defaults
 from pipeline.summary import RunSummary, summarize
+from transforms.delivery import PostWindows
 from transforms.endpoint_template import validate_endpoint_template
 from transforms.flow_record import LogFormat, is_field_name
-from transforms.http_sink import PostWindows
 from transforms.kinesis import kinesis_transform_from_options
 from transforms.progress import Progress, report
 from transforms.sources import ReadFlowLogFiles, ReadRecordsFrom
@@ -147,6 +148,13 @@ def check_options(options: VpcFlowPeersOptions) -> None:
     _LOG.warning('--log_format names fields this version does not know (read like any other '
                  'field): %s', ' '.join(log_format.unknown_fields))
   check_counting_options(options, log_format)
+  try:
+    check_delivery_args(options, options.endpoint)
+    time_range = time_range_from(options)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  if time_range and (options.kinesis_stream and not options.kinesis_stop_at_latest):
+    raise UsageError('--since and --until are for bounded runs (files, or --kinesis_stop_at_latest)')
   if options.kinesis_endpoint_url and not _is_http_url(options.kinesis_endpoint_url):
     raise UsageError('--kinesis_endpoint_url must be an http:// or https:// URL, such as '
                      'http://127.0.0.1:4566')
@@ -230,7 +238,7 @@ def run(argv: Optional[List[str]] = None) -> RunSummary:
       # The job was cancelled because we asked: a clean stop, not a failure.
   if progress is not None:
     progress.print_now()
-  return summarize(result, flags.dead_letter_dir)
+  return summarize(result, flags.dead_letter_dir, time_range_from(flags))
 
 
 def progress_for(options: PipelineOptions, flags: VpcFlowPeersOptions) -> Optional[Progress]:

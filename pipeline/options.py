@@ -4,10 +4,9 @@ untouched. Each flag's type refuses a bad value with one line (argparse names
 the flag), so that every flag reads its value the same way."""
 
 import argparse
-import math
-
-import argparse
 import logging
+import math
+import os
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, S3Options
@@ -16,7 +15,9 @@ from transforms.counting.count import DEFAULT_MERGE_SHARDS, DEFAULT_WINDOW_SECON
 from transforms.counting.rules import ADDRESS_CHOICES, INTERFACE_ADDRESSES
 from transforms.decode import (
     DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_LINE_BYTES, MAX_JSON_DOCUMENT_BYTES, InputLimits)
-from transforms.http_sink import DEFAULT_TOKEN_ENV, DeliveryConfig
+from transforms.delivery.parts import MIN_BODY_BYTES
+from transforms.delivery.poster import DeliveryConfig, RedeliveryPolicy
+from transforms.delivery.redaction import DEFAULT_TOKEN_ENV, check_endpoint, read_token
 from transforms.kinesis import add_kinesis_args
 
 DEFAULT_DEAD_LETTER_DIR = 'dead_letters'
@@ -83,6 +84,40 @@ def add_delivery_args(parser) -> None:
       '--no_verify_tls', action='store_true', default=False,
       help='Do not verify the endpoint TLS certificate (testing only).')
 
+  parser.add_argument(
+      '--http_attempt_timeout', type=float, default=60.0,
+      help='Total seconds one POST attempt may take, answer included (an endpoint '
+      'that trickles its answer is cut off).')
+
+  parser.add_argument(
+      '--http_compress', action='store_true', default=False,
+      help='Send bodies gzip-compressed (Content-Encoding: gzip).')
+
+  parser.add_argument(
+      '--max_body_bytes', type=int, default=None,
+      help='Split a window document larger than this many bytes of JSON into parts '
+      f'(X-Part-Index, X-Part-Count), each a JSON object of at most this size (>= {MIN_BODY_BYTES}).')
+
+
+def check_delivery_args(flags, endpoint_template: str, environ=os.environ) -> None:
+  """Raises ValueError (a usage error) for delivery flags that cannot work:
+  a token that is not printable ASCII, an endpoint whose authority does not
+  parse or that has user info besides a token, impossible sizes and times.
+  No message holds a secret."""
+  token = read_token(environ, flags.endpoint_token_env)
+  check_endpoint(endpoint_template, token)
+  for name in ('http_connect_timeout', 'http_read_timeout', 'http_attempt_timeout'):
+    if getattr(flags, name) <= 0:
+      raise ValueError(f'--{name} must be positive')
+  if flags.max_retry_seconds < 0:
+    raise ValueError('--max_retry_seconds must not be negative')
+  if flags.max_body_bytes is not None and flags.max_body_bytes < MIN_BODY_BYTES:
+    raise ValueError(f'--max_body_bytes must be at least {MIN_BODY_BYTES}')
+  if flags.ca_bundle and not os.path.isfile(flags.ca_bundle):
+    raise ValueError(f'--ca_bundle names no file: {flags.ca_bundle}')
+  if getattr(flags, 'max_redelivery_age', 1) <= 0:
+    raise ValueError('--max_redelivery_age must be positive')
+
 
 def delivery_config(flags, endpoint_template: str) -> DeliveryConfig:
   """The DeliveryConfig the delivery flags (add_delivery_args) describe."""
@@ -91,9 +126,14 @@ def delivery_config(flags, endpoint_template: str) -> DeliveryConfig:
       token_env=flags.endpoint_token_env,
       connect_timeout=flags.http_connect_timeout,
       read_timeout=flags.http_read_timeout,
+      attempt_timeout=flags.http_attempt_timeout,
       max_retry_seconds=flags.max_retry_seconds,
       verify_tls=not flags.no_verify_tls,
-      ca_bundle=flags.ca_bundle)
+      ca_bundle=flags.ca_bundle,
+      compress=flags.http_compress,
+      max_body_bytes=flags.max_body_bytes,
+      redelivery=RedeliveryPolicy(
+          max_age=getattr(flags, 'max_redelivery_age', None) or RedeliveryPolicy().max_age))
 
 
 def add_filesystem_args(parser) -> None:
@@ -201,6 +241,23 @@ class VpcFlowPeersOptions(PipelineOptions):
         'flows (it is posted again, complete).')
     add_counting_args(parser)
     add_delivery_args(parser)
+
+    parser.add_argument(
+        '--max_redelivery_age', type=float, default=RedeliveryPolicy().max_age,
+        help='Streaming: seconds a window the endpoint cannot take is held and '
+        'posted again by itself before it becomes a dead letter (default 24 h).')
+
+    parser.add_argument(
+        '--since',
+        help='Bounded runs: post only windows starting at or after this time (Unix '
+        'seconds or ISO 8601 UTC, on a window boundary); earlier flows are counted '
+        'as outside the range.')
+    parser.add_argument(
+        '--until',
+        help='Bounded runs: post only windows ending at or before this time (Unix '
+        'seconds or ISO 8601 UTC, on a window boundary); later flows are counted '
+        'as outside the range.')
+
     add_kinesis_args(parser)
     add_input_args(parser)
 

@@ -1,16 +1,19 @@
 """`python -m pipeline.replay DIR`: posts again the windows the endpoint did not
 take, from the dead letters under DIR (a local directory or s3://bucket/prefix).
 
-Each undelivered window is posted with the headers it had (window start and end,
-pane, Idempotency-Key), the token from the same environment variable, and the
-same retry policy. Delivered ones are removed from their dead-letter file (a
-file left empty is deleted); the rest stay, with their attempt counts, for the
-next replay. A file is only ever replaced whole (written beside it, then
-renamed), so an interrupted or killed replay leaves every window it did not
-deliver on disk. A damaged line is reported, skipped and kept as it is. A
-window seen twice (a duplicated line) is posted once. One replay at a time
-works on a directory (DIR/.replay.lock); another one started meanwhile says so
-and exits 1.
+Each undelivered window is posted by transforms.delivery.LetterReplayer: with
+the headers it had (window start and end, pane, group, parts,
+Idempotency-Key), the token from the same environment variable, and the
+bounded run's retry policy (a dead endpoint costs one wait, not one per
+window). Only parts not yet delivered are posted; with a --max_body_bytes
+other than the run's (after a 413) the document is split anew. Delivered ones
+are removed from their dead-letter file (a file left empty is deleted); the
+rest stay, with their attempt counts and delivered parts, for the next
+replay. A file is only ever replaced whole (written beside it, then renamed),
+so an interrupted or killed replay leaves every window it did not deliver on
+disk. A damaged line is reported, skipped and kept as it is. A window seen
+twice (a duplicated line) is posted once. One replay at a time works on a
+directory (DIR/.replay.lock); another one started meanwhile says so and exits 1.
 
 Exit status: 0 when every window was delivered (or there was none), 2 when some
 are still undelivered or a damaged line was kept, 1 on failure (the directory
@@ -30,12 +33,13 @@ from typing import Dict, List, Optional
 
 
 from pipeline.options import (
-    add_delivery_args, add_filesystem_args, configure_filesystems, delivery_config)
+    add_delivery_args, add_filesystem_args, check_delivery_args, configure_filesystems,
+    delivery_config)
 from transforms.dead_letter import (
     DROP, DirectoryLock, DirectoryLocked, LetterLine, LockLost, dead_letter_files, is_local,
     remove_stale_temporary_files, rewrite_dead_letter_file, scan_dead_letter_file)
+from transforms.delivery import DeliveryConfig, LetterReplayer
 from transforms.elements import KIND_UNDELIVERED_WINDOW
-from transforms.http_sink import DeliveryConfig, DeliveryOutcome, WindowPoster
 
 _LOG = logging.getLogger('pipeline.replay')
 
@@ -45,14 +49,12 @@ EXIT_WINDOWS_LEFT = 2
 EXIT_INTERRUPTED = 130
 
 # What a replay changes in a letter; the rest of it is the window's identity.
-_UPDATED_KEYS = ('attempts', 'last_status', 'last_error')
+_UPDATED_KEYS = ('attempts', 'last_status', 'last_error', 'reason', 'max_body_bytes', 'part_count',
+                 'parts_delivered')
 _REQUIRED_KEYS = (('bucket_time', int), ('window_end', int), ('body', str), ('url', str))
 _OPTIONAL_KEYS = (('pane_index', int), ('pane_timing', str), ('attempts', int),
-                  ('url_redacted', bool))
-
-
-def template_from_url(url: str, bucket_time: int) -> str:
-  return url.replace(str(bucket_time), '{bucket_time}')
+                  ('url_redacted', bool), ('group', list), ('max_body_bytes', int),
+                  ('part_count', int), ('parts_delivered', list))
 
 
 def shape_problem(letter: dict) -> Optional[str]:
@@ -70,15 +72,8 @@ def shape_problem(letter: dict) -> Optional[str]:
 
 def window_identity(letter: dict) -> bytes:
   """The same for two copies of one window's letter, whatever replays did to them."""
-  fixed = {k: v for k, v in letter.items() if k not in _UPDATED_KEYS + ('reason',)}
+  fixed = {k: v for k, v in letter.items() if k not in _UPDATED_KEYS}
   return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode('utf-8')).digest()
-
-
-def post_letter(poster: WindowPoster, letter: dict) -> DeliveryOutcome:
-  """Posts one undelivered window as the pipeline posted it."""
-  return poster.post_body(letter['bucket_time'], letter['window_end'],
-                          letter['body'].encode('utf-8'), letter.get('pane_index', 0),
-                          letter.get('pane_timing', 'ON_TIME'))
 
 
 class Replay:
@@ -88,7 +83,7 @@ class Replay:
     self._endpoint = endpoint
     self._config = config
     self._lock = lock
-    self._posters: Dict[str, WindowPoster] = {}
+    self._replayer = LetterReplayer(config, endpoint)
     self._seen: Dict[bytes, bool] = {}  # window identity -> delivered
     self.delivered = self.left = self.damaged = 0
     self.failures: List[str] = []
@@ -98,8 +93,7 @@ class Replay:
       for path in paths:
         self._replay_file(path)
     finally:
-      for poster in self._posters.values():
-        poster.close()
+      self._replayer.close()
 
   def _replay_file(self, path: str) -> None:
     decisions: Dict[int, Optional[dict]] = {}
@@ -129,14 +123,9 @@ class Replay:
         decisions[line.number] = DROP
       return
     self._seen[identity] = False
-    if letter.get('url_redacted') and not self._endpoint:
-      self.left += 1
-      _error(f'window {letter["bucket_time"]} ({line.where}): its URL held secrets and was '
-             'redacted; pass --endpoint')
-      return
     self._lock.check()
     try:
-      outcome = post_letter(self._poster_for(letter), letter)
+      outcome = self._replayer.post(letter)
     except Exception as e:  # pylint: disable=broad-except
       # What the poster cannot even try (a body that is not encodable, a URL
       # that does not render) is this letter's problem, not the file's.
@@ -150,19 +139,10 @@ class Replay:
       self.delivered += 1
       print(f'delivered window {letter["bucket_time"]} to {outcome.url}', flush=True)
     else:
-      decisions[line.number] = {'attempts': letter.get('attempts', 0) + outcome.attempts,
-                                'last_status': outcome.status, 'last_error': outcome.error}
+      decisions[line.number] = {key: outcome.letter[key] for key in _UPDATED_KEYS
+                                if key in outcome.letter}
       self.left += 1
-      print(f'still undelivered: window {letter["bucket_time"]}: '
-            f'{outcome.error or "HTTP %s" % outcome.status}', flush=True)
-
-  def _poster_for(self, letter: dict) -> WindowPoster:
-    template = self._endpoint or template_from_url(letter['url'], letter['bucket_time'])
-    poster = self._posters.get(template)
-    if poster is None:
-      poster = self._posters[template] = WindowPoster(self._config._replace(endpoint_template=template))
-      poster.open()
-    return poster
+      print(f'still undelivered: window {letter["bucket_time"]}: {outcome.reason}', flush=True)
 
   def _rewrite(self, path: str, decisions: Dict[int, Optional[dict]]) -> None:
     try:
@@ -227,6 +207,11 @@ def main(argv: Optional[List[str]] = None) -> int:
       return EXIT_FAILURE
     print(f'replay: no dead letters: {directory} does not exist')
     return EXIT_OK
+  try:
+    check_delivery_args(args, args.endpoint or 'http://unused/{bucket_time}')
+  except ValueError as e:
+    _error(f'error: {e}')
+    return EXIT_FAILURE
   options = configure_filesystems(args)  # before anything lists an s3:// path
   config = delivery_config(args, args.endpoint or 'http://unused/{bucket_time}')
   in_main_thread = threading.current_thread() is threading.main_thread()

@@ -1,8 +1,8 @@
-"""Shared fixtures: real HTTP receivers on 127.0.0.1, stopped after each test,
-and a loopback port that nothing listens on; the `quick` marker; the time
-limits of the tests that start runners; and a guard that no test leaves the
-process changed for the next (environment, working directory, logging
-handlers, SIGINT handler)."""
+"""Shared fixtures: real HTTP endpoints on 127.0.0.1 (tests/endpoint.py, which
+records every attempt) and receivers, stopped after each test, and a loopback
+port that nothing listens on; the `quick` marker; the time limits of the tests
+that start runners; and a guard that no test leaves the process changed for the
+next (environment, working directory, logging handlers, SIGINT handler)."""
 
 import logging
 import os
@@ -12,17 +12,17 @@ import threading
 
 import pytest
 
-from devtools.receiver import Receiver
+from tests.endpoint import ScriptedEndpoint
 
 
 @pytest.fixture
 def start_receiver():
-  """Starts `devtools.receiver.Receiver`s (same arguments) and stops them all
-  when the test ends."""
+  """Starts `tests.endpoint.ScriptedEndpoint`s (same arguments) and stops them
+  all when the test ends."""
   started = []
 
-  def start(**kwargs) -> Receiver:
-    receiver = Receiver(**kwargs).start()
+  def start(**kwargs) -> ScriptedEndpoint:
+    receiver = ScriptedEndpoint(**kwargs).start()
     started.append(receiver)
     return receiver
 

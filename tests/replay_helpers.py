@@ -14,7 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Collection, Dict, List, NamedTuple, Optional
 
 from transforms.elements import KIND_UNDELIVERED_WINDOW, WindowCounts
-from transforms.http_sink import DeliveryOutcome, undelivered_window_letter
+from transforms.delivery import DeliveryConfig
+from transforms.delivery.deliver import PaneOutcome, undelivered_letter
+from transforms.delivery.poster import PostOutcome
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = 1700000400
@@ -33,8 +35,10 @@ def letter(index: int, url_template: str, attempts: int = 3, body_padding: int =
   if body_padding:
     counts.update({f'10.{i // 60000 + 100}.{i // 250 % 240}.{i % 250}': 1 for i in range(body_padding)})
   window = WindowCounts(bucket, bucket + 600, counts)
-  outcome = DeliveryOutcome(False, url_template.replace('{bucket_time}', str(bucket)), 503, None, attempts)
-  return json.loads(undelivered_window_letter(window, outcome, False).to_json())
+  url = url_template.replace('{bucket_time}', str(bucket))
+  outcome = PaneOutcome((), 1, PostOutcome(False, url, 503, None, attempts, True))
+  config = DeliveryConfig(endpoint_template=url_template)
+  return json.loads(undelivered_letter(window, outcome, config, False).to_json())
 
 
 def line_of(letter_: dict) -> bytes:

@@ -33,7 +33,7 @@ from tests.builders import flow_line
 from transforms import METRICS_NAMESPACE
 from transforms.dead_letter import read_dead_letters
 from transforms.elements import KIND_LATE_DATA
-from transforms.http_sink import PostWindows
+from transforms.delivery import PostWindows
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WINDOW = 10

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pipeline.cli import main, run
 from transforms.dead_letter import read_dead_letters
+from transforms.delivery.parts import idempotency_key
+from transforms.time_range import TimeRange
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / 'tests' / 'data' / 'golden'
@@ -53,7 +55,8 @@ def assert_expected_posts(receiver):
     assert post.headers['Content-Type'] == 'application/json'
     assert post.headers['X-Window-Start'] == str(bucket)
     assert post.headers['X-Window-End'] == str(bucket + 600)
-    assert post.headers['Idempotency-Key'] == f'{bucket}-0'
+    assert post.headers['Idempotency-Key'] == idempotency_key(bucket, (), 0, 0, 1, post.body)
+    assert (post.headers['X-Part-Index'], post.headers['X-Part-Count']) == ('0', '1')
     assert 'Authorization' not in post.headers
 
 
@@ -82,6 +85,11 @@ def test_golden_run_summary_counts(start_receiver, tmp_path):
   summary = run(command_line(receiver, tmp_path))
   counts = summary._asdict()
   assert counts.pop('dead_letter_dir') == str(tmp_path)
+  # Without --since/--until: no flow outside a range, and the first and last
+  # windows posted are the golden documents' first and last.
+  buckets = sorted(int(path.rsplit('/', 1)[1]) for path in EXPECTED['documents'])
+  assert (counts.pop('flows_before_range'), counts.pop('flows_after_range'), counts.pop('time_range'),
+          counts.pop('first_window'), counts.pop('last_window')) == (0, 0, TimeRange(), buckets[0], buckets[-1])
   assert counts == EXPECTED['summary']
 
 

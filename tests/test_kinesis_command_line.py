@@ -14,6 +14,7 @@ import pytest
 from pipeline.cli import main, run
 from tests import kinesis_helpers as kh
 from tests.builders import flow_line, no_traffic_line
+from transforms.delivery.parts import idempotency_key
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 W0, W1 = 1700000400, 1700001000  # two window starts
@@ -72,7 +73,9 @@ def test_command_line_reads_the_stream_and_posts_exact_windows(flow_log_stream, 
   summary = run(command_line(flow_log_stream, receiver, tmp_path))
   assert receiver.latest_by_path() == EXPECTED
   assert {p.path: p.body for p in receiver.posts} == EXPECTED_BODIES
-  assert sorted(p.headers['Idempotency-Key'] for p in receiver.posts) == [f'{W0}-0', f'{W1}-0']
+  assert sorted(p.headers['Idempotency-Key'] for p in receiver.posts) == sorted(
+      idempotency_key(int(p.headers['X-Window-Start']), (), 0, 0, 1, p.body) for p in receiver.posts)
+  assert sorted(p.headers['X-Window-Start'] for p in receiver.posts) == [str(W0), str(W1)]
   assert (summary.records, summary.skipped_control, summary.flow_lines, summary.counted_flows,
           summary.skipped_nodata, summary.bad_inputs, summary.windows_delivered,
           summary.windows_dead_lettered) == (4, 1, 10, 8, 1, 1, 2, 0)

@@ -34,7 +34,7 @@ from transforms import METRICS_NAMESPACE
 from transforms.dead_letter import read_dead_letters
 from transforms.decode import decode_kinesis_data
 from transforms.elements import LogBatch, Skipped
-from transforms.http_sink import DeliveryConfig, PostWindows
+from transforms.delivery import DeliveryConfig, PostWindows
 from transforms.kinesis import (
     ReadKinesisRecords, add_kinesis_args, kinesis_transform_from_options, parse_start_timestamp)
 from transforms.kinesis.config import KinesisConfig

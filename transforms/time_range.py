@@ -1,0 +1,136 @@
+"""`--since` and `--until`: a bounded run that posts only the windows of a
+time range, so that day-by-day backfills never post half a window.
+
+Flows whose `start` lies outside [since, until) are read but not counted, and
+counted as such (`flows_before_range`, `flows_after_range`): not silently
+dropped. Their presence is also what tells the run that the first and last
+windows inside the range are whole (the summary names them as possibly
+partial otherwise): give each day's run the files of the day and an hour on
+either side (flow logs reach S3 minutes after the flows).
+"""
+
+import datetime
+from typing import NamedTuple, Optional
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms import METRICS_NAMESPACE
+from transforms.elements import LogBatch
+from transforms.flow_record import MAX_FLOW_TIME, MIN_FLOW_TIME, LogFormat
+
+
+def parse_time(text: str, flag: str) -> int:
+  """Unix seconds from `text`: an integer, or ISO 8601 in UTC ('Z', '+00:00'
+  or no offset). Raises ValueError saying what to write."""
+  text = text.strip()
+  if text.lstrip('-').isdigit():
+    return int(text)
+  try:
+    moment = datetime.datetime.fromisoformat(text.replace('Z', '+00:00').replace('z', '+00:00'))
+  except ValueError:
+    raise ValueError(f'{flag} must be Unix seconds or ISO 8601 UTC (2023-11-14T22:20:00Z), '
+                     f'not {text!r}') from None
+  if moment.tzinfo is None:
+    moment = moment.replace(tzinfo=datetime.timezone.utc)
+  if moment.utcoffset() != datetime.timedelta(0):
+    raise ValueError(f'{flag} must be in UTC (Z or +00:00): {text!r}')
+  return int(moment.timestamp())
+
+
+def utc_text(seconds: int) -> str:
+  return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
+
+
+class TimeRange(NamedTuple):
+  since: Optional[int] = None
+  until: Optional[int] = None
+
+  @classmethod
+  def from_flags(cls, since: Optional[str], until: Optional[str], window_seconds: int) -> 'TimeRange':
+    """The range the flags give, checked: on window boundaries, since < until."""
+    bounds = {}
+    for flag, text in (('--since', since), ('--until', until)):
+      if text is None:
+        continue
+      value = parse_time(text, flag)
+      if value % window_seconds:
+        raise ValueError(f'{flag} must be on a window boundary (a multiple of --window_seconds '
+                         f'from the epoch): {utc_text(value)} is not')
+      bounds[flag] = value
+    time_range = cls(bounds.get('--since'), bounds.get('--until'))
+    if time_range.since is not None and time_range.until is not None and time_range.since >= time_range.until:
+      raise ValueError('--since must be before --until')
+    return time_range
+
+  def __bool__(self) -> bool:
+    return self.since is not None or self.until is not None
+
+  def position(self, start: int) -> int:
+    """-1 before the range, 0 inside, 1 at or after its end."""
+    if self.since is not None and start < self.since:
+      return -1
+    if self.until is not None and start >= self.until:
+      return 1
+    return 0
+
+
+class _KeepTimeRangeDoFn(beam.DoFn):
+  """Blanks the lines of flows outside the range (a blank line is neither a
+  flow nor bad input, and the others keep their line numbers for dead
+  letters) and counts them. A line whose start does not read as a plausible
+  time is left for the counting to judge."""
+  def __init__(self, time_range: TimeRange, default_format: LogFormat):
+    self._range = time_range
+    self._default_format = default_format
+    self._before = Metrics.counter(METRICS_NAMESPACE, 'flows_before_range')
+    self._after = Metrics.counter(METRICS_NAMESPACE, 'flows_after_range')
+
+  def setup(self):
+    self._start_columns = {}
+
+  def _start_column(self, fields):
+    column = self._start_columns.get(fields)
+    if column is None:
+      log_format = self._default_format if fields is None else LogFormat(fields)
+      column = self._start_columns[fields] = (log_format.fields.index('start'), len(log_format.fields))
+    return column
+
+  def process(self, batch: LogBatch):
+    try:
+      start_column, field_count = self._start_column(batch.fields)
+    except ValueError:
+      yield batch  # a format the counting will refuse, with its reason
+      return
+    lines, before, after = list(batch.lines), 0, 0
+    for index, line in enumerate(lines):
+      fields = line.split()
+      if len(fields) != field_count:
+        continue
+      try:
+        start = int(fields[start_column])
+      except ValueError:
+        continue
+      if not MIN_FLOW_TIME <= start < MAX_FLOW_TIME:
+        continue
+      position = self._range.position(start)
+      if position:
+        lines[index] = ''
+        before += position < 0
+        after += position > 0
+    if before:
+      self._before.inc(before)
+    if after:
+      self._after.inc(after)
+    yield batch._replace(lines=tuple(lines)) if before or after else batch
+
+
+class KeepTimeRange(beam.PTransform):
+  """LogBatches with the flows outside `time_range` blanked (and counted)."""
+  def __init__(self, time_range: TimeRange, default_format: LogFormat):
+    super().__init__()
+    self._range = time_range
+    self._default_format = default_format
+
+  def expand(self, batches):
+    return batches | 'BlankFlowsOutside' >> beam.ParDo(_KeepTimeRangeDoFn(self._range, self._default_format))
