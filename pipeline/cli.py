@@ -342,7 +342,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
   def _get_help_string(self, action):
     shown = action.help or ''
-    if action.default not in (None, False, argparse.SUPPRESS):
+    if action.default not in (None, False, '', argparse.SUPPRESS):
       shown += ' (default: %(default)s)'
     return shown
 

@@ -66,37 +66,34 @@ def add_delivery_args(parser) -> None:
   `python -m pipeline.replay` (one definition, the same defaults)."""
   parser.add_argument(
       '--endpoint_token_env', default=DEFAULT_TOKEN_ENV, metavar='VAR',
-      help='Environment variable holding a bearer token for the endpoint (unset or '
-      'empty: no Authorization header).')
+      help='Environment variable holding a bearer token.')
   parser.add_argument(
       '--http_connect_timeout', type=positive_seconds, default=5.0, metavar='SECONDS',
-      help='Seconds to wait for a connection to the endpoint.')
+      help='Seconds to wait for a connection.')
   parser.add_argument(
       '--http_read_timeout', type=positive_seconds, default=30.0, metavar='SECONDS',
-      help='Seconds to wait for the endpoint to answer one POST.')
+      help='Seconds to wait for an answer to one POST.')
   parser.add_argument(
       '--max_retry_seconds', type=non_negative_seconds, default=300.0, metavar='SECONDS',
-      help='How long to keep retrying one window before it is dead-lettered.')
+      help='Bounded runs: retry a window (or an outage) this long.')
   parser.add_argument(
       '--ca_bundle', metavar='FILE',
-      help='CA bundle to verify the endpoint with (default: the system certificates).')
+      help='CA bundle to verify the endpoint with.')
   parser.add_argument(
       '--no_verify_tls', action='store_true', default=False,
       help='Do not verify the endpoint TLS certificate (testing only).')
 
   parser.add_argument(
       '--http_attempt_timeout', type=float, default=60.0,
-      help='Total seconds one POST attempt may take, answer included (an endpoint '
-      'that trickles its answer is cut off).')
+      help='Total seconds one POST attempt may take.')
 
   parser.add_argument(
       '--http_compress', action='store_true', default=False,
-      help='Send bodies gzip-compressed (Content-Encoding: gzip).')
+      help='Send bodies gzip-compressed.')
 
   parser.add_argument(
       '--max_body_bytes', type=int, default=None,
-      help='Split a window document larger than this many bytes of JSON into parts '
-      f'(X-Part-Index, X-Part-Count), each a JSON object of at most this size (>= {MIN_BODY_BYTES}).')
+      help='Split larger documents into parts (at least 256).')
 
 
 def check_delivery_args(flags, endpoint_template: str, environ=os.environ) -> None:
@@ -177,20 +174,16 @@ def add_input_args(parser) -> None:
   """Caps on what one input file may hold, progress and logging."""
   parser.add_argument(
       '--max_file_bytes', type=positive_int, default=DEFAULT_MAX_FILE_BYTES,
-      help='Most bytes one input file may decompress to (Parquet: decoded columns); '
-      'the rest of a larger file is one dead letter.')
+      help='Most bytes one input file may decompress to.')
   parser.add_argument(
       '--max_line_bytes', type=positive_int, default=DEFAULT_MAX_LINE_BYTES,
-      help='Longest line of a text or JSON Lines file, in bytes; a longer line is a dead '
-      'letter.')
+      help='Longest line of a text file, in bytes.')
   parser.add_argument(
       '--max_json_document_bytes', type=positive_int, default=MAX_JSON_DOCUMENT_BYTES,
-      help='Largest JSON document file (a Lambda event, get-records output) parsed whole; '
-      'a larger one is a dead letter.')
+      help='Largest JSON document parsed whole.')
   parser.add_argument(
       '--progress', action='store_true', default=False,
-      help='Print progress to stderr every few seconds (the default when stderr is a '
-      'terminal; DirectRunner only).')
+      help='Print progress every few seconds (DirectRunner).')
   parser.add_argument(
       '--log_level', default='WARNING', type=str.upper, choices=LOG_LEVELS,
       help='Level of the log messages printed to stderr.')
@@ -216,47 +209,36 @@ class VpcFlowPeersOptions(PipelineOptions):
   def _add_argparse_args(cls, parser):
     parser.add_argument(
         '--input', metavar='GLOB',
-        help='Input files (local or s3://): Lambda test events, JSON Lines of Kinesis '
-        'records, `aws kinesis get-records` output, S3 flow log files or flow lines, '
-        'gzip-compressed or not.')
+        help='Input files, local or s3:// (any shape of docs/input.md, gzip or not).')
     parser.add_argument(
         '--endpoint', metavar='URL_TEMPLATE',
-        help='Where each window is POSTed; {bucket_time} becomes the window start in '
-        'Unix seconds.')
+        help='Where each window is POSTed; {bucket_time} is its start.')
     parser.add_argument(
         '--window_seconds', type=positive_int, default=DEFAULT_WINDOW_SECONDS,
         metavar='SECONDS', help='Length of the event-time windows.')
     parser.add_argument(
         '--dead_letter_dir', default=DEFAULT_DEAD_LETTER_DIR, metavar='DIR',
-        help='Where bad input and windows the endpoint did not take are kept for '
-        'replay (a directory, or an s3:// prefix).')
+        help='Where bad input and undelivered windows are kept.')
     parser.add_argument(
         '--log_format', metavar='FORMAT',
-        help="Field order of flow lines without a header line, in AWS's syntax "
-        "('${version} ${account-id} ...'; default: the version 2 format).")
+        help="Field order of lines without a header ('${version} ...').")
     parser.add_argument(
         '--allowed_lateness', type=non_negative_int,
         default=DEFAULT_ALLOWED_LATENESS_SECONDS, metavar='SECONDS',
-        help='How long after the watermark passes its end a window still takes late '
-        'flows (it is posted again, complete).')
+        help='How long a closed window still takes late flows.')
     add_counting_args(parser)
     add_delivery_args(parser)
 
     parser.add_argument(
         '--max_redelivery_age', type=float, default=RedeliveryPolicy().max_age,
-        help='Streaming: seconds a window the endpoint cannot take is held and '
-        'posted again by itself before it becomes a dead letter (default 24 h).')
+        help='Streaming: hold and re-post a window this long.')
 
     parser.add_argument(
         '--since',
-        help='Bounded runs: post only windows starting at or after this time (Unix '
-        'seconds or ISO 8601 UTC, on a window boundary); earlier flows are counted '
-        'as outside the range.')
+        help='Bounded runs: windows from this time (Unix s or ISO 8601).')
     parser.add_argument(
         '--until',
-        help='Bounded runs: post only windows ending at or before this time (Unix '
-        'seconds or ISO 8601 UTC, on a window boundary); later flows are counted '
-        'as outside the range.')
+        help='Bounded runs: windows before this time.')
 
     add_kinesis_args(parser)
     add_input_args(parser)
@@ -265,20 +247,14 @@ class VpcFlowPeersOptions(PipelineOptions):
 def add_counting_args(parser) -> None:
   """What a flow is counted under, and how each window's merge is spread."""
   parser.add_argument(
-      '--group_by', default='',
-      help='Comma-separated flow log fields (account-id, vpc-id, interface-id, ...) whose '
-      'values group the addresses: each (window, group) is counted apart and posted as its '
-      'own document, to the --endpoint template with a placeholder per field '
-      '({account_id}, ...). Records whose field is "-" form the group "-". Default: no grouping.')
+      '--group_by', default='', metavar='FIELDS',
+      help='Flow log fields (account-id,vpc-id) to count apart by.')
   parser.add_argument(
       '--address_fields', choices=ADDRESS_CHOICES, default=INTERFACE_ADDRESSES,
-      help='Which addresses are counted: "interface" (srcaddr, dstaddr) or "packet" '
-      '(pkt-srcaddr, pkt-dstaddr: the hosts behind a NAT gateway or the pods on a node, '
-      'falling back to srcaddr/dstaddr where they are "-" or absent).')
+      help='interface (srcaddr, dstaddr) or packet (behind NAT).')
   parser.add_argument(
       '--merge_shards', type=positive_int, default=DEFAULT_MERGE_SHARDS,
-      help='Each window is merged in this many shards (by a stable hash of the address), '
-      'which the runner spreads over its workers.')
+      help='Shards each window is merged in, across workers.')
 
 
 # Flags of Beam's Flink runner (the Java FlinkPipelineOptions of the job-server

@@ -70,3 +70,30 @@ def test_since_and_until_are_refused_for_a_continuous_read(tmp_path, capsys):
                f'--since={W0}']) == 1
   assert capsys.readouterr().err.strip() == (
       'error: --since and --until are for bounded runs (files, or --kinesis_stop_at_latest)')
+
+
+def test_millisecond_starts_and_log_event_times_are_kept_or_blanked_by_their_second():
+  """The range reads a line's time as the counting does: a start in
+  milliseconds is its second, and a format without start takes its log
+  event's timestamp (milliseconds); what does not read as a time is left
+  for the counting to judge."""
+  import apache_beam as beam  # pylint: disable=import-outside-toplevel
+  from apache_beam.testing.test_pipeline import TestPipeline  # pylint: disable=import-outside-toplevel
+  from apache_beam.testing.util import assert_that, equal_to  # pylint: disable=import-outside-toplevel
+  from transforms.elements import LogBatch, event_times_of  # pylint: disable=import-outside-toplevel
+  from transforms.flow_record import LogFormat  # pylint: disable=import-outside-toplevel
+  from transforms.time_range import KeepTimeRange  # pylint: disable=import-outside-toplevel
+  fields = ('srcaddr', 'dstaddr', 'start')
+  with_start = LogBatch('f', ('10.0.0.1 10.0.0.2 1700000399000', '10.0.0.1 10.0.0.3 1700000400000',
+                              '10.0.0.1 10.0.0.4 1700001000', '10.0.0.1 10.0.0.5 soon',
+                              'srcaddr dstaddr start'), fields, False, 1)
+  no_start = LogBatch('k', ('10.0.0.1 10.0.0.2', '10.0.0.1 10.0.0.3', '10.0.0.1 10.0.0.4'),
+                      ('srcaddr', 'dstaddr'), False, 1,
+                      event_times=event_times_of([1700000399999, 1700000400000, -1]))
+  with TestPipeline() as p:
+    kept = (p | beam.Create([with_start, no_start])
+            | KeepTimeRange(TimeRange(1700000400, 1700001000), LogFormat(fields)))
+    assert_that(kept | beam.Map(lambda b: (b.origin, b.lines)), equal_to([
+        ('f', ('', '10.0.0.1 10.0.0.3 1700000400000', '', '10.0.0.1 10.0.0.5 soon',
+               'srcaddr dstaddr start')),
+        ('k', ('', '10.0.0.1 10.0.0.3', '10.0.0.1 10.0.0.4'))]))

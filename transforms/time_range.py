@@ -16,8 +16,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import METRICS_NAMESPACE
-from transforms.elements import LogBatch
-from transforms.flow_record import MAX_FLOW_TIME, MIN_FLOW_TIME, LogFormat
+from transforms.counting.rules import MAX_FLOW_TIME, MILLISECONDS, MIN_FLOW_TIME
+from transforms.elements import LogBatch, read_event_times
+from transforms.flow_record import LogFormat
 
 
 def parse_time(text: str, flag: str) -> int:
@@ -90,28 +91,40 @@ class _KeepTimeRangeDoFn(beam.DoFn):
     self._start_columns = {}
 
   def _start_column(self, fields):
+    """(column of start or -1, number of fields) of a batch's format."""
     column = self._start_columns.get(fields)
     if column is None:
       log_format = self._default_format if fields is None else LogFormat(fields)
-      column = self._start_columns[fields] = (log_format.fields.index('start'), len(log_format.fields))
+      start = log_format.column('start')
+      column = self._start_columns[fields] = (-1 if start is None else start,
+                                              len(log_format.fields))
     return column
 
-  def process(self, batch: LogBatch):
-    try:
-      start_column, field_count = self._start_column(batch.fields)
-    except ValueError:
-      yield batch  # a format the counting will refuse, with its reason
+  def _starts(self, batch: LogBatch):
+    """Each line's start in Unix seconds, None where it does not read as one
+    (the counting judges those lines): the start field (seconds or
+    milliseconds), or the log event's time for a format without it."""
+    start_column, field_count = self._start_column(batch.fields)
+    if start_column < 0:
+      events = read_event_times(batch.event_times) if batch.event_times else ()
+      for index in range(len(batch.lines)):
+        stamp = events[index] // MILLISECONDS if index < len(events) and events[index] >= 0 else None
+        yield stamp
       return
-    lines, before, after = list(batch.lines), 0, 0
-    for index, line in enumerate(lines):
+    for line in batch.lines:
       fields = line.split()
-      if len(fields) != field_count:
+      if len(fields) != field_count or not fields[start_column].isdigit():
+        yield None
         continue
-      try:
-        start = int(fields[start_column])
-      except ValueError:
-        continue
-      if not MIN_FLOW_TIME <= start < MAX_FLOW_TIME:
+      start = int(fields[start_column])
+      if MIN_FLOW_TIME * MILLISECONDS <= start < MAX_FLOW_TIME * MILLISECONDS:
+        start //= MILLISECONDS
+      yield start if MIN_FLOW_TIME <= start < MAX_FLOW_TIME else None
+
+  def process(self, batch: LogBatch):
+    lines, before, after = list(batch.lines), 0, 0
+    for index, start in enumerate(self._starts(batch)):
+      if start is None:
         continue
       position = self._range.position(start)
       if position:

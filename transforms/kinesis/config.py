@@ -105,32 +105,25 @@ def add_kinesis_args(parser) -> None:
   """Adds the Kinesis source's flags (for VpcFlowPeersOptions._add_argparse_args)."""
   parser.add_argument(
       '--kinesis_stream',
-      help='Read this Kinesis data stream (fed by a CloudWatch Logs subscription) '
-      'instead of --input files.')
+      help='Read this Kinesis stream instead of --input files.')
   parser.add_argument(
       '--kinesis_endpoint_url',
-      help='Kinesis endpoint URL, for an emulator such as moto or kinesalite '
-      '(default: the region\'s AWS endpoint).')
+      help='Kinesis endpoint, for an emulator.')
   parser.add_argument(
       '--aws_region',
-      help='AWS region of the stream (default: from the environment or AWS config). '
-      'Credentials always come from boto3\'s usual chain, never from flags.')
+      help='AWS region of the stream.')
   parser.add_argument(
       '--kinesis_initial_position', default=TRIM_HORIZON, choices=INITIAL_POSITIONS,
-      help='Where reading starts: TRIM_HORIZON (the oldest record kept), LATEST '
-      '(records written from now on) or AT_TIMESTAMP (--kinesis_start_timestamp).')
+      help='TRIM_HORIZON, LATEST or AT_TIMESTAMP.')
   parser.add_argument(
       '--kinesis_start_timestamp',
-      help='With AT_TIMESTAMP: ISO 8601 date and time (UTC if no offset) or Unix seconds.')
+      help='With AT_TIMESTAMP: ISO 8601 or Unix seconds.')
   parser.add_argument(
       '--kinesis_stop_at_latest', action='store_true', default=False,
-      help='End the read once every shard has caught up (a bounded read: for '
-      'backfills, tests and the DirectRunner). Without it the read never ends.')
+      help='End the read once every shard has caught up.')
   parser.add_argument(
       '--kinesis_max_delivery_delay', type=float, default=DEFAULT_MAX_DELIVERY_DELAY_SECONDS,
-      help='Seconds by which a flow\'s start may precede its arrival in Kinesis '
-      '(aggregation interval plus CloudWatch Logs delivery); the watermark is '
-      'arrival time minus this.')
+      help='Seconds a flow may precede its arrival.')
 
 
 def config_from_options(options) -> KinesisConfig:
