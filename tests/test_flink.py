@@ -1,15 +1,23 @@
 """The pipeline on Apache Flink: the defaults pipeline/runners.py supplies for the
-FlinkRunner (pure tests), then the plain command line,
-`--runner=FlinkRunner --flink_master=localhost:8081`, against a real Flink session
-cluster on 127.0.0.1 (tests/flink_cluster.py) and a real HTTP receiver: the golden
-inputs give exactly the DirectRunner's documents, dead letters, summary and exit
-status, and undelivered windows give exit status 2.
+FlinkRunner (pure tests), then the command line against the production topology
+on 127.0.0.1 (tests/flink_cluster.py: two TaskManagers, each with its own worker
+pool) and a real HTTP receiver: the golden inputs give exactly the
+DirectRunner's documents, dead letters, summary and exit status, at parallelism
+2 in the worker pools (EXTERNAL, as in Kubernetes) and with the plain
+`--flink_master=localhost:PORT` (LOOPBACK: the Python runs in this process), and
+undelivered windows give exit status 2.
 
-Each Flink job takes about half a minute (uber-jar upload, job start, LOOPBACK SDK
-harness in this process), so the cluster tests are few.
+Each Flink job takes about half a minute (uber-jar upload, job start, SDK
+harness start), so the cluster tests are few.
 """
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -17,7 +25,7 @@ from apache_beam.options.pipeline_options import (
     FlinkRunnerOptions, PipelineOptions, PortableOptions)
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-from flink_cluster import flink_cluster  # pylint: disable=unused-import
+from devtools.aws_emulator import free_port
 from pipeline import runners
 from pipeline.cli import main
 from pipeline.summary import RunSummary
@@ -26,6 +34,11 @@ from test_golden_end_to_end import (
 from transforms.dead_letter import read_dead_letters
 from transforms.elements import KIND_BAD_INPUT, KIND_UNDELIVERED_WINDOW
 
+pytest_plugins = ['flink_cluster']
+
+SYSTEM_PYTHON = '/usr/bin/python3'  # a python without apache_beam
+
+# For the pure tests: options are parsed, nothing is contacted.
 FLINK_FLAGS = ['--runner=FlinkRunner', '--flink_master=localhost:8081']
 
 
@@ -96,13 +109,12 @@ def test_flink_bundles_finish_before_each_checkpoint_unless_told_otherwise(cache
 def test_the_job_starts_from_the_savepoint_path(cached_jar, tmp_path, monkeypatch, extra, expected_body):
   """Flink's jar-run REST call restores only the savepoint its body names;
   Beam 2.70 sends only the entry class, so --savepoint_path would be ignored."""
-  from apache_beam.runners.portability.flink_uber_jar_job_server import FlinkBeamJob  # pylint: disable=import-outside-toplevel
   options = flink_defaults(FLINK_FLAGS + extra)
   encoded = JobServiceHandle.encode_pipeline_options(
       options.get_all_options(retain_unknown_options=True))
   jar = tmp_path / 'job.jar'
   jar.write_bytes(b'PK')
-  job = FlinkBeamJob('http://127.0.0.1:8081', str(jar), 'job-1', 'job', None, encoded)
+  job = runners.FlinkRestJob('http://127.0.0.1:8081', str(jar), 'job-1', 'job', None, encoded)
   job._jar = str(jar)  # pylint: disable=protected-access  (prepare() sets it)
   requests_sent = []
 
@@ -142,21 +154,55 @@ def test_a_missing_jar_is_built_by_the_script(tmp_path, monkeypatch):
 
 # --- on a real Flink cluster -------------------------------------------------------
 
-def test_golden_inputs_on_flink_equal_the_direct_runner(flink_cluster, start_receiver, tmp_path, capsys):
+def on_flink(cluster, *extra: str):
+  """The flags of a job on the test cluster, with a name of its own."""
+  name = f'vfp-test-{uuid.uuid4().hex[:8]}'
+  return name, ['--runner=FlinkRunner', f'--flink_master={cluster.master}', f'--job_name={name}', *extra]
+
+
+def subtasks_by_taskmanager(cluster, jid: str) -> dict:
+  """For each vertex of the job with parallelism 2: how many TaskManagers ran its subtasks."""
+  spread = {}
+  for vertex in cluster.rest(f'/jobs/{jid}')['vertices']:
+    if vertex['parallelism'] == 2:
+      hosts = cluster.rest(f'/jobs/{jid}/vertices/{vertex["id"]}/taskmanagers')['taskmanagers']
+      spread[vertex['name'][:60]] = len({tm['taskmanager-id'] for tm in hosts})
+  return spread
+
+
+def test_golden_inputs_at_parallelism_2_in_the_worker_pools_equal_the_direct_runner(
+    flink_cluster, start_receiver, tmp_path, capsys):
   receiver = start_receiver()
-  code = main(command_line(receiver, tmp_path) + FLINK_FLAGS)
+  name, flags = on_flink(flink_cluster, '--parallelism=2', *flink_cluster.external_flags())
+  code = main(command_line(receiver, tmp_path) + flags)
   printed = capsys.readouterr().out
   assert code == 0, flink_cluster.log_tail()
   assert_expected_posts(receiver)
   assert_expected_dead_letters(tmp_path)
   # The counters come back from Flink (the uber-jar job's accumulators) intact.
   assert RunSummary(**EXPECTED['summary'], dead_letter_dir=str(tmp_path)).render() in printed
-  assert [job['state'] for job in flink_cluster.jobs()].count('FINISHED') >= 1
+  job = flink_cluster.job_named(name)
+  assert job['state'] == 'FINISHED'
+  spread = subtasks_by_taskmanager(flink_cluster, job['jid'])
+  assert spread and set(spread.values()) == {2}, spread  # both TaskManagers, so both pools
+
+
+def test_golden_inputs_with_the_plain_command_line_run_loopback(
+    flink_cluster, start_receiver, tmp_path, capsys):
+  receiver = start_receiver()
+  name, flags = on_flink(flink_cluster)
+  code = main(command_line(receiver, tmp_path) + flags)
+  printed = capsys.readouterr().out
+  assert code == 0, flink_cluster.log_tail()
+  assert_expected_posts(receiver)
+  assert RunSummary(**EXPECTED['summary'], dead_letter_dir=str(tmp_path)).render() in printed
+  assert flink_cluster.job_named(name)['state'] == 'FINISHED'
 
 
 def test_undelivered_windows_on_flink_exit_with_status_2(flink_cluster, start_receiver, tmp_path, capsys):
   refusing = start_receiver(always_status=400)  # a 4xx is not retried
-  code = main(command_line(refusing, tmp_path) + FLINK_FLAGS)
+  name, flags = on_flink(flink_cluster, *flink_cluster.external_flags())
+  code = main(command_line(refusing, tmp_path) + flags)
   printed = capsys.readouterr().out
   assert code == 2, flink_cluster.log_tail()
   assert refusing.posts == []
@@ -166,3 +212,56 @@ def test_undelivered_windows_on_flink_exit_with_status_2(flink_cluster, start_re
   assert len(list(read_dead_letters(str(tmp_path), KIND_BAD_INPUT))) == len(EXPECTED['dead_letters'])
   assert f'windows dead-lettered:  {len(EXPECTED["documents"])}\n' in printed
   assert 'windows delivered:      0\n' in printed
+  assert flink_cluster.job_named(name)['state'] == 'FINISHED'
+
+
+@pytest.fixture
+def pool_whose_python_lacks_beam(tmp_path):
+  """A worker pool on 127.0.0.1 whose `python` (the first on its PATH, which
+  its harnesses run) is the system's, without apache_beam."""
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  (bin_dir / 'python').symlink_to(SYSTEM_PYTHON)
+  assert subprocess.run([str(bin_dir / 'python'), '-c', 'import apache_beam'],
+                        capture_output=True, check=False).returncode == 1
+  port = free_port()
+  log = open(tmp_path / 'worker-pool.log', 'wb')  # pylint: disable=consider-using-with
+  pool = subprocess.Popen(
+      [sys.executable, '-m', 'pipeline.worker_pool', f'--service_port={port}'],
+      env=dict(os.environ, PATH=f'{bin_dir}:/usr/bin:/bin'), stdout=log, stderr=log)
+  deadline = time.monotonic() + 60
+  while True:
+    assert pool.poll() is None, (tmp_path / 'worker-pool.log').read_text()
+    try:
+      socket.create_connection(('127.0.0.1', port), 0.5).close()
+      break
+    except OSError:
+      assert time.monotonic() < deadline, 'the pool did not listen'
+      time.sleep(0.2)
+  yield f'127.0.0.1:{port}'
+  pool.terminate()
+  pool.wait(30)
+  log.close()
+
+
+def test_a_job_whose_sdk_harness_cannot_start_fails_the_submission_within_a_minute(
+    flink_cluster, pool_whose_python_lacks_beam, start_receiver, tmp_path):
+  receiver = start_receiver()
+  name, flags = on_flink(flink_cluster, '--environment_type=EXTERNAL',
+                         f'--environment_config={pool_whose_python_lacks_beam}')
+  finished = subprocess.run(
+      [sys.executable, '-m', 'pipeline', *command_line(receiver, tmp_path), *flags],
+      capture_output=True, text=True, timeout=300, check=False)
+  ended_ms = time.time() * 1000
+  assert finished.returncode == 1, finished.stderr[-3000:]
+  job = flink_cluster.job_named(name)
+  details = flink_cluster.rest(f'/jobs/{job["jid"]}')
+  assert (ended_ms - details['timestamps']['INITIALIZING']) / 1000 < 60
+  assert 'the SDK harness could not start on ' in finished.stderr
+  assert ('exited with status 1 before it connected:' in finished.stderr
+          and "ModuleNotFoundError: No module named 'apache_beam'" in finished.stderr), finished.stderr[-3000:]
+  deadline = time.monotonic() + 30
+  while flink_cluster.job_named(name)['state'] != 'CANCELED':
+    assert time.monotonic() < deadline, flink_cluster.job_named(name)
+    time.sleep(0.5)
+  assert receiver.posts == []
