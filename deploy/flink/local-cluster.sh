@@ -242,6 +242,9 @@ restart-strategy.exponential-delay.backoff-multiplier: 2.0
 restart-strategy.exponential-delay.reset-backoff-threshold: 1 min
 restart-strategy.exponential-delay.jitter-factor: 0.1
 restart-strategy.exponential-delay.attempts-before-reset-backoff: 100
+# The REST API's metrics (Beam's counters of a running job among them, which
+# bench/ reads) refreshed every second, not every 10 s.
+metrics.fetcher.update-interval: 1000
 # Detect a dead TaskManager faster than the 50 s default.
 heartbeat.interval: 2000
 heartbeat.timeout: 15000
