@@ -5,11 +5,14 @@ For the FlinkRunner, `python -m pipeline --runner=FlinkRunner
 --flink_master=localhost:8081 <the usual flags>` needs nothing more: the Flink
 version the project is built for, the Beam job-server jar from the cache
 (fetched or built by deploy/flink/build-job-server.sh when missing), submission
-as one uber jar through Flink's REST API (no job-server process to start),
-every bundle finished before a checkpoint (see FlinkCheckpointOptions), and, for
-a master on this machine, the LOOPBACK environment (the SDK harness runs in the
-submitting process). A flag given on the command line always wins. Other
-runners are left exactly as Beam configures them.
+as one uber jar through Flink's REST API (no job-server process to start) by
+this module's FlinkRunner (Beam's, whose jobs, FlinkRestJob, restore
+savepoints, cancel or stop with a savepoint, and fail when their SDK harness
+cannot start), every bundle finished before a checkpoint (see
+FlinkCheckpointOptions), and, for a master on this machine, the LOOPBACK
+environment (the SDK harness runs in the submitting process). A flag given on
+the command line always wins. Other runners are left exactly as Beam
+configures them.
 """
 
 import logging
@@ -120,21 +123,24 @@ _ENVIRONMENT_START_FRAME = re.compile(
     r'org\.apache\.beam\.runners\.fnexecution\.environment\.\w+EnvironmentFactory\.createEnvironment')
 
 
-class HarnessStartError(RuntimeError):
-  """The job's SDK harness could not start; the submission fails with why."""
+# How pipeline.worker_pool's StartWorker errors begin.
+_POOL_ERRORS = ('the SDK harness for worker ', 'could not start the SDK harness')
 
 
 def harness_start_failure(exceptions: dict) -> Optional[str]:
   """The message of the first task failure in a job's exception history
   (Flink's /jobs/<jid>/exceptions) that is an SDK harness which could not be
-  started, or None: the exception's own text up to its stack frames."""
+  started, or None: the worker pool's error (else the exception's text) up to
+  the stack frames."""
   entries = list((exceptions.get('exceptionHistory') or {}).get('entries') or [])
   for entry in list(entries):
     entries.extend(entry.get('concurrentExceptions') or [])
   for entry in entries:
     trace = entry.get('stacktrace') or ''
     if _ENVIRONMENT_START_FRAME.search(trace):
-      text = trace.split('\n\tat ', 1)[0].strip()
+      # pipeline.worker_pool's answer, where it is one; else the exception's first lines.
+      ours = min((i for i in (trace.find(m) for m in _POOL_ERRORS) if i >= 0), default=0)
+      text = trace[ours:].split('\n\tat ', 1)[0].strip()
       where = entry.get('taskManagerId') or entry.get('location') or 'a TaskManager'
       return f'the SDK harness could not start on {where}: {text}'
   return None

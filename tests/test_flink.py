@@ -28,6 +28,8 @@ from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
 from devtools.aws_emulator import free_port
 from pipeline import runners
+from flink_cluster import REST_PORT
+from test_worker_pool import python_without_beam
 from pipeline.cli import main
 from pipeline.summary import RunSummary
 from test_golden_end_to_end import (
@@ -37,10 +39,9 @@ from transforms.elements import KIND_BAD_INPUT, KIND_UNDELIVERED_WINDOW
 
 pytest_plugins = ['flink_cluster']
 
-SYSTEM_PYTHON = '/usr/bin/python3'  # a python without apache_beam
 
 # For the pure tests: options are parsed, nothing is contacted.
-FLINK_FLAGS = ['--runner=FlinkRunner', '--flink_master=localhost:8081']
+FLINK_FLAGS = ['--runner=FlinkRunner', f'--flink_master=localhost:{REST_PORT}']
 
 
 @pytest.fixture
@@ -60,8 +61,8 @@ def flink_defaults(argv):
 
 
 @pytest.mark.parametrize('master, environment_type', [
-    ('localhost:8081', 'LOOPBACK'),
-    ('http://127.0.0.1:8081', 'LOOPBACK'),
+    (f'localhost:{REST_PORT}', 'LOOPBACK'),
+    (f'http://127.0.0.1:{REST_PORT}', 'LOOPBACK'),
     ('flink-session-rest.flink:8081', None),
 ], ids=['localhost_gets_loopback', 'loopback_url_gets_loopback', 'remote_master_keeps_beam_default'])
 def test_flink_runner_gets_version_jar_uber_jar_and_loopback(cached_jar, master, environment_type):
@@ -80,7 +81,7 @@ def test_every_spelling_of_the_flink_runner_is_recognised(runner):
 
 def test_flags_given_on_the_command_line_win(cached_jar):
   options = flink_defaults([
-      '--runner=FlinkRunner', '--flink_master=localhost:8081', '--flink_version=1.20',
+      *FLINK_FLAGS, '--flink_version=1.20',
       '--flink_job_server_jar=/elsewhere/job-server.jar', '--environment_type=EXTERNAL',
       '--environment_config=localhost:50000'])
   flink = options.view_as(FlinkRunnerOptions)
@@ -115,7 +116,7 @@ def test_the_job_starts_from_the_savepoint_path(cached_jar, tmp_path, monkeypatc
       options.get_all_options(retain_unknown_options=True))
   jar = tmp_path / 'job.jar'
   jar.write_bytes(b'PK')
-  job = runners.FlinkRestJob('http://127.0.0.1:8081', str(jar), 'job-1', 'job', None, encoded)
+  job = runners.FlinkRestJob(f'http://127.0.0.1:{REST_PORT}', str(jar), 'job-1', 'job', None, encoded)
   job._jar = str(jar)  # pylint: disable=protected-access  (prepare() sets it)
   requests_sent = []
 
@@ -126,6 +127,79 @@ def test_the_job_starts_from_the_savepoint_path(cached_jar, tmp_path, monkeypatc
   monkeypatch.setattr(job, '_stop_artifact_service', lambda: None)
   job.run()
   assert requests_sent[-1] == ('v1/jars/abc_beam.jar/run', expected_body)
+
+
+def rest_job(tmp_path, monkeypatch, extra=()):
+  """A FlinkRestJob for job j1 whose REST requests are recorded, not sent;
+  answers come from `answers` (path -> JSON)."""
+  options = flink_defaults(FLINK_FLAGS + list(extra))
+  encoded = JobServiceHandle.encode_pipeline_options(
+      options.get_all_options(retain_unknown_options=True))
+  job = runners.FlinkRestJob(f'http://127.0.0.1:{REST_PORT}', str(tmp_path / 'job.jar'), 'job-1',
+                             'job', None, encoded)
+  job._flink_job_id = 'j1'  # pylint: disable=protected-access  (run() sets it)
+  job.sent, job.answers = [], {}
+
+  def request(method, path, expected_status=200, **kwargs):
+    job.sent.append((method.__name__, path, kwargs.get('json'), expected_status))
+    return job.answers.get(path)
+  monkeypatch.setattr(job, 'request', request)
+  return job
+
+
+def test_cancel_patches_the_job_through_flinks_rest_api(cached_jar, tmp_path, monkeypatch):
+  job = rest_job(tmp_path, monkeypatch)
+  job.cancel()
+  assert job.sent == [('patch', 'v1/jobs/j1?mode=cancel', None, 202)]
+
+
+def test_with_stop_with_savepoint_cancel_stops_the_job_with_a_savepoint(
+    cached_jar, tmp_path, monkeypatch, capsys):
+  job = rest_job(tmp_path, monkeypatch, ['--stop_with_savepoint=s3://b/savepoints'])
+  job.answers = {
+      'v1/jobs/j1/stop': {'request-id': 'r1'},
+      'v1/jobs/j1/savepoints/r1': {'status': {'id': 'COMPLETED'},
+                                   'operation': {'location': 's3://b/savepoints/savepoint-j1-ab'}}}
+  job.cancel()
+  assert job.sent == [
+      ('post', 'v1/jobs/j1/stop', {'targetDirectory': 's3://b/savepoints', 'drain': False}, 202),
+      ('get', 'v1/jobs/j1/savepoints/r1', None, 200)]
+  assert capsys.readouterr().err == (
+      'stopped with a savepoint: s3://b/savepoints/savepoint-j1-ab\n'
+      '(resume with --savepoint_path=s3://b/savepoints/savepoint-j1-ab)\n')
+
+
+def exception_entry(trace: str, tm: str = '127.0.0.1:40000-ab12') -> dict:
+  return {'exceptionName': 'java.lang.Exception', 'stacktrace': trace, 'taskManagerId': tm,
+          'concurrentExceptions': []}
+
+
+HARNESS_TRACE = (
+    "java.lang.Exception: The user defined 'open()' method caused an exception: the SDK harness\n"
+    "\tat org.apache.flink.runtime.operators.BatchTask.run(BatchTask.java:510)\n"
+    "Caused by: java.lang.RuntimeException: the SDK harness for worker 1-1 exited with status 1 "
+    "before it connected:\nModuleNotFoundError: No module named 'apache_beam'\n"
+    "\tat org.apache.beam.runners.fnexecution.environment.ExternalEnvironmentFactory"
+    ".createEnvironment(ExternalEnvironmentFactory.java:115)\n")
+
+
+@pytest.mark.parametrize('entries, expected', [
+    ([], None),
+    ([exception_entry('java.lang.RuntimeException: boom\n\tat transforms.Count.process(x)\n')], None),
+    ([exception_entry(HARNESS_TRACE)],
+     "the SDK harness could not start on 127.0.0.1:40000-ab12: the SDK harness for worker 1-1 "
+     "exited with status 1 before it connected:\nModuleNotFoundError: No module named 'apache_beam'"),
+    ([dict(exception_entry('java.lang.RuntimeException: boom\n'),
+           concurrentExceptions=[exception_entry(HARNESS_TRACE, 'tm-2')])],
+     "the SDK harness could not start on tm-2: the SDK harness for worker 1-1 "
+     "exited with status 1 before it connected:\nModuleNotFoundError: No module named 'apache_beam'"),
+    ([exception_entry('java.lang.Exception: UNAVAILABLE: io exception\n\tat org.apache.beam.'
+                      'runners.fnexecution.environment.ExternalEnvironmentFactory.createEnvironment(x)\n')],
+     'the SDK harness could not start on 127.0.0.1:40000-ab12: java.lang.Exception: UNAVAILABLE: io exception'),
+], ids=['none', 'another_failure', 'harness', 'harness_among_concurrent', 'pool_unreachable'])
+def test_a_harness_start_failure_is_told_from_other_task_failures(entries, expected):
+  exceptions = {'exceptionHistory': {'entries': entries, 'truncated': False}}
+  assert runners.harness_start_failure(exceptions) == expected
 
 
 def test_direct_runner_options_are_left_alone(cached_jar):
@@ -209,12 +283,10 @@ def test_undelivered_windows_on_flink_exit_with_status_2(flink_cluster, start_re
 @pytest.fixture
 def pool_whose_python_lacks_beam(tmp_path):
   """A worker pool on 127.0.0.1 whose `python` (the first on its PATH, which
-  its harnesses run) is the system's, without apache_beam."""
+  its harnesses run) lacks apache_beam."""
   bin_dir = tmp_path / 'bin'
   bin_dir.mkdir()
-  (bin_dir / 'python').symlink_to(SYSTEM_PYTHON)
-  assert subprocess.run([str(bin_dir / 'python'), '-c', 'import apache_beam'],
-                        capture_output=True, check=False).returncode == 1
+  python_without_beam(bin_dir)
   port = free_port()
   log = open(tmp_path / 'worker-pool.log', 'wb')  # pylint: disable=consider-using-with
   pool = subprocess.Popen(

@@ -16,7 +16,6 @@ from apache_beam.portability.api import beam_fn_api_pb2, endpoints_pb2
 from devtools.aws_emulator import free_port
 from pipeline import worker_pool
 
-SYSTEM_PYTHON = '/usr/bin/python3'
 
 
 def start_request(control_url: str, worker_id: str = 'w1') -> beam_fn_api_pb2.StartWorkerRequest:
@@ -35,11 +34,15 @@ def control_endpoint():
   server.stop(0)
 
 
-def python_without_beam() -> str:
-  if subprocess.run([SYSTEM_PYTHON, '-c', 'import apache_beam'], capture_output=True,
-                    check=False).returncode == 0:
-    pytest.fail(f'{SYSTEM_PYTHON} has apache_beam: this test needs a python without it')
-  return SYSTEM_PYTHON
+def python_without_beam(directory) -> str:
+  """`directory`/python: this interpreter without its site-packages, so
+  without apache_beam, as a python on PATH that lacks it."""
+  python = directory / 'python'
+  python.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+  python.chmod(0o755)
+  assert subprocess.run([str(python), '-c', 'import apache_beam'], capture_output=True,
+                        check=False).returncode == 1
+  return str(python)
 
 
 def test_start_worker_answers_once_the_harness_has_connected(control_endpoint):
@@ -51,8 +54,8 @@ def test_start_worker_answers_once_the_harness_has_connected(control_endpoint):
   pool.stop_all()
 
 
-def test_a_harness_whose_python_lacks_apache_beam_is_an_error_with_its_output(control_endpoint):
-  pool = worker_pool.CheckedWorkerPool(start_timeout=60, python=python_without_beam())
+def test_a_harness_whose_python_lacks_apache_beam_is_an_error_with_its_output(control_endpoint, tmp_path):
+  pool = worker_pool.CheckedWorkerPool(start_timeout=60, python=python_without_beam(tmp_path))
   started = time.monotonic()
   response = pool.StartWorker(start_request(control_endpoint, 'w7'))
   assert time.monotonic() - started < 10
