@@ -5,7 +5,9 @@ JobManager and two TaskManagers of one slot, each with its own Beam worker pool
 (pipeline.worker_pool, the Kubernetes sidecar), RocksDB state with checkpoints
 and savepoints on S3 through Flink's S3 file system plugin, against moto
 server. deploy/flink/local-cluster.sh starts all of it
-(FLINK_TOPOLOGY=production) and stops it at the end of the session.
+(FLINK_TOPOLOGY=production), in the background as soon as the tests are
+collected (so that it starts beside the tests that run first), and stops it at
+the end of the session.
 
 Ports: FLINK_REST_PORT (default 8081) and FLINK_RPC_PORT (default 6123) for
 Flink, FLINK_WORKER_POOL_PORT for the pools and FLINK_S3_PORT for moto (both
@@ -206,37 +208,86 @@ def _script(command: str, timeout: float, cluster: FlinkCluster) -> subprocess.C
       cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def _cluster_from_environment() -> FlinkCluster:
+  pool_port = int(os.environ.get('FLINK_WORKER_POOL_PORT') or _FREE_PORTS['pool'])
+  s3_port = int(os.environ.get('FLINK_S3_PORT') or _FREE_PORTS['s3'])
+  return FlinkCluster(f'localhost:{REST_PORT}', f'http://127.0.0.1:{REST_PORT}', STATE_DIR,
+                      pool_port, f'http://127.0.0.1:{s3_port}')
+
+
+_FREE_PORTS = {'pool': free_port(), 's3': free_port()}
+# The cluster this session starts: the `start` process, begun as soon as the
+# tests are collected (it then runs beside the tests before the Flink ones).
+_SESSION = {}
+
+
+def _skip_reason() -> Optional[str]:
+  if os.environ.get('VFP_SKIP_FLINK_TESTS') == '1':
+    return 'VFP_SKIP_FLINK_TESTS=1'
+  return None
+
+
+def pytest_collection_finish(session):
+  """Starts the cluster in the background when a collected test needs it."""
+  if _skip_reason() or not shutil.which('java'):
+    return
+  if not any('flink_cluster' in getattr(item, 'fixturenames', ()) for item in session.items):
+    return
+  cluster = _cluster_from_environment()
+  if _rest_answers(cluster.rest_url):
+    return  # someone else's cluster: the fixture checks it
+  STATE_DIR.mkdir(parents=True, exist_ok=True)
+  s3_port = int(cluster.s3_url.rsplit(':', 1)[1])
+  log = open(STATE_DIR / 'start.log', 'wb')  # pylint: disable=consider-using-with
+  _SESSION['start'] = (subprocess.Popen(
+      ['bash', str(LOCAL_CLUSTER), 'start'], env=cluster_env(cluster.worker_pool_port, s3_port),
+      cwd=REPO, stdout=log, stderr=log), log, time.monotonic())
+  _SESSION['cluster'] = cluster
+
+
+def pytest_sessionfinish(session):  # pylint: disable=unused-argument
+  """Stops the cluster this session started, whether or not a test used it."""
+  if 'cluster' not in _SESSION:
+    return
+  process, log, _ = _SESSION['start']
+  if process.poll() is None:
+    process.terminate()
+    process.wait(60)
+  log.close()
+  cluster = _SESSION.pop('cluster')
+  try:
+    cluster.cancel_running_jobs()
+  except OSError:
+    pass
+  _script('stop', 120, cluster)
+
+
 @pytest.fixture(scope='session')
 def flink_cluster():
-  """The production topology on 127.0.0.1:REST_PORT (started here, or reused)."""
-  if os.environ.get('VFP_SKIP_FLINK_TESTS') == '1':
-    pytest.skip('VFP_SKIP_FLINK_TESTS=1')
+  """The production topology on 127.0.0.1:REST_PORT (started by this session, or reused)."""
+  reason = _skip_reason()
+  if reason:
+    pytest.skip(reason)
   if not shutil.which('java'):
     pytest.fail('the Flink tests need java (a JRE/JDK 11 or 17) on PATH, and mvn for a '
                 'first build of the job-server jar; VFP_SKIP_FLINK_TESTS=1 skips them')
-  rest_url = f'http://127.0.0.1:{REST_PORT}'
-  pool_port = int(os.environ.get('FLINK_WORKER_POOL_PORT') or free_port())
-  s3_port = int(os.environ.get('FLINK_S3_PORT') or free_port())
-  cluster = FlinkCluster(f'localhost:{REST_PORT}', rest_url, STATE_DIR, pool_port,
-                         f'http://127.0.0.1:{s3_port}')
-  if _rest_answers(rest_url):
+  if 'cluster' not in _SESSION:
+    cluster = _cluster_from_environment()
     if not (os.environ.get('FLINK_WORKER_POOL_PORT') and os.environ.get('FLINK_S3_PORT')):
-      pytest.fail(f'a Flink cluster already answers on {rest_url}, and FLINK_WORKER_POOL_PORT '
+      pytest.fail(f'a Flink cluster already answers on {cluster.rest_url}, and FLINK_WORKER_POOL_PORT '
                   'and FLINK_S3_PORT do not say where its worker pools and S3 are')
-    yield cluster  # someone else's cluster: use it, leave it running
-    return
-  started_at = time.monotonic()
-  started = _script('start', COLD_START_TIMEOUT_SECONDS, cluster)
-  if started.returncode != 0:
-    _script('stop', 120, cluster)
-    pytest.fail(f'deploy/flink/local-cluster.sh start failed:\n{started.stderr[-4000:]}\n'
-                f'{cluster.log_tail()}')
-  print(f'\nFlink cluster up in {time.monotonic() - started_at:.0f}s at {rest_url}')
+    if not _rest_answers(cluster.rest_url):
+      pytest.fail(f'no Flink cluster answers on {cluster.rest_url}')
+    return cluster  # someone else's cluster: use it, leave it running
+  cluster = _SESSION['cluster']
+  process, _, began = _SESSION['start']
   try:
-    yield cluster
-  finally:
-    try:
-      cluster.cancel_running_jobs()
-    except OSError:
-      pass
-    _script('stop', 120, cluster)
+    process.wait(COLD_START_TIMEOUT_SECONDS)
+  except subprocess.TimeoutExpired:
+    process.kill()
+  if process.returncode != 0:
+    output = (STATE_DIR / 'start.log').read_text(errors='replace')
+    pytest.fail(f'deploy/flink/local-cluster.sh start failed:\n{output[-4000:]}\n{cluster.log_tail()}')
+  print(f'\nFlink cluster up {time.monotonic() - began:.0f}s after the tests were collected '
+        f'at {cluster.rest_url}')
+  return cluster

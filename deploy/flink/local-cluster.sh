@@ -47,7 +47,7 @@
 #                        two clusters need two state directories and two sets of ports
 #   FLINK_REST_PORT      default 8081, always bound to 127.0.0.1
 #   FLINK_RPC_PORT       the JobManager's RPC port, default 6123 (127.0.0.1)
-#   FLINK_START_TIMEOUT  seconds to wait for the TaskManagers (default 120)
+#   FLINK_START_TIMEOUT  seconds to wait for the TaskManagers (default 300)
 #   FLINK_TOPOLOGY       single (default: one TaskManager of 2 slots, checkpoints in
 #                        files) or production (the defaults below in brackets)
 #   FLINK_TASKMANAGERS   TaskManagers `start` launches (default 1 [2])
@@ -75,7 +75,7 @@ STATE_DIR="${FLINK_STATE_DIR:-$VFP_CACHE/flink-state}"
 REST_PORT="${FLINK_REST_PORT:-8081}"
 RPC_PORT="${FLINK_RPC_PORT:-6123}"
 REST_URL="http://127.0.0.1:$REST_PORT"
-START_TIMEOUT="${FLINK_START_TIMEOUT:-120}"
+START_TIMEOUT="${FLINK_START_TIMEOUT:-300}"
 TOPOLOGY="${FLINK_TOPOLOGY:-single}"
 case "$TOPOLOGY" in
   single) ;;
@@ -245,6 +245,9 @@ restart-strategy.exponential-delay.attempts-before-reset-backoff: 100
 # The REST API's metrics (Beam's counters of a running job among them, which
 # bench/ reads) refreshed every second, not every 10 s.
 metrics.fetcher.update-interval: 1000
+# A JVM's RPC system has 10 s to start by default, which a loaded machine can
+# take (the TaskManager then exits: "Could not create actor system").
+pekko.startup-timeout: 60 s
 # Detect a dead TaskManager faster than the 50 s default.
 heartbeat.interval: 2000
 heartbeat.timeout: 15000
@@ -316,12 +319,14 @@ is_ours() { is_our_jvm "$1" || is_our_helper "$1"; }
 
 # Launch one daemon via its bin script and record the JVM PID as <role>-<n>.pid.
 # flink-daemon.sh appends each started JVM's PID to
-# $FLINK_PID_DIR/flink-$USER-<daemon>.pid; the last line is the new one (so two
-# daemons of one kind are never launched at once).
+# $FLINK_PID_DIR/flink-$FLINK_IDENT_STRING-<daemon>.pid (the last line is the new
+# one) and names its logs with that string too: each daemon gets its own, so
+# that they can be launched at once.
 launch() {
   local script="$1" daemon="$2" role="$3" n="$4"
   flink_env
-  local flink_pidfile="$FLINK_PID_DIR_INTERNAL/flink-$USER-$daemon.pid"
+  export FLINK_IDENT_STRING="$USER-$role-$n"
+  local flink_pidfile="$FLINK_PID_DIR_INTERNAL/flink-$FLINK_IDENT_STRING-$daemon.pid"
   "$FLINK_HOME_DIR/bin/$script" start >>"$LOG_DIR/launcher.out" 2>&1
   local pid
   pid=$(tail -n1 "$flink_pidfile" 2>/dev/null || true)
@@ -352,16 +357,20 @@ wait_listening() {
 
 # TaskManager N's worker pool on its own loopback address, in a session of its
 # own (so pool and harnesses can be killed together), harnesses on the .venv.
+# It takes seconds to import Beam: wait_worker_pool waits for it.
 start_worker_pool() {
   local n="$1" address; address=$(pool_address "$1")
   local venv_bin; venv_bin="$(dirname "$PYTHON")"
   VFP_CLUSTER_STATE_DIR="$STATE_DIR" PATH="$venv_bin:$PATH" setsid "$PYTHON" -m pipeline.worker_pool \
     --service_port="$WORKER_POOL_PORT" --bind_address="$address" \
     >>"$LOG_DIR/worker-pool-$n.log" 2>&1 </dev/null &
-  local pid=$!
-  echo "$pid" >"$PID_DIR/worker-pool-$n.pid"
-  wait_listening "$address" "$WORKER_POOL_PORT" "$pid" "worker pool $n"
-  log "started worker-pool-$n (pid $pid) on $address:$WORKER_POOL_PORT"
+  echo "$!" >"$PID_DIR/worker-pool-$n.pid"
+}
+
+wait_worker_pool() {
+  local n="$1" pid; pid=$(cat "$PID_DIR/worker-pool-$n.pid")
+  wait_listening "$(pool_address "$n")" "$WORKER_POOL_PORT" "$pid" "worker pool $n"
+  log "started worker-pool-$n (pid $pid) on $(pool_address "$n"):$WORKER_POOL_PORT"
 }
 
 # A hosts file in which localhost is TaskManager N's pool address; the rest of
@@ -376,7 +385,7 @@ write_hosts_file() {
   echo "$file"
 }
 
-# TaskManager N (and first its worker pool, when there are pools).
+# TaskManager N, and its worker pool when there are pools (started first, waited for last).
 start_taskmanager() {
   local n="$1" java_opts="-Dvfp.taskmanager=$1"
   if [[ -n "$WORKER_POOL_PORT" ]]; then
@@ -384,6 +393,14 @@ start_taskmanager() {
     java_opts="$java_opts -Djdk.net.hosts.file=$(write_hosts_file "$n")"
   fi
   FLINK_ENV_JAVA_OPTS_TM="$java_opts" launch taskmanager.sh taskexecutor taskmanager "$n"
+  if [[ -n "$WORKER_POOL_PORT" ]]; then wait_worker_pool "$n"; fi
+}
+
+# TaskManagers 1..N with their pools, all at once.
+start_taskmanagers() {
+  local i launches=()
+  for i in $(seq 1 "$TASKMANAGERS"); do start_taskmanager "$i" & launches+=($!); done
+  for i in "${launches[@]}"; do wait "$i" || return 1; done
 }
 
 # moto server for S3 on 127.0.0.1:$S3_PORT, with the bucket.
@@ -481,14 +498,11 @@ cmd_start() {
   [[ "$S3_ENDPOINT" == moto ]] && start_moto
   local t0; t0=$(date +%s)
   # The bin scripts spend several seconds each in config parsing (they run
-  # bash-java-utils.jar in extra JVMs): the JobManager is launched beside the
-  # TaskManagers (which retry until its ResourceManager is up); the
-  # TaskManagers one after another (see launch).
+  # bash-java-utils.jar in extra JVMs): every daemon is launched at once (the
+  # TaskManagers retry until the JobManager's ResourceManager is up).
   local jm_launch tm_launch
   launch jobmanager.sh standalonesession jobmanager 1 & jm_launch=$!
-  (
-    for i in $(seq 1 "$TASKMANAGERS"); do start_taskmanager "$i"; done
-  ) & tm_launch=$!
+  start_taskmanagers & tm_launch=$!
   wait "$jm_launch" || die "jobmanager launch failed (see $LOG_DIR)"
   wait "$tm_launch" || die "taskmanager launch failed (see $LOG_DIR)"
   wait_for_tms "$TASKMANAGERS"
