@@ -67,6 +67,8 @@ def cluster(command: str) -> int:
   for the worker pools (their harnesses read the emulated stream)."""
   env = dict(os.environ, **aws_emulator.FAKE_AWS_ENV, FLINK_TOPOLOGY='production',
              FLINK_WORKER_POOL_PORT=str(WORKER_POOL_PORT))
+  # A state directory of this checkout's own (the script's default is shared by every clone).
+  env.setdefault('FLINK_STATE_DIR', os.path.join(ROOT, 'out', 'flink-bench'))
   return subprocess.run([LOCAL_CLUSTER, command], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                         stderr=sys.stderr, check=False).returncode
 
