@@ -10,15 +10,15 @@ checks that both answers are equal, and reports wall time (start-up included),
 lines per second, the throughput ratio and the peak RSS of the whole process tree
 (workers included). Writes results.md, results.csv and throughput_memory.png.
 
-With --flink it also runs the pipeline on the local Flink session cluster
-(deploy/flink/local-cluster.sh; started here if it is not running, and then
-stopped again) at parallelism 1 and 2, on the --flink_sizes inputs, checks each
-answer against the baseline's, and writes flink.md and flink.csv (wall time
-includes the job's submission; the cluster's JVMs run outside the measured
-process tree, so no memory is compared there).
+With --flink it also runs the pipeline on the production Flink topology on
+loopback (bench/flink.py: worker pools, parallelism 1 and 2; batch on the
+--flink_sizes inputs, wall and job time; a streaming steady state) and writes
+flink.md/.csv and flink_streaming.md/.csv (the cluster's JVMs and pools run
+outside the measured process tree, so no memory is compared there).
 
     .venv/bin/python bench/run.py [--sizes 250000,500000,1000000,2000000] [--out bench/results]
-                                  [--flink [--flink_sizes 1500000]]
+                                  [--flink [--flink_sizes 1500000] [--flink_repeats 2]
+                                           [--flink_streaming_lines 1500000]]
 """
 
 import argparse
@@ -144,27 +144,6 @@ def run_size(size: int, cache_dir: str, out_dir: str) -> dict:
   }
 
 
-FLINK_CLUSTER = os.path.join(ROOT, 'deploy', 'flink', 'local-cluster.sh')
-
-
-def _cluster(command: str) -> int:
-  return subprocess.run([FLINK_CLUSTER, command], cwd=ROOT, stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL, check=False).returncode
-
-
-def run_flink(size: int, parallelism: int, cache_dir: str, out_dir: str) -> dict:
-  """The pipeline on the local Flink cluster, on the same input as run_size."""
-  run, got = run_pipeline(generate(size, cache_dir), out_dir, [
-      '--runner=FlinkRunner', '--flink_master=localhost:8081', f'--parallelism={parallelism}'])
-  return {
-      'lines': size,
-      'runner': f'Flink, parallelism {parallelism}',
-      'seconds': round(run.seconds, 2),
-      'lines_per_second': round(size / run.seconds),
-      'answers_equal': run.returncode == 0 and got == baseline_answer(size, out_dir),
-  }
-
-
 def write_table(rows: List[dict], header: str, out_dir: str, name: str) -> None:
   """`rows` as <name>.csv and as the Markdown table <name>.md (also printed)."""
   with open(os.path.join(out_dir, f'{name}.csv'), 'w', newline='', encoding='utf-8') as f:
@@ -214,6 +193,9 @@ def main(argv=None):
   parser.add_argument('--flink', action='store_true',
                       help='also run the pipeline on the local Flink cluster')
   parser.add_argument('--flink_sizes', default='1500000')
+  parser.add_argument('--flink_repeats', type=int, default=2, help='runs per parallelism (best kept)')
+  parser.add_argument('--flink_streaming_lines', type=int, default=1_500_000,
+                      help='lines of the streaming steady-state runs (0: none)')
   args = parser.parse_args(argv)
   os.makedirs(args.out, exist_ok=True)
   rows = []
@@ -225,24 +207,14 @@ def main(argv=None):
   write_outputs(rows, args.out)
   equal = all(r['answers_equal'] for r in rows)
   if args.flink:
-    flink_rows = []
-    started = _cluster('status') != 0
-    if started and _cluster('start') != 0:
-      print('local-cluster.sh start failed', file=sys.stderr)
-      return 1
-    try:
-      for size in (int(s) for s in args.flink_sizes.split(',')):
-        if size not in sizes:
-          run_baseline(size, args.cache, args.out)  # the answer to compare with
-        for parallelism in (1, 2):
-          row = run_flink(size, parallelism, args.cache, args.out)
-          print(json.dumps(row), flush=True)
-          flink_rows.append(row)
-    finally:
-      if started:
-        _cluster('stop')
-    write_table(flink_rows, '| lines | runner | s | lines/s | answers equal |', args.out, 'flink')
-    equal = equal and all(r['answers_equal'] for r in flink_rows)
+    import flink  # pylint: disable=import-outside-toplevel  (bench/flink.py)
+    flink_sizes = [int(s) for s in args.flink_sizes.split(',')]
+    for size in flink_sizes:
+      if size not in sizes:
+        run_baseline(size, args.cache, args.out)  # the answer to compare with
+    equal = flink.run(flink_sizes, lambda size: generate(size, args.cache),
+                      lambda size: baseline_answer(size, args.out), args.out, args.flink_repeats,
+                      args.flink_streaming_lines, write_table) and equal
   return 0 if equal else 1
 
 

@@ -35,7 +35,9 @@ from pipeline.builder import build_pipeline, group_fields, log_format_from, time
 from pipeline.options import (
     VpcFlowPeersOptions, check_delivery_args, configure_filesystems, delivery_config, input_limits,
     log_level, s3_options)
-from pipeline.runners import FlinkSetupError, PrismSetupError, apply_runner_defaults
+from pipeline.runners import (
+    STOP_TIMEOUT_SECONDS, FlinkSetupError, FlinkStopOptions, PrismSetupError, apply_runner_defaults,
+    is_flink_runner)
 from pipeline.summary import RunSummary, summarize
 from transforms.delivery import PostWindows
 from transforms.endpoint_template import validate_endpoint_template
@@ -226,8 +228,7 @@ def run(argv: Optional[List[str]] = None) -> RunSummary:
   progress = progress_for(options, flags)
   if progress is not None:
     _ = outputs.delivered | 'ReportPostedWindows' >> beam.Map(lambda _: report(windows=1))
-  streaming = options.view_as(StandardOptions).streaming
-  with progress or contextlib.nullcontext(), StopOnCtrlC(streaming) as stopper:
+  with progress or contextlib.nullcontext(), StopOnCtrlC(options) as stopper:
     result = stopper.result = pipeline.run()
     stopper.take_back_sigint()
     try:
@@ -259,23 +260,51 @@ def progress_for(options: PipelineOptions, flags: VpcFlowPeersOptions) -> Option
 
 
 class StopOnCtrlC:
-  """For a streaming run: Ctrl-C cancels the job (on Flink too, where the job
-  would otherwise outlive this process) and the run ends cleanly. A second
-  Ctrl-C interrupts at once. Signals can only be handled in the main thread;
-  elsewhere (a test's thread) this does nothing."""
-  def __init__(self, streaming: bool):
-    self._active = streaming and threading.current_thread() is threading.main_thread()
-    self.result = None
-    self.stopped = False
-    self._previous = None
+  """Ctrl-C or SIGTERM ends the job and the run ends cleanly, with its summary,
+  for a streaming run and for any run on Flink (whose job would otherwise
+  outlive this process): the runner cancels the job (on Flink through its REST
+  API; with --stop_with_savepoint DIR it stops the job with a savepoint there,
+  see pipeline/runners.py). A signal that comes while the job is being
+  submitted ends it as soon as it is. A second signal exits at once (status
+  130), leaving the job as it is. Signals can only be handled in the main
+  thread; elsewhere (a test's thread) this does nothing."""
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-  def _on_sigint(self, signum, frame):
+  def __init__(self, options: PipelineOptions):
+    streaming = options.view_as(StandardOptions).streaming
+    on_flink = is_flink_runner(options.view_as(StandardOptions).runner)
+    self._savepoint_dir = options.view_as(FlinkStopOptions).stop_with_savepoint if on_flink else None
+    self._active = (streaming or on_flink) and threading.current_thread() is threading.main_thread()
+    self._result = None
+    self._stopping: Optional[threading.Thread] = None
+    self.stopped = False
+    self._previous = {}
+
+  @property
+  def result(self):
+    return self._result
+
+  @result.setter
+  def result(self, result):
+    self._result = result
     if self.stopped:
-      raise KeyboardInterrupt
+      self._stop()
+
+  def _on_signal(self, signum, frame):
+    if self.stopped:
+      print('\ninterrupted: the job was left as it is', file=sys.stderr, flush=True)
+      raise SystemExit(130)
     self.stopped = True
-    print('\nstopping: cancelling the job (Ctrl-C again to interrupt at once)', file=sys.stderr)
-    if self.result is not None:
-      threading.Thread(target=self._cancel, daemon=True).start()
+    how = (f'stopping the job with a savepoint in {self._savepoint_dir}' if self._savepoint_dir
+           else 'cancelling the job')
+    print(f'\nstopping: {how} ({signal.Signals(signum).name}; again to exit at once)',
+          file=sys.stderr, flush=True)
+    if self._result is not None:
+      self._stop()
+
+  def _stop(self):
+    self._stopping = threading.Thread(target=self._cancel, name='stop-job', daemon=True)
+    self._stopping.start()
 
   def _cancel(self):
     # A portable job's result closes its job service when cancelled, and its
@@ -285,9 +314,9 @@ class StopOnCtrlC:
     except Exception:  # pylint: disable=broad-except
       _LOG.warning('reading the counters before cancelling failed', exc_info=True)
     try:
-      self.result.cancel()
+      self._result.cancel()
     except Exception:  # pylint: disable=broad-except
-      _LOG.warning('cancelling the job failed', exc_info=True)
+      _LOG.warning('stopping the job failed', exc_info=True)
 
   def take_back_sigint(self):
     """Beam's portable runners install a SIGINT handler of their own while the
@@ -298,12 +327,14 @@ class StopOnCtrlC:
 
   def __enter__(self):
     if self._active:
-      self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+      self._previous = {signum: signal.signal(signum, self._on_signal) for signum in self.SIGNALS}
     return self
 
   def __exit__(self, *exc):
-    if self._active:
-      signal.signal(signal.SIGINT, self._previous)
+    if self._stopping is not None:
+      self._stopping.join(STOP_TIMEOUT_SECONDS)  # the savepoint's location is printed first
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
 
 
 HELP_DESCRIPTION = """\

@@ -5,21 +5,34 @@ For the FlinkRunner, `python -m pipeline --runner=FlinkRunner
 --flink_master=localhost:8081 <the usual flags>` needs nothing more: the Flink
 version the project is built for, the Beam job-server jar from the cache
 (fetched or built by deploy/flink/build-job-server.sh when missing), submission
-as one uber jar through Flink's REST API (no job-server process to start),
-every bundle finished before a checkpoint (see FlinkCheckpointOptions), and, for
-a master on this machine, the LOOPBACK environment (the SDK harness runs in the
-submitting process). A flag given on the command line always wins. Other
-runners are left exactly as Beam configures them.
+as one uber jar through Flink's REST API (no job-server process to start) by
+this module's FlinkRunner (Beam's, whose jobs, FlinkRestJob, restore
+savepoints, cancel or stop with a savepoint, and fail when their SDK harness
+cannot start), every bundle finished before a checkpoint (see
+FlinkCheckpointOptions), and, for a master on this machine, the LOOPBACK
+environment (the SDK harness runs in the submitting process). A flag given on
+the command line always wins. Other runners are left exactly as Beam
+configures them.
 """
 
+import logging
 import os
+import re
 import subprocess
+import sys
+import time
 import urllib.parse
 from pathlib import Path
+from typing import Optional
 
+import requests
 from apache_beam.options.pipeline_options import (
     FlinkRunnerOptions, PipelineOptions, PortableOptions, PrismRunnerOptions, StandardOptions)
+from apache_beam.portability.api import beam_job_api_pb2
+from apache_beam.runners.portability import flink_runner, flink_uber_jar_job_server
 from apache_beam.version import __version__ as BEAM_VERSION
+
+_LOG = logging.getLogger(__name__)
 
 # The Flink minor version the job-server jar and the clusters run; it must be the
 # same as FLINK_MINOR in deploy/flink/versions.env and the flinkVersion of
@@ -87,31 +100,196 @@ def _option(job, name: str):
   return None if kind in (None, 'null_value') else getattr(value, kind)
 
 
-def _run_request_with_savepoint(post):
-  """Wraps FlinkBeamJob.post so that the request that starts an uber-jar job
-  carries the job's --savepoint_path. Beam 2.70 sends only the entry class, and
-  Flink's jar-run REST call restores a savepoint only when its body names it:
-  without this, --savepoint_path is accepted and silently ignored, and the job
-  starts empty (re-reading the stream from its initial position)."""
-  def post_with_savepoint(self, path, **kwargs):
+class FlinkStopOptions(PipelineOptions):
+  """How a Flink submission ends its job when it is told to stop (Ctrl-C or
+  SIGTERM: pipeline.cli.StopOnCtrlC)."""
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--stop_with_savepoint', default=None, metavar='DIR',
+        help='Flink: on Ctrl-C or SIGTERM, stop the job with a savepoint in DIR (an '
+        'upgrade resumes from it with --savepoint_path) instead of cancelling it.')
+
+
+# Job states (Beam's) of a job that has ended.
+_FAILED = beam_job_api_pb2.JobState.FAILED
+# How often the job's state is asked for. Beam backs off to a minute, so a job
+# would be seen to end, or to fail, up to a minute late.
+STATE_POLL_SECONDS = 1.0
+STOP_TIMEOUT_SECONDS = 300
+# Frames of Beam's environment factories in a task's exception: the SDK harness
+# (the job's Python side) could not be started.
+_ENVIRONMENT_START_FRAME = re.compile(
+    r'org\.apache\.beam\.runners\.fnexecution\.environment\.\w+EnvironmentFactory\.createEnvironment')
+
+
+# How pipeline.worker_pool's StartWorker errors begin.
+_POOL_ERRORS = ('the SDK harness for worker ', 'could not start the SDK harness')
+
+
+def harness_start_failure(exceptions: dict) -> Optional[str]:
+  """The message of the first task failure in a job's exception history
+  (Flink's /jobs/<jid>/exceptions) that is an SDK harness which could not be
+  started, or None: the worker pool's error (else the exception's text) up to
+  the stack frames."""
+  entries = list((exceptions.get('exceptionHistory') or {}).get('entries') or [])
+  for entry in list(entries):
+    entries.extend(entry.get('concurrentExceptions') or [])
+  for entry in entries:
+    trace = entry.get('stacktrace') or ''
+    if _ENVIRONMENT_START_FRAME.search(trace):
+      # pipeline.worker_pool's answer, where it is one; else the exception's first lines.
+      ours = min((i for i in (trace.find(m) for m in _POOL_ERRORS) if i >= 0), default=0)
+      text = trace[ours:].split('\n\tat ', 1)[0].strip()
+      where = entry.get('taskManagerId') or entry.get('location') or 'a TaskManager'
+      return f'the SDK harness could not start on {where}: {text}'
+  return None
+
+
+class FlinkRestJob(flink_uber_jar_job_server.FlinkBeamJob):
+  """Beam's uber-jar Flink job with what Beam 2.70 lacks for running it:
+  - the request that starts the job carries --savepoint_path: Flink's jar-run
+    REST call restores a savepoint only when its body names it, and Beam sends
+    only the entry class, so the flag was accepted and silently ignored (the job
+    started empty, re-reading the stream from its initial position);
+  - cancel() cancels (Beam posts to v1/<jid>/stop, which Flink answers 404), or
+    with --stop_with_savepoint stops the job with a savepoint there;
+  - a job whose SDK harness cannot start fails, with the harness's error:
+    Flink would restart it again and again, so until every task has started
+    its harness (a batch job: to its end), each look at the job's state also
+    looks at its exceptions, and on such a failure cancels the job and reports
+    it FAILED (the error is the StartWorker answer of pipeline.worker_pool);
+  - the state is polled every STATE_POLL_SECONDS."""
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._harness_failure: Optional[str] = None
+    self._tasks_have_run = False
+
+  @property
+  def flink_job_id(self) -> Optional[str]:
+    return getattr(self, '_flink_job_id', None)
+
+  def post(self, path, **kwargs):  # pylint: disable=arguments-differ
     savepoint = _option(self, 'savepoint_path')
     if savepoint and path.startswith('v1/jars/') and path.endswith('/run'):
       body = dict(kwargs.get('json') or {})
       body['savepointPath'] = savepoint
       body['allowNonRestoredState'] = bool(_option(self, 'allow_non_restored_state'))
       kwargs['json'] = body
-    return post(self, path, **kwargs)
-  post_with_savepoint.restores_savepoints = True
-  return post_with_savepoint
+    return super().post(path, **kwargs)
+
+  def patch(self, path, **kwargs):
+    return self.request(requests.patch, path, **kwargs)
+
+  def cancel(self):
+    target = _option(self, 'stop_with_savepoint')
+    try:
+      if target:
+        location = self.stop_with_savepoint(target)
+        print(f'stopped with a savepoint: {location}\n(resume with --savepoint_path={location})',
+              file=sys.stderr, flush=True)
+      else:
+        self.patch(f'v1/jobs/{self._flink_job_id}?mode=cancel', expected_status=202)
+    finally:
+      self.delete_jar()
+
+  def stop_with_savepoint(self, target_directory: str, timeout: float = STOP_TIMEOUT_SECONDS) -> str:
+    """Stops the job with a savepoint in `target_directory` (no drain: see
+    README, "Streaming on Flink"); returns the savepoint's location."""
+    trigger = self.post(f'v1/jobs/{self._flink_job_id}/stop', expected_status=202,
+                        json={'targetDirectory': target_directory, 'drain': False})
+    deadline = time.monotonic() + timeout
+    while True:
+      status = self.get(f'v1/jobs/{self._flink_job_id}/savepoints/{trigger["request-id"]}')
+      if status['status']['id'] == 'COMPLETED':
+        operation = status['operation']
+        if 'failure-cause' in operation:
+          raise RuntimeError('the stop with a savepoint failed: '
+                             + operation['failure-cause'].get('stack-trace', '').split('\n', 1)[0])
+        return operation['location']
+      if time.monotonic() > deadline:
+        raise RuntimeError(f'the savepoint to {target_directory} did not complete in {timeout:.0f} s')
+      time.sleep(0.5)
+
+  def _harnesses_started(self) -> bool:
+    """Whether every task has started its SDK harness: in a streaming job, once
+    every task runs (a streaming task opens its operators, and so starts its
+    harness, before it is RUNNING). A batch task opens them after, so a batch
+    job is watched to its end."""
+    if not _option(self, 'streaming'):
+      return False
+    vertices = self.get(f'v1/jobs/{self._flink_job_id}')['vertices']
+    return bool(vertices) and all(v['status'] in ('RUNNING', 'FINISHED') for v in vertices)
+
+  def _look_for_harness_failure(self) -> None:
+    if self._harnesses_started():
+      self._tasks_have_run = True
+      return
+    failure = harness_start_failure(self.get(f'v1/jobs/{self._flink_job_id}/exceptions'))
+    if failure:
+      self._harness_failure = failure
+      _LOG.error('%s', failure)
+      try:
+        self.patch(f'v1/jobs/{self._flink_job_id}?mode=cancel', expected_status=202)
+      except Exception:  # pylint: disable=broad-except
+        _LOG.warning('cancelling the job failed', exc_info=True)
+
+  def _get_state(self):
+    if self._harness_failure is None and not self._tasks_have_run:
+      self._look_for_harness_failure()
+    if self._harness_failure is not None:
+      self.delete_jar()
+      return _FAILED, self.set_state(_FAILED)
+    return super()._get_state()
+
+  def get_state_stream(self):
+    def every_poll():
+      while True:
+        yield self.get_state()
+        time.sleep(STATE_POLL_SECONDS)
+    for state, timestamp in self.with_state_history(every_poll()):
+      yield state, timestamp
+      if self.is_terminal_state(state):
+        break
+
+  def get_message_stream(self):
+    for state, timestamp in self.get_state_stream():
+      if self.is_terminal_state(state):
+        yield from self._final_messages()
+      yield state, timestamp
+
+  def _final_messages(self):
+    if self._harness_failure is not None:
+      messages = [self._harness_failure]
+    else:
+      try:
+        exceptions = self.get(f'v1/jobs/{self._flink_job_id}/exceptions')
+        root = exceptions.get('root-exception')
+        messages = [root] if root else []
+      except Exception:  # pylint: disable=broad-except
+        messages = []
+    for ix, text in enumerate(messages):
+      yield beam_job_api_pb2.JobMessage(
+          message_id=f'message{ix}', time=str(int(time.time() * 1000)),
+          importance=beam_job_api_pb2.JobMessage.MessageImportance.JOB_MESSAGE_ERROR,
+          message_text=text)
 
 
-def _submit_savepoint_paths() -> None:
-  """Installs _run_request_with_savepoint once (it acts only for jobs that
-  have a --savepoint_path)."""
-  from apache_beam.runners.portability import flink_uber_jar_job_server  # pylint: disable=import-outside-toplevel
-  job = flink_uber_jar_job_server.FlinkBeamJob
-  if not getattr(job.post, 'restores_savepoints', False):
-    job.post = _run_request_with_savepoint(job.post)
+class FlinkRestJobServer(flink_uber_jar_job_server.FlinkUberJarJobServer):
+  """Beam's uber-jar job server, making FlinkRestJobs."""
+  def create_beam_job(self, job_id, job_name, pipeline, options):
+    return FlinkRestJob(self._master_url, self.executable_jar(), job_id, job_name, pipeline,
+                        options, artifact_port=self._artifact_port)
+
+
+class FlinkRunner(flink_runner.FlinkRunner):
+  """Beam's FlinkRunner, submitting uber jars through FlinkRestJobServer."""
+  def default_job_server(self, options):
+    server = super().default_job_server(options)
+    if isinstance(server, flink_uber_jar_job_server.FlinkUberJarJobServer):
+      # pylint: disable=protected-access
+      return FlinkRestJobServer(server._master_url, options)
+    return server
 
 
 class FlinkSetupError(RuntimeError):
@@ -192,7 +370,7 @@ def apply_flink_defaults(options: PipelineOptions) -> None:
   if master in MAGIC_FLINK_MASTERS:
     return  # Beam starts the job server with an embedded Flink, and LOOPBACK.
   flink.flink_submit_uber_jar = True
-  _submit_savepoint_paths()
+  options.view_as(StandardOptions).runner = f'{__name__}.FlinkRunner'
   portable = options.view_as(PortableOptions)
   if not portable.environment_type and flink_master_host(master) in LOOPBACK_HOSTS:
     portable.environment_type = 'LOOPBACK'

@@ -46,7 +46,7 @@ def load_all(name):
 
 
 def versions_env() -> dict:
-  pairs = re.findall(r'^([A-Z_]+)=(\S+)$', (DEPLOY / 'flink' / 'versions.env').read_text(), re.M)
+  pairs = re.findall(r'^([A-Z0-9_]+)=(\S+)$', (DEPLOY / 'flink' / 'versions.env').read_text(), re.M)
   return dict(pairs)
 
 
@@ -76,8 +76,10 @@ def test_worker_pool_port_is_the_submitters_environment_config():
   [port_flag] = [a for a in WORKER_POOL['command'] + WORKER_POOL.get('args', [])
                  if a.startswith('--service_port=')]
   port = int(port_flag.split('=', 1)[1])
-  assert WORKER_POOL['command'][:3] == ['python', '-m', 'apache_beam.runners.worker.worker_pool_main']
-  assert [p['containerPort'] for p in WORKER_POOL['ports']] == [port]
+  assert WORKER_POOL['command'][:3] == ['python', '-m', 'pipeline.worker_pool']
+  # Loopback only (pipeline.worker_pool's default): no port declared, probed from inside.
+  assert 'ports' not in WORKER_POOL and not any(a.startswith('--bind_address') for a in WORKER_POOL['args'])
+  assert f"('127.0.0.1', {port})" in WORKER_POOL['livenessProbe']['exec']['command'][-1]
   assert SUBMIT_FLAGS['environment_type'] == 'EXTERNAL'
   assert SUBMIT_FLAGS['environment_config'] == f'localhost:{port}'
   assert f'"--service_port={port}"' in DOCKERFILES['worker']
@@ -93,7 +95,9 @@ def test_flink_version_agrees_everywhere():
   # The job-server jar bundles Flink's client classes of this exact patch release.
   assert FLINK_DEPLOYMENT['spec']['image'].startswith(f'flink:{patch}-')
   plugins = FLINK_DEPLOYMENT['spec']['podTemplate']['spec']['containers'][0]['env']
-  assert {'name': 'ENABLE_BUILT_IN_PLUGINS', 'value': f'flink-s3-fs-presto-{patch}.jar'} in plugins
+  # The S3 plugin local-cluster.sh installs, and so the one the tests use.
+  assert {'name': 'ENABLE_BUILT_IN_PLUGINS',
+          'value': f'{versions["FLINK_S3_PLUGIN"]}-{patch}.jar'} in plugins
   assert f'beam-runners-flink-{minor}-job-server-' in DOCKERFILES['submitter']
 
 
@@ -142,7 +146,7 @@ def test_both_images_share_python_and_tags():
 @pytest.mark.parametrize('flag', [
     'runner', 'flink_master', 'environment_type', 'environment_config', 'streaming',
     'checkpointing_interval', 'parallelism', 'max_parallelism', 'kinesis_stream', 'aws_region',
-    'kinesis_initial_position', 'endpoint', 'dead_letter_dir'])
+    'kinesis_initial_position', 'endpoint', 'dead_letter_dir', 'stop_with_savepoint'])
 def test_submission_command_has_flag(flag):
   assert flag in SUBMIT_FLAGS
 
@@ -161,6 +165,10 @@ def test_submission_goes_to_the_session_clusters_rest_service_once():
   assert SUBMIT_JOB['spec']['template']['spec']['restartPolicy'] == 'Never'
   assert SUBMIT_FLAGS['kinesis_initial_position'] in ('TRIM_HORIZON', 'LATEST', 'AT_TIMESTAMP')
   assert 'kinesis_stop_at_latest' not in SUBMIT_FLAGS  # production reads forever
+  # SIGTERM stops the job with a savepoint into the cluster's savepoint store, in the grace period.
+  assert SUBMIT_FLAGS['stop_with_savepoint'] == FLINK_CONF['state.savepoints.dir']
+  assert (SUBMIT_JOB['spec']['template']['spec']['terminationGracePeriodSeconds']
+          > runners.STOP_TIMEOUT_SECONDS)
 
 
 def test_checkpoints_savepoints_and_high_availability():

@@ -1,21 +1,24 @@
-"""Streaming on a real Flink cluster from the emulated Kinesis stream, with
-checkpointing on: windows are POSTed while the job runs, as the watermark
-passes them, the checkpoint does not grow while the Kinesis read resumes
-itself, and a TaskManager killed mid-stream, with a window open, loses
-nothing: every POST carries its window's reference document, and all POSTs
-of a window carry one Idempotency-Key (a late pane that changes no count is
-not posted).
+"""Streaming on the production Flink topology (tests/flink_cluster.py: two
+TaskManagers, each with its own worker pool, checkpoints and savepoints on S3)
+from a 4-shard emulated Kinesis stream at parallelism 2, with checkpointing on:
+windows are POSTed while the job runs, as the watermark passes them, the
+checkpoint does not grow while the Kinesis read resumes itself, SIGTERM on the
+submitter stops the job with a savepoint on S3 and prints the summary, a job
+resubmitted from that savepoint carries on exactly (and SIGINT cancels it), and
+a TaskManager killed together with its worker pool mid-stream, with a window
+open, loses nothing: every POST carries its window's reference document, and
+all POSTs of a window carry one Idempotency-Key (a late pane that changes no
+count is not posted).
 
-The production path on this machine: moto server holds a 2-shard Kinesis stream
-fed by a CloudWatch Logs subscription; `pipeline.cli.run` submits the
-unbounded read (no --kinesis_stop_at_latest) to the session cluster of
-tests/flink_cluster.py in a background thread (with LOOPBACK the Python SDK
-worker lives in this process, so it outlives a TaskManager); the test watches
-the job through Flink's REST API and the windows at a real HTTP receiver, and
-ends the job with stop-with-savepoint (as an upgrade would), which leaves it
-FINISHED. Never with --drain: the Kinesis read never ends, and Beam's Flink
-runner, asked to drain, keeps resuming it and waits for the end of time, so the
-savepoint never completes. The job runs with the FlinkRunner defaults of
+The production path on this machine: moto server holds a 4-shard stream fed by
+a CloudWatch Logs subscription; the pipeline is submitted (`python -m pipeline`
+in a subprocess, or `pipeline.cli.run` in a thread) with the flags of
+deploy/k8s/submit-job.yaml (--environment_type=EXTERNAL, the worker pools run
+the Python side), and the test watches the job through Flink's REST API and the
+windows at a real HTTP receiver. A job is stopped with a savepoint (as an
+upgrade would), which leaves it FINISHED, never with --drain: the Kinesis read
+never ends, and Beam's Flink runner, asked to drain, keeps resuming it and
+waits for the end of time. The job runs with the FlinkRunner defaults of
 pipeline/runners.py, --finish_bundle_before_checkpointing among them: without
 it, a checkpoint taken during the first bundles could leave the shards in an
 operator's buffer behind the final watermark, and no record was ever read.
@@ -25,12 +28,18 @@ Event times. The source's watermark is the newest arrival minus
 So flows written before the job starts may lie minutes in the past (they are
 read before the watermark moves, and their windows fire ON_TIME as soon as it
 does), while flows written to a running job must fall in windows that end
-after their arrival minus 2 s, or they would be late: those are put in the next
-window but one.
+after their arrival minus 2 s, or they would be late. A window that must still
+be open at a stop or a kill is chosen by construction: it starts further in the
+future than the longest wait before that moment.
 """
 
 import collections
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -38,18 +47,18 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import pytest
 
-from flink_cluster import REST_PORT, flink_cluster  # pylint: disable=unused-import
+from flink_cluster import S3_BUCKET, UNFINISHED_STATES
 from pipeline.cli import run
 from tests import kinesis_helpers as kh
 from tests.builders import flow_line, no_traffic_line
 from transforms.dead_letter import read_dead_letters
 from transforms.elements import KIND_BAD_INPUT, KIND_LATE_DATA, KIND_UNDELIVERED_WINDOW
 
+pytest_plugins = ['flink_cluster']
+
 WINDOW_SECONDS = 10
-STREAM, SHARDS = 'flow-logs', 2
+STREAM, SHARDS = 'flow-logs', 4
 LOG_GROUP, LOG_STREAM = '/vpc/flow-logs', 'eni-0a1b2c3d4e5f60718-all'
-# Flink job states in which the job may still produce output.
-UNFINISHED_STATES = ('CREATED', 'INITIALIZING', 'RUNNING', 'RESTARTING', 'FAILING', 'CANCELLING')
 
 # Bounded waits, generous: the machine is small and shared.
 SUBMIT_SECONDS = 240  # uber-jar upload and scheduling
@@ -57,13 +66,20 @@ WINDOW_SECONDS_TO_POST = 120
 CHECKPOINT_SECONDS = 90
 RESTORE_SECONDS = 240
 STOP_SECONDS = 120
+# Before a kill or a stop, the test waits for two checkpoints after the flows
+# of the window that must still be open then were written, at most this long;
+# that window starts OPEN_WINDOW_LEAD_SECONDS after they are written, so it is
+# open at the kill or stop by construction (the test says so if it is not).
+CHECKPOINTS_BEFORE_STOP_SECONDS = 30
+OPEN_WINDOW_LEAD_SECONDS = CHECKPOINTS_BEFORE_STOP_SECONDS + 20
 
-# The checkpoint of a healthy job varies by a few KB (open windows, a state
-# first used late). Beam 2.70's Flink runner without deploy/flink/patches added
-# a state for each resumption of the Kinesis read, ~5 KB a second here: over
-# GROWTH_SPAN_SECONDS that is ~100 KB, five times MAX_CHECKPOINT_GROWTH.
+# The checkpoint of a healthy job varies and creeps (open windows, timers,
+# RocksDB files not yet compacted: 25 to 35 KB in 20 s here). Beam 2.70's Flink
+# runner without deploy/flink/patches adds a state (a RocksDB column family) for
+# each resumption of the Kinesis read: about 15 KB a second here, 300 KB over
+# GROWTH_SPAN_SECONDS, three times MAX_CHECKPOINT_GROWTH.
 GROWTH_SPAN_SECONDS = 20
-MAX_CHECKPOINT_GROWTH = 20_000
+MAX_CHECKPOINT_GROWTH = 100_000
 
 
 class Flow(NamedTuple):
@@ -81,6 +97,10 @@ def expected_documents(flows: Sequence[Flow]) -> Dict[str, Dict[str, int]]:
     peers[bucket][flow.dstaddr].add(flow.srcaddr)
   return {f'/connection_sets/{bucket}': {address: len(p) for address, p in by_address.items()}
           for bucket, by_address in peers.items()}
+
+
+def flows_of(batches: Sequence[Sequence[Flow]]) -> List[Flow]:
+  return [f for b in batches for f in b]
 
 
 def lines(flows: Sequence[Flow]) -> List[str]:
@@ -102,15 +122,32 @@ def past_batch(now: float) -> List[List[Flow]]:
   ]
 
 
-def live_batch(now: float, net: str = '10.1.0') -> List[List[Flow]]:
-  """Flows for a running job: in the next window but one (so it ends at least
-  10 s after their arrival and they are on time), as two records; addresses
-  in `net` (a /24)."""
-  w = int(now) // WINDOW_SECONDS * WINDOW_SECONDS + 2 * WINDOW_SECONDS
+def window_batch(start: int, net: str) -> List[List[Flow]]:
+  """Flows of the window from `start`, addresses in `net` (a /24), as two records."""
   return [
-      [Flow(f'{net}.1', f'{net}.2', w + 1), Flow(f'{net}.1', f'{net}.3', w + 2)],
-      [Flow(f'{net}.3', f'{net}.1', w + 3), Flow(f'{net}.4', f'{net}.2', w + 4)],
+      [Flow(f'{net}.1', f'{net}.2', start + 1), Flow(f'{net}.1', f'{net}.3', start + 2)],
+      [Flow(f'{net}.3', f'{net}.1', start + 3), Flow(f'{net}.4', f'{net}.2', start + 4)],
   ]
+
+
+def live_batch(now: float, net: str = '10.1.0') -> List[List[Flow]]:
+  """Flows for a running job, in the next window but one (so it ends at least
+  10 s after their arrival and they are on time)."""
+  return window_batch(int(now) // WINDOW_SECONDS * WINDOW_SECONDS + 2 * WINDOW_SECONDS, net)
+
+
+def open_batch(now: float, net: str) -> List[List[Flow]]:
+  """Flows of a window that starts at least OPEN_WINDOW_LEAD_SECONDS from now."""
+  lead = int(now) + OPEN_WINDOW_LEAD_SECONDS
+  return window_batch(-(-lead // WINDOW_SECONDS) * WINDOW_SECONDS, net)
+
+
+def assert_still_open(batch: Sequence[Sequence[Flow]], moment: str) -> None:
+  """The window of `batch` cannot have closed yet: its end (plus the 2 s
+  delivery delay) lies ahead."""
+  end = batch[0][0].start - batch[0][0].start % WINDOW_SECONDS + WINDOW_SECONDS
+  assert time.time() < end, (f'the window that must be open at {moment} ended '
+                             f'{time.time() - end:.0f}s ago: raise OPEN_WINDOW_LEAD_SECONDS')
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str,
@@ -130,15 +167,19 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str,
 class FlowLogStream(NamedTuple):
   url: str
   logs: object
+  records_written: List[int]  # one cell: Kinesis records written so far
 
   def put(self, batch: Sequence[Sequence[Flow]]) -> None:
-    kh.put_flow_lines(self.logs, LOG_GROUP, LOG_STREAM, [lines(b) for b in batch])
+    self.put_lines([lines(b) for b in batch])
+
+  def put_lines(self, batches: Sequence[Sequence[str]]) -> None:
+    self.records_written[0] += kh.put_flow_lines(self.logs, LOG_GROUP, LOG_STREAM, batches)
 
 
 @pytest.fixture
 def flow_log_stream(monkeypatch):
-  """moto server with a 2-shard stream fed by a log group's subscription (the
-  LOOPBACK worker runs here, so this process's fake credentials are its own)."""
+  """moto server with a 4-shard stream fed by a log group's subscription, and
+  the fake credentials the submitter needs (the worker pools have their own)."""
   for name, value in kh.FAKE_AWS_ENV.items():
     monkeypatch.setenv(name, value)
   with kh.moto_server() as moto:
@@ -147,38 +188,23 @@ def flow_log_stream(monkeypatch):
     arn = kh.create_stream(kinesis, STREAM, SHARDS)
     kh.subscribe_log_group(logs, LOG_GROUP, LOG_STREAM, arn)
     kh.put_control_message(kinesis, STREAM)
-    yield FlowLogStream(moto.url, logs)
+    yield FlowLogStream(moto.url, logs, [1])
 
 
-class StreamingJob:
-  """`pipeline.cli.run` on the Flink cluster in a background thread, and
-  the Flink job it submitted, seen through the REST API."""
-  def __init__(self, cluster, argv: List[str]):
+class FlinkJobWatch:
+  """A Flink job of a test, seen through the REST API, found by its name."""
+  def __init__(self, cluster, name: str, failed: Callable[[], Optional[str]]):
     self.cluster = cluster
-    self.name = f'vfp-streaming-{uuid.uuid4().hex[:8]}'
-    self._argv = argv + [f'--job_name={self.name}']
+    self.name = name
     self.jid: Optional[str] = None
-    self.summary = None
-    self.error: Optional[BaseException] = None
-    self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-
-  def _run(self):
-    try:
-      self.summary = run(self._argv)
-    except BaseException as e:  # pylint: disable=broad-except
-      self.error = e
-
-  def start(self) -> 'StreamingJob':
-    self._thread.start()
-    return self
+    self._failed = failed
 
   def _find(self) -> Optional[str]:
-    if self.error is not None:
-      pytest.fail(f'the pipeline failed before its job ran: {self.error!r}')
-    for job in self.cluster.jobs():
-      if job['name'] == self.name:
-        return job['jid']
-    return None
+    failure = self._failed()
+    if failure:
+      pytest.fail(f'the pipeline failed before its job ran: {failure}')
+    job = self.cluster.job_named(self.name)
+    return job['jid'] if job else None
 
   def wait_running(self) -> None:
     self.jid = wait_for(self._find, SUBMIT_SECONDS, f'job {self.name} to be submitted',
@@ -191,6 +217,9 @@ class StreamingJob:
   def state(self) -> str:
     return self.details()['state']
 
+  def wait_state(self, state: str, timeout: float = STOP_SECONDS) -> None:
+    wait_for(lambda: self.state() == state, timeout, f'job {self.name} to be {state}', self.explain)
+
   def all_tasks_running(self) -> bool:
     details = self.details()
     return details['state'] == 'RUNNING' and all(
@@ -202,9 +231,14 @@ class StreamingJob:
   def completed_checkpoints(self) -> int:
     return self.checkpoints()['counts']['completed']
 
+  def wait_checkpoints(self, count: int, timeout: float, what: str) -> None:
+    first = self.completed_checkpoints()
+    wait_for(lambda: self.completed_checkpoints() >= first + count, timeout,
+             f'{count} checkpoints {what}', self.explain)
+
   def latest_checkpoint(self) -> Optional[dict]:
     """The latest completed checkpoint (id, trigger_timestamp in ms, state_size
-    in bytes, ...), or None."""
+    in bytes, external_path, ...), or None."""
     return (self.checkpoints()['latest'] or {}).get('completed')
 
   def checkpoint_after(self, timestamp_ms: int) -> Optional[dict]:
@@ -212,14 +246,17 @@ class StreamingJob:
     latest = self.latest_checkpoint()
     return latest if latest and latest['trigger_timestamp'] > timestamp_ms else None
 
+  def restored(self) -> Optional[dict]:
+    """What the job restored (a checkpoint or a savepoint), once it says."""
+    return (self.checkpoints()['latest'] or {}).get('restored')
+
   def restarts(self) -> int:
     metrics = self.cluster.rest(f'/jobs/{self.jid}/metrics?get=numRestarts')
     return int(float(metrics[0]['value'])) if metrics else 0
 
   def stop_with_savepoint(self) -> str:
-    """Stop-with-savepoint (no drain): the job's state, windows not yet fired
-    included, goes to a savepoint it could resume from, and the job FINISHes.
-    Returns the savepoint's location."""
+    """Stop-with-savepoint (no drain) into the cluster's default directory
+    (s3://vpc-flow-peers-flink/savepoints); returns the savepoint's location."""
     trigger = self.cluster.rest(f'/jobs/{self.jid}/stop', 'POST', {'drain': False})
     def savepoint_done():
       status = self.cluster.rest(f'/jobs/{self.jid}/savepoints/{trigger["request-id"]}')
@@ -227,24 +264,16 @@ class StreamingJob:
     status = wait_for(savepoint_done, STOP_SECONDS, 'the stop savepoint', self.explain)
     operation = status['operation']
     assert 'failure-cause' not in operation, operation['failure-cause']
-    wait_for(lambda: self.state() == 'FINISHED', STOP_SECONDS, 'the job to finish',
-             self.explain)
+    self.wait_state('FINISHED')
     return operation['location']
 
-  def join(self, timeout: float = STOP_SECONDS) -> None:
-    self._thread.join(timeout)
-    assert not self._thread.is_alive(), f'run() did not return {timeout}s after the job ended'
-
   def cancel_if_running(self) -> None:
-    if self.jid is None:
-      self.jid = self._find_quietly()
-    if self.jid is not None:
-      try:
-        if self.state() in UNFINISHED_STATES:
-          self.cluster.rest(f'/jobs/{self.jid}?mode=cancel', 'PATCH')
-      except OSError:
-        pass
-    self._thread.join(60)
+    try:
+      job = self.cluster.job_named(self.name)
+      if job and job['state'] in UNFINISHED_STATES:
+        self.cluster.rest(f'/jobs/{job["jid"]}?mode=cancel', 'PATCH')
+    except OSError:
+      pass
 
   def vertices(self) -> str:
     """Each task's records in and out and its input watermark (ms), to tell
@@ -262,12 +291,6 @@ class StreamingJob:
       out.append(f'REST failed: {e}')
     return '\n'.join(out)
 
-  def _find_quietly(self) -> Optional[str]:
-    try:
-      return next((j['jid'] for j in self.cluster.jobs() if j['name'] == self.name), None)
-    except OSError:
-      return None
-
   def explain(self) -> str:
     try:
       jobs = self.cluster.jobs()
@@ -275,14 +298,93 @@ class StreamingJob:
                     if self.jid else {})
     except OSError as e:
       jobs, exceptions = f'REST failed: {e}', {}
-    return (f'jobs: {jobs}\nrun() error: {self.error!r}\n{self.vertices()}\n'
+    return (f'jobs: {jobs}\nfailure: {self._failed()}\n{self.vertices()}\n'
             f'exceptions: {json.dumps(exceptions)[:3000]}\n{self.cluster.log_tail(40)}')
 
 
-def streaming_command_line(stream_url: str, receiver, dead_letters) -> List[str]:
+class ThreadedJob(FlinkJobWatch):
+  """`pipeline.cli.run` on the cluster in a background thread, and its job."""
+  def __init__(self, cluster, argv: List[str]):
+    super().__init__(cluster, f'vfp-streaming-{uuid.uuid4().hex[:8]}',
+                     lambda: repr(self.error) if self.error is not None else None)
+    self._argv = argv + [f'--job_name={self.name}']
+    self.summary = None
+    self.error: Optional[BaseException] = None
+    self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+    self._thread.start()
+
+  def _run(self):
+    try:
+      self.summary = run(self._argv)
+    except BaseException as e:  # pylint: disable=broad-except
+      self.error = e
+
+  def join(self, timeout: float = STOP_SECONDS) -> None:
+    self._thread.join(timeout)
+    assert not self._thread.is_alive(), f'run() did not return {timeout}s after the job ended'
+
+
+class Submitter(FlinkJobWatch):
+  """`python -m pipeline` on the cluster as a real subprocess, and its job."""
+  def __init__(self, cluster, argv: List[str], out_dir):
+    super().__init__(cluster, f'vfp-streaming-{uuid.uuid4().hex[:8]}', self._exited)
+    self._stdout = out_dir / f'{self.name}.stdout'
+    self._stderr = out_dir / f'{self.name}.stderr'
+    with open(self._stdout, 'wb') as stdout, open(self._stderr, 'wb') as stderr:
+      self.process = subprocess.Popen(
+          [sys.executable, '-m', 'pipeline', *argv, f'--job_name={self.name}'],
+          stdout=stdout, stderr=stderr, env=dict(os.environ))
+
+  def _exited(self) -> Optional[str]:
+    if self.process.poll() is None:
+      return None
+    return f'exit status {self.process.returncode}: {self.stderr()[-3000:]}'
+
+  def stdout(self) -> str:
+    return self._stdout.read_text(errors='replace')
+
+  def stderr(self) -> str:
+    return self._stderr.read_text(errors='replace')
+
+  def signal(self, signum: int, timeout: float = STOP_SECONDS) -> int:
+    """Sends `signum` and waits for the process to exit; returns its status."""
+    self.process.send_signal(signum)
+    try:
+      return self.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+      self.process.kill()
+      pytest.fail(f'the submitter did not exit {timeout}s after {signal.Signals(signum).name}:\n'
+                  f'{self.stderr()[-3000:]}\n{self.explain()}')
+
+  def kill(self) -> None:
+    if self.process.poll() is None:
+      self.process.kill()
+      self.process.wait()
+
+
+SUMMARY_COUNTS = {
+    'records': r'Kinesis records:\s+(\d+)', 'flow_lines': r'flow lines:\s+(\d+)',
+    'counted_flows': r'flow lines:\s+\d+ \((\d+) counted\)', 'bad_inputs': r'bad inputs:\s+(\d+)',
+    'late_pairs': r'too late:\s+(\d+)', 'windows_delivered': r'windows delivered:\s+(\d+)',
+    'windows_dead_lettered': r'windows dead-lettered:\s+(\d+)'}
+
+
+def printed_summary(stdout: str) -> Dict[str, int]:
+  """The counts of the summary a submitter printed (every line must be there)."""
+  assert 'vpc-flow-peers summary\n' in stdout, stdout
+  counts = {}
+  for name, pattern in SUMMARY_COUNTS.items():
+    found = re.search(pattern, stdout)
+    assert found, f'no {name} in the summary:\n{stdout}'
+    counts[name] = int(found.group(1))
+  return counts
+
+
+def streaming_command_line(cluster, stream_url: str, receiver, dead_letters) -> List[str]:
+  """The flags of deploy/k8s/submit-job.yaml, on the test's scales."""
   return [
-      '--runner=FlinkRunner', f'--flink_master=localhost:{REST_PORT}', '--streaming',
-      '--checkpointing_interval=2000', '--parallelism=1',
+      '--runner=FlinkRunner', f'--flink_master={cluster.master}', *cluster.external_flags(),
+      '--streaming', '--checkpointing_interval=2000', '--parallelism=2',
       f'--kinesis_stream={STREAM}', f'--kinesis_endpoint_url={stream_url}',
       f'--aws_region={kh.REGION}', '--kinesis_initial_position=TRIM_HORIZON',
       '--kinesis_max_delivery_delay=2', f'--window_seconds={WINDOW_SECONDS}',
@@ -291,18 +393,16 @@ def streaming_command_line(stream_url: str, receiver, dead_letters) -> List[str]
 
 
 @pytest.fixture
-def streaming_job(flink_cluster):
-  """Starts StreamingJobs; cancels any still running at the end of the test."""
-  started: List[StreamingJob] = []
-
-  def start(argv: List[str]) -> StreamingJob:
-    job = StreamingJob(flink_cluster, argv).start()
-    started.append(job)
-    return job
-
-  yield start
+def jobs(flink_cluster):
+  """Collects the test's jobs; cancels any still running at the end, and
+  waits for the slots to be free again."""
+  started: List[FlinkJobWatch] = []
+  yield started
   for job in started:
+    if isinstance(job, Submitter):
+      job.kill()
     job.cancel_if_running()
+  flink_cluster.wait_idle()
 
 
 def posted_paths(receiver) -> set:
@@ -354,102 +454,143 @@ def dead_letter_kinds(directory) -> collections.Counter:
   return collections.Counter(letter['kind'] for _, letter in read_dead_letters(str(directory)))
 
 
-def test_streaming_from_kinesis_posts_windows_as_the_watermark_passes(
-    flink_cluster, flow_log_stream, start_receiver, streaming_job, tmp_path):
+def test_streaming_posts_exact_windows_and_a_savepoint_on_s3_carries_on_exactly(
+    flink_cluster, flow_log_stream, start_receiver, jobs, tmp_path):
   receiver = start_receiver()
   past = past_batch(time.time())
   flow_log_stream.put(past)
   # A NODATA line and an invalid address: skipped, and dead-lettered.
-  kh.put_flow_lines(flow_log_stream.logs, LOG_GROUP, LOG_STREAM, [
-      [no_traffic_line(past[0][0].start), flow_line('10.0.0.9', '999.0.0.1', past[0][0].start)]])
-  expected_past = expected_documents([f for b in past for f in b])
+  flow_log_stream.put_lines([[no_traffic_line(past[0][0].start),
+                              flow_line('10.0.0.9', '999.0.0.1', past[0][0].start)]])
+  expected_past = expected_documents(flows_of(past))
+  flags = streaming_command_line(flink_cluster, flow_log_stream.url, receiver, tmp_path)
+  savepoints = f's3://{S3_BUCKET}/savepoints/{uuid.uuid4().hex[:8]}'
 
   submitted = time.monotonic()
-  job = streaming_job(streaming_command_line(flow_log_stream.url, receiver, tmp_path))
-  job.wait_running()
+  first = Submitter(flink_cluster, flags + [f'--stop_with_savepoint={savepoints}'], tmp_path)
+  jobs.append(first)
+  first.wait_running()
   running = time.monotonic()
   wait_for(lambda: posted_paths(receiver) >= set(expected_past), WINDOW_SECONDS_TO_POST,
-           'the windows of the flows written before the start', job.explain)
+           'the windows of the flows written before the start', first.explain)
   first_windows = time.monotonic()
-  assert job.state() == 'RUNNING'
   assert receiver.latest_by_path() == expected_past
-  early = wait_for(job.latest_checkpoint, CHECKPOINT_SECONDS, 'a completed checkpoint',
-                   job.explain)
-
-  live = live_batch(time.time())
-  flow_log_stream.put(live)
-  expected = {**expected_past, **expected_documents([f for b in live for f in b])}
-  wait_for(lambda: posted_paths(receiver) >= set(expected), WINDOW_SECONDS_TO_POST,
-           'the window of the flows written to the running job', job.explain)
-  live_window = time.monotonic()
-  assert job.state() == 'RUNNING'
-  span_end_ms = early['trigger_timestamp'] + GROWTH_SPAN_SECONDS * 1000
-  late = wait_for(lambda: job.checkpoint_after(span_end_ms), CHECKPOINT_SECONDS + GROWTH_SPAN_SECONDS,
-                  f'a checkpoint {GROWTH_SPAN_SECONDS}s after checkpoint {early["id"]}',
-                  job.explain)
-
-  job.stop_with_savepoint()
-  job.join()
-  assert job.error is None, repr(job.error)
-  print(f'\njob running {running - submitted:.0f}s after submission; windows written before: '
-        f'{first_windows - running:.0f}s later; live window: {live_window - first_windows:.0f}s '
-        f'after its flows were written; checkpoint {early["id"]}: {early["state_size"]} B, '
-        f'{late["id"]} ({(late["trigger_timestamp"] - early["trigger_timestamp"]) / 1000:.0f}s '
-        f'later): {late["state_size"]} B')
+  early = wait_for(first.latest_checkpoint, CHECKPOINT_SECONDS, 'a completed checkpoint',
+                   first.explain)
   # The Kinesis read resumes itself about once a second, and each resumption
   # leaves nothing behind in the checkpoint.
+  span_end_ms = early['trigger_timestamp'] + GROWTH_SPAN_SECONDS * 1000
+  late = wait_for(lambda: first.checkpoint_after(span_end_ms), CHECKPOINT_SECONDS + GROWTH_SPAN_SECONDS,
+                  f'a checkpoint {GROWTH_SPAN_SECONDS}s after checkpoint {early["id"]}',
+                  first.explain)
   assert late['state_size'] - early['state_size'] < MAX_CHECKPOINT_GROWTH, (
       f'checkpoint {early["id"]}: {early["state_size"]} B, {late["id"]}: {late["state_size"]} B')
+  assert late['external_path'].startswith(f's3://{S3_BUCKET}/checkpoints/{first.jid}/')
+
+  # Flows of a window still open at the stop: they travel in the savepoint.
+  open_window = open_batch(time.time(), net='10.3.0')
+  flow_log_stream.put(open_window)
+  first.wait_checkpoints(2, CHECKPOINTS_BEFORE_STOP_SECONDS, 'after the open window was written')
+  assert_still_open(open_window, 'the stop')
+  assert first.signal(signal.SIGTERM) == 0, first.stderr()[-3000:]
+  assert f'stopping: stopping the job with a savepoint in {savepoints} (SIGTERM;' in first.stderr()
+  location = re.search(r'stopped with a savepoint: (\S+)\n', first.stderr()).group(1)
+  assert location.startswith(savepoints + '/savepoint-')
+  assert f'(resume with --savepoint_path={location})' in first.stderr()
+  assert first.state() == 'FINISHED'
+  assert f'{location[len(f"s3://{S3_BUCKET}/"):]}/_metadata' in flink_cluster.s3_keys('savepoints/')
+  first_summary = printed_summary(first.stdout())
+  posted_by_first = len(receiver.posts)
+  assert posted_paths(receiver) == set(expected_past)
+
+  # Resubmitted from the savepoint: it holds the open window and the shards'
+  # positions, so it posts that window whole and reads only what is new.
+  second = Submitter(flink_cluster, flags + [f'--savepoint_path={location}'], tmp_path)
+  jobs.append(second)
+  second.wait_running()
+  restored = wait_for(second.restored, RESTORE_SECONDS, 'the job to report what it restored',
+                      second.explain)
+  assert (restored['is_savepoint'], restored['external_path']) == (True, location)
+  live = live_batch(time.time(), net='10.1.0')
+  flow_log_stream.put(live)
+  expected = expected_documents(flows_of(past + open_window + live))
+  wait_for(lambda: posted_paths(receiver) >= set(expected), WINDOW_SECONDS_TO_POST,
+           'the open window and the window of the flows written after the resubmission',
+           second.explain)
+  resumed = time.monotonic()
+  assert second.signal(signal.SIGINT) == 0, second.stderr()[-3000:]
+  assert 'stopping: cancelling the job (SIGINT;' in second.stderr()
+  second.wait_state('CANCELED')
+  second_summary = printed_summary(second.stdout())
+  print(f'\njob running {running - submitted:.0f}s after submission; windows written before: '
+        f'{first_windows - running:.0f}s later; checkpoint {early["id"]}: {early["state_size"]} B, '
+        f'{late["id"]} ({(late["trigger_timestamp"] - early["trigger_timestamp"]) / 1000:.0f}s '
+        f'later): {late["state_size"]} B; resubmitted job posted its windows '
+        f'{resumed - first_windows:.0f}s after the first job\'s; summaries: {first_summary} '
+        f'{second_summary}')
 
   assert receiver.latest_by_path() == expected
   assert_first_panes_on_time(receiver, expected)
   assert_every_post_complete(receiver, expected)
-  assert assert_repeats_identical(receiver) == 0
+  assert_one_key_per_window(receiver)
+  assert len(receiver.posts) == len(expected)  # each window once: nothing was read twice
+  assert {post.path for post in receiver.posts[posted_by_first:]} == set(expected) - set(expected_past)
   assert dead_letter_kinds(tmp_path) == {KIND_BAD_INPUT: 1}
-  assert job.summary.windows_delivered == len(expected)
-  assert job.summary.windows_dead_lettered == 0
+  # Every record was read once, by one job or the other.
+  total = {name: first_summary[name] + second_summary[name] for name in SUMMARY_COUNTS}
+  assert total == {
+      'records': flow_log_stream.records_written[0],
+      'flow_lines': len(flows_of(past + open_window + live)) + 2,
+      'counted_flows': len(flows_of(past + open_window + live)), 'bad_inputs': 1,
+      'late_pairs': 0, 'windows_delivered': len(expected), 'windows_dead_lettered': 0}
+  assert (first_summary['windows_delivered'], second_summary['windows_delivered']) == (
+      len(expected_past), len(expected) - len(expected_past))
 
 
-def test_a_killed_taskmanager_loses_no_window_and_counts_nothing_twice(
-    flink_cluster, flow_log_stream, start_receiver, streaming_job, tmp_path):
+def test_a_killed_taskmanager_and_its_worker_pool_lose_no_window_and_count_nothing_twice(
+    flink_cluster, flow_log_stream, start_receiver, jobs, tmp_path):
   receiver = start_receiver()
   past = past_batch(time.time())
   flow_log_stream.put(past)
-  expected_past = expected_documents([f for b in past for f in b])
+  expected_past = expected_documents(flows_of(past))
 
-  job = streaming_job(streaming_command_line(flow_log_stream.url, receiver, tmp_path))
+  job = ThreadedJob(flink_cluster, streaming_command_line(
+      flink_cluster, flow_log_stream.url, receiver, tmp_path))
+  jobs.append(job)
   job.wait_running()
   wait_for(lambda: posted_paths(receiver) >= set(expected_past), WINDOW_SECONDS_TO_POST,
            'the windows of the first batch', job.explain)
-  # Flows of a window still open at the kill (it ends 30 to 40 s after they
-  # are written): read by the job (the checkpoints awaited here may or may not
-  # hold them; both must work), not yet posted.
-  in_flight = live_batch(time.time() + WINDOW_SECONDS, net='10.2.0')
+  # Flows of a window still open at the kill: read by the job (the checkpoints
+  # awaited here may or may not hold them; both must work), not yet posted.
+  in_flight = open_batch(time.time(), net='10.2.0')
   flow_log_stream.put(in_flight)
-  expected_in_flight = expected_documents([f for b in in_flight for f in b])
-  checkpoints_then = job.completed_checkpoints()
-  wait_for(lambda: job.completed_checkpoints() > checkpoints_then + 1, CHECKPOINT_SECONDS,
-           'two checkpoints after the flows in flight were written', job.explain)
+  expected_in_flight = expected_documents(flows_of(in_flight))
+  job.wait_checkpoints(2, CHECKPOINTS_BEFORE_STOP_SECONDS, 'after the flows in flight were written')
   posts_before_kill = len(receiver.posts)
-  assert not posted_paths(receiver) & set(expected_in_flight), 'the window closed before the kill'
+  assert_still_open(in_flight, 'the kill')
+  assert not posted_paths(receiver) & set(expected_in_flight)
 
   killed_at = time.monotonic()
-  flink_cluster.kill_taskmanager()
+  flink_cluster.kill_taskmanager_and_pool()
   flink_cluster.add_taskmanager()
   wait_for(lambda: job.restarts() >= 1 and job.all_tasks_running(), RESTORE_SECONDS,
            'the job to restart on the new TaskManager', job.explain)
   restored_in = time.monotonic() - killed_at
-  wait_for(lambda: (job.checkpoints()['latest'] or {}).get('restored'), RESTORE_SECONDS,
-           'the job to report the checkpoint it restored', job.explain)
+  restored = wait_for(job.restored, RESTORE_SECONDS, 'the job to report the checkpoint it restored',
+                      job.explain)
+  assert restored['is_savepoint'] is False
+  assert restored['external_path'].startswith(f's3://{S3_BUCKET}/checkpoints/{job.jid}/chk-')
 
   live = live_batch(time.time(), net='10.1.0')
   flow_log_stream.put(live)
-  expected = expected_documents([f for b in past + in_flight + live for f in b])
+  expected = expected_documents(flows_of(past + in_flight + live))
+  first_post_after = wait_for(lambda: len(receiver.posts) > posts_before_kill and time.monotonic(),
+                              WINDOW_SECONDS_TO_POST, 'a window posted after the restore',
+                              job.explain)
   wait_for(lambda: posted_paths(receiver) >= set(expected), WINDOW_SECONDS_TO_POST,
            'the windows of the flows in flight and of those written after the restart',
            job.explain)
   restarts = job.restarts()
-  restored = job.checkpoints()['latest']['restored']
 
   job.stop_with_savepoint()
   job.join()
@@ -465,5 +606,6 @@ def test_a_killed_taskmanager_loses_no_window_and_counts_nothing_twice(
   assert not list(read_dead_letters(str(tmp_path), KIND_LATE_DATA))
   print(f'\n{len(expected)} windows exact; {len(receiver.posts)} POSTs ({posts_before_kill} '
         f'before the kill, {repeats} repeated); {restarts} restart(s), restored checkpoint '
-        f'{restored["id"]}, running again {restored_in:.0f}s after the kill; POSTs: '
+        f'{restored["id"]}, running again {restored_in:.0f}s after the kill, first window '
+        f'posted after it {first_post_after - killed_at:.0f}s after the kill; POSTs: '
         f'{" ".join(posts)}')

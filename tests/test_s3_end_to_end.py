@@ -20,10 +20,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from builders import custom_line
 from devtools.aws_emulator import FAKE_AWS_ENV, REGION, client, moto_server
-from flink_cluster import REST_PORT, flink_cluster  # pylint: disable=unused-import
 from parquet_builders import aws_row, aws_table, ocsf_row, ocsf_table, parquet_bytes
 from pipeline.cli import main
 from pipeline.options import configure_filesystems
+
+pytest_plugins = ['flink_cluster']
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = 'flow-logs'
@@ -164,7 +165,7 @@ def test_backfill_from_s3_on_flink(s3, flink_cluster, start_receiver, monkeypatc
   receiver = start_receiver()
   code = main([f'--input=s3://{BUCKET}/**', f'--endpoint={receiver.url()}',
                f'--dead_letter_dir=s3://{STATE_BUCKET}/flink_dead_letters', *s3_flags(server),
-               '--runner=FlinkRunner', f'--flink_master=localhost:{REST_PORT}'])
+               '--runner=FlinkRunner', f'--flink_master={flink_cluster.master}'])
   assert code == 0, flink_cluster.log_tail()
   assert 'flow lines:             5 (4 counted)' in capsys.readouterr().out
   assert receiver.latest_by_path() == EXPECTED_DOCUMENTS

@@ -32,5 +32,5 @@ RUN pip install "apache-beam==2.70.0" /tmp/wheels/*.whl \
 USER beam
 
 EXPOSE 50000
-ENTRYPOINT ["python", "-m", "apache_beam.runners.worker.worker_pool_main"]
+ENTRYPOINT ["python", "-m", "pipeline.worker_pool"]
 CMD ["--service_port=50000"]

@@ -6,22 +6,40 @@
 #
 #   local-cluster.sh start            assemble the Flink home and fetch/build the
 #                                     Beam job-server jar (both once, cached), then
-#                                     start a JobManager and one TaskManager, each
-#                                     its own JVM, and wait until the REST API
-#                                     lists the TaskManager
-#   local-cluster.sh stop             stop exactly the JVMs this script started
+#                                     start a JobManager and the TaskManagers (each
+#                                     its own JVM; with FLINK_WORKER_POOL_PORT each
+#                                     with its own worker pool), and wait until the
+#                                     REST API lists them
+#   local-cluster.sh stop             stop exactly the processes this script started
 #   local-cluster.sh status           process and REST state (exit 3 when down)
-#   local-cluster.sh add-taskmanager  start one more TaskManager (e.g. to replace
-#                                     one that was killed)
+#   local-cluster.sh add-taskmanager  start one more TaskManager, with its worker
+#                                     pool (e.g. to replace one that was killed)
 #   local-cluster.sh home             print FLINK_HOME (assembling it if needed)
+#
+# The production topology on loopback (README.md, "Running on Flink"):
+#   FLINK_TOPOLOGY=production local-cluster.sh start
+# is a JobManager and two TaskManagers of one slot, each with its own Beam worker
+# pool (python -m pipeline.worker_pool, the Kubernetes sidecar) on port
+# FLINK_WORKER_POOL_PORT (default 50000), RocksDB state with incremental
+# checkpoints, and checkpoints and savepoints on s3://$FLINK_S3_BUCKET through
+# Flink's S3 file system plugin, against a moto server started here (as
+# deploy/k8s/flink-session-cluster.yaml configures them, HA aside). Jobs run
+# there with --environment_type=EXTERNAL --environment_config=localhost:PORT,
+# as in Kubernetes: each TaskManager's JVM resolves localhost to its own
+# loopback address 127.0.1.N (a hosts file of its own, -Djdk.net.hosts.file),
+# where its pool listens, as localhost in a pod is that pod. A pool's harnesses
+# run the `python` first on its PATH, which is the repo's .venv.
 #
 # Where the Flink distribution comes from (no Flink tarball is needed):
 #   apache-flink==X wheel            -> pyflink/bin/* (start scripts), pyflink/conf/*
 #   apache-flink-libraries==X sdist  -> deps/lib, deps/opt, deps/plugins,
 #                                       deps/bin/bash-java-utils.jar
-# Both are fetched with `pip download --no-deps` into the cache and unpacked into
-# $VFP_CACHE/flink-X; they are never pip-installed (PyFlink next to Beam in one
-# environment would clash).
+#   Maven Central                    -> flink-s3-fs-hadoop-X.jar (versions.env),
+#                                       copied into the cluster's plugins/ as the
+#                                       Flink image's ENABLE_BUILT_IN_PLUGINS does
+# The first two are fetched with `pip download --no-deps` into the cache and
+# unpacked into $VFP_CACHE/flink-X; they are never pip-installed (PyFlink next to
+# Beam in one environment would clash).
 #
 # Env:
 #   VFP_CACHE            cache directory (default ~/.cache/vpc-flow-peers)
@@ -29,11 +47,21 @@
 #                        two clusters need two state directories and two sets of ports
 #   FLINK_REST_PORT      default 8081, always bound to 127.0.0.1
 #   FLINK_RPC_PORT       the JobManager's RPC port, default 6123 (127.0.0.1)
-#   FLINK_START_TIMEOUT  seconds to wait for a registered TaskManager (default 120)
+#   FLINK_START_TIMEOUT  seconds to wait for the TaskManagers (default 300)
+#   FLINK_TOPOLOGY       single (default: one TaskManager of 2 slots, checkpoints in
+#                        files) or production (the defaults below in brackets)
+#   FLINK_TASKMANAGERS   TaskManagers `start` launches (default 1 [2])
+#   FLINK_WORKER_POOL_PORT  a worker pool per TaskManager on this port (default
+#                        none [50000])
+#   FLINK_S3_ENDPOINT    an S3 emulator's URL for checkpoints and savepoints, or
+#                        `moto` to start moto server here on FLINK_S3_PORT (default
+#                        5000) (default none [moto]); keys from AWS_ACCESS_KEY_ID and
+#                        AWS_SECRET_ACCESS_KEY (default `testing`)
+#   FLINK_S3_BUCKET      default vpc-flow-peers-flink (created when moto starts here)
 #   FLINK_TM_PROCESS_SIZE, FLINK_JM_PROCESS_SIZE, FLINK_TM_SLOTS  sizing
 #   FLINK_EXTRA_CONF     a file of extra config.yaml lines (flat keys) to append
-#   PYTHON               interpreter used for `pip download` (default: the repo's
-#                        .venv, else python3)
+#   PYTHON               interpreter used for `pip download`, the worker pools and
+#                        moto (default: the repo's .venv, else python3)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -47,10 +75,24 @@ STATE_DIR="${FLINK_STATE_DIR:-$VFP_CACHE/flink-state}"
 REST_PORT="${FLINK_REST_PORT:-8081}"
 RPC_PORT="${FLINK_RPC_PORT:-6123}"
 REST_URL="http://127.0.0.1:$REST_PORT"
-START_TIMEOUT="${FLINK_START_TIMEOUT:-120}"
+START_TIMEOUT="${FLINK_START_TIMEOUT:-300}"
+TOPOLOGY="${FLINK_TOPOLOGY:-single}"
+case "$TOPOLOGY" in
+  single) ;;
+  production)
+    : "${FLINK_TASKMANAGERS:=2}" "${FLINK_TM_SLOTS:=1}" "${FLINK_TM_PROCESS_SIZE:=2048m}"
+    : "${FLINK_WORKER_POOL_PORT:=50000}" "${FLINK_S3_ENDPOINT:=moto}" ;;
+  *) echo "FLINK_TOPOLOGY must be single or production, not $TOPOLOGY" >&2; exit 2 ;;
+esac
+TASKMANAGERS="${FLINK_TASKMANAGERS:-1}"
 TM_PROCESS_SIZE="${FLINK_TM_PROCESS_SIZE:-3072m}"
 JM_PROCESS_SIZE="${FLINK_JM_PROCESS_SIZE:-1024m}"
 TM_SLOTS="${FLINK_TM_SLOTS:-2}"
+WORKER_POOL_PORT="${FLINK_WORKER_POOL_PORT:-}"
+S3_ENDPOINT="${FLINK_S3_ENDPOINT:-}"
+S3_PORT="${FLINK_S3_PORT:-5000}"
+S3_BUCKET="${FLINK_S3_BUCKET:-vpc-flow-peers-flink}"
+if [[ "$S3_ENDPOINT" == moto ]]; then S3_URL="http://127.0.0.1:$S3_PORT"; else S3_URL="$S3_ENDPOINT"; fi
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
 fi
@@ -59,6 +101,7 @@ CONF_DIR="$STATE_DIR/conf"
 LOG_DIR="$STATE_DIR/log"
 PID_DIR="$STATE_DIR/pids"          # our own records: <role>-<n>.pid
 FLINK_PID_DIR_INTERNAL="$STATE_DIR/flink-daemon-pids"  # flink-daemon.sh bookkeeping
+PLUGINS_DIR="$STATE_DIR/plugins"   # the home's plugins, plus the S3 file system
 
 log() { echo "[local-cluster] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -130,6 +173,24 @@ write_conf() {
   cp -f "$FLINK_HOME_DIR"/conf/logback*.xml "$CONF_DIR/" 2>/dev/null || true
   echo "127.0.0.1:$REST_PORT" >"$CONF_DIR/masters"
   echo "127.0.0.1" >"$CONF_DIR/workers"
+  local state_conf
+  if [[ -n "$S3_URL" ]]; then
+    # As deploy/k8s/flink-session-cluster.yaml: RocksDB, incremental, on S3.
+    state_conf="state.backend.type: rocksdb
+state.backend.incremental: true
+state.checkpoints.dir: s3://$S3_BUCKET/checkpoints
+state.savepoints.dir: s3://$S3_BUCKET/savepoints
+state.checkpoints.num-retained: 3
+# Flink's S3 file system (plugins/s3-fs-hadoop) against the emulator.
+s3.endpoint: $S3_URL
+s3.path.style.access: true
+s3.access-key: ${AWS_ACCESS_KEY_ID:-testing}
+s3.secret-key: ${AWS_SECRET_ACCESS_KEY:-testing}"
+  else
+    state_conf="state.backend.type: hashmap
+state.checkpoints.dir: file://$STATE_DIR/checkpoints
+state.savepoints.dir: file://$STATE_DIR/savepoints"
+  fi
   cat >"$CONF_DIR/config.yaml" <<EOF
 # Generated by deploy/flink/local-cluster.sh: a standalone session cluster on 127.0.0.1.
 # JDK 17 needs these --add-opens/--add-exports (copied from the stock config.yaml).
@@ -157,11 +218,12 @@ jobmanager.memory.process.size: $JM_PROCESS_SIZE
 taskmanager.memory.process.size: $TM_PROCESS_SIZE
 taskmanager.numberOfTaskSlots: $TM_SLOTS
 parallelism.default: 1
+# A job's subtasks go to different TaskManagers while there are free slots: on
+# the production topology, each has its own worker pool and so its own CPU.
+cluster.evenly-spread-out-slots: true
 
 # --- fault tolerance ---
-state.backend.type: hashmap
-state.checkpoints.dir: file://$STATE_DIR/checkpoints
-state.savepoints.dir: file://$STATE_DIR/savepoints
+$state_conf
 execution.checkpointing.externalized-checkpoint-retention: RETAIN_ON_CANCELLATION
 jobmanager.execution.failover-strategy: region
 # Exponential backoff, bounded. PITFALL: while no TaskManager is registered,
@@ -180,6 +242,12 @@ restart-strategy.exponential-delay.backoff-multiplier: 2.0
 restart-strategy.exponential-delay.reset-backoff-threshold: 1 min
 restart-strategy.exponential-delay.jitter-factor: 0.1
 restart-strategy.exponential-delay.attempts-before-reset-backoff: 100
+# The REST API's metrics (Beam's counters of a running job among them, which
+# bench/ reads) refreshed every second, not every 10 s.
+metrics.fetcher.update-interval: 1000
+# A JVM's RPC system has 10 s to start by default, which a loaded machine can
+# take (the TaskManager then exits: "Could not create actor system").
+pekko.startup-timeout: 60 s
 # Detect a dead TaskManager faster than the 50 s default.
 heartbeat.interval: 2000
 heartbeat.timeout: 15000
@@ -191,8 +259,38 @@ EOF
   fi
 }
 
+# $STATE_DIR/plugins: the home's plugin directories, and with S3 Flink's S3 file
+# system, copied in as the Flink image's ENABLE_BUILT_IN_PLUGINS copies it from opt/.
+write_plugins() {
+  rm -rf "$PLUGINS_DIR"; mkdir -p "$PLUGINS_DIR"
+  local d
+  for d in "$FLINK_HOME_DIR"/plugins/*/; do ln -s "$d" "$PLUGINS_DIR/$(basename "$d")"; done
+  if [[ -n "$S3_URL" ]]; then
+    mkdir -p "$PLUGINS_DIR/s3-fs-hadoop"
+    cp "$(ensure_s3_plugin)" "$PLUGINS_DIR/s3-fs-hadoop/"
+  fi
+}
+
+# The S3 file system plugin jar in the cache (downloaded once, digest checked).
+ensure_s3_plugin() {
+  local name="$FLINK_S3_PLUGIN-$FLINK_VERSION.jar"
+  local jar="$DOWNLOAD_DIR/$name"
+  if [[ ! -f "$jar" ]]; then
+    mkdir -p "$DOWNLOAD_DIR"
+    log "downloading $name from Maven Central"
+    curl -fsSL -o "$jar.part.$$" \
+      "https://repo.maven.apache.org/maven2/org/apache/flink/$FLINK_S3_PLUGIN/$FLINK_VERSION/$name" \
+      || die "could not download $name"
+    echo "$FLINK_S3_PLUGIN_SHA256  $jar.part.$$" | sha256sum -c --quiet - >&2 \
+      || { rm -f "$jar.part.$$"; die "$name does not have the SHA-256 of versions.env"; }
+    mv "$jar.part.$$" "$jar"
+  fi
+  echo "$jar"
+}
+
 # Environment for every bin/*.sh call.
 flink_env() {
+  export FLINK_PLUGINS_DIR="$PLUGINS_DIR"
   export FLINK_CONF_DIR="$CONF_DIR"
   export FLINK_LOG_DIR="$LOG_DIR"
   export FLINK_PID_DIR="$FLINK_PID_DIR_INTERNAL"
@@ -209,21 +307,116 @@ is_our_jvm() {
     || tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$CONF_DIR"
 }
 
-# Launch one daemon via its bin script and record the JVM PID.
+# Is PID $1 alive and a worker pool or moto server of ours? They carry
+# VFP_CLUSTER_STATE_DIR in their environment.
+is_our_helper() {
+  local pid="$1"
+  [[ -n "$pid" && -r "/proc/$pid/environ" ]] || return 1
+  tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF -- "VFP_CLUSTER_STATE_DIR=$STATE_DIR"
+}
+
+is_ours() { is_our_jvm "$1" || is_our_helper "$1"; }
+
+# Launch one daemon via its bin script and record the JVM PID as <role>-<n>.pid.
 # flink-daemon.sh appends each started JVM's PID to
-# $FLINK_PID_DIR/flink-$USER-<daemon>.pid; the last line is the new one.
+# $FLINK_PID_DIR/flink-$FLINK_IDENT_STRING-<daemon>.pid (the last line is the new
+# one) and names its logs with that string too: each daemon gets its own, so
+# that they can be launched at once.
 launch() {
-  local script="$1" daemon="$2" role="$3"
+  local script="$1" daemon="$2" role="$3" n="$4"
   flink_env
-  local flink_pidfile="$FLINK_PID_DIR_INTERNAL/flink-$USER-$daemon.pid"
+  export FLINK_IDENT_STRING="$USER-$role-$n"
+  local flink_pidfile="$FLINK_PID_DIR_INTERNAL/flink-$FLINK_IDENT_STRING-$daemon.pid"
   "$FLINK_HOME_DIR/bin/$script" start >>"$LOG_DIR/launcher.out" 2>&1
   local pid
   pid=$(tail -n1 "$flink_pidfile" 2>/dev/null || true)
   [[ -n "$pid" ]] || die "no PID recorded by flink-daemon.sh for $daemon (see $LOG_DIR)"
-  local n=1
-  while [[ -e "$PID_DIR/$role-$n.pid" ]]; do n=$((n + 1)); done
   echo "$pid" >"$PID_DIR/$role-$n.pid"
   log "started $role-$n (pid $pid)"
+}
+
+# The first TaskManager number with neither a TaskManager nor a pool running.
+next_taskmanager_number() {
+  local n=1
+  while [[ -e "$PID_DIR/taskmanager-$n.pid" || -e "$PID_DIR/worker-pool-$n.pid" ]]; do n=$((n + 1)); done
+  echo "$n"
+}
+
+pool_address() { echo "127.0.1.$1"; }
+
+# Waits until something listens on $1:$2 while PID $3 lives.
+wait_listening() {
+  local host="$1" port="$2" pid="$3" what="$4" deadline=$(( $(date +%s) + 60 ))
+  while (( $(date +%s) < deadline )); do
+    kill -0 "$pid" 2>/dev/null || die "$what exited at start (see $LOG_DIR)"
+    if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  die "$what did not listen on $host:$port within 60 s (see $LOG_DIR)"
+}
+
+# TaskManager N's worker pool on its own loopback address, in a session of its
+# own (so pool and harnesses can be killed together), harnesses on the .venv.
+# It takes seconds to import Beam: wait_worker_pool waits for it.
+start_worker_pool() {
+  local n="$1" address; address=$(pool_address "$1")
+  local venv_bin; venv_bin="$(dirname "$PYTHON")"
+  VFP_CLUSTER_STATE_DIR="$STATE_DIR" PATH="$venv_bin:$PATH" setsid "$PYTHON" -m pipeline.worker_pool \
+    --service_port="$WORKER_POOL_PORT" --bind_address="$address" \
+    >>"$LOG_DIR/worker-pool-$n.log" 2>&1 </dev/null &
+  echo "$!" >"$PID_DIR/worker-pool-$n.pid"
+}
+
+wait_worker_pool() {
+  local n="$1" pid; pid=$(cat "$PID_DIR/worker-pool-$n.pid")
+  wait_listening "$(pool_address "$n")" "$WORKER_POOL_PORT" "$pid" "worker pool $n"
+  log "started worker-pool-$n (pid $pid) on $(pool_address "$n"):$WORKER_POOL_PORT"
+}
+
+# A hosts file in which localhost is TaskManager N's pool address; the rest of
+# /etc/hosts is kept (a JVM given jdk.net.hosts.file reads only that file).
+write_hosts_file() {
+  local n="$1" file="$STATE_DIR/taskmanager-$1/hosts"
+  mkdir -p "$(dirname "$file")"
+  {
+    echo "$(pool_address "$n") localhost"
+    awk '!/^[[:space:]]*#/ && NF > 1 { line = $1; for (i = 2; i <= NF; i++) if ($i != "localhost") line = line " " $i; if (line != $1) print line }' /etc/hosts
+  } >"$file"
+  echo "$file"
+}
+
+# TaskManager N, and its worker pool when there are pools (started first, waited for last).
+start_taskmanager() {
+  local n="$1" java_opts="-Dvfp.taskmanager=$1"
+  if [[ -n "$WORKER_POOL_PORT" ]]; then
+    start_worker_pool "$n"
+    java_opts="$java_opts -Djdk.net.hosts.file=$(write_hosts_file "$n")"
+  fi
+  FLINK_ENV_JAVA_OPTS_TM="$java_opts" launch taskmanager.sh taskexecutor taskmanager "$n"
+  if [[ -n "$WORKER_POOL_PORT" ]]; then wait_worker_pool "$n"; fi
+}
+
+# TaskManagers 1..N with their pools, all at once.
+start_taskmanagers() {
+  local i launches=()
+  for i in $(seq 1 "$TASKMANAGERS"); do start_taskmanager "$i" & launches+=($!); done
+  for i in "${launches[@]}"; do wait "$i" || return 1; done
+}
+
+# moto server for S3 on 127.0.0.1:$S3_PORT, with the bucket.
+start_moto() {
+  local moto; moto="$(dirname "$PYTHON")/moto_server"
+  [[ -x "$moto" ]] || die "$moto not found: FLINK_S3_ENDPOINT=moto needs the repo's .venv (tools/ensure_venv.sh)"
+  VFP_CLUSTER_STATE_DIR="$STATE_DIR" setsid "$moto" -H 127.0.0.1 -p "$S3_PORT" \
+    >>"$LOG_DIR/moto.log" 2>&1 </dev/null &
+  local pid=$!
+  echo "$pid" >"$PID_DIR/moto-1.pid"
+  wait_listening 127.0.0.1 "$S3_PORT" "$pid" "moto server"
+  AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "$PYTHON" -c '
+import sys, boto3
+boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1").create_bucket(Bucket=sys.argv[2])' \
+    "$S3_URL" "$S3_BUCKET" || die "could not create s3://$S3_BUCKET on moto"
+  log "started moto (pid $pid) on $S3_URL with s3://$S3_BUCKET"
 }
 
 # Drop our PID records whose process is gone.
@@ -231,7 +424,7 @@ prune_pids() {
   local f
   for f in "$PID_DIR"/*.pid; do
     [[ -e "$f" ]] || continue
-    is_our_jvm "$(cat "$f")" || rm -f "$f"
+    is_ours "$(cat "$f")" || rm -f "$f"
   done
 }
 
@@ -286,9 +479,10 @@ cmd_start() {
       log "already running ($REST_URL)"
       return 0
     fi
-    log "jobmanager running but no taskmanager; starting one"
-    launch taskmanager.sh taskexecutor taskmanager
-    wait_for_tms 1
+    log "jobmanager running but no taskmanager; starting $TASKMANAGERS"
+    local i
+    for i in $(seq 1 "$TASKMANAGERS"); do start_taskmanager "$(next_taskmanager_number)"; done
+    wait_for_tms "$TASKMANAGERS"
     return 0
   fi
   # Refuse to fight a foreign process for the ports.
@@ -300,17 +494,21 @@ cmd_start() {
   # runs now, so wipe them.
   rm -rf "$STATE_DIR/tmp"
   write_conf
+  write_plugins
+  [[ "$S3_ENDPOINT" == moto ]] && start_moto
   local t0; t0=$(date +%s)
   # The bin scripts spend several seconds each in config parsing (they run
-  # bash-java-utils.jar in extra JVMs); launch both daemons concurrently.
-  # The TaskManager simply retries until the ResourceManager is up.
+  # bash-java-utils.jar in extra JVMs): every daemon is launched at once (the
+  # TaskManagers retry until the JobManager's ResourceManager is up).
   local jm_launch tm_launch
-  launch jobmanager.sh standalonesession jobmanager & jm_launch=$!
-  launch taskmanager.sh taskexecutor taskmanager & tm_launch=$!
+  launch jobmanager.sh standalonesession jobmanager 1 & jm_launch=$!
+  start_taskmanagers & tm_launch=$!
   wait "$jm_launch" || die "jobmanager launch failed (see $LOG_DIR)"
   wait "$tm_launch" || die "taskmanager launch failed (see $LOG_DIR)"
-  wait_for_tms 1
-  log "cluster up in $(( $(date +%s) - t0 ))s: $REST_URL (state: $STATE_DIR)"
+  wait_for_tms "$TASKMANAGERS"
+  log "cluster up in $(( $(date +%s) - t0 ))s: $REST_URL, $TASKMANAGERS TaskManager(s)$(
+    [[ -n "$WORKER_POOL_PORT" ]] && echo ", worker pools on localhost:$WORKER_POOL_PORT")$(
+    [[ -n "$S3_URL" ]] && echo ", checkpoints on s3://$S3_BUCKET at $S3_URL") (state: $STATE_DIR)"
 }
 
 cmd_add_taskmanager() {
@@ -318,25 +516,28 @@ cmd_add_taskmanager() {
   prune_pids
   ls "$PID_DIR"/jobmanager-*.pid >/dev/null 2>&1 || die "jobmanager not running; run start first"
   local before; before=$(registered_tm_ids)
-  launch taskmanager.sh taskexecutor taskmanager
+  start_taskmanager "$(next_taskmanager_number)"
   wait_for_new_tm "$before"
 }
 
+# SIGTERM to each recorded process (a worker pool's whole session, so that its
+# harnesses go too), then up to 30 s, then SIGKILL.
 cmd_stop() {
   [[ -d "$PID_DIR" ]] || { log "nothing to stop"; return 0; }
   local f pid pids=()
-  # TaskManagers first, then the JobManager.
-  for f in "$PID_DIR"/taskmanager-*.pid "$PID_DIR"/jobmanager-*.pid; do
+  # TaskManagers and their pools first, then the JobManager, then moto.
+  for f in "$PID_DIR"/taskmanager-*.pid "$PID_DIR"/worker-pool-*.pid "$PID_DIR"/jobmanager-*.pid \
+           "$PID_DIR"/moto-*.pid; do
     [[ -e "$f" ]] || continue
     pid=$(cat "$f")
-    if is_our_jvm "$pid"; then
+    if is_ours "$pid"; then
       log "stopping $(basename "$f" .pid) (pid $pid)"
-      kill -TERM "$pid" 2>/dev/null || true
+      if [[ "$f" == */worker-pool-* ]]; then kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+      else kill -TERM "$pid" 2>/dev/null || true; fi
       pids+=("$pid")
     fi
     rm -f "$f"
   done
-  # Wait up to 30 s, then SIGKILL what is left (same PIDs only).
   local i
   for i in $(seq 1 30); do
     local alive=()
@@ -362,7 +563,7 @@ cmd_status() {
     [[ -e "$f" ]] || continue
     any=1
     pid=$(cat "$f")
-    if is_our_jvm "$pid"; then
+    if is_ours "$pid"; then
       echo "process    : $(basename "$f" .pid) pid $pid running"
     else
       echo "process    : $(basename "$f" .pid) pid $pid NOT running"
