@@ -419,3 +419,12 @@ def apply_runner_defaults(options: PipelineOptions) -> None:
     prism = options.view_as(PrismRunnerOptions)
     if not prism.prism_location:
       prism.prism_location = ensure_prism()
+    lateness = options.get_all_options().get('allowed_lateness') or 0
+    if lateness > 0:
+      # Prism (Beam 2.70) fires a window's pane only when the window expires,
+      # at its end plus the allowed lateness, not when the watermark passes
+      # its end (its allowed-lateness support is partial: apache/beam#31463).
+      _LOG.warning('on Prism a window is posted only after its --allowed_lateness (%d s) has '
+                   'passed, not when it closes; Flink posts it on time and again for late '
+                   'flows. For a local trial, --allowed_lateness=0 posts each window as it '
+                   'closes (later flows are then dead letters).', lateness)

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import cli, process_settings
+from pipeline import cli, process_settings, runners
 from pipeline.options import FLINK_JAVA_FLAGS
 
 ENDPOINT = '--endpoint=http://127.0.0.1:9/connection_sets/{bucket_time}'
@@ -271,3 +271,17 @@ def test_the_readme_shows_the_examples_of_help_and_both_parse():
   assert [flag.split('=')[0] for flag in examples[1]] == ['--kinesis_stream', '--aws_region', '--endpoint']
   for argv in examples:
     cli.parse_options(argv)
+
+
+@pytest.mark.parametrize('lateness, warned', [(None, True), ('0', False), ('120', True)])
+def test_a_continuous_read_on_prism_warns_that_windows_wait_for_their_allowed_lateness(
+    lateness, warned, caplog):
+  argv = ['--kinesis_stream=s', '--endpoint=http://127.0.0.1:9/{bucket_time}',
+          '--prism_location=/bin/true'] + ([f'--allowed_lateness={lateness}'] if lateness else [])
+  options = cli.parse_options(argv)
+  with caplog.at_level(logging.WARNING, logger='pipeline.runners'):
+    runners.apply_runner_defaults(options)
+  assert options.view_as(StandardOptions).runner == 'PrismRunner'
+  expected = ('on Prism a window is posted only after its --allowed_lateness '
+              f'({lateness or 3600} s) has passed') if warned else None
+  assert [r.getMessage()[:len(expected)] for r in caplog.records] == ([expected] if warned else [])
