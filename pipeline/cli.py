@@ -323,7 +323,7 @@ class StopOnCtrlC:
     pipeline starts; it stops the job server (Prism) first, and the job's
     counters with it. Ctrl-C is ours again: counters, cancel, clean stop."""
     if self._active:
-      signal.signal(signal.SIGINT, self._on_sigint)
+      signal.signal(signal.SIGINT, self._on_signal)
 
   def __enter__(self):
     if self._active:

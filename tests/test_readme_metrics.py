@@ -14,6 +14,7 @@ run where it must move:
   gone), which no runner here fires at a moment a test can pin down."""
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -21,6 +22,7 @@ from apache_beam.transforms.window import FixedWindows, TimestampedValue
 
 from transforms import METRICS_NAMESPACE
 from transforms.counting.count import SkipUnchangedPanes, _ToWindowCounts
+from transforms.counting.peers import PeerCounts
 from transforms.elements import WindowCounts
 
 W0, W1 = 1700000400, 1700001000
@@ -52,11 +54,18 @@ def test_unchanged_panes_counts_the_panes_that_repeat_the_last_posted_counts():
   assert counter(result, 'unchanged_panes') == 2
 
 
+def counts_of(counts: dict) -> PeerCounts:
+  """The PeerCounts of IPv4 address keys -> counts."""
+  keys = sorted(counts)
+  return PeerCounts(np.array(keys, dtype=np.uint64), np.array([counts[k] for k in keys], dtype=np.int64), {})
+
+
 def test_empty_panes_counts_the_panes_without_a_pair_that_are_not_posted():
   p = TestPipeline()
   documents = (p
-               | beam.Create([TimestampedValue(((), {}), W0 + 1), TimestampedValue(((), {}), W1 + 1),
-                              TimestampedValue(((), {KEY_10_0_0_1: 1}), W1 + 2)])
+               | beam.Create([TimestampedValue(((), counts_of({})), W0 + 1),
+                              TimestampedValue(((), counts_of({})), W1 + 1),
+                              TimestampedValue(((), counts_of({KEY_10_0_0_1: 1})), W1 + 2)])
                | beam.WindowInto(FixedWindows(600))
                | beam.ParDo(_ToWindowCounts(())))
   assert_that(documents, equal_to([WindowCounts(W1, W1 + 600, {'10.0.0.1': 1}, 0, 'UNKNOWN')]))
