@@ -12,13 +12,14 @@ import uuid
 
 import pytest
 
-from flink_cluster import REST_PORT, flink_cluster  # pylint: disable=unused-import
 from pipeline.cli import run
 from tests import kinesis_helpers as kh
 from tests.builders import flow_line
 from transforms.dead_letter import read_dead_letters
 from transforms.delivery.parts import idempotency_key
 from transforms.elements import KIND_LATE_DATA, KIND_UNDELIVERED_WINDOW
+
+pytest_plugins = ['flink_cluster']
 
 WINDOW = 10
 STREAM, LOG_GROUP, LOG_STREAM = 'flow-logs', '/vpc/flow-logs', 'eni-0a1b2c3d4e5f60718-all'
@@ -162,7 +163,8 @@ def test_a_taskmanager_killed_during_an_outage_loses_no_held_window(
   endpoint = start_receiver()
   dead = tmp_path / 'dead'
   job = Job(flink_cluster, [
-      '--runner=FlinkRunner', f'--flink_master=localhost:{REST_PORT}', '--streaming',
+      '--runner=FlinkRunner', f'--flink_master={flink_cluster.master}', *flink_cluster.external_flags(),
+      '--streaming',
       '--checkpointing_interval=2000', '--parallelism=1', f'--kinesis_stream={STREAM}',
       f'--kinesis_endpoint_url={moto_url}', f'--aws_region={kh.REGION}',
       '--kinesis_initial_position=TRIM_HORIZON', '--kinesis_max_delivery_delay=2',
@@ -180,7 +182,7 @@ def test_a_taskmanager_killed_during_an_outage_loses_no_held_window(
     completed = job.checkpoints()['counts']['completed']
     wait_for(lambda: job.checkpoints()['counts']['completed'] >= completed + 2, 90,
              'two checkpoints with windows held', job.explain)
-    flink_cluster.kill_taskmanager()
+    flink_cluster.kill_taskmanager_and_pool()
     flink_cluster.add_taskmanager()
     wait_for(lambda: job.restarts() >= 1 and job.running(), RESTORE_SECONDS,
              'the job to restart on the new TaskManager', job.explain)

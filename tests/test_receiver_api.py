@@ -15,6 +15,7 @@ import time
 import pytest
 import requests
 
+from devtools.receiver import Receiver
 from receiver_posts import contract_post, send
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +33,23 @@ RULE = {'ratio': 3.0, 'min_count': 20, 'history': 6,
 
 def window_counts(i):
   return {address: counts[i] for address, counts in SERIES.items() if counts[i]}
+
+
+@pytest.fixture
+def start_receiver():
+  """Starts the reference receiver (`devtools.receiver.Receiver`, same
+  arguments), the service under test here, and stops each when the test ends
+  (the suite's own start_receiver is the scripted endpoint of tests/endpoint.py)."""
+  started = []
+
+  def start(**kwargs) -> Receiver:
+    receiver = Receiver(**kwargs).start()
+    started.append(receiver)
+    return receiver
+
+  yield start
+  for receiver in started:
+    receiver.stop()
 
 
 @pytest.fixture
