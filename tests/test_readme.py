@@ -90,18 +90,21 @@ def test_every_relative_link_and_anchor_leads_somewhere(page):
           f'{doc_id(page)} links to {target}{anchor}: no such heading')
 
 
+# How many `python -m pipeline` (or `./run_local.sh ARGS`) commands each page shows.
+PIPELINE_COMMANDS = {'README.md': 2, 'docs/input.md': 1, 'docs/flink.md': 1, 'docs/kinesis.md': 1}
+
+
 @pytest.mark.parametrize('page', DOCS, ids=doc_id)
 def test_every_pipeline_command_shown_parses(page):
   commands = []
   for line in command_lines(page.read_text()):
-    if re.match(r'(\S*python\S* )?(\.venv/bin/python )?-?.*\bpython -m pipeline --', line) or (
-        line.startswith('./run_local.sh --') and not line.startswith('./run_local.sh --view')):
-      command = 'pipeline' if ' -m pipeline ' in line else './run_local.sh'
-      commands.append(arguments_after(line, command))
+    if re.match(r'(\S*/)?python -m pipeline +--', line):
+      commands.append(arguments_after(line, 'pipeline'))
+    elif line.startswith('./run_local.sh --') and not line.startswith('./run_local.sh --view'):
+      commands.append(arguments_after(line, './run_local.sh'))
   for argv in commands:
     cli.parse_options(argv)  # raises UsageError, naming the flag, if it is wrong
-  if page == README:
-    assert len(commands) == 2
+  assert len(commands) == PIPELINE_COMMANDS.get(doc_id(page), 0)
 
 
 def test_the_replay_commands_shown_use_replay_flags():
@@ -142,3 +145,8 @@ def test_the_readme_quotes_the_refusals_as_the_command_words_them(argv):
     cli.parse_options([*argv, '--input=flow-logs/*.log.gz', endpoint])
   quoted = f'`error: {refused.value}`'
   assert quoted in re.sub(r'\s*\n\s*', ' ', README.read_text())
+
+
+def test_the_readme_quotes_an_aws_refusal_the_command_words():
+  [quoted] = re.findall(r'`error: (no AWS region[^`]*)`', re.sub(r'\s*\n\s*', ' ', README.read_text()))
+  assert f"'{quoted}'" in (REPO / 'pipeline' / 'aws_errors.py').read_text()
