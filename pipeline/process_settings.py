@@ -108,7 +108,7 @@ def return_freed_arrays_to_the_system() -> bool:
   but it also raises that threshold to the size of each such block freed, so
   after the first arrays come and go, the next ones, up to 32 MiB, are carved
   from the heap, whose freed pages stay in the process's memory. Setting the
-  threshold turns that adjustment off (the README's Performance section has
+  threshold turns that adjustment off (bench/results/findings.md has
   what it saves). Elsewhere than glibc this does nothing."""
   try:
     libc = ctypes.CDLL(None)

@@ -195,7 +195,7 @@ class FlinkRestJob(flink_uber_jar_job_server.FlinkBeamJob):
 
   def stop_with_savepoint(self, target_directory: str, timeout: float = STOP_TIMEOUT_SECONDS) -> str:
     """Stops the job with a savepoint in `target_directory` (no drain: see
-    README, "Streaming on Flink"); returns the savepoint's location."""
+    docs/flink.md, "Streaming on Flink"); returns the savepoint's location."""
     trigger = self.post(f'v1/jobs/{self._flink_job_id}/stop', expected_status=202,
                         json={'targetDirectory': target_directory, 'drain': False})
     deadline = time.monotonic() + timeout

@@ -49,7 +49,7 @@ QUICK_MODULES = frozenset([
     'test_aws_errors', 'test_command_line', 'test_counting_peers', 'test_counting_pipeline',
     'test_counting_rules', 'test_data_message_lines', 'test_decode', 'test_deploy_manifests',
     'test_endpoint_template', 'test_flow_log_headers', 'test_flow_record',
-    'test_pipeline_composites',
+    'test_pipeline_composites', 'test_readme',
 ])
 
 

@@ -264,7 +264,7 @@ def counters(result) -> dict:
 
 def test_the_metrics_of_a_continuous_read(prism_binary, flow_logs, start_receiver, command_session,
                                          tmp_path):
-  """The README's metrics of a streaming run, read from the running job: a
+  """The metrics of a streaming run docs/kinesis.md names, read from the running job: a
   too-late flow's two peer pairs are `late_pairs`; a caught-up reader is 0 ms
   behind (`kinesis_millis_behind_latest`); with no allowed lateness a window
   fires once, so no pane is unchanged or empty (those two move where a window

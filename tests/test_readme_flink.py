@@ -1,4 +1,4 @@
-"""README.md's Flink commands ("Running on Flink", its first code block) run as
+"""docs/flink.md's Flink commands ("Running on Flink", its first code block) run as
 written: on the session's production-topology cluster (tests/flink_cluster.py),
 with only the ports replaced by the test cluster's and a free one for the
 receiver. Its `start` finds that cluster running; its last line, `stop`, is the
@@ -17,19 +17,19 @@ from flink_cluster import REPO, REST_PORT, cluster_env
 
 pytest_plugins = ['flink_cluster']
 
-README = REPO / 'README.md'
+FLINK_DOC = REPO / 'docs' / 'flink.md'
 EXAMPLE_DIR = REPO / 'out' / 'flink-example'
 STOP_LINE = 'deploy/flink/local-cluster.sh stop'
 
 
 def readme_flink_commands() -> str:
   """The first fenced block under '## Running on Flink', its lines joined."""
-  section = README.read_text().split('## Running on Flink', 1)[1]
+  section = FLINK_DOC.read_text().split('## Running on Flink', 1)[1]
   block = re.search(r'\n```\n(.*?)\n```\n', section, re.S).group(1)
   return block.replace('\\\n', ' ')
 
 
-def test_the_readme_flink_commands_run_as_written(flink_cluster):
+def test_the_flink_doc_commands_run_as_written(flink_cluster):
   commands = readme_flink_commands().splitlines()
   assert commands[0] == 'FLINK_TOPOLOGY=production deploy/flink/local-cluster.sh start'
   assert commands[-1] == STOP_LINE

@@ -1,4 +1,4 @@
-"""The Beam metrics the README names, each asserted with its exact value in a
+"""The Beam metrics docs/kinesis.md names, each asserted with its exact value in a
 run where it must move:
 
 * `kinesis_millis_behind_latest`: tests/test_kinesis_reader.py (the gauge

@@ -35,8 +35,8 @@ except ImportError:  # pragma: no cover (installed without a C compiler)
   _data_message_events = None
 
 try:
-  # orjson parses CloudWatch Logs messages about three times faster than json
-  # (the benchmark in bench/ shows it).
+  # orjson parses CloudWatch Logs messages faster than json
+  # (bench/results/findings.md).
   from orjson import loads as _fast_json_loads
 except ImportError:  # pragma: no cover
   _fast_json_loads = json.loads

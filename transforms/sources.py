@@ -198,8 +198,9 @@ class DecodeFileDoFn(beam.DoFn):
         self._s3io = S3IO(options=self._s3_options)
       # Unbuffered: each read is one ranged GET of what was asked for. Beam's
       # own open buffers 16 MiB, and each seek of a Parquet read (column by
-      # column) discards that buffer and fetches the next 16 MiB: a 5.6 MB
-      # file fetched 41 MB. Text is read in 1 MiB pieces by decode_file.
+      # column) discards that buffer and fetches the next 16 MiB, several times
+      # the file's size (bench/results/findings.md). Text is read in 1 MiB
+      # pieces by decode_file.
       return DownloaderStream(S3Downloader(self._s3io.client, path, READ_BYTES), mode='rb')
     return readable_file.open(
         mime_type='application/octet-stream', compression_type=CompressionTypes.UNCOMPRESSED)

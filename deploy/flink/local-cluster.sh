@@ -16,7 +16,7 @@
 #                                     pool (e.g. to replace one that was killed)
 #   local-cluster.sh home             print FLINK_HOME (assembling it if needed)
 #
-# The production topology on loopback (README.md, "Running on Flink"):
+# The production topology on loopback (docs/flink.md, "Running on Flink"):
 #   FLINK_TOPOLOGY=production local-cluster.sh start
 # is a JobManager and two TaskManagers of one slot, each with its own Beam worker
 # pool (python -m pipeline.worker_pool, the Kubernetes sidecar) on port

@@ -209,8 +209,8 @@ class PeerPairsCoder(coders.Coder):
   (so the mostly zero high bytes of the differences lie together) and
   deflated at zlib's fastest level, about 2.3 of their 8 bytes a pair; the few
   wide ones pickled. Every value a shuffle carries sits in the runner's
-  buffers more than once, so this is memory saved several times over, at
-  about 15 ms a 120,000-pair window.
+  buffers more than once, so this is memory saved several times over, for a
+  little CPU a window (bench/results/findings.md).
 
   The header's top bit marks this format. Without it the pairs are the raw
   sorted uint64s the coder wrote before, which a Flink job restored from an

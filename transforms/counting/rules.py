@@ -8,7 +8,7 @@ batch of lines and gathers the peer pairs, the form the counting core keeps.
 
 `scan` has a twin in C, `transforms/counting/_scan.c`, with the same name,
 arguments and result, chosen at import as CPython chooses `_bisect` for
-`bisect`: the C one counts the plain lines (about six times faster) and hands
+`bisect`: the C one counts the plain lines (faster: bench/results/findings.md) and hands
 every other line back in `rest`, which `read_line` then decides. One test
 table runs both (tests/test_counting_rules.py).
 
