@@ -105,7 +105,8 @@ MUTATIONS = (
         'transforms/dead_letter.py',
         (("      with open(temp, 'xb') as f:\n", "      with open(path, 'wb') as f:\n"),
          ('      os.replace(temp, path)\n', '')),
-        ('tests/test_dead_letters.py',
+        ('tests/test_dead_letters.py::test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary_file',
+         'tests/test_dead_letters.py::test_a_rewrite_drops_updates_and_copies_the_rest_byte_for_byte',
          'tests/test_replay.py::test_full_disk_during_a_rewrite_keeps_the_file_whole_and_exits_1')),
     Mutation(
         'breaker_never_opens',
