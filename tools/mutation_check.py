@@ -56,7 +56,7 @@ MUTATIONS = (
         'transforms/delivery/parts.py',
         (("return f'{where}-{pane_index}-{part_index}of{part_count}-{digest}'",
           "return f'{where}-{part_index}of{part_count}-{digest}'"),),
-        ('tests/test_delivery_parts.py', 'tests/test_delivery_redelivery.py')),
+        ('tests/test_delivery_parts.py', 'tests/test_late_pane_over_the_wire.py')),
     Mutation(
         'retry_after_ignored',
         "urllib3 is told not to wait for Retry-After: the poster's wait is the backoff",
@@ -77,14 +77,14 @@ MUTATIONS = (
         'transforms/delivery/poster.py',
         (('self._session.verify = tls_verify(self._config, self._environ)',
           'self._session.verify = False'),),
-        ('tests/test_delivery_poster.py',)),
+        ('tests/test_delivery_poster.py', 'tests/test_delivery_tls_command_line.py')),
     Mutation(
         'tls_environment_wins',
         'REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override --ca_bundle and --no_verify_tls',
         'transforms/delivery/poster.py',
         (('    self._session.trust_env = False\n',
           '    self._session.trust_env = True\n'),),
-        ('tests/test_delivery_poster.py',)),
+        ('tests/test_delivery_poster.py', 'tests/test_delivery_tls_command_line.py')),
     Mutation(
         'redirect_followed_as_get',
         "requests follows redirects itself (a 301/302/303 becomes a GET without the document)",
@@ -228,12 +228,13 @@ def _summary_line(output: str) -> str:
   return lines[-1].strip('= ') if lines else ''
 
 
-def check(mutation: Mutation, copy: str, python: str, timeout: float) -> Result:
+def check(mutation: Mutation, copy: str, python: str, timeout: float,
+          stop_at_first: bool = True) -> Result:
   original = apply(copy, mutation)
   if original is None:
     return Result(mutation.name, 'stale', f'the text to patch is not in {mutation.path} exactly once', 0.0)
   try:
-    outcome, detail, seconds = run_tests(copy, python, mutation.tests, timeout, stop_at_first=True)
+    outcome, detail, seconds = run_tests(copy, python, mutation.tests, timeout, stop_at_first)
   finally:
     restore(copy, mutation, original)
   verdict = {'failed': 'caught', 'passed': 'survived'}.get(outcome, outcome)
@@ -241,7 +242,7 @@ def check(mutation: Mutation, copy: str, python: str, timeout: float) -> Result:
 
 
 def table(results: Sequence[Result]) -> str:
-  rows = [('mutation', 'result', 'seconds', 'first failing test / detail')] + [
+  rows = [('mutation', 'result', 'seconds', 'failing test(s) / detail')] + [
       (r.name, r.verdict, f'{r.seconds:.0f}', r.detail) for r in results]
   widths = [max(len(row[i]) for row in rows) for i in range(3)]
   return '\n'.join(f'{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}  {d}' for a, b, c, d in rows)
@@ -257,6 +258,9 @@ def parse_args(argv):
                       help='seconds one mutation\'s tests may take (default 600)')
   parser.add_argument('--python', default=sys.executable,
                       help='the interpreter that runs pytest (default: this one)')
+  parser.add_argument('--every_failure', action='store_true',
+                      help='run all of a mutation\'s tests and name every one that fails '
+                      '(default: stop at the first)')
   parser.add_argument('--keep', action='store_true', help='keep the copy of the repository')
   return parser.parse_args(argv)
 
@@ -290,7 +294,7 @@ def main(argv=None) -> int:
         return 1
     results = []
     for mutation in chosen:
-      result = check(mutation, copy, args.python, args.timeout)
+      result = check(mutation, copy, args.python, args.timeout, not args.every_failure)
       print(f'{result.name}: {result.verdict} ({result.seconds:.0f} s)', flush=True)
       results.append(result)
     print()
