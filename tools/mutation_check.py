@@ -197,10 +197,13 @@ _FAILED = re.compile(r'^(?:FAILED|ERROR) (\S+)', re.MULTILINE)
 
 
 def run_tests(copy: str, python: str, tests: Sequence[str], timeout: float,
-              stop_at_first: bool) -> Tuple[str, str, float]:
+              stop_at_first: bool, test_timeout: float) -> Tuple[str, str, float]:
   """(verdict, detail, seconds): `passed`, `failed` (the failing tests), `error`
   (pytest could not run them: collection or usage error) or `timeout`."""
-  command = [python, '-m', 'pytest', '-q', '-rfE', '-p', 'no:cacheprovider', *tests]
+  # A mutation can turn a failure into a hang (a TLS error retried for the
+  # whole budget): pytest-timeout ends each test sooner than the suite's limit.
+  command = [python, '-m', 'pytest', '-q', '-rfE', '-p', 'no:cacheprovider',
+             f'--timeout={test_timeout:g}', *tests]
   if stop_at_first:
     command.insert(4, '-x')
   started = time.monotonic()
@@ -229,12 +232,13 @@ def _summary_line(output: str) -> str:
 
 
 def check(mutation: Mutation, copy: str, python: str, timeout: float,
-          stop_at_first: bool = True) -> Result:
+          stop_at_first: bool = True, test_timeout: float = 120.0) -> Result:
   original = apply(copy, mutation)
   if original is None:
     return Result(mutation.name, 'stale', f'the text to patch is not in {mutation.path} exactly once', 0.0)
   try:
-    outcome, detail, seconds = run_tests(copy, python, mutation.tests, timeout, stop_at_first)
+    outcome, detail, seconds = run_tests(copy, python, mutation.tests, timeout, stop_at_first,
+                                         test_timeout)
   finally:
     restore(copy, mutation, original)
   verdict = {'failed': 'caught', 'passed': 'survived'}.get(outcome, outcome)
@@ -254,8 +258,10 @@ def parse_args(argv):
   parser.add_argument('--list', action='store_true', help='list the mutations and exit')
   parser.add_argument('--skip_baseline', action='store_true',
                       help='do not first run the tests on the unpatched copy')
-  parser.add_argument('--timeout', type=float, default=600.0,
-                      help='seconds one mutation\'s tests may take (default 600)')
+  parser.add_argument('--timeout', type=float, default=900.0,
+                      help='seconds one mutation\'s tests may take in all (default 900)')
+  parser.add_argument('--test_timeout', type=float, default=120.0,
+                      help='seconds one test may take (pytest-timeout; default 120)')
   parser.add_argument('--python', default=sys.executable,
                       help='the interpreter that runs pytest (default: this one)')
   parser.add_argument('--every_failure', action='store_true',
@@ -287,14 +293,16 @@ def main(argv=None) -> int:
     if not args.skip_baseline:
       tests = list(dict.fromkeys(t for m in chosen for t in m.tests))
       print(f'baseline: {" ".join(tests)}', flush=True)
-      outcome, detail, seconds = run_tests(copy, args.python, tests, 3 * args.timeout, stop_at_first=False)
+      outcome, detail, seconds = run_tests(copy, args.python, tests, 3 * args.timeout,
+                                           False, args.test_timeout)
       print(f'baseline: {outcome} in {seconds:.0f} s: {detail}', flush=True)
       if outcome != 'passed':
         print('mutation_check: the tests fail without any mutation; fix them first', file=sys.stderr)
         return 1
     results = []
     for mutation in chosen:
-      result = check(mutation, copy, args.python, args.timeout, not args.every_failure)
+      result = check(mutation, copy, args.python, args.timeout, not args.every_failure,
+                     args.test_timeout)
       print(f'{result.name}: {result.verdict} ({result.seconds:.0f} s)', flush=True)
       results.append(result)
     print()
