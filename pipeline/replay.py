@@ -123,6 +123,11 @@ class Replay:
         decisions[line.number] = DROP
       return
     self._seen[identity] = False
+    if letter.get('url_redacted') and not self._endpoint:
+      self.left += 1
+      _error(f'window {letter["bucket_time"]} ({line.where}): its URL held secrets and was '
+             'redacted; pass --endpoint')
+      return
     self._lock.check()
     try:
       outcome = self._replayer.post(letter)

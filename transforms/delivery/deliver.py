@@ -93,8 +93,9 @@ class Deliverer:
       if breaker.allow():
         if breaker.state == HALF_OPEN:
           outcome = self.poster.post(part, now + self.config.attempt_timeout, single=True)
-        elif now < end or (last is None and breaker.down_since is None):
-          # A healthy host always gets a first attempt: the budget bounds the
+        elif now < end or (last is None and breaker.state == CLOSED):
+          # While the breaker is closed (fewer failures in a row than its
+          # threshold) each window gets a first attempt: the budget bounds the
           # retries (--max_retry_seconds=0 is one attempt, none retried).
           outcome = self.poster.post(part, end, outage_budget=budget, stop_when_open=True)
         else:
