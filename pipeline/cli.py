@@ -239,7 +239,8 @@ def run(argv: Optional[List[str]] = None) -> RunSummary:
       # The job was cancelled because we asked: a clean stop, not a failure.
   if progress is not None:
     progress.print_now()
-  return summarize(result, flags.dead_letter_dir, time_range_from(flags))
+  return summarize(result, flags.dead_letter_dir, time_range_from(flags),
+                   bounded=not options.view_as(StandardOptions).streaming)
 
 
 def progress_for(options: PipelineOptions, flags: VpcFlowPeersOptions) -> Optional[Progress]:

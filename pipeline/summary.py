@@ -112,9 +112,12 @@ def window_range(result) -> tuple:
   return (min(lows), max(highs)) if lows else (None, None)
 
 
-def summarize(result, dead_letter_dir: str, time_range: TimeRange = TimeRange()) -> RunSummary:
+def summarize(result, dead_letter_dir: str, time_range: TimeRange = TimeRange(),
+              bounded: bool = True) -> RunSummary:
+  """The summary of a finished run; a streaming run (not `bounded`) names no
+  possibly partial windows: its first and last are whatever was read."""
   values = counter_values(result)
-  first, last = window_range(result)
+  first, last = window_range(result) if bounded else (None, None)
   get = lambda name: int(values.get(name, 0))
   return RunSummary(
       records=get('records'), files=get('files'), flow_lines=get('flow_lines'),

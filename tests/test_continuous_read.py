@@ -234,7 +234,7 @@ def test_continuous_read_posts_windows_as_they_close_and_stops_on_ctrl_c(
       '  Kinesis records:        3',
       '  flow lines:             7 (7 counted)',
       '  skipped:                0 control, 0 NODATA, 0 SKIPDATA, 0 without addresses, '
-      '0 without log-status',
+      '0 without log-status, 0 repeated headers',
       '  bad inputs:             0',
       '  too late:               4 peer pairs after their window closed',
       '  windows delivered:      3',

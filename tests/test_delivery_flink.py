@@ -165,7 +165,7 @@ def test_a_taskmanager_killed_during_an_outage_loses_no_held_window(
   job = Job(flink_cluster, [
       '--runner=FlinkRunner', f'--flink_master={flink_cluster.master}', *flink_cluster.external_flags(),
       '--streaming',
-      '--checkpointing_interval=2000', '--parallelism=1', f'--kinesis_stream={STREAM}',
+      '--checkpointing_interval=2000', '--parallelism=2', f'--kinesis_stream={STREAM}',
       f'--kinesis_endpoint_url={moto_url}', f'--aws_region={kh.REGION}',
       '--kinesis_initial_position=TRIM_HORIZON', '--kinesis_max_delivery_delay=2',
       f'--window_seconds={WINDOW}', '--allowed_lateness=5', f'--endpoint={endpoint.url()}',

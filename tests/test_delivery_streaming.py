@@ -97,7 +97,7 @@ class StreamingRun:
     self.process = subprocess.Popen(
         [sys.executable, '-m', 'pipeline', '--kinesis_stream=flows',
          f'--kinesis_endpoint_url={moto_url}', f'--aws_region={aws_emulator.REGION}',
-         '--kinesis_max_delivery_delay=3', f'--window_seconds={WINDOW}', '--allowed_lateness=300',
+         '--kinesis_max_delivery_delay=3', f'--window_seconds={WINDOW}', '--allowed_lateness=90',
          f'--prism_location={prism_binary}', f'--endpoint={endpoint.url()}',
          f'--dead_letter_dir={self.dead}', *extra],
         cwd=REPO, stdout=self._out, stderr=self._err, text=True,

@@ -128,7 +128,7 @@ def test_the_replay_commands_shown_use_replay_flags():
 def test_every_flag_the_pages_name_is_declared():
   known = (all_pipeline_flags() | OTHER_TOOLS_FLAGS | {MISTYPED_EXAMPLE}
            | flags_in_sources('pipeline/*.py', 'devtools/*.py', 'bench/*.py', 'bench/*.sh',
-                              'run_*.sh', 'tools/*.sh', 'deploy/*/*.sh'))
+                              'run_*.sh', 'tools/*.sh', 'tools/*.py', 'deploy/*/*.sh'))
   for page in DOCS:
     named = set(re.findall(r'(?<![\w-])(--[a-z][a-z0-9_]*)(?![\w-])', page.read_text()))
     unknown = sorted(named - known)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from devtools.aws_emulator import free_port
+from devtools.viewer.store import Store
 from flink_cluster import REPO, REST_PORT, cluster_env
 
 pytest_plugins = ['flink_cluster']
@@ -53,8 +54,10 @@ def test_the_flink_doc_commands_run_as_written(flink_cluster):
   assert inputs
   baseline = subprocess.run([sys.executable, str(REPO / 'bench' / 'baseline.py'), *map(str, inputs)],
                             capture_output=True, check=True)
-  expected = {f'connection_sets_{bucket}.json': doc
-              for bucket, doc in json.loads(baseline.stdout).items()}
-  received = {path.name: json.loads(path.read_bytes())
-              for path in Path(EXAMPLE_DIR / 'received').glob('*.json')}
+  expected = {int(bucket): doc for bucket, doc in json.loads(baseline.stdout).items()}
+  store = Store(str(EXAMPLE_DIR / 'received.sqlite'))
+  try:
+    received = {start: counts for (start, _), (_, _, counts) in store.documents().items()}
+  finally:
+    store.close()
   assert received == expected
