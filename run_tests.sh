@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source tools/ensure_venv.sh
+# The linter first: a finding fails the run before any test starts.
+.venv/bin/ruff check --quiet .
 if [[ "${1:-}" == --quick ]]; then
   shift
   exec .venv/bin/python -m pytest -q -m quick "$@" tests

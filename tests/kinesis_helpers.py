@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 from botocore.awsrequest import AWSResponse
 
-from devtools.aws_emulator import (  # pylint: disable=unused-import
+from devtools.aws_emulator import (  # noqa: F401 (re-exported: tests use kh.create_stream, ...)
     ACCOUNT_ID, FAKE_AWS_ENV, REGION, SUBSCRIPTION_ROLE_ARN, EmulatorProcess, client,
     create_stream, free_port, moto_server, put_flow_lines, subscribe_log_group,
     wait_until_active)

@@ -3,7 +3,7 @@ Parquet schema (column names with `_`, AWS's types) and the OCSF Network
 Activity schema Amazon Security Lake writes, both written by pyarrow."""
 
 import io
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq

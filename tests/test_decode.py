@@ -11,7 +11,6 @@ import pytest
 from builders import (
     b64, control_message, custom_line, data_message, flow_line, get_records_output, gz,
     kinesis_jsonl, lambda_event, no_traffic_line, record_data)
-from transforms import decode
 from transforms.elements import event_times_of
 from transforms.decode import (
     MAX_RECORD_DECOMPRESSED_BYTES, BadInput, InputLimits, LogBatch, Skipped, decode_file,

@@ -26,7 +26,7 @@ from builders import data_message, flow_line, gz, kinesis_jsonl, record_data
 from transforms.decode import (
     DEFAULT_MAX_LINE_BYTES, MAX_JSON_DOCUMENT_BYTES, MAX_JSON_VALUES, MAX_RECORD_DECOMPRESSED_BYTES,
     BadInput, InputLimits, decode_file, decode_kinesis_data)
-from transforms.elements import DEAD_LETTER_TAG, LogBatch, RawRecord
+from transforms.elements import LogBatch, RawRecord
 from transforms.sources import DecodeKinesisRecords, UnreadableFile, open_local_regular_file
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 from devtools.aws_emulator import free_port
 from devtools.viewer.store import Store

@@ -4,11 +4,9 @@ lines, duplicated windows, Ctrl-C, SIGKILL, a replay while another holds the
 lock, a full disk, and a directory on S3 (moto server). Replays started
 together are in test_replay_properties.py."""
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import boto3

@@ -20,7 +20,6 @@ the thin DoFns that call them live in `transforms.sources`.
 import base64
 import binascii
 import io
-import itertools
 import json
 import operator
 import zlib

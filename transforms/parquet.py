@@ -26,10 +26,13 @@ abort the interpreter at exit (apache/arrow#34314), and Beam runs many bundles
 in parallel already.
 """
 
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 from transforms.elements import LogBatch
 from transforms.flow_record import KNOWN_FIELDS, REQUIRED_FIELDS, LogFormat
+
+if TYPE_CHECKING:  # (transforms.decode imports this module)
+  from transforms.decode import BadInput
 
 # Rows per LogBatch, as for text files.
 PARQUET_BATCH_ROWS = 5000
