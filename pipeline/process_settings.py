@@ -63,7 +63,18 @@ class _NoDiscardedArgsNotice(logging.Filter):
     return not str(record.msg).startswith('Discarding unparseable args')
 
 
+class _NoWorkerModeNotice(logging.Filter):
+  """The FnApiRunner warns that more than one worker needs the
+  multi_processing or multi_threading mode to have an effect; with the
+  in_memory mode that pipeline.runners picks, its workers are threads of this
+  process that do run at once (each stage's input is split between them), so
+  the notice would be wrong."""
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('If direct_num_workers is not equal to 1')
+
+
 _QUIET = (('', _NoCrcmodNotice()),
+          ('apache_beam.runners.portability.fn_api_runner.fn_runner', _NoWorkerModeNotice()),
           ('apache_beam.transforms.core', _NoFalseYieldAndReturnNotice()),
           ('apache_beam.options.pipeline_options', _NoDiscardedArgsNotice()))
 

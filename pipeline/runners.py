@@ -27,7 +27,7 @@ from typing import Optional
 
 import requests
 from apache_beam.options.pipeline_options import (
-    FlinkRunnerOptions, PipelineOptions, PortableOptions, PrismRunnerOptions, StandardOptions)
+    DirectOptions, FlinkRunnerOptions, PipelineOptions, PortableOptions, PrismRunnerOptions, StandardOptions)
 from apache_beam.portability.api import beam_job_api_pb2
 from apache_beam.runners.portability import flink_runner, flink_uber_jar_job_server
 from apache_beam.version import __version__ as BEAM_VERSION
@@ -45,6 +45,9 @@ JOB_SERVER_PATCH_LEVEL = 1
 DEPLOY_FLINK_DIR = Path(__file__).resolve().parent.parent / 'deploy' / 'flink'
 BUILD_JOB_SERVER_SCRIPT = DEPLOY_FLINK_DIR / 'build-job-server.sh'
 DEFAULT_CACHE_DIR = Path.home() / '.cache' / 'vpc-flow-peers'
+
+# More worker threads than this only contend for the GIL between their C parts.
+MAX_DIRECT_WORKERS = 4
 
 # Flink masters for which the SDK harness can run in the submitting process.
 LOOPBACK_HOSTS = frozenset(['localhost', '127.0.0.1', '::1'])
@@ -392,6 +395,24 @@ def ensure_prism() -> str:
       'It needs go and the Go module proxy. Or pass --prism_location=PATH.')
 
 
+def apply_direct_defaults(options: PipelineOptions) -> None:
+  """A bounded run on the DirectRunner (Beam runs it on its FnApiRunner) gets
+  one worker per core, as threads of this process sharing its memory
+  (direct_running_mode in_memory): each stage's input is split between them
+  (the files, after the read's Reshuffle; the shards of each window's merge).
+  The work of a file is mostly done without the GIL (ISA-L's inflate, the C
+  counting scan, numpy's sorts), so threads use the cores without a process
+  per worker to start and feed; multi_processing would start a Python with
+  Beam per worker (about a second each) and multi_threading passes every
+  element through gRPC, whose timed flush can cut an element in two
+  (bench/results/speed.md). --direct_num_workers or --direct_running_mode
+  given on the command line win."""
+  if _given(options, 'direct_num_workers') or _given(options, 'direct_running_mode'):
+    return
+  direct = options.view_as(DirectOptions)
+  direct.direct_num_workers = max(1, min(os.cpu_count() or 1, MAX_DIRECT_WORKERS))
+
+
 def reads_continuously(options: PipelineOptions) -> bool:
   """True when the source never ends: a Kinesis stream read without
   --kinesis_stop_at_latest."""
@@ -414,6 +435,8 @@ def apply_runner_defaults(options: PipelineOptions) -> None:
     standard.streaming = True
   if is_flink_runner(standard.runner):
     apply_flink_defaults(options)
+  elif not continuous and (standard.runner or 'DirectRunner') in ('DirectRunner', 'direct'):
+    apply_direct_defaults(options)
   elif continuous and (standard.runner or 'DirectRunner') in ('DirectRunner', 'direct', 'PrismRunner'):
     standard.runner = 'PrismRunner'
     prism = options.view_as(PrismRunnerOptions)

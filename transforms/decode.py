@@ -34,6 +34,22 @@ except ImportError:  # pragma: no cover (installed without a C compiler)
   _data_message_events = None
 
 try:
+  # ISA-L's inflate, as zlib's API: about twice as fast as zlib on flow log
+  # files and Kinesis records (bench/results/speed.md), the same bytes out.
+  from isal import isal_zlib as _inflate
+  _GZIP_ERRORS = (zlib.error, _inflate.error)
+except ImportError:  # pragma: no cover (isal has wheels for the usual platforms)
+  _inflate = zlib
+  _GZIP_ERRORS = (zlib.error,)
+
+try:
+  # pybase64 (SIMD) decodes a Kinesis record's base64 faster than the
+  # standard library (bench/results/speed.md).
+  from pybase64 import b64decode as _fast_b64decode
+except ImportError:  # pragma: no cover
+  _fast_b64decode = None
+
+try:
   # orjson parses CloudWatch Logs messages faster than json
   # (bench/results/findings.md).
   from orjson import loads as _fast_json_loads
@@ -120,10 +136,10 @@ class InputTooLarge(OSError):
 def gunzip_capped(data: bytes, limit: int = MAX_RECORD_DECOMPRESSED_BYTES) -> bytes:
   """Decompresses gzip data of one member, refusing to produce more than
   `limit` bytes."""
-  decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
+  decompressor = _inflate.decompressobj(zlib.MAX_WBITS | 16)
   try:
     out = decompressor.decompress(data, limit + 1)
-  except zlib.error as e:
+  except _GZIP_ERRORS as e:
     raise BadInput(f'not valid gzip: {e}', data) from None
   if len(out) > limit:
     raise BadInput(f'gzip data decompresses to more than {limit} bytes', data)
@@ -145,11 +161,11 @@ def gunzip_members(data: bytes, limit: int = MAX_RECORD_DECOMPRESSED_BYTES
   rest = bytes(data)
   total = 0
   while True:
-    decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    decompressor = _inflate.decompressobj(zlib.MAX_WBITS | 16)
     try:
       out = decompressor.decompress(rest, limit - total + 1)
       error = None
-    except zlib.error as e:
+    except _GZIP_ERRORS as e:
       error = f'not valid gzip: {e}'
     if error is None:
       if total + len(out) > limit:
@@ -182,7 +198,8 @@ def count_json_values(text: Union[bytes, str]) -> int:
 
 
 def _refuse_huge_json(text: Union[bytes, str], what: str) -> None:
-  if count_json_values(text) > MAX_JSON_VALUES:
+  # count_json_values is at most 1 + 2 * len(text): shorter texts need no count.
+  if 2 * len(text) + 1 > MAX_JSON_VALUES and count_json_values(text) > MAX_JSON_VALUES:
     raise BadInput(f'{what} holds more than {MAX_JSON_VALUES} JSON values: not parsed',
                    text[:4096], len(text))
 
@@ -268,6 +285,11 @@ def decode_kinesis_data(data: bytes, origin: str) -> Iterator[Union[LogBatch, Sk
 
 
 def decode_base64(text: str) -> bytes:
+  if _fast_b64decode is not None:
+    try:
+      return _fast_b64decode(text, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+      pass  # the standard library decides (and words the error) on anything refused
   try:
     return base64.b64decode(text, validate=True)
   except (binascii.Error, ValueError) as e:
@@ -344,7 +366,7 @@ def _text_lines(stream: IO[bytes], origin: str, first_number: int = 1,
         yield number, BadInput(f'line {number} is not UTF-8', raw[:4096], len(raw))
   except InputTooLarge as e:
     yield number + 1, DamagedStream(f'{e}: not read past line {number}', origin)
-  except (OSError, EOFError, zlib.error) as e:
+  except (OSError, EOFError) + _GZIP_ERRORS as e:
     yield number + 1, DamagedStream(f'file cannot be read past line {number}: {e}', origin)
 
 
@@ -378,25 +400,122 @@ def _decode_json_lines(stream: IO[bytes], origin: str, first_number: int = 1,
     yield from _decode_json_value(value, f'{origin}:{number}')
 
 
-def _decode_flow_lines(stream: IO[bytes], origin: str, limits: InputLimits = InputLimits()):
-  """Flow log lines, after an optional header line naming their fields. Blank
-  lines stay in the batches (and are passed over when counting) so that a
-  line's position in its batch gives its line number. A header line inside
-  the file (concatenated S3 objects each have one) stays in its batch too,
-  where counting skips it and counts it as a header, unless it names another
-  format: then a new batch starts with it, in that format."""
-  fields = None
-  batch: List[str] = []
-  first_line = 1
-  bad_lines: List[BadInput] = []
-  for number, line in _text_lines(stream, origin, max_line_bytes=limits.max_line_bytes):
+# Flow log text is read this much at a time: each block's whole lines are
+# decoded and split at once (one bytes.decode and one str.split), not line by
+# line, which cost more than counting them. A block with anything unusual (a
+# line that is not UTF-8 or is longer than the cap) is read line by line. The
+# size of the decoder's text buffer: a read of the stream below is at most one
+# buffer, as with line-by-line reading, so that a read failing at a cap loses
+# no more than that did.
+TEXT_BLOCK_BYTES = 1 << 16
+# Every header line names this field; a data line never holds the word.
+HEADER_WORD = 'srcaddr'
+_HEADER_WORD_BYTES = HEADER_WORD.encode()
+
+
+def _text_line_blocks(stream: IO[bytes], origin: str, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+                      ) -> Iterator[Tuple[int, Union[List[str], List[Tuple[int, Union[str, BadInput]]]], bool]]:
+  """The stream's lines as _text_lines reads them, in blocks: (number of the
+  block's first line, its lines without their line ends, True) for a block of
+  plain lines (all UTF-8 and within `max_line_bytes`), else (that number,
+  _text_lines' (number, line or BadInput) items, False).
+
+  Each read takes at most one read of the stream below (read1), so that damage
+  found by a read loses no line before it: every whole line before is given,
+  then the DamagedStream, as _text_lines does."""
+  number = 0  # lines given so far
+  carry = b''  # the start of a line whose end is not read yet
+  while True:
+    try:
+      chunk = stream.read1(TEXT_BLOCK_BYTES)
+    except InputTooLarge as e:
+      yield number + 1, [(number + 1, DamagedStream(f'{e}: not read past line {number}', origin))], False
+      return
+    except (OSError, EOFError) + _GZIP_ERRORS as e:
+      yield number + 1, [(number + 1, DamagedStream(f'file cannot be read past line {number}: {e}',
+                                                     origin))], False
+      return
+    if chunk:
+      data = carry + chunk if carry else chunk
+      end = data.rfind(b'\n') + 1
+      region, carry = data[:end], data[end:]
+    else:
+      region, carry = carry, b''  # the last line, without a line end
+    if region and number == 0:
+      # Line 1 (a header, maybe) alone, as _text_lines reads it.
+      first_end = region.find(b'\n') + 1 or len(region)
+      items = _lines_one_by_one(region[:first_end], origin, 1, max_line_bytes)
+      yield 1, items, False
+      number, region = 1, region[first_end:]
+    if region:
+      lines = None if _HEADER_WORD_BYTES in region else _plain_lines(region, max_line_bytes)
+      if lines is not None:
+        yield number + 1, lines, True
+        number += len(lines)
+      else:  # (headers inside the file, lines that are not UTF-8 or too long)
+        items = _lines_one_by_one(region, origin, number + 1, max_line_bytes)
+        yield number + 1, items, False
+        number = items[-1][0]
+    if not chunk:
+      return
+    if len(carry) > max_line_bytes:
+      # A line longer than the cap: the rest is read line by line, which reads
+      # past such a line without holding it.
+      rest = io.BufferedReader(_ChainedReader(io.BytesIO(carry), stream), 1 << 16)
+      for item in _text_lines(rest, origin, number + 1, max_line_bytes):
+        yield item[0], [item], False
+      return
+
+
+def _lines_one_by_one(region: bytes, origin: str, first_number: int, max_line_bytes: int):
+  return list(_text_lines(io.BufferedReader(io.BytesIO(region)), origin, first_number, max_line_bytes))
+
+
+def _plain_lines(region: bytes, max_line_bytes: int) -> Optional[List[str]]:
+  """The lines of `region` (whole lines, the last maybe without its line end)
+  without their line ends, as _text_lines would read them and
+  _decode_flow_lines strip them; None if a line is not UTF-8 or longer than
+  `max_line_bytes`."""
+  try:
+    text = region.decode('utf-8')
+  except UnicodeDecodeError:
+    return None
+  lines = text.split('\n')
+  if text.endswith('\n'):
+    lines.pop()
+  if len(region) > max_line_bytes:
+    if not region.isascii() or max(map(len, lines)) > max_line_bytes:
+      return None  # (for UTF-8 beyond ASCII a line's length in bytes is not its length)
+  if '\r' in text:
+    lines = [line.rstrip('\r') for line in lines]
+  return lines
+
+
+class _FlowLineBatcher:
+  """The batches of _decode_flow_lines, from its lines one at a time or in
+  blocks of plain lines."""
+  def __init__(self, origin: str):
+    self.origin = origin
+    self.fields = None
+    self.batch: List[str] = []
+    self.first_line = 1
+    self.bad_lines: List[BadInput] = []
+    self.stopped = False
+
+  def _flush(self) -> Iterator[Union[LogBatch, BadInput]]:
+    yield LogBatch(self.origin, tuple(self.batch), self.fields, False, self.first_line)
+    yield from self.bad_lines
+    self.batch, self.bad_lines = [], []
+
+  def line(self, number: int, line: Union[str, BadInput]) -> Iterator[Union[LogBatch, BadInput]]:
     header = None
     if isinstance(line, BadInput):
-      bad_lines.append(line)  # yielded after the lines read before it
+      self.bad_lines.append(line)  # yielded after the lines read before it
       if isinstance(line, DamagedStream):
-        break
+        self.stopped = True
+        return
       line = ''  # keeps the line's place, so that numbering stays right
-    elif number == 1 or 'srcaddr' in line:  # a data line never holds the word
+    elif number == 1 or HEADER_WORD in line:
       try:
         header = LogFormat.from_header(line)
       except ValueError as e:
@@ -404,26 +523,57 @@ def _decode_flow_lines(stream: IO[bytes], origin: str, limits: InputLimits = Inp
         # with: the rest of the file is one dead letter (it stays where it is).
         where = 'file not read' if number == 1 else f'file not read from line {number} on'
         yield BadInput(f'unusable header line, {where}: {e}', line)
-        break
+        self.stopped = True
+        return
     if number == 1 and header is not None:
-      fields = header.fields
-      first_line = 2
+      self.fields = header.fields
+      self.first_line = 2
+      return
+    if header is not None and header.fields != self.fields:
+      if self.batch:
+        yield from self._flush()
+      self.fields, self.first_line = header.fields, number
+    self.batch.append(line.rstrip('\r\n'))
+    if len(self.batch) >= FILE_BATCH_LINES:
+      yield from self._flush()
+      self.first_line = number + 1
+
+  def plain_lines(self, first_number: int, lines: List[str]) -> Iterator[Union[LogBatch, BadInput]]:
+    """Lines from `first_number` on, none of them line 1 or a header."""
+    taken = 0
+    while taken < len(lines):
+      room = FILE_BATCH_LINES - len(self.batch)
+      self.batch.extend(lines[taken:taken + room])
+      taken += room
+      if len(self.batch) >= FILE_BATCH_LINES:
+        yield from self._flush()
+        self.first_line = first_number + taken
+
+  def end(self) -> Iterator[Union[LogBatch, BadInput]]:
+    if self.batch:
+      yield LogBatch(self.origin, tuple(self.batch), self.fields, False, self.first_line)
+    yield from self.bad_lines
+
+
+def _decode_flow_lines(stream: IO[bytes], origin: str, limits: InputLimits = InputLimits()):
+  """Flow log lines, after an optional header line naming their fields. Blank
+  lines stay in the batches (and are passed over when counting) so that a
+  line's position in its batch gives its line number. A header line inside
+  the file (concatenated S3 objects each have one) stays in its batch too,
+  where counting skips it and counts it as a header, unless it names another
+  format: then a new batch starts with it, in that format."""
+  batcher = _FlowLineBatcher(origin)
+  for first_number, lines, plain in _text_line_blocks(stream, origin, limits.max_line_bytes):
+    if plain:
+      yield from batcher.plain_lines(first_number, lines)
       continue
-    if header is not None and header.fields != fields:
-      if batch:
-        yield LogBatch(origin, tuple(batch), fields, False, first_line)
-        yield from bad_lines
-        batch, bad_lines = [], []
-      fields, first_line = header.fields, number
-    batch.append(line.rstrip('\r\n'))
-    if len(batch) >= FILE_BATCH_LINES:
-      yield LogBatch(origin, tuple(batch), fields, False, first_line)
-      yield from bad_lines
-      batch, bad_lines = [], []
-      first_line = number + 1
-  if batch:
-    yield LogBatch(origin, tuple(batch), fields, False, first_line)
-  yield from bad_lines
+    for number, line in lines:
+      yield from batcher.line(number, line)
+      if batcher.stopped:
+        break
+    if batcher.stopped:
+      break
+  yield from batcher.end()
 
 
 def _first_byte(stream) -> bytes:
@@ -482,7 +632,7 @@ def decode_file(raw: IO[bytes], origin: str, limits: InputLimits = InputLimits()
     yield from _decode_content(raw, origin, limits)
   except InputTooLarge as e:
     yield BadInput(f'{e}: file not read', origin)
-  except (OSError, EOFError, zlib.error) as e:
+  except (OSError, EOFError) + _GZIP_ERRORS as e:
     # A truncated or corrupt gzip file: what was read before the damage has
     # already been yielded.
     yield BadInput(f'file cannot be read to its end: {e}', origin)
@@ -498,9 +648,9 @@ def _decode_content(raw: IO[bytes], origin: str, limits: InputLimits):
     yield from decode_parquet(raw if raw.seekable() else stream, origin, limits.max_file_bytes)
     return
   if head[:2] == GZIP_MAGIC:
-    content = io.BufferedReader(_GunzipReader(stream, limits.max_file_bytes), 1 << 16)
+    content = io.BufferedReader(_GunzipReader(stream, limits.max_file_bytes), TEXT_BLOCK_BYTES)
   else:
-    content = io.BufferedReader(_CappedReader(stream, limits.max_file_bytes), 1 << 16)
+    content = io.BufferedReader(_CappedReader(stream, limits.max_file_bytes), TEXT_BLOCK_BYTES)
   sample = content.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
   what = what_binary_data_is(sample)
   if what is not None:
@@ -640,7 +790,7 @@ class _GunzipReader(io.RawIOBase):
   def __init__(self, compressed: IO[bytes], limit: int = DEFAULT_MAX_FILE_BYTES):
     super().__init__()
     self._compressed = compressed
-    self._decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    self._decompressor = _inflate.decompressobj(zlib.MAX_WBITS | 16)
     self._input = b''  # compressed bytes not yet given to the decompressor
     self._piece = memoryview(b'')
     self._offset = 0
@@ -678,7 +828,7 @@ class _GunzipReader(io.RawIOBase):
       if not rest.startswith(GZIP_MAGIC):
         raise OSError('data after the end of the gzip stream is not gzip')
       # Another gzip member follows (concatenated .gz files are valid gzip).
-      self._decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
+      self._decompressor = _inflate.decompressobj(zlib.MAX_WBITS | 16)
       self._input = rest
     if not self._input:
       self._input = self._compressed.read(1 << 16)
@@ -686,7 +836,7 @@ class _GunzipReader(io.RawIOBase):
         raise EOFError('gzip data ends before its end-of-stream marker')
     try:
       piece = self._decompressor.decompress(self._input, self._PIECE)
-    except zlib.error as e:
+    except _GZIP_ERRORS as e:
       raise OSError(f'corrupt gzip data: {e}') from None
     self._input = self._decompressor.unconsumed_tail
     self._produced += len(piece)

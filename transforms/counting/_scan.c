@@ -13,8 +13,9 @@
    native int64s, negative for none: elements.LogBatch). The result is what rules.scan returns; only which lines land in
    `rest` differs: a line is counted here only when it is plainly what
    rules.read_line counts:
-     - ASCII, `n_fields` fields separated by single spaces, no other white
-       space that str.split() splits on, none at either end;
+     - ASCII, `n_fields` fields separated by single spaces, no other byte
+       at or below the space (white space str.split() splits on, control
+       characters), none at either end;
      - log-status exactly "OK" (when the format has it);
      - start and end plain decimal digits, each plausible in seconds or in
        milliseconds (rules.flow_time), end not before start; or, without a
@@ -104,11 +105,6 @@ static int flow_seconds(Span s, const Plan *plan, int64_t *out) {
   return 0;
 }
 
-/* str.split() splits on these ASCII characters besides the space. */
-static inline int is_other_whitespace(unsigned char c) {
-  return (c >= 9 && c <= 13) || (c >= 28 && c <= 31);
-}
-
 static inline Span field(Span line, const Py_ssize_t *begins, Py_ssize_t column) {
   Span s = {line.text + begins[column], begins[column + 1] - 1 - begins[column]};
   return s;
@@ -124,14 +120,18 @@ static void scan_line(Span line, int64_t event_time, const Plan *plan, Py_ssize_
   if (line.text == NULL || line.length == 0) return;
   Py_ssize_t n_fields = 0;
   begins[0] = 0;
-  for (Py_ssize_t i = 0; i <= line.length; i++) {
-    unsigned char c = i < line.length ? (unsigned char)line.text[i] : ' ';
-    if (c == ' ') {
-      if (i == begins[n_fields] || n_fields == plan->n_fields) return;  /* empty field, or too many */
-      begins[++n_fields] = i + 1;
-    } else if (is_other_whitespace(c)) {
-      return;
-    }
+  const unsigned char *text = (const unsigned char *)line.text;
+  Py_ssize_t i = 0;
+  for (;;) {
+    /* The field's bytes: every byte above the space is part of one (the text
+       is ASCII), so only the few at or below it need a look. */
+    while (i < line.length && text[i] > ' ') i++;
+    /* White space other than the space, or a control character: read_line decides. */
+    if (i < line.length && text[i] != ' ') return;
+    if (i == begins[n_fields] || n_fields == plan->n_fields) return;  /* empty field, or too many */
+    begins[++n_fields] = i + 1;
+    if (i == line.length) break;
+    i++;
   }
   if (n_fields != plan->n_fields) return;
   if (plan->status >= 0) {
