@@ -202,8 +202,11 @@ def test_a_harness_start_failure_is_told_from_other_task_failures(entries, expec
   assert runners.harness_start_failure(exceptions) == expected
 
 
-def test_direct_runner_options_are_left_alone(cached_jar):
-  argv = ['--runner=DirectRunner', '--input=x', '--endpoint=http://127.0.0.1/{bucket_time}']
+def test_direct_runner_options_get_no_flink_defaults(cached_jar):
+  """Only the DirectRunner's own default (a worker per core:
+  tests/test_direct_runner_defaults.py) is applied; nothing of Flink's."""
+  argv = ['--runner=DirectRunner', '--input=x', '--endpoint=http://127.0.0.1/{bucket_time}',
+          '--direct_num_workers=1']
   options = flink_defaults(argv)
   assert options.get_all_options() == PipelineOptions(argv).get_all_options()
 
