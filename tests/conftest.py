@@ -15,20 +15,27 @@ import pytest
 from tests.endpoint import ScriptedEndpoint
 
 
+def servers_started_by(server_class):
+  """A fixture body: yields `start(**kwargs)`, which starts a
+  `server_class(**kwargs)` (anything with start() and stop()), and stops every
+  one it started when the test ends."""
+  started = []
+
+  def start(**kwargs):
+    server = server_class(**kwargs).start()
+    started.append(server)
+    return server
+
+  yield start
+  for server in started:
+    server.stop()
+
+
 @pytest.fixture
 def start_receiver():
   """Starts `tests.endpoint.ScriptedEndpoint`s (same arguments) and stops them
   all when the test ends."""
-  started = []
-
-  def start(**kwargs) -> ScriptedEndpoint:
-    receiver = ScriptedEndpoint(**kwargs).start()
-    started.append(receiver)
-    return receiver
-
-  yield start
-  for receiver in started:
-    receiver.stop()
+  yield from servers_started_by(ScriptedEndpoint)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import time
 import pytest
 import requests
 
+from conftest import servers_started_by
 from devtools.receiver import Receiver
 from receiver_posts import contract_post, send
 
@@ -40,16 +41,7 @@ def start_receiver():
   """Starts the reference receiver (`devtools.receiver.Receiver`, same
   arguments), the service under test here, and stops each when the test ends
   (the suite's own start_receiver is the scripted endpoint of tests/endpoint.py)."""
-  started = []
-
-  def start(**kwargs) -> Receiver:
-    receiver = Receiver(**kwargs).start()
-    started.append(receiver)
-    return receiver
-
-  yield start
-  for receiver in started:
-    receiver.stop()
+  yield from servers_started_by(Receiver)
 
 
 @pytest.fixture
