@@ -35,8 +35,10 @@ def main(paths):
   for path in paths:
     with open(path, encoding='ascii') as f:
       handle_records((json.loads(line) for line in f), buckets)
-  answer = {str(bucket): {ip: len(peers) for ip, peers in peers_by_ip.items()}
-            for bucket, peers_by_ip in buckets.items()}
+  answer = {
+    str(bucket): {ip: len(peers) for ip, peers in peers_by_ip.items()}
+    for bucket, peers_by_ip in buckets.items()
+  }
   json.dump(answer, sys.stdout)
 
 

@@ -40,7 +40,7 @@ from typing import Dict, List, Optional, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# pylint: disable=wrong-import-position
+
 from devtools import aws_emulator
 from devtools.receiver import Receiver
 from devtools.sample_data import SampleVpc, subscription_record
@@ -65,18 +65,28 @@ def rest(path: str, method: str = 'GET'):
 def cluster(command: str) -> int:
   """local-cluster.sh with the production topology, and fake AWS credentials
   for the worker pools (their harnesses read the emulated stream)."""
-  env = dict(os.environ, **aws_emulator.FAKE_AWS_ENV, FLINK_TOPOLOGY='production',
-             FLINK_WORKER_POOL_PORT=str(WORKER_POOL_PORT))
+  env = dict(
+    os.environ,
+    **aws_emulator.FAKE_AWS_ENV,
+    FLINK_TOPOLOGY='production',
+    FLINK_WORKER_POOL_PORT=str(WORKER_POOL_PORT),
+  )
   # A state directory of this checkout's own (the script's default is shared by every clone).
   env.setdefault('FLINK_STATE_DIR', os.path.join(ROOT, 'out', 'flink-bench'))
-  return subprocess.run([LOCAL_CLUSTER, command], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                        stderr=sys.stderr, check=False).returncode
+  return subprocess.run(
+    [LOCAL_CLUSTER, command], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr, check=False
+  ).returncode
 
 
 def flink_flags(parallelism: int, name: str) -> List[str]:
-  return ['--runner=FlinkRunner', f'--flink_master=localhost:{REST_PORT}',
-          '--environment_type=EXTERNAL', f'--environment_config=localhost:{WORKER_POOL_PORT}',
-          f'--parallelism={parallelism}', f'--job_name={name}']
+  return [
+    '--runner=FlinkRunner',
+    f'--flink_master=localhost:{REST_PORT}',
+    '--environment_type=EXTERNAL',
+    f'--environment_config=localhost:{WORKER_POOL_PORT}',
+    f'--parallelism={parallelism}',
+    f'--job_name={name}',
+  ]
 
 
 def job_named(name: str) -> Optional[dict]:
@@ -95,10 +105,20 @@ def run_batch(data: str, out_dir: str, parallelism: int) -> Tuple[float, float, 
   with Receiver() as receiver:
     started = time.perf_counter()
     finished = subprocess.run(
-        [PYTHON, '-m', 'pipeline', *flink_flags(parallelism, name), f'--input={data}/*.jsonl',
-         f'--endpoint={receiver.url("/windows/{bucket_time}")}',
-         f'--dead_letter_dir={os.path.join(out_dir, "dead_letters")}'],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+      [
+        PYTHON,
+        '-m',
+        'pipeline',
+        *flink_flags(parallelism, name),
+        f'--input={data}/*.jsonl',
+        f'--endpoint={receiver.url("/windows/{bucket_time}")}',
+        f'--dead_letter_dir={os.path.join(out_dir, "dead_letters")}',
+      ],
+      cwd=ROOT,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      check=False,
+    )
     wall = time.perf_counter() - started
     got = {path.rsplit('/', 1)[1]: doc for path, doc in receiver.latest_by_path().items()}
   if finished.returncode != 0:
@@ -112,15 +132,32 @@ def batch_rows(size: int, data: str, expected: dict, out_dir: str, repeats: int)
   for parallelism in (1, 2):
     runs = [run_batch(data, out_dir, parallelism) for _ in range(repeats)]
     for wall, job, _, _ in runs:
-      print(json.dumps({'lines': size, 'parallelism': parallelism, 'wall_seconds': round(wall, 2),
-                        'job_seconds': round(job, 2)}), flush=True)
+      print(
+        json.dumps(
+          {
+            'lines': size,
+            'parallelism': parallelism,
+            'wall_seconds': round(wall, 2),
+            'job_seconds': round(job, 2),
+          }
+        ),
+        flush=True,
+      )
     wall = min(r[0] for r in runs)
     job = min(r[1] for r in runs)
     equal = all(r[3] == 0 and r[2] == expected for r in runs)
     best[parallelism] = (wall, job)
-    rows.append({'lines': size, 'parallelism': parallelism, 'wall s': round(wall, 2),
-                 'wall lines/s': round(size / wall), 'job s': round(job, 2),
-                 'job lines/s': round(size / job), 'answers equal': equal})
+    rows.append(
+      {
+        'lines': size,
+        'parallelism': parallelism,
+        'wall s': round(wall, 2),
+        'wall lines/s': round(size / wall),
+        'job s': round(job, 2),
+        'job lines/s': round(size / job),
+        'answers equal': equal,
+      }
+    )
   for row in rows:
     row['wall ratio'] = round(best[1][0] / best[row['parallelism']][0], 2)
     row['job ratio'] = round(best[1][1] / best[row['parallelism']][1], 2)
@@ -128,6 +165,7 @@ def batch_rows(size: int, data: str, expected: dict, out_dir: str, repeats: int)
 
 
 # --- streaming steady state ---------------------------------------------------------
+
 
 def stream_lines(count: int, first_start: int) -> List[str]:
   """The sample VPC's flows, one minute of them from `first_start`."""
@@ -151,11 +189,15 @@ def reference_windows(lines: List[str]) -> Dict[str, Dict[str, int]]:
 def fill_stream(kinesis, lines: List[str]) -> int:
   """Writes the lines as subscription records, 500 records a call; returns the records."""
   now_ms = int(time.time() * 1000)
-  records = [subscription_record(lines[i:i + LINES_PER_RECORD], 'eni-bench', i, now_ms)
-             for i in range(0, len(lines), LINES_PER_RECORD)]
+  records = [
+    subscription_record(lines[i : i + LINES_PER_RECORD], 'eni-bench', i, now_ms)
+    for i in range(0, len(lines), LINES_PER_RECORD)
+  ]
   for i in range(0, len(records), 500):
-    answer = kinesis.put_records(StreamName=STREAM, Records=[
-        {'Data': data, 'PartitionKey': uuid.uuid4().hex} for data in records[i:i + 500]])
+    answer = kinesis.put_records(
+      StreamName=STREAM,
+      Records=[{'Data': data, 'PartitionKey': uuid.uuid4().hex} for data in records[i : i + 500]],
+    )
     assert answer['FailedRecordCount'] == 0, answer
   return len(records)
 
@@ -194,16 +236,28 @@ def run_streaming(count: int, parallelism: int, out_dir: str) -> dict:
     lines = stream_lines(count, int(time.time()) + 60)
     expected = reference_windows(lines)
     records = fill_stream(kinesis, lines)
-    stderr = open(os.path.join(out_dir, f'{name}.stderr'), 'wb')  # pylint: disable=consider-using-with
+    stderr = open(os.path.join(out_dir, f'{name}.stderr'), 'wb')
     submitter = subprocess.Popen(
-        [PYTHON, '-m', 'pipeline', *flink_flags(parallelism, name), '--streaming',
-         '--checkpointing_interval=10000', f'--kinesis_stream={STREAM}',
-         f'--kinesis_endpoint_url={moto.url}', f'--aws_region={aws_emulator.REGION}',
-         '--kinesis_initial_position=TRIM_HORIZON', '--kinesis_max_delivery_delay=2',
-         f'--window_seconds={STREAM_WINDOW_SECONDS}',
-         f'--endpoint={receiver.url("/windows/{bucket_time}")}',
-         f'--dead_letter_dir={os.path.join(out_dir, "dead_letters")}'],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+      [
+        PYTHON,
+        '-m',
+        'pipeline',
+        *flink_flags(parallelism, name),
+        '--streaming',
+        '--checkpointing_interval=10000',
+        f'--kinesis_stream={STREAM}',
+        f'--kinesis_endpoint_url={moto.url}',
+        f'--aws_region={aws_emulator.REGION}',
+        '--kinesis_initial_position=TRIM_HORIZON',
+        '--kinesis_max_delivery_delay=2',
+        f'--window_seconds={STREAM_WINDOW_SECONDS}',
+        f'--endpoint={receiver.url("/windows/{bucket_time}")}',
+        f'--dead_letter_dir={os.path.join(out_dir, "dead_letters")}',
+      ],
+      cwd=ROOT,
+      stdout=subprocess.DEVNULL,
+      stderr=stderr,
+    )
     try:
       deadline = time.monotonic() + 600
       while not (job_named(name) or {}).get('state') == 'RUNNING':
@@ -236,13 +290,18 @@ def run_streaming(count: int, parallelism: int, out_dir: str) -> dict:
     f.write('seconds_since_tasks_running,flow_lines\n')
     f.writelines(f'{t - tasks_running:.2f},{n}\n' for t, n in samples)
   drain = samples[-1][0] - tasks_running
-  return {'lines': count, 'records': records, 'parallelism': parallelism,
-          'harness start s': round(tasks_running - running, 1), 'read s': round(drain, 1),
-          'lines/s': round(count / drain), 'answers equal': got == expected}
+  return {
+    'lines': count,
+    'records': records,
+    'parallelism': parallelism,
+    'harness start s': round(tasks_running - running, 1),
+    'read s': round(drain, 1),
+    'lines/s': round(count / drain),
+    'answers equal': got == expected,
+  }
 
 
-def run(sizes, data_for, expected_for, out_dir: str, repeats: int, streaming_lines: int,
-        write_table) -> bool:
+def run(sizes, data_for, expected_for, out_dir: str, repeats: int, streaming_lines: int, write_table) -> bool:
   """Every Flink row; True when every answer was equal."""
   started = rest_answers() is False
   if started and cluster('start') != 0:

@@ -24,19 +24,19 @@ sys.path.insert(0, ROOT)
 PYTHON = sys.executable
 
 READERS = {
-    'imports only': 'import transforms.decode, transforms.parquet, pyarrow.parquet, pyarrow.compute',
-    'decode_file (the pipeline)': '''
+  'imports only': 'import transforms.decode, transforms.parquet, pyarrow.parquet, pyarrow.compute',
+  'decode_file (the pipeline)': """
 import sys, transforms.decode
 lines = 0
 with open(sys.argv[1], 'rb') as f:
   for item in transforms.decode.decode_file(f, 'bench'):
     lines += len(getattr(item, 'lines', ()))
 print(lines)
-''',
-    'pyarrow read_table (whole file)': '''
+""",
+  'pyarrow read_table (whole file)': """
 import sys, pyarrow.parquet
 print(pyarrow.parquet.read_table(sys.argv[1], use_threads=False).num_rows)
-''',
+""",
 }
 
 
@@ -44,11 +44,13 @@ def write_file(path: str, rows: int, row_group_rows: int) -> None:
   """`rows` flow records in AWS's Parquet schema (gzip columns, as AWS writes),
   made column by column with numpy: a /16 of sources, a few hundred
   destinations, an hour of start times."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  import pyarrow as pa  # pylint: disable=import-outside-toplevel
-  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  import numpy as np
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
   sys.path.insert(0, os.path.join(ROOT, 'tests'))
-  from parquet_builders import AWS_PARQUET_TYPES, DEFAULT_COLUMNS  # pylint: disable=import-outside-toplevel
+  from parquet_builders import AWS_PARQUET_TYPES, DEFAULT_COLUMNS
+
   schema = pa.schema([(c, AWS_PARQUET_TYPES[c]) for c in DEFAULT_COLUMNS])
   rng = np.random.default_rng(7)
   sources = pa.array([f'10.0.{i // 256}.{i % 256}' for i in range(65536)])
@@ -57,7 +59,8 @@ def write_file(path: str, rows: int, row_group_rows: int) -> None:
     for first in range(0, rows, row_group_rows):
       n = min(row_group_rows, rows - first)
       start = 1767225600 + rng.integers(0, 3600, n)
-      table = pa.table({
+      table = pa.table(
+        {
           'version': pa.array(np.full(n, 2, np.int32)),
           'account_id': pa.array(['123456789012'] * n),
           'interface_id': pa.array(['eni-0a1b2c3d4e5f60718'] * n),
@@ -68,9 +71,13 @@ def write_file(path: str, rows: int, row_group_rows: int) -> None:
           'protocol': pa.array(np.full(n, 6, np.int32)),
           'packets': pa.array(rng.integers(1, 200, n)),
           'bytes': pa.array(rng.integers(60, 300000, n)),
-          'start': pa.array(start), 'end': pa.array(start + 30),
-          'action': pa.array(['ACCEPT'] * n), 'log_status': pa.array(['OK'] * n),
-      }, schema=schema)
+          'start': pa.array(start),
+          'end': pa.array(start + 30),
+          'action': pa.array(['ACCEPT'] * n),
+          'log_status': pa.array(['OK'] * n),
+        },
+        schema=schema,
+      )
       writer.write_table(table, row_group_size=row_group_rows)
 
 
@@ -78,8 +85,13 @@ def peak_of(code: str, path: str):
   """(peak RSS in bytes, CPU seconds, stdout) of a child running `code`,
   measured by /usr/bin/time (a small parent: the peak a child reports through
   wait4 starts at its parent's size when it was forked)."""
-  done = subprocess.run(['/usr/bin/time', '-f', '%U %S %M', PYTHON, '-c', code, path], cwd=ROOT,
-                        capture_output=True, text=True, check=True)
+  done = subprocess.run(
+    ['/usr/bin/time', '-f', '%U %S %M', PYTHON, '-c', code, path],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   user, system, kilobytes = done.stderr.strip().splitlines()[-1].split()
   return int(kilobytes) * 1024, float(user) + float(system), done.stdout.strip()
 
@@ -96,7 +108,8 @@ def main(argv=None):
       for row_group_rows in (rows, 128 * 1024):
         path = os.path.join(tmp, f'flows-{rows}-{row_group_rows}.parquet')
         write_file(path, rows, row_group_rows)
-        import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+        import pyarrow.parquet as pq
+
         metadata = pq.ParquetFile(path).metadata
         decoded = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
         for reader, code in READERS.items():
@@ -108,12 +121,15 @@ def main(argv=None):
         os.remove(path)
   mb = lambda n: f'{n / 1e6:.1f}'
   lines = [
-      '# Reading one large Parquet file: peak memory', '',
-      f'`bench/parquet_memory.py --rows {args.rows}`, {time.strftime("%Y-%m-%d", time.gmtime())}, '
-      'this 2-core machine (shared, loaded). AWS\'s flow log Parquet schema (14 default '
-      'fields, gzip columns). Peak RSS of the reading process (/usr/bin/time).', '',
-      '| rows | row groups | file MB | columns MB (uncompressed) | reader | peak RSS MB | CPU s |',
-      '|---:|---:|---:|---:|---|---:|---:|']
+    '# Reading one large Parquet file: peak memory',
+    '',
+    f'`bench/parquet_memory.py --rows {args.rows}`, {time.strftime("%Y-%m-%d", time.gmtime())}, '
+    "this 2-core machine (shared, loaded). AWS's flow log Parquet schema (14 default "
+    'fields, gzip columns). Peak RSS of the reading process (/usr/bin/time).',
+    '',
+    '| rows | row groups | file MB | columns MB (uncompressed) | reader | peak RSS MB | CPU s |',
+    '|---:|---:|---:|---:|---|---:|---:|',
+  ]
   for rows, groups, size, decoded, reader, peak, cpu in table:
     lines.append(f'| {rows:,} | {groups} | {mb(size)} | {mb(decoded)} | {reader} | {mb(peak)} | {cpu:.1f} |')
   os.makedirs(args.out, exist_ok=True)

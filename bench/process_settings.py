@@ -24,16 +24,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 
-from builders import data_message, flow_line, kinesis_jsonl, record_data  # pylint: disable=wrong-import-position
-from devtools.receiver import Receiver  # pylint: disable=wrong-import-position
+from builders import data_message, flow_line, kinesis_jsonl, record_data
+from devtools.receiver import Receiver
 
 VARIANTS = {
-    'shipped': 'from pipeline import process_settings; process_settings.apply()',
-    'pyarrow skipped': (
-        'from pipeline import process_settings; '
-        '[sys.modules.setdefault(m, None) for m in ("pyarrow", "pyarrow_hotfix")]; '
-        'process_settings.apply()'),
-    'nothing skipped': 'from pipeline import process_settings; process_settings.return_freed_arrays_to_the_system()',
+  'shipped': 'from pipeline import process_settings; process_settings.apply()',
+  'pyarrow skipped': (
+    'from pipeline import process_settings; '
+    '[sys.modules.setdefault(m, None) for m in ("pyarrow", "pyarrow_hotfix")]; '
+    'process_settings.apply()'
+  ),
+  'nothing skipped': 'from pipeline import process_settings; process_settings.return_freed_arrays_to_the_system()',
 }
 RUN = 'import sys; {settings}; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))'
 
@@ -51,24 +52,43 @@ def main(argv=None):
     for _ in range(args.runs):
       for name, settings in VARIANTS.items():  # interleaved, so that load drifts hit all alike
         done = subprocess.run(
-            ['/usr/bin/time', '-f', '%e %U %S %M', sys.executable, '-c', RUN.format(settings=settings),
-             f'--input={one}', f'--endpoint={receiver.url()}', f'--dead_letter_dir={tmp}/dead'],
-            cwd=ROOT, capture_output=True, text=True, check=False)
+          [
+            '/usr/bin/time',
+            '-f',
+            '%e %U %S %M',
+            sys.executable,
+            '-c',
+            RUN.format(settings=settings),
+            f'--input={one}',
+            f'--endpoint={receiver.url()}',
+            f'--dead_letter_dir={tmp}/dead',
+          ],
+          cwd=ROOT,
+          capture_output=True,
+          text=True,
+          check=False,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         wall, user, system, kilobytes = done.stderr.strip().splitlines()[-1].split()
         results[name].append((float(wall), float(user) + float(system), int(kilobytes) / 1000))
         print(name, results[name][-1], flush=True)
   lines = [
-      '# Process-wide settings of `python -m pipeline`: one-record runs', '',
-      f'`bench/process_settings.py --runs {args.runs}`, {time.strftime("%Y-%m-%d", time.gmtime())}, '
-      'this 2-core machine (shared, loaded: wall times are noisy). Median of the runs; '
-      'every run in brackets.', '',
-      '| variant | peak RSS MB | wall s | CPU s (user + system) |', '|---|---:|---:|---:|']
+    '# Process-wide settings of `python -m pipeline`: one-record runs',
+    '',
+    f'`bench/process_settings.py --runs {args.runs}`, {time.strftime("%Y-%m-%d", time.gmtime())}, '
+    'this 2-core machine (shared, loaded: wall times are noisy). Median of the runs; '
+    'every run in brackets.',
+    '',
+    '| variant | peak RSS MB | wall s | CPU s (user + system) |',
+    '|---|---:|---:|---:|',
+  ]
   for name, runs in results.items():
     walls, cpus, peaks = zip(*runs)
-    lines.append(f'| {name} | {statistics.median(peaks):.1f} ({", ".join(f"{p:.1f}" for p in peaks)}) | '
-                 f'{statistics.median(walls):.2f} ({", ".join(f"{w:.2f}" for w in walls)}) | '
-                 f'{statistics.median(cpus):.2f} ({", ".join(f"{c:.2f}" for c in cpus)}) |')
+    lines.append(
+      f'| {name} | {statistics.median(peaks):.1f} ({", ".join(f"{p:.1f}" for p in peaks)}) | '
+      f'{statistics.median(walls):.2f} ({", ".join(f"{w:.2f}" for w in walls)}) | '
+      f'{statistics.median(cpus):.2f} ({", ".join(f"{c:.2f}" for c in cpus)}) |'
+    )
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, 'process_settings.md'), 'w', encoding='utf-8') as f:
     f.write('\n'.join(lines) + '\n')

@@ -45,8 +45,8 @@ from typing import Dict, List, NamedTuple, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from devtools.receiver import Receiver  # pylint: disable=wrong-import-position
-from devtools.sample_data import DEFAULT_START, SampleVpc, write_sample  # pylint: disable=wrong-import-position
+from devtools.receiver import Receiver
+from devtools.sample_data import DEFAULT_START, SampleVpc, write_sample
 
 PYTHON = sys.executable
 INTERNET_PEERS = 200_000  # distinct internet clients of the VPC's public services
@@ -114,8 +114,10 @@ def generate(size: int, cache_dir: str) -> str:
   return directory
 
 
-S3_HEADER = ('version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes '
-             'start end action log-status')
+S3_HEADER = (
+  'version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes '
+  'start end action log-status'
+)
 
 
 def generate_s3(size: int, cache_dir: str) -> str:
@@ -127,8 +129,9 @@ def generate_s3(size: int, cache_dir: str) -> str:
     lines = SampleVpc(7, internet_peers=INTERNET_PEERS).flow_lines(size, DEFAULT_START, 3600)
     per_file = -(-size // FILES)
     for i in range(FILES):
-      with gzip.open(os.path.join(directory, f'flows-{i:03d}.log.gz'), 'wt', compresslevel=6,
-                     encoding='ascii') as out:
+      with gzip.open(
+        os.path.join(directory, f'flows-{i:03d}.log.gz'), 'wt', compresslevel=6, encoding='ascii'
+      ) as out:
         out.write(S3_HEADER + '\n')
         for line in itertools.islice(lines, per_file):
           out.write(line + '\n')
@@ -155,8 +158,16 @@ def run_duckdb(size: int, cache_dir: str, out_dir: str) -> Tuple[Measurement, di
   data = generate_s3(size, cache_dir)
   path = os.path.join(out_dir, f'duckdb-{size}.json')
   with open(path, 'wb') as answer:
-    run = measure([PYTHON, os.path.join(ROOT, 'bench', 'duckdb_query.py'),
-                   os.path.join(data, '*.log.gz'), '--threads', str(DUCKDB_THREADS)], answer)
+    run = measure(
+      [
+        PYTHON,
+        os.path.join(ROOT, 'bench', 'duckdb_query.py'),
+        os.path.join(data, '*.log.gz'),
+        '--threads',
+        str(DUCKDB_THREADS),
+      ],
+      answer,
+    )
   with open(path, encoding='utf-8') as f:
     got = json.load(f) if run.returncode == 0 else None
   os.remove(path)
@@ -167,10 +178,18 @@ def run_pipeline(pattern: str, out_dir: str, flags: List[str] = ()) -> Tuple[Mea
   """`python -m pipeline [flags]` over the files matching `pattern`, posting to
   a receiver here; its measurement, and the documents it posted by window start."""
   with Receiver(record_only=True) as receiver:
-    run = measure([PYTHON, '-m', 'pipeline', *flags, f'--input={pattern}',
-                   f'--endpoint={receiver.url("/windows/{bucket_time}")}',
-                   f'--dead_letter_dir={os.path.join(out_dir, "dead_letters")}'],
-                  subprocess.DEVNULL)
+    run = measure(
+      [
+        PYTHON,
+        '-m',
+        'pipeline',
+        *flags,
+        f'--input={pattern}',
+        f'--endpoint={receiver.url("/windows/{bucket_time}")}',
+        f'--dead_letter_dir={os.path.join(out_dir, "dead_letters")}',
+      ],
+      subprocess.DEVNULL,
+    )
     got = {path.rsplit('/', 1)[1]: doc for path, doc in receiver.latest_by_path().items()}
   return run, got
 
@@ -178,22 +197,29 @@ def run_pipeline(pattern: str, out_dir: str, flags: List[str] = ()) -> Tuple[Mea
 DUCKDB_THREADS = 2
 # Each system: (format, what it is, how it runs on `size` lines).
 SYSTEMS = {
-    'baseline': ('Kinesis', 'original algorithm (bench/baseline.py)',
-                 lambda size, cache, out: (run_baseline(size, cache, out), None)),
-    'pipeline_kinesis': ('Kinesis', 'pipeline, DirectRunner',
-                         lambda size, cache, out: run_pipeline(
-                             os.path.join(generate(size, cache), '*.jsonl'), out)),
-    'duckdb': ('S3', f'DuckDB {{}} read_csv + SQL, {DUCKDB_THREADS} threads',
-               run_duckdb),
-    'pipeline_s3': ('S3', 'pipeline, DirectRunner',
-                    lambda size, cache, out: run_pipeline(
-                        os.path.join(generate_s3(size, cache), '*.log.gz'), out)),
+  'baseline': (
+    'Kinesis',
+    'original algorithm (bench/baseline.py)',
+    lambda size, cache, out: (run_baseline(size, cache, out), None),
+  ),
+  'pipeline_kinesis': (
+    'Kinesis',
+    'pipeline, DirectRunner',
+    lambda size, cache, out: run_pipeline(os.path.join(generate(size, cache), '*.jsonl'), out),
+  ),
+  'duckdb': ('S3', f'DuckDB {{}} read_csv + SQL, {DUCKDB_THREADS} threads', run_duckdb),
+  'pipeline_s3': (
+    'S3',
+    'pipeline, DirectRunner',
+    lambda size, cache, out: run_pipeline(os.path.join(generate_s3(size, cache), '*.log.gz'), out),
+  ),
 }
 
 
 def _duckdb_version() -> str:
   try:
-    import duckdb  # pylint: disable=import-outside-toplevel
+    import duckdb
+
     return duckdb.__version__
   except ImportError:
     return '(not installed)'
@@ -224,8 +250,11 @@ def run_size(size: int, cache_dir: str, out_dir: str, systems: List[str], repeat
     fmt, what, _ = SYSTEMS[name]
     measured = runs[name]
     wall = statistics.median(m.seconds for m in measured)
-    rows.append({
-        'lines': size, 'format': fmt, 'system': what.format(_duckdb_version()),
+    rows.append(
+      {
+        'lines': size,
+        'format': fmt,
+        'system': what.format(_duckdb_version()),
         'wall_s': round(wall, 2),
         'cpu_s': round(statistics.median(m.cpu_seconds for m in measured), 2),
         'peak_rss_mb': round(statistics.median(m.peak_rss_bytes for m in measured) / 2**20, 1),
@@ -234,7 +263,8 @@ def run_size(size: int, cache_dir: str, out_dir: str, systems: List[str], repeat
         'runs_wall_s': ' '.join(f'{m.seconds:.2f}' for m in measured),
         'runs_peak_mb': ' '.join(f'{m.peak_rss_bytes / 2**20:.0f}' for m in measured),
         'load_1min': f'{min(loads):.2f}-{max(loads):.2f}',
-    })
+      }
+    )
   return rows
 
 
@@ -261,10 +291,16 @@ def ratios(rows: List[dict]) -> List[dict]:
     for fmt, other in (('Kinesis', 'original'), ('S3', 'DuckDB')):
       pipe, ref = by.get((lines, fmt, 'pipeline,')), by.get((lines, fmt, other))
       if pipe and ref:
-        out.append({'lines': lines, 'format': fmt, 'against': other,
-                    'speed_ratio': round(ref['wall_s'] / pipe['wall_s'], 2),
-                    'cpu_ratio': round(ref['cpu_s'] / max(pipe['cpu_s'], 0.01), 2),
-                    'memory_ratio': round(pipe['peak_rss_mb'] / max(ref['peak_rss_mb'], 0.1), 2)})
+        out.append(
+          {
+            'lines': lines,
+            'format': fmt,
+            'against': other,
+            'speed_ratio': round(ref['wall_s'] / pipe['wall_s'], 2),
+            'cpu_ratio': round(ref['cpu_s'] / max(pipe['cpu_s'], 0.01), 2),
+            'memory_ratio': round(pipe['peak_rss_mb'] / max(ref['peak_rss_mb'], 0.1), 2),
+          }
+        )
   return out
 
 
@@ -274,9 +310,10 @@ def write_outputs(rows: List[dict], out_dir: str) -> None:
   if ratio_rows:
     write_table(ratio_rows, '| ' + ' | '.join(ratio_rows[0]) + ' |', out_dir, 'ratios')
   try:
-    import matplotlib  # pylint: disable=import-outside-toplevel
+    import matplotlib
+
     matplotlib.use('Agg')
-    from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
+    from matplotlib import pyplot
   except ImportError:
     print('matplotlib is not installed: no plot (bench/run.sh installs it)')
     return
@@ -286,10 +323,11 @@ def write_outputs(rows: List[dict], out_dir: str) -> None:
   for row_axes, size in zip(axes, sizes):
     here = {(r['format'], r['system']): r for r in rows if r['lines'] == size}
     labels = [f'{fmt}: {system}' for fmt, system in systems if (fmt, system) in here]
-    for axis, key, title in zip(row_axes, ('wall_s', 'cpu_s', 'peak_rss_mb'),
-                                ('wall time, s', 'CPU time, s', 'peak RSS, MiB')):
+    for axis, key, title in zip(
+      row_axes, ('wall_s', 'cpu_s', 'peak_rss_mb'), ('wall time, s', 'CPU time, s', 'peak RSS, MiB')
+    ):
       values = [here[s][key] for s in systems if s in here]
-      axis.barh(range(len(values)), values, color=['C0', 'C1', 'C2', 'C3', 'C4'][:len(values)])
+      axis.barh(range(len(values)), values, color=['C0', 'C1', 'C2', 'C3', 'C4'][: len(values)])
       axis.set_yticks(range(len(values)))
       axis.set_yticklabels(labels if axis is row_axes[0] else [''] * len(values), fontsize=8)
       axis.set_title(f'{size / 1e6:g} M lines: {title}', fontsize=9)
@@ -303,16 +341,18 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--sizes', default='1500000,15000000')
   parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--systems', default=','.join(SYSTEMS),
-                      help=f'which of {", ".join(SYSTEMS)}')
+  parser.add_argument('--systems', default=','.join(SYSTEMS), help=f'which of {", ".join(SYSTEMS)}')
   parser.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results'))
   parser.add_argument('--cache', default=os.path.join(ROOT, 'out', 'bench-data'))
-  parser.add_argument('--flink', action='store_true',
-                      help='also run the pipeline on the local Flink cluster')
+  parser.add_argument('--flink', action='store_true', help='also run the pipeline on the local Flink cluster')
   parser.add_argument('--flink_sizes', default='1500000')
   parser.add_argument('--flink_repeats', type=int, default=2, help='runs per parallelism (best kept)')
-  parser.add_argument('--flink_streaming_lines', type=int, default=1_500_000,
-                      help='lines of the streaming steady-state runs (0: none)')
+  parser.add_argument(
+    '--flink_streaming_lines',
+    type=int,
+    default=1_500_000,
+    help='lines of the streaming steady-state runs (0: none)',
+  )
   args = parser.parse_args(argv)
   os.makedirs(args.out, exist_ok=True)
   systems = [s for s in args.systems.split(',') if s]
@@ -328,14 +368,24 @@ def main(argv=None):
   write_outputs(rows, args.out)
   equal = all(r['answers_equal'] for r in rows)
   if args.flink:
-    import flink  # pylint: disable=import-outside-toplevel  (bench/flink.py)
+    import flink  # bench/flink.py
+
     flink_sizes = [int(s) for s in args.flink_sizes.split(',')]
     for size in flink_sizes:
       if size not in sizes:
         run_baseline(size, args.cache, args.out)  # the answer to compare with
-    equal = flink.run(flink_sizes, lambda size: generate(size, args.cache),
-                      lambda size: baseline_answer(size, args.out), args.out, args.flink_repeats,
-                      args.flink_streaming_lines, write_table) and equal
+    equal = (
+      flink.run(
+        flink_sizes,
+        lambda size: generate(size, args.cache),
+        lambda size: baseline_answer(size, args.out),
+        args.out,
+        args.flink_repeats,
+        args.flink_streaming_lines,
+        write_table,
+      )
+      and equal
+    )
   return 0 if equal else 1
 
 

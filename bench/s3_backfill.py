@@ -25,25 +25,29 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 
-from devtools.aws_emulator import FAKE_AWS_ENV, REGION, client, moto_server  # pylint: disable=wrong-import-position
-from devtools.receiver import Receiver  # pylint: disable=wrong-import-position
-from devtools.sample_data import DEFAULT_START, SampleVpc  # pylint: disable=wrong-import-position
+from devtools.aws_emulator import FAKE_AWS_ENV, REGION, client, moto_server
+from devtools.receiver import Receiver
+from devtools.sample_data import DEFAULT_START, SampleVpc
 
 ACCOUNT = '123456789012'
 BUCKET = 'bench-flow-logs'
-HEADER = ('version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes '
-          'start end action log-status')
+HEADER = (
+  'version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes '
+  'start end action log-status'
+)
 DAY = time.strftime('%Y/%m/%d', time.gmtime(DEFAULT_START))
 TEXT_PREFIX = f'AWSLogs/{ACCOUNT}/vpcflowlogs/eu-west-1/{DAY}/'
 Y, M, D = DAY.split('/')
-HIVE_PREFIX = (f'AWSLogs/aws-account-id={ACCOUNT}/aws-service=vpcflowlogs/aws-region=eu-west-1/'
-               f'year={Y}/month={M}/day={D}/')
+HIVE_PREFIX = (
+  f'AWSLogs/aws-account-id={ACCOUNT}/aws-service=vpcflowlogs/aws-region=eu-west-1/year={Y}/month={M}/day={D}/'
+)
 
 
 def parquet_of(lines):
   """The version 2 lines as a Parquet file of AWS's schema."""
-  from parquet_builders import AWS_PARQUET_TYPES, DEFAULT_COLUMNS, parquet_bytes  # pylint: disable=import-outside-toplevel
-  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  from parquet_builders import AWS_PARQUET_TYPES, DEFAULT_COLUMNS, parquet_bytes
+  import pyarrow as pa
+
   columns = {c: [] for c in DEFAULT_COLUMNS}
   for line in lines:
     for column, value in zip(DEFAULT_COLUMNS, line.split()):
@@ -87,8 +91,10 @@ def main(argv=None):
       listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix, MaxKeys=1000).get('Contents', [])
       sizes[prefix] = sum(o['Size'] for o in listed)
     answers = {}
-    for name, pattern, prefix in (('text (.log.gz)', f's3://{BUCKET}/{TEXT_PREFIX}*.log.gz', TEXT_PREFIX),
-                                  ('Parquet (AWS schema)', f's3://{BUCKET}/{HIVE_PREFIX}*', HIVE_PREFIX)):
+    for name, pattern, prefix in (
+      ('text (.log.gz)', f's3://{BUCKET}/{TEXT_PREFIX}*.log.gz', TEXT_PREFIX),
+      ('Parquet (AWS schema)', f's3://{BUCKET}/{HIVE_PREFIX}*', HIVE_PREFIX),
+    ):
       receiver.posts.clear()
       wall, cpu, peak, out = measured(server, receiver, pattern, os.path.join(tmp, name[:4]))
       answers[name] = receiver.latest_by_path()
@@ -104,9 +110,19 @@ def measured(server, receiver, pattern, dead_letters):
   """(wall s, CPU s, peak RSS bytes, stdout) of one pipeline run, CPU and
   peak by /usr/bin/time (a small parent: the peak a child reports through
   wait4 starts at its parent's size when it was forked)."""
-  command = ['/usr/bin/time', '-f', '%U %S %M', sys.executable, '-m', 'pipeline', f'--input={pattern}',
-             f'--endpoint={receiver.url()}', f'--dead_letter_dir={dead_letters}',
-             f'--s3_endpoint_url={server.url}', f'--s3_region_name={REGION}']
+  command = [
+    '/usr/bin/time',
+    '-f',
+    '%U %S %M',
+    sys.executable,
+    '-m',
+    'pipeline',
+    f'--input={pattern}',
+    f'--endpoint={receiver.url()}',
+    f'--dead_letter_dir={dead_letters}',
+    f'--s3_endpoint_url={server.url}',
+    f'--s3_region_name={REGION}',
+  ]
   env = dict(os.environ, **FAKE_AWS_ENV)
   start = time.perf_counter()
   done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
@@ -120,18 +136,23 @@ def measured(server, receiver, pattern, dead_letters):
 
 def write_results(rows, args, windows):
   lines = [
-      '# Backfill throughput from emulated S3', '',
-      f'`bench/s3_backfill.py --files {args.files} --lines_per_file {args.lines_per_file}`, '
-      f'{time.strftime("%Y-%m-%d", time.gmtime())}: a day of the sample VPC\'s flows (version 2 '
-      f'format) in moto server\'s S3 on 127.0.0.1, read by `python -m pipeline --input=s3://...` '
-      f'(DirectRunner, one process) posting {windows} windows to a local receiver; text and '
-      'Parquet give the same answer. This 2-core machine is shared with other work: wall time is '
-      'noisy, the pipeline process\'s CPU time (user + system) much less so.', '',
-      '| input | files | bytes in S3 | lines | wall s | CPU s | lines/s (wall) | lines/s (CPU) | peak RSS MB |',
-      '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+    '# Backfill throughput from emulated S3',
+    '',
+    f'`bench/s3_backfill.py --files {args.files} --lines_per_file {args.lines_per_file}`, '
+    f"{time.strftime('%Y-%m-%d', time.gmtime())}: a day of the sample VPC's flows (version 2 "
+    f"format) in moto server's S3 on 127.0.0.1, read by `python -m pipeline --input=s3://...` "
+    f'(DirectRunner, one process) posting {windows} windows to a local receiver; text and '
+    'Parquet give the same answer. This 2-core machine is shared with other work: wall time is '
+    "noisy, the pipeline process's CPU time (user + system) much less so.",
+    '',
+    '| input | files | bytes in S3 | lines | wall s | CPU s | lines/s (wall) | lines/s (CPU) | peak RSS MB |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+  ]
   for name, files, size, count, wall, cpu, peak in rows:
-    lines.append(f'| {name} | {files} | {size:,} | {count:,} | {wall:.1f} | {cpu:.1f} | '
-                 f'{count / wall:,.0f} | {count / cpu:,.0f} | {peak / 1e6:.1f} |')
+    lines.append(
+      f'| {name} | {files} | {size:,} | {count:,} | {wall:.1f} | {cpu:.1f} | '
+      f'{count / wall:,.0f} | {count / cpu:,.0f} | {peak / 1e6:.1f} |'
+    )
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, 's3_backfill.md'), 'w', encoding='utf-8') as f:
     f.write('\n'.join(lines) + '\n')

@@ -28,14 +28,14 @@ ACCOUNT_ID = '123456789012'  # moto's default account
 SUBSCRIPTION_ROLE_ARN = f'arn:aws:iam::{ACCOUNT_ID}:role/CWLtoKinesisRole'
 # Fake credentials for the emulators; never real ones.
 FAKE_AWS_ENV = {
-    'AWS_ACCESS_KEY_ID': 'testing',
-    'AWS_SECRET_ACCESS_KEY': 'testing',
-    'AWS_SESSION_TOKEN': 'testing',
-    'AWS_DEFAULT_REGION': REGION,
-    'AWS_REGION': REGION,
-    'AWS_CONFIG_FILE': os.devnull,
-    'AWS_SHARED_CREDENTIALS_FILE': os.devnull,
-    'AWS_EC2_METADATA_DISABLED': 'true',
+  'AWS_ACCESS_KEY_ID': 'testing',
+  'AWS_SECRET_ACCESS_KEY': 'testing',
+  'AWS_SESSION_TOKEN': 'testing',
+  'AWS_DEFAULT_REGION': REGION,
+  'AWS_REGION': REGION,
+  'AWS_CONFIG_FILE': os.devnull,
+  'AWS_SHARED_CREDENTIALS_FILE': os.devnull,
+  'AWS_EC2_METADATA_DISABLED': 'true',
 }
 
 
@@ -63,6 +63,7 @@ def _die_with_parent():
   that a killed test run leaves no emulator behind (a no-op elsewhere)."""
   try:
     import ctypes
+
     libc = ctypes.CDLL('libc.so.6', use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
   except (OSError, AttributeError):
@@ -71,6 +72,7 @@ def _die_with_parent():
 
 class EmulatorProcess:
   """A server subprocess on 127.0.0.1 and a free port; a context manager."""
+
   def __init__(self, command: Sequence[str], port: int):
     self.port = port
     self._command = list(command)
@@ -83,8 +85,12 @@ class EmulatorProcess:
   def start(self) -> 'EmulatorProcess':
     env = dict(os.environ, **FAKE_AWS_ENV)
     self._process = subprocess.Popen(
-        self._command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent)
+      self._command,
+      env=env,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+      preexec_fn=_die_with_parent,
+    )
     try:
       _wait_for_port(self.port, self._process)
     except Exception:
@@ -116,11 +122,14 @@ def moto_server() -> EmulatorProcess:
 
 def client(service: str, endpoint_url: str):
   return boto3.session.Session().client(
-      service, region_name=REGION, endpoint_url=endpoint_url,
-      aws_access_key_id=FAKE_AWS_ENV['AWS_ACCESS_KEY_ID'],
-      aws_secret_access_key=FAKE_AWS_ENV['AWS_SECRET_ACCESS_KEY'],
-      aws_session_token=FAKE_AWS_ENV['AWS_SESSION_TOKEN'],
-      config=Config(retries={'mode': 'standard', 'max_attempts': 3}))
+    service,
+    region_name=REGION,
+    endpoint_url=endpoint_url,
+    aws_access_key_id=FAKE_AWS_ENV['AWS_ACCESS_KEY_ID'],
+    aws_secret_access_key=FAKE_AWS_ENV['AWS_SECRET_ACCESS_KEY'],
+    aws_session_token=FAKE_AWS_ENV['AWS_SESSION_TOKEN'],
+    config=Config(retries={'mode': 'standard', 'max_attempts': 3}),
+  )
 
 
 def wait_until_active(kinesis, stream_name: str, timeout: float = 10.0) -> None:
@@ -137,8 +146,7 @@ def create_stream(kinesis, stream_name: str, shard_count: int) -> str:
   """Creates the stream, waits for it to be ACTIVE and returns its ARN."""
   kinesis.create_stream(StreamName=stream_name, ShardCount=shard_count)
   wait_until_active(kinesis, stream_name)
-  return kinesis.describe_stream_summary(
-      StreamName=stream_name)['StreamDescriptionSummary']['StreamARN']
+  return kinesis.describe_stream_summary(StreamName=stream_name)['StreamDescriptionSummary']['StreamARN']
 
 
 def subscribe_log_group(logs, log_group: str, log_stream: str, stream_arn: str) -> None:
@@ -146,19 +154,24 @@ def subscribe_log_group(logs, log_group: str, log_stream: str, stream_arn: str) 
   logs.create_log_group(logGroupName=log_group)
   logs.create_log_stream(logGroupName=log_group, logStreamName=log_stream)
   logs.put_subscription_filter(
-      logGroupName=log_group, filterName='to-kinesis', filterPattern='',
-      destinationArn=stream_arn, roleArn=SUBSCRIPTION_ROLE_ARN)
+    logGroupName=log_group,
+    filterName='to-kinesis',
+    filterPattern='',
+    destinationArn=stream_arn,
+    roleArn=SUBSCRIPTION_ROLE_ARN,
+  )
 
 
-def put_flow_lines(logs, log_group: str, log_stream: str,
-                   batches: Iterable[Sequence[str]]) -> int:
+def put_flow_lines(logs, log_group: str, log_stream: str, batches: Iterable[Sequence[str]]) -> int:
   """Writes each batch of flow lines with one put_log_events call (one Kinesis
   record each, through the subscription); returns the number of calls."""
   calls = 0
   for lines in batches:
     now_ms = int(time.time() * 1000)
     logs.put_log_events(
-        logGroupName=log_group, logStreamName=log_stream,
-        logEvents=[{'timestamp': now_ms, 'message': line} for line in lines])
+      logGroupName=log_group,
+      logStreamName=log_stream,
+      logEvents=[{'timestamp': now_ms, 'message': line} for line in lines],
+    )
     calls += 1
   return calls

@@ -15,10 +15,20 @@ from typing import Iterator
 CHROMIUM = '/usr/bin/chromium'
 CHROMEDRIVER = '/usr/bin/chromedriver'
 CHROMIUM_FLAGS = (
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--disable-dev-shm-usage', '--disable-extensions', '--disable-default-apps',
-    '--metrics-recording-only', '--no-default-browser-check', '--mute-audio',
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--disable-dev-shm-usage',
+  '--disable-extensions',
+  '--disable-default-apps',
+  '--metrics-recording-only',
+  '--no-default-browser-check',
+  '--mute-audio',
 )
 
 
@@ -26,8 +36,10 @@ def missing() -> str:
   """What is missing to run the browser ('' when nothing)."""
   absent = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
   if absent:
-    return (f'{" and ".join(absent)} not found: apt-get install -y chromium chromium-driver '
-            '(./run_tests.sh does it)')
+    return (
+      f'{" and ".join(absent)} not found: apt-get install -y chromium chromium-driver '
+      '(./run_tests.sh does it)'
+    )
   return ''
 
 
@@ -36,8 +48,9 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator['object']:
   """A Selenium WebDriver of a headless Chromium with a fresh profile,
   quit (and its profile removed) on exit."""
   # Imported here: only the browser's tests and benchmark need Selenium.
-  from selenium import webdriver  # pylint: disable=import-outside-toplevel
-  from selenium.webdriver.chrome.service import Service  # pylint: disable=import-outside-toplevel
+  from selenium import webdriver
+  from selenium.webdriver.chrome.service import Service
+
   problem = missing()
   if problem:
     raise RuntimeError(problem)

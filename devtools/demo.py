@@ -40,10 +40,12 @@ def main(argv: Optional[List[str]] = None) -> int:
   parser.add_argument('--lines', type=int, default=40_000)
   parser.add_argument('--shards', type=int, default=2)
   parser.add_argument('--start', type=int, help='first flow start (default: the last full hour)')
-  parser.add_argument('--view', action='store_true',
-                      help='then keep the receiver and its viewer up until Ctrl-C')
-  parser.add_argument('--port', type=int, default=0,
-                      help="the receiver's port on 127.0.0.1 (default: one the OS chooses)")
+  parser.add_argument(
+    '--view', action='store_true', help='then keep the receiver and its viewer up until Ctrl-C'
+  )
+  parser.add_argument(
+    '--port', type=int, default=0, help="the receiver's port on 127.0.0.1 (default: one the OS chooses)"
+  )
   args = parser.parse_args(argv)
   shutil.rmtree(args.dir, ignore_errors=True)
   os.makedirs(args.dir)
@@ -57,9 +59,11 @@ def main(argv: Optional[List[str]] = None) -> int:
       print('\n== what the endpoint received')
       print(report.render(report.load_windows(store)))
       if args.view:
-        print(f'\n== the viewer: {receiver.viewer_url()}  (Ctrl-C stops it; the documents stay '
-              f'in {store}, `python -m devtools.receiver --store {store}` serves them again)',
-              flush=True)
+        print(
+          f'\n== the viewer: {receiver.viewer_url()}  (Ctrl-C stops it; the documents stay '
+          f'in {store}, `python -m devtools.receiver --store {store}` serves them again)',
+          flush=True,
+        )
         try:
           threading.Event().wait()
         except KeyboardInterrupt:
@@ -85,15 +89,24 @@ def run_pipeline(args, receiver: Receiver, hour_start: int) -> int:
     kinesis.put_record(StreamName=STREAM, Data=control_record(), PartitionKey='control')
     lines = SampleVpc().flow_lines(args.lines, hour_start)
     calls = aws_emulator.put_flow_lines(
-        logs, LOG_GROUP, LOG_STREAM, iter(lambda: list(itertools.islice(lines, LINES_PER_CALL)), []))
-    print(f'== wrote {args.lines} flow lines of the hour from {hour_start} through CloudWatch Logs '
-          f'({calls} put_log_events calls) into the {args.shards}-shard stream {STREAM}')
+      logs, LOG_GROUP, LOG_STREAM, iter(lambda: list(itertools.islice(lines, LINES_PER_CALL)), [])
+    )
+    print(
+      f'== wrote {args.lines} flow lines of the hour from {hour_start} through CloudWatch Logs '
+      f'({calls} put_log_events calls) into the {args.shards}-shard stream {STREAM}'
+    )
     print('== running the pipeline from Kinesis')
-    status = pipeline_main.main([
-        f'--kinesis_stream={STREAM}', f'--kinesis_endpoint_url={moto.url}',
-        f'--aws_region={aws_emulator.REGION}', '--kinesis_initial_position=TRIM_HORIZON',
-        '--kinesis_stop_at_latest', f'--endpoint={receiver.url()}',
-        f'--dead_letter_dir={os.path.join(args.dir, "dead_letters")}'])
+    status = pipeline_main.main(
+      [
+        f'--kinesis_stream={STREAM}',
+        f'--kinesis_endpoint_url={moto.url}',
+        f'--aws_region={aws_emulator.REGION}',
+        '--kinesis_initial_position=TRIM_HORIZON',
+        '--kinesis_stop_at_latest',
+        f'--endpoint={receiver.url()}',
+        f'--dead_letter_dir={os.path.join(args.dir, "dead_letters")}',
+      ]
+    )
   return status
 
 

@@ -43,8 +43,7 @@ class ReceivedPost(NamedTuple):
 
   def json(self):
     body = self.body
-    if any(k.lower() == 'content-encoding' and v.strip().lower() == 'gzip'
-           for k, v in self.headers.items()):
+    if any(k.lower() == 'content-encoding' and v.strip().lower() == 'gzip' for k, v in self.headers.items()):
       body = gzip.decompress(body)
     return json.loads(body)
 
@@ -64,13 +63,22 @@ class Receiver:
   the sender nothing: the benchmark's endpoint.
   `keep_posts`: keep every accepted POST in `posts` (the tests'); a long-running
   service with a store does not."""
-  def __init__(self, port: int = 0, store: Optional[str] = None,
-               statuses: Optional[List[int]] = None, retry_after: Optional[str] = None,
-               delay_seconds: float = 0.0, always_status: Optional[int] = None,
-               host: str = '127.0.0.1', rule: JumpRule = JumpRule(),
-               history: Optional[int] = None,
-               max_body_bytes: int = contract.MAX_BODY_BYTES, record_only: bool = False,
-               keep_posts: bool = True):
+
+  def __init__(
+    self,
+    port: int = 0,
+    store: Optional[str] = None,
+    statuses: Optional[List[int]] = None,
+    retry_after: Optional[str] = None,
+    delay_seconds: float = 0.0,
+    always_status: Optional[int] = None,
+    host: str = '127.0.0.1',
+    rule: JumpRule = JumpRule(),
+    history: Optional[int] = None,
+    max_body_bytes: int = contract.MAX_BODY_BYTES,
+    record_only: bool = False,
+    keep_posts: bool = True,
+  ):
     if record_only and store:
       raise ValueError('a record_only receiver keeps no store')
     self.record_only = record_only
@@ -120,13 +128,19 @@ class Receiver:
     if self.keep_posts:
       with self._lock:
         self.posts.append(ReceivedPost(path, headers, body))
-    return json_answer({'outcome': outcome, 'window_start': part.window_start,
-                        'group': part.group, 'pane': part.pane_index, 'part': part.part_index})
+    return json_answer(
+      {
+        'outcome': outcome,
+        'window_start': part.window_start,
+        'group': part.group,
+        'pane': part.pane_index,
+        'part': part.part_index,
+      }
+    )
 
   def answer_get(self, target: str) -> Answer:
     if self._api is None:
-      return error(404, 'this receiver keeps no store, so it serves no viewer '
-                        '(start it with a store file)')
+      return error(404, 'this receiver keeps no store, so it serves no viewer (start it with a store file)')
     return self._api.answer(target)
 
   @property
@@ -176,13 +190,14 @@ class Receiver:
 def _handler(receiver: Receiver):
   class Handler(BaseHTTPRequestHandler):
     """One request: POSTs are stored, GETs answered by the viewer's API."""
+
     server_version = 'vpc-flow-peers-receiver'
     # Headers and body go out in one write, without waiting for an ACK of the
     # headers (Nagle's algorithm against delayed ACKs costs each answer ~40 ms).
     wbufsize = 1 << 16
     disable_nagle_algorithm = True
 
-    def do_POST(self):  # pylint: disable=invalid-name
+    def do_POST(self):
       if self.headers.get('Transfer-Encoding'):
         self._send(error(411, 'send the body with a Content-Length, not chunked'))
         return
@@ -196,8 +211,7 @@ def _handler(receiver: Receiver):
       length = int(length_header)
       if length > receiver.max_body_bytes:
         self.close_connection = True
-        self._send(error(413, f'body of {length} bytes is larger than '
-                              f'{receiver.max_body_bytes} bytes'))
+        self._send(error(413, f'body of {length} bytes is larger than {receiver.max_body_bytes} bytes'))
         return
       body = self.rfile.read(length)
       if len(body) < length:
@@ -208,7 +222,7 @@ def _handler(receiver: Receiver):
         time.sleep(receiver.delay_seconds)
       self._send(answer)
 
-    def do_GET(self):  # pylint: disable=invalid-name
+    def do_GET(self):
       self._send(receiver.answer_get(self.path))
 
     def _send(self, answer: Answer):
@@ -231,43 +245,69 @@ def _handler(receiver: Receiver):
 
 def main(argv: Optional[List[str]] = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--store', required=True, help='SQLite file of the received documents '
-                      '(created if missing, reopened as it was)')
+  parser.add_argument(
+    '--store',
+    required=True,
+    help='SQLite file of the received documents (created if missing, reopened as it was)',
+  )
   parser.add_argument('--host', default='127.0.0.1', help='address to listen on (default 127.0.0.1)')
   parser.add_argument('--port', type=int, default=0, help='port (default: one the OS chooses)')
   parser.add_argument('--port_file', help='write the bound port here once listening')
-  parser.add_argument('--max_body_bytes', type=int, default=contract.MAX_BODY_BYTES,
-                      help='largest POST body taken, before and after gzip (default 64 MiB)')
-  parser.add_argument('--jump_ratio', type=float, default=jumps.DEFAULT_RATIO,
-                      help='a jump is at least this many times the median of the previous windows')
-  parser.add_argument('--jump_min_count', type=int, default=jumps.DEFAULT_MIN_COUNT,
-                      help='and at least this many distinct peers')
-  parser.add_argument('--jump_history', type=int,
-                      help='how many previous windows the median looks at (default: as the store '
-                           f'was made, {jumps.DEFAULT_HISTORY} for a new one)')
+  parser.add_argument(
+    '--max_body_bytes',
+    type=int,
+    default=contract.MAX_BODY_BYTES,
+    help='largest POST body taken, before and after gzip (default 64 MiB)',
+  )
+  parser.add_argument(
+    '--jump_ratio',
+    type=float,
+    default=jumps.DEFAULT_RATIO,
+    help='a jump is at least this many times the median of the previous windows',
+  )
+  parser.add_argument(
+    '--jump_min_count',
+    type=int,
+    default=jumps.DEFAULT_MIN_COUNT,
+    help='and at least this many distinct peers',
+  )
+  parser.add_argument(
+    '--jump_history',
+    type=int,
+    help='how many previous windows the median looks at (default: as the store '
+    f'was made, {jumps.DEFAULT_HISTORY} for a new one)',
+  )
   args = parser.parse_args(argv)
-  if args.jump_ratio < 1 or args.jump_min_count < 1 or (
-      args.jump_history is not None and args.jump_history < 1):
-    parser.exit(1, f'{parser.prog}: --jump_ratio, --jump_min_count and --jump_history '
-                   'must be at least 1\n')
+  if (
+    args.jump_ratio < 1
+    or args.jump_min_count < 1
+    or (args.jump_history is not None and args.jump_history < 1)
+  ):
+    parser.exit(1, f'{parser.prog}: --jump_ratio, --jump_min_count and --jump_history must be at least 1\n')
   if args.max_body_bytes < 1:
     parser.exit(1, f'{parser.prog}: --max_body_bytes must be at least 1\n')
   directory = os.path.dirname(os.path.abspath(args.store))
   if not os.path.isdir(directory):
     parser.exit(1, f'{parser.prog}: no directory {directory} for --store\n')
   try:
-    receiver = Receiver(args.port, args.store, host=args.host,
-                        rule=JumpRule(args.jump_ratio, args.jump_min_count),
-                        history=args.jump_history, max_body_bytes=args.max_body_bytes,
-                        keep_posts=False).start()
+    receiver = Receiver(
+      args.port,
+      args.store,
+      host=args.host,
+      rule=JumpRule(args.jump_ratio, args.jump_min_count),
+      history=args.jump_history,
+      max_body_bytes=args.max_body_bytes,
+      keep_posts=False,
+    ).start()
   except (OSError, ValueError, sqlite3.Error) as e:
     parser.exit(1, f'{parser.prog}: cannot start: {e}\n')
   if args.port_file:
     with open(args.port_file + '.tmp', 'w', encoding='ascii') as f:
       f.write(str(receiver.port))
     os.replace(args.port_file + '.tmp', args.port_file)
-  print(f'receiver on {receiver.url()} (viewer: {receiver.viewer_url()}), storing in {args.store}',
-        flush=True)
+  print(
+    f'receiver on {receiver.url()} (viewer: {receiver.viewer_url()}), storing in {args.store}', flush=True
+  )
   try:
     threading.Event().wait()
   except KeyboardInterrupt:

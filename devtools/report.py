@@ -57,8 +57,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     documents = load_documents(args.store)
   except sqlite3.Error as e:
     parser.exit(1, f'{parser.prog}: {args.store} is not a receiver store: {e}\n')
-  plain = {start: counts for (start, group), counts in documents.items()} if all(
-      not group for _, group in documents) else documents
+  plain = (
+    {start: counts for (start, group), counts in documents.items()}
+    if all(not group for _, group in documents)
+    else documents
+  )
   print(render(plain, args.top) if documents else f'no windows in {args.store}')
   return 0
 

@@ -33,19 +33,21 @@ class SampleVpc:
 
   `scan_after`: the part of the span (0 to 1) before the scanner starts
   scanning; until then it talks to a few app hosts like any other host."""
-  def __init__(self, seed: int = 7, hosts: int = 60, internet_peers: int = 5000,
-               scan_after: float = 0.5):
+
+  def __init__(self, seed: int = 7, hosts: int = 60, internet_peers: int = 5000, scan_after: float = 0.5):
     self._random = random.Random(seed)
     self._scan_after = scan_after
     r = self._random
     self.hosts = [f'10.0.{i // 200}.{10 + i % 200}' for i in range(hosts)]
     self.ipv6_hosts = [f'2600:1f18:4a3:6e00::{0x10 + i:x}' for i in range(8)]
     self.internet = [
-        f'{r.choice([34, 52, 54, 81, 91, 104, 142, 185, 203])}.{r.randrange(256)}.'
-        f'{r.randrange(256)}.{r.randrange(1, 255)}' for _ in range(internet_peers)
+      f'{r.choice([34, 52, 54, 81, 91, 104, 142, 185, 203])}.{r.randrange(256)}.'
+      f'{r.randrange(256)}.{r.randrange(1, 255)}'
+      for _ in range(internet_peers)
     ]
-    self.ipv6_internet = [f'2a01:4f8:{r.randrange(0x10000):x}::{r.randrange(1, 0xffff):x}'
-                          for _ in range(200)]
+    self.ipv6_internet = [
+      f'2a01:4f8:{r.randrange(0x10000):x}::{r.randrange(1, 0xFFFF):x}' for _ in range(200)
+    ]
     self.interfaces = {h: f'eni-{r.getrandbits(68):017x}' for h in self.hosts + self.ipv6_hosts + [SCANNER]}
     # Zipf-like weights: a few talkers carry most flows.
     weights = [1.0 / (rank + 1) ** 1.1 for rank in range(internet_peers)]
@@ -88,31 +90,48 @@ class SampleVpc:
         src, dst = dst, src
       iface = self.interfaces.get(src) or self.interfaces.get(dst) or 'eni-0'
       packets = r.randrange(1, 200)
-      yield (f'2 {ACCOUNT_ID} {iface} {src} {dst} {r.randrange(1024, 65535)} {dstport} 6 '
-             f'{packets} {packets * r.randrange(60, 1500)} {t} {t + r.randrange(1, 60)} {action} {status}')
+      yield (
+        f'2 {ACCOUNT_ID} {iface} {src} {dst} {r.randrange(1024, 65535)} {dstport} 6 '
+        f'{packets} {packets * r.randrange(60, 1500)} {t} {t + r.randrange(1, 60)} {action} {status}'
+      )
 
 
 def subscription_record(lines: List[str], log_stream: str, first_id: int, timestamp_ms: int) -> bytes:
   """A Kinesis record's data as a CloudWatch Logs subscription delivers it."""
   message = {
-      'messageType': 'DATA_MESSAGE', 'owner': ACCOUNT_ID, 'logGroup': LOG_GROUP,
-      'logStream': log_stream, 'subscriptionFilters': ['flow-peers'],
-      'logEvents': [{'id': str(first_id + i), 'timestamp': timestamp_ms, 'message': line}
-                    for i, line in enumerate(lines)],
+    'messageType': 'DATA_MESSAGE',
+    'owner': ACCOUNT_ID,
+    'logGroup': LOG_GROUP,
+    'logStream': log_stream,
+    'subscriptionFilters': ['flow-peers'],
+    'logEvents': [
+      {'id': str(first_id + i), 'timestamp': timestamp_ms, 'message': line} for i, line in enumerate(lines)
+    ],
   }
   return gzip.compress(json.dumps(message, separators=(',', ':')).encode(), compresslevel=6, mtime=0)
 
 
 def control_record() -> bytes:
-  message = {'messageType': 'CONTROL_MESSAGE', 'owner': 'CloudwatchLogs', 'logGroup': '',
-             'logStream': '', 'subscriptionFilters': [],
-             'logEvents': [{'id': '', 'timestamp': 0,
-                            'message': 'CWL CONTROL MESSAGE: Checking health of destination Kinesis stream.'}]}
+  message = {
+    'messageType': 'CONTROL_MESSAGE',
+    'owner': 'CloudwatchLogs',
+    'logGroup': '',
+    'logStream': '',
+    'subscriptionFilters': [],
+    'logEvents': [
+      {
+        'id': '',
+        'timestamp': 0,
+        'message': 'CWL CONTROL MESSAGE: Checking health of destination Kinesis stream.',
+      }
+    ],
+  }
   return gzip.compress(json.dumps(message).encode(), mtime=0)
 
 
-def write_kinesis_jsonl(path: str, lines: Iterator[str], lines_per_record: int = 300,
-                        log_stream: str = 'eni-sample-all') -> int:
+def write_kinesis_jsonl(
+  path: str, lines: Iterator[str], lines_per_record: int = 300, log_stream: str = 'eni-sample-all'
+) -> int:
   """Writes JSON Lines of Kinesis records ({"kinesis": {"data": base64}}), the
   first being a CONTROL_MESSAGE; returns the number of records."""
   records = 0
@@ -127,17 +146,27 @@ def write_kinesis_jsonl(path: str, lines: Iterator[str], lines_per_record: int =
       if chunk and (line is None or len(chunk) >= lines_per_record):
         start = int(chunk[0].split()[10]) if chunk[0].split()[10] != '-' else 0
         data = subscription_record(chunk, log_stream, first_id, start * 1000 + 300_000)
-        out.write(json.dumps({'kinesis': {'data': base64.b64encode(data).decode(),
-                                          'sequenceNumber': str(10**20 + records)}}) + '\n')
+        out.write(
+          json.dumps(
+            {'kinesis': {'data': base64.b64encode(data).decode(), 'sequenceNumber': str(10**20 + records)}}
+          )
+          + '\n'
+        )
         records += 1
         first_id += len(chunk)
         chunk = []
   return records
 
 
-def write_sample(out_dir: str, lines: int = 40_000, start: int = DEFAULT_START,
-                 files: int = 2, seed: int = 7, seconds: int = 3600,
-                 internet_peers: int = 5000) -> List[str]:
+def write_sample(
+  out_dir: str,
+  lines: int = 40_000,
+  start: int = DEFAULT_START,
+  files: int = 2,
+  seed: int = 7,
+  seconds: int = 3600,
+  internet_peers: int = 5000,
+) -> List[str]:
   """Writes the sample as `files` JSON Lines files of Kinesis records."""
   os.makedirs(out_dir, exist_ok=True)
   vpc = SampleVpc(seed, internet_peers=internet_peers)
@@ -159,11 +188,13 @@ def main(argv: Optional[List[str]] = None):
   parser.add_argument('--start', type=int, default=DEFAULT_START)
   parser.add_argument('--seed', type=int, default=7)
   parser.add_argument('--seconds', type=int, default=3600, help='time span of the flows')
-  parser.add_argument('--internet_peers', type=int, default=5000,
-                      help='how many distinct internet addresses talk to the VPC')
+  parser.add_argument(
+    '--internet_peers', type=int, default=5000, help='how many distinct internet addresses talk to the VPC'
+  )
   args = parser.parse_args(argv)
-  for path in write_sample(args.out, args.lines, args.start, args.files, args.seed,
-                           args.seconds, args.internet_peers):
+  for path in write_sample(
+    args.out, args.lines, args.start, args.files, args.seed, args.seconds, args.internet_peers
+  ):
     print(path)
 
 

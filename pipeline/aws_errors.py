@@ -18,38 +18,65 @@ from botocore.exceptions import BotoCoreError, ClientError
 KINESIS_OPERATIONS = ('ListShards', 'GetShardIterator', 'GetRecords')
 KINESIS_ACTIONS = 'kinesis:ListShards, kinesis:GetShardIterator and kinesis:GetRecords'
 
-CREDENTIALS_HINT = ('set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run '
-                    'with an IAM role (credentials never come from flags)')
+CREDENTIALS_HINT = (
+  'set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run '
+  'with an IAM role (credentials never come from flags)'
+)
 
 # botocore exception class names, by what the user should do.
 _NO_REGION = frozenset(['NoRegionError'])
 _BAD_REGION = frozenset(['InvalidRegionError'])
-_NO_CREDENTIALS = frozenset([
-    'NoCredentialsError', 'PartialCredentialsError', 'CredentialRetrievalError',
-    'ProfileNotFound', 'SSOTokenLoadError', 'UnauthorizedSSOTokenError', 'TokenRetrievalError',
-    'NoAuthTokenError'])
-_UNREACHABLE = frozenset([
-    'EndpointConnectionError', 'ConnectTimeoutError', 'ReadTimeoutError',
-    'ConnectionClosedError', 'ProxyConnectionError'])
+_NO_CREDENTIALS = frozenset(
+  [
+    'NoCredentialsError',
+    'PartialCredentialsError',
+    'CredentialRetrievalError',
+    'ProfileNotFound',
+    'SSOTokenLoadError',
+    'UnauthorizedSSOTokenError',
+    'TokenRetrievalError',
+    'NoAuthTokenError',
+  ]
+)
+_UNREACHABLE = frozenset(
+  [
+    'EndpointConnectionError',
+    'ConnectTimeoutError',
+    'ReadTimeoutError',
+    'ConnectionClosedError',
+    'ProxyConnectionError',
+  ]
+)
 _TLS = frozenset(['SSLError'])
 
 # AWS error codes (ClientError), by what the user should do.
 _NOT_FOUND = frozenset(['ResourceNotFoundException', 'NoSuchBucket', 'NoSuchKey'])
 _DENIED = frozenset(['AccessDeniedException', 'AccessDenied', 'KMSAccessDeniedException'])
-_REJECTED_CREDENTIALS = frozenset([
-    'UnrecognizedClientException', 'InvalidClientTokenId', 'InvalidSignatureException',
-    'SignatureDoesNotMatch', 'InvalidAccessKeyId', 'IncompleteSignature',
-    'MissingAuthenticationToken', 'MissingAuthenticationTokenException', 'InvalidToken'])
-_EXPIRED_CREDENTIALS = frozenset([
-    'ExpiredTokenException', 'ExpiredToken', 'RequestExpired', 'TokenRefreshRequired'])
-_KMS_KEY_UNUSABLE = frozenset([
-    'KMSDisabledException', 'KMSInvalidStateException', 'KMSNotFoundException',
-    'KMSOptInRequired'])
+_REJECTED_CREDENTIALS = frozenset(
+  [
+    'UnrecognizedClientException',
+    'InvalidClientTokenId',
+    'InvalidSignatureException',
+    'SignatureDoesNotMatch',
+    'InvalidAccessKeyId',
+    'IncompleteSignature',
+    'MissingAuthenticationToken',
+    'MissingAuthenticationTokenException',
+    'InvalidToken',
+  ]
+)
+_EXPIRED_CREDENTIALS = frozenset(
+  ['ExpiredTokenException', 'ExpiredToken', 'RequestExpired', 'TokenRefreshRequired']
+)
+_KMS_KEY_UNUSABLE = frozenset(
+  ['KMSDisabledException', 'KMSInvalidStateException', 'KMSNotFoundException', 'KMSOptInRequired']
+)
 
 # What botocore's exceptions leave in the text of a failed job.
 _CLIENT_ERROR_TEXT = re.compile(
-    r'An error occurred \((?P<code>[\w.]+)\) when calling the (?P<operation>\w+) operation'
-    r'(?: \(reached max retries: \d+\))?: (?P<detail>[^\n]*)')
+  r'An error occurred \((?P<code>[\w.]+)\) when calling the (?P<operation>\w+) operation'
+  r'(?: \(reached max retries: \d+\))?: (?P<detail>[^\n]*)'
+)
 _BOTOCORE_ERROR_TEXT = re.compile(r'botocore\.exceptions\.(?P<kind>\w+): (?P<detail>[^\n]*)')
 _ENDPOINT_IN_TEXT = re.compile(r'endpoint URL: "(?P<url>[^"]*)"|validation failed for (?P<tls>\S+)')
 _REGION_IN_TEXT = re.compile(r"region_name '([^']*)'")
@@ -61,6 +88,7 @@ _DETAIL_LIMIT = 300
 class AwsFailure(NamedTuple):
   """A failed AWS call: `kind` is botocore's exception class name, or the AWS
   error code of a ClientError (whose API operation is `operation`)."""
+
   kind: str
   detail: str = ''
   operation: str = ''
@@ -78,12 +106,12 @@ def find_aws_failure(error: BaseException) -> Optional[AwsFailure]:
   for link in chain:
     if isinstance(link, ClientError):
       details = link.response.get('Error', {})
-      return AwsFailure(details.get('Code', 'ClientError'), details.get('Message', ''),
-                        link.operation_name or '')
+      return AwsFailure(
+        details.get('Code', 'ClientError'), details.get('Message', ''), link.operation_name or ''
+      )
     if isinstance(link, BotoCoreError):
       kwargs = getattr(link, 'kwargs', {})
-      return AwsFailure(type(link).__name__, str(link),
-                        endpoint_url=str(kwargs.get('endpoint_url') or ''))
+      return AwsFailure(type(link).__name__, str(link), endpoint_url=str(kwargs.get('endpoint_url') or ''))
   for link in chain:
     found = _failure_in_text(str(link))
     if found is not None:
@@ -116,8 +144,9 @@ def _failure_in_text(text: str) -> Optional[AwsFailure]:
     last = botocore_errors[-1]
     detail = _STEP_SUFFIX.sub('', last['detail'])
     endpoint = _ENDPOINT_IN_TEXT.search(detail)
-    return AwsFailure(last['kind'], detail,
-                      endpoint_url=(endpoint['url'] or endpoint['tls']) if endpoint else '')
+    return AwsFailure(
+      last['kind'], detail, endpoint_url=(endpoint['url'] or endpoint['tls']) if endpoint else ''
+    )
   return None
 
 
@@ -135,11 +164,14 @@ def explain(failure: AwsFailure) -> str:
   if kind in _NO_CREDENTIALS:
     return f'no usable AWS credentials ({detail}): {CREDENTIALS_HINT}'
   if kind in _UNREACHABLE:
-    return (f'cannot reach {endpoint} ({kind}): check --aws_region, --kinesis_endpoint_url '
-            'and the network (proxy, VPC endpoint)')
+    return (
+      f'cannot reach {endpoint} ({kind}): check --aws_region, --kinesis_endpoint_url '
+      'and the network (proxy, VPC endpoint)'
+    )
   if kind in _TLS:
-    return (f'TLS with {endpoint} failed: check AWS_CA_BUNDLE, or that '
-            '--kinesis_endpoint_url is the right scheme')
+    return (
+      f'TLS with {endpoint} failed: check AWS_CA_BUNDLE, or that --kinesis_endpoint_url is the right scheme'
+    )
   if kind in _NOT_FOUND and operation in KINESIS_OPERATIONS:
     return f'the Kinesis stream was not found ({detail}): check --kinesis_stream and --aws_region'
   if kind in _NOT_FOUND:
@@ -149,13 +181,17 @@ def explain(failure: AwsFailure) -> str:
   if kind in _DENIED:
     return f'AWS denied {operation} ({detail}): allow it to these credentials'
   if kind in _REJECTED_CREDENTIALS:
-    return (f'AWS rejected the credentials ({kind} on {operation}): check them and the '
-            f'account they belong to; {CREDENTIALS_HINT}')
+    return (
+      f'AWS rejected the credentials ({kind} on {operation}): check them and the '
+      f'account they belong to; {CREDENTIALS_HINT}'
+    )
   if kind in _EXPIRED_CREDENTIALS:
     return f'the AWS credentials have expired ({kind}): refresh them and run again'
   if kind in _KMS_KEY_UNUSABLE:
-    return (f"the stream's KMS key cannot be used ({kind}): check that the key is enabled "
-            'and allows kms:Decrypt to these credentials')
+    return (
+      f"the stream's KMS key cannot be used ({kind}): check that the key is enabled "
+      'and allows kms:Decrypt to these credentials'
+    )
   if operation:
     return f'AWS refused {operation}: {kind}: {detail}'
   return f'an AWS call failed: {kind}: {detail}'
@@ -163,7 +199,7 @@ def explain(failure: AwsFailure) -> str:
 
 def _one_line(text: str) -> str:
   text = ' '.join(text.split())
-  return text if len(text) <= _DETAIL_LIMIT else text[:_DETAIL_LIMIT - 3] + '...'
+  return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 3] + '...'
 
 
 def _without_userinfo(url: str) -> str:

@@ -29,8 +29,8 @@ class PipelineOutputs(NamedTuple):
     """Every DeadLetter in one PCollection, in the global window (for tests:
     the DirectRunner holds a Flatten's inputs from other stages in memory)."""
     return [
-        letters | f'Unwindow{stage}DeadLetters' >> beam.WindowInto(window.GlobalWindows())
-        for stage, letters in self.dead_letters_by_stage.items()
+      letters | f'Unwindow{stage}DeadLetters' >> beam.WindowInto(window.GlobalWindows())
+      for stage, letters in self.dead_letters_by_stage.items()
     ] | 'AllDeadLetters' >> beam.Flatten()
 
 
@@ -47,8 +47,9 @@ def group_fields(options: VpcFlowPeersOptions) -> Tuple[str, ...]:
 
 def time_range_from(options: VpcFlowPeersOptions) -> TimeRange:
   """--since and --until (bounded runs); raises ValueError for bad values."""
-  return TimeRange.from_flags(getattr(options, 'since', None), getattr(options, 'until', None),
-                              options.window_seconds)
+  return TimeRange.from_flags(
+    getattr(options, 'since', None), getattr(options, 'until', None), options.window_seconds
+  )
 
 
 def _outputs(result, main_name: str):
@@ -57,9 +58,13 @@ def _outputs(result, main_name: str):
   return result, None
 
 
-def build_pipeline(pipeline: beam.Pipeline, source: beam.PTransform,
-                   sink: beam.PTransform, options: VpcFlowPeersOptions,
-                   dead_letter_dir: Optional[str] = None) -> PipelineOutputs:
+def build_pipeline(
+  pipeline: beam.Pipeline,
+  source: beam.PTransform,
+  sink: beam.PTransform,
+  options: VpcFlowPeersOptions,
+  dead_letter_dir: Optional[str] = None,
+) -> PipelineOutputs:
   """Adds read -> count -> deliver -> dead letters to `pipeline`.
 
   Dead letters are written under `dead_letter_dir` (default: the option)."""
@@ -68,12 +73,13 @@ def build_pipeline(pipeline: beam.Pipeline, source: beam.PTransform,
   if time_range:
     batches = batches | 'KeepTimeRange' >> KeepTimeRange(time_range, log_format_from(options))
   counted = batches | 'CountDistinctPeers' >> CountDistinctPeers(
-      window_seconds=options.window_seconds,
-      log_format=log_format_from(options),
-      allowed_lateness_seconds=options.allowed_lateness,
-      group_by=group_fields(options),
-      address_fields=options.address_fields,
-      merge_shards=options.merge_shards)
+    window_seconds=options.window_seconds,
+    log_format=log_format_from(options),
+    allowed_lateness_seconds=options.allowed_lateness,
+    group_by=group_fields(options),
+    address_fields=options.address_fields,
+    merge_shards=options.merge_shards,
+  )
   delivered, sink_dead = _outputs(counted['documents'] | 'Deliver' >> sink, 'delivered')
   dead = {'Read': read_dead, 'Count': counted['dead_letters'], 'Deliver': sink_dead}
   dead = {stage: letters for stage, letters in dead.items() if letters is not None}

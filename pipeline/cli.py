@@ -24,8 +24,7 @@ from typing import List, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (
-    PipelineOptions, StandardOptions, _BeamArgumentParser)
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, _BeamArgumentParser
 from apache_beam.runners.direct.direct_runner import DirectRunner
 from apache_beam.runners.runner import create_runner
 
@@ -33,11 +32,22 @@ from pipeline import process_settings
 from pipeline.aws_errors import aws_error_message
 from pipeline.builder import build_pipeline, group_fields, log_format_from, time_range_from
 from pipeline.options import (
-    VpcFlowPeersOptions, check_delivery_args, configure_filesystems, delivery_config, input_limits,
-    log_level, s3_options)
+  VpcFlowPeersOptions,
+  check_delivery_args,
+  configure_filesystems,
+  delivery_config,
+  input_limits,
+  log_level,
+  s3_options,
+)
 from pipeline.runners import (
-    STOP_TIMEOUT_SECONDS, FlinkSetupError, FlinkStopOptions, PrismSetupError, apply_runner_defaults,
-    is_flink_runner)
+  STOP_TIMEOUT_SECONDS,
+  FlinkSetupError,
+  FlinkStopOptions,
+  PrismSetupError,
+  apply_runner_defaults,
+  is_flink_runner,
+)
 from pipeline.summary import RunSummary, summarize
 from transforms.delivery import PostWindows
 from transforms.endpoint_template import validate_endpoint_template
@@ -67,6 +77,7 @@ class _RefusingParser(_BeamArgumentParser):
   """Beam's parser (value-provider flags and all), raising UsageError with
   argparse's one-line message where argparse would print its usage and exit 2
   (the status that means "some window was dead-lettered")."""
+
   def error(self, message):
     if message.startswith('ambiguous option: '):
       return super().error(message)  # Beam's parser lets those pass
@@ -76,9 +87,11 @@ class _RefusingParser(_BeamArgumentParser):
 # argparse's messages about one flag's value, in the words of this command.
 _ARGPARSE_MESSAGE = re.compile(r'argument (?P<flag>--\w+)(?:/\S+)?: (?P<problem>.*)')
 _ARGPARSE_PROBLEMS = (
-    (re.compile(r'expected one argument'), '{flag} needs a value: {flag}=VALUE'),
-    (re.compile(r'ignored explicit argument (?P<value>.*)'),
-     '{flag} takes no value (write it alone), not {value}'),
+  (re.compile(r'expected one argument'), '{flag} needs a value: {flag}=VALUE'),
+  (
+    re.compile(r'ignored explicit argument (?P<value>.*)'),
+    '{flag} takes no value (write it alone), not {value}',
+  ),
 )
 
 
@@ -109,7 +122,7 @@ def parse_options(argv: List[str]) -> PipelineOptions:
   and every value reads as its flag's type; raises UsageError otherwise."""
   parser = _RefusingParser(allow_abbrev=False)
   for options_class in _options_classes():
-    options_class._add_argparse_args(parser)  # pylint: disable=protected-access
+    options_class._add_argparse_args(parser)
   _, unknown = parser.parse_known_args(argv)
   if unknown:
     raise UsageError(_unknown_flag_message(unknown[0], parser))
@@ -119,8 +132,10 @@ def parse_options(argv: List[str]) -> PipelineOptions:
     try:
       create_runner(runner)
     except ValueError:
-      raise UsageError(f'--runner={runner} is not a runner: use DirectRunner, FlinkRunner, '
-                       "PrismRunner or a runner class's full path") from None
+      raise UsageError(
+        f'--runner={runner} is not a runner: use DirectRunner, FlinkRunner, '
+        "PrismRunner or a runner class's full path"
+      ) from None
     except ImportError as e:
       raise UsageError(f'--runner={runner} cannot be loaded: {e}') from None
   return options
@@ -130,7 +145,7 @@ def _unknown_flag_message(argument: str, parser: argparse.ArgumentParser) -> str
   if not argument.startswith('-'):
     return f'unexpected argument {argument!r}: every value goes with a flag, as --name=value'
   flag = argument.split('=', 1)[0]
-  known = [option for action in parser._actions for option in action.option_strings]  # pylint: disable=protected-access
+  known = [option for action in parser._actions for option in action.option_strings]
   closest = difflib.get_close_matches(flag, known, n=1)
   if closest:
     return f'unknown flag {flag}; did you mean {closest[0]}?'
@@ -147,8 +162,10 @@ def check_options(options: VpcFlowPeersOptions) -> None:
   except ValueError as e:
     raise UsageError(f'--log_format: {e}') from None
   if log_format.unknown_fields:
-    _LOG.warning('--log_format names fields this version does not know (read like any other '
-                 'field): %s', ' '.join(log_format.unknown_fields))
+    _LOG.warning(
+      '--log_format names fields this version does not know (read like any other field): %s',
+      ' '.join(log_format.unknown_fields),
+    )
   check_counting_options(options, log_format)
   try:
     check_delivery_args(options, options.endpoint)
@@ -158,8 +175,9 @@ def check_options(options: VpcFlowPeersOptions) -> None:
   if time_range and (options.kinesis_stream and not options.kinesis_stop_at_latest):
     raise UsageError('--since and --until are for bounded runs (files, or --kinesis_stop_at_latest)')
   if options.kinesis_endpoint_url and not _is_http_url(options.kinesis_endpoint_url):
-    raise UsageError('--kinesis_endpoint_url must be an http:// or https:// URL, such as '
-                     'http://127.0.0.1:4566')
+    raise UsageError(
+      '--kinesis_endpoint_url must be an http:// or https:// URL, such as http://127.0.0.1:4566'
+    )
   if options.input and not matched_files(options.input):
     raise UsageError(f'--input matches no file: {options.input}')
 
@@ -176,7 +194,7 @@ def matched_files(pattern: str) -> list:
   """The FileMetadata of every file the glob matches (any Beam filesystem)."""
   try:
     return FileSystems.match([pattern])[0].metadata_list
-  except Exception as e:  # pylint: disable=broad-except (Beam wraps every filesystem's error)
+  except Exception as e:  # noqa: BLE001 (Beam wraps every filesystem's error)
     raise UsageError(f'--input cannot be listed: {_first_line(e)}') from None
 
 
@@ -188,14 +206,17 @@ def check_counting_options(options: VpcFlowPeersOptions, log_format: LogFormat) 
   group_by = group_fields(options)
   bad = [field for field in group_by if not is_field_name(field)]
   if bad or len(set(group_by)) != len(group_by) or len(group_by) > MAX_GROUP_FIELDS:
-    raise UsageError(f'--group_by takes up to {MAX_GROUP_FIELDS} distinct flow log field names '
-                     f'separated by commas, e.g. account-id,vpc-id (got {options.group_by[:200]!r})')
+    raise UsageError(
+      f'--group_by takes up to {MAX_GROUP_FIELDS} distinct flow log field names '
+      f'separated by commas, e.g. account-id,vpc-id (got {options.group_by[:200]!r})'
+    )
   if options.kinesis_stream:
     # Records are all in the configured format (a file may have its own header).
     missing = [field for field in group_by if log_format.column(field) is None]
     if missing:
-      raise UsageError(f'--group_by names {", ".join(missing)}, which the log format lacks '
-                       '(--log_format, default version 2)')
+      raise UsageError(
+        f'--group_by names {", ".join(missing)}, which the log format lacks (--log_format, default version 2)'
+      )
   try:
     validate_endpoint_template(options.endpoint, group_by)
   except ValueError as e:
@@ -223,8 +244,7 @@ def run(argv: Optional[List[str]] = None) -> RunSummary:
   apply_runner_defaults(options)
   _AWS_STEP_FAILURES.bounded = not options.view_as(StandardOptions).streaming
   pipeline = beam.Pipeline(options=options)
-  outputs = build_pipeline(
-      pipeline, source, PostWindows(delivery_config(flags, flags.endpoint)), flags)
+  outputs = build_pipeline(pipeline, source, PostWindows(delivery_config(flags, flags.endpoint)), flags)
   progress = progress_for(options, flags)
   if progress is not None:
     _ = outputs.delivered | 'ReportPostedWindows' >> beam.Map(lambda _: report(windows=1))
@@ -233,14 +253,18 @@ def run(argv: Optional[List[str]] = None) -> RunSummary:
     stopper.take_back_sigint()
     try:
       result.wait_until_finish()
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001
       if not stopper.stopped:
         raise
       # The job was cancelled because we asked: a clean stop, not a failure.
   if progress is not None:
     progress.print_now()
-  return summarize(result, flags.dead_letter_dir, time_range_from(flags),
-                   bounded=not options.view_as(StandardOptions).streaming)
+  return summarize(
+    result,
+    flags.dead_letter_dir,
+    time_range_from(flags),
+    bounded=not options.view_as(StandardOptions).streaming,
+  )
 
 
 def progress_for(options: PipelineOptions, flags: VpcFlowPeersOptions) -> Optional[Progress]:
@@ -253,8 +277,7 @@ def progress_for(options: PipelineOptions, flags: VpcFlowPeersOptions) -> Option
   runner = options.view_as(StandardOptions).runner
   if runner not in (None, 'DirectRunner', 'direct') and not isinstance(runner, DirectRunner):
     if flags.progress:
-      _LOG.warning('--progress is shown on the DirectRunner only; %s shows a job\'s progress itself',
-                   runner)
+      _LOG.warning("--progress is shown on the DirectRunner only; %s shows a job's progress itself", runner)
     return None
   files = matched_files(flags.input)
   return Progress(len(files), sum(f.size_in_bytes for f in files))
@@ -269,6 +292,7 @@ class StopOnCtrlC:
   submitted ends it as soon as it is. A second signal exits at once (status
   130), leaving the job as it is. Signals can only be handled in the main
   thread; elsewhere (a test's thread) this does nothing."""
+
   SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
   def __init__(self, options: PipelineOptions):
@@ -296,10 +320,14 @@ class StopOnCtrlC:
       print('\ninterrupted: the job was left as it is', file=sys.stderr, flush=True)
       raise SystemExit(130)
     self.stopped = True
-    how = (f'stopping the job with a savepoint in {self._savepoint_dir}' if self._savepoint_dir
-           else 'cancelling the job')
-    print(f'\nstopping: {how} ({signal.Signals(signum).name}; again to exit at once)',
-          file=sys.stderr, flush=True)
+    how = (
+      f'stopping the job with a savepoint in {self._savepoint_dir}'
+      if self._savepoint_dir
+      else 'cancelling the job'
+    )
+    print(
+      f'\nstopping: {how} ({signal.Signals(signum).name}; again to exit at once)', file=sys.stderr, flush=True
+    )
     if self._result is not None:
       self._stop()
 
@@ -312,11 +340,11 @@ class StopOnCtrlC:
     # counters with it: read them first (the result keeps them) for the summary.
     try:
       self.result.metrics()
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001
       _LOG.warning('reading the counters before cancelling failed', exc_info=True)
     try:
       self._result.cancel()
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001
       _LOG.warning('stopping the job failed', exc_info=True)
 
   def take_back_sigint(self):
@@ -342,8 +370,7 @@ HELP_DESCRIPTION = """\
 Counts each IP address's distinct peers per window of AWS VPC Flow Logs (files,
 or a Kinesis stream fed by CloudWatch Logs) and POSTs each window's JSON to an
 HTTP endpoint."""
-HELP_USAGE = ('python -m pipeline (--input=GLOB | --kinesis_stream=NAME) '
-              '--endpoint=URL_TEMPLATE [flags]')
+HELP_USAGE = 'python -m pipeline (--input=GLOB | --kinesis_stream=NAME) --endpoint=URL_TEMPLATE [flags]'
 HELP_EPILOG = """\
 examples:
   python -m pipeline --input='flow-logs/*.log.gz' \\
@@ -363,6 +390,7 @@ Exit status: 0 every window delivered, 2 some window dead-lettered, 1 an error.
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
   """Each flag as `--name=VALUE` (VALUE: its metavar, or the last word of its
   name), with its default."""
+
   def __init__(self, prog):
     super().__init__(prog, max_help_position=34)
 
@@ -382,9 +410,13 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def print_help() -> None:
   """The project's flags (Beam's own parser would show none of them)."""
   parser = argparse.ArgumentParser(
-      prog='python -m pipeline', usage=HELP_USAGE, description=HELP_DESCRIPTION,
-      epilog=HELP_EPILOG, formatter_class=_HelpFormatter)
-  VpcFlowPeersOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+    prog='python -m pipeline',
+    usage=HELP_USAGE,
+    description=HELP_DESCRIPTION,
+    epilog=HELP_EPILOG,
+    formatter_class=_HelpFormatter,
+  )
+  VpcFlowPeersOptions._add_argparse_args(parser)
   parser.print_help()
 
 
@@ -394,6 +426,7 @@ class _AwsStepFailures(logging.Filter):
   run drops that record: the job then fails and `main` says what to do in one
   line. A streaming run (which a runner may restart instead) keeps it, as that
   one line without the traceback."""
+
   LOGGER = 'apache_beam.runners.common'
 
   def __init__(self):
@@ -408,7 +441,11 @@ class _AwsStepFailures(logging.Filter):
     if self.bounded:
       return False
     record.msg, record.args, record.exc_info, record.exc_text = (
-        'a step failed calling AWS: %s', (told,), None, None)
+      'a step failed calling AWS: %s',
+      (told,),
+      None,
+      None,
+    )
     return True
 
 
@@ -425,8 +462,7 @@ def configure_logging(level: int) -> None:
   kinds (a test's log capture) are left as they are."""
   root = logging.getLogger()
   root.setLevel(level)
-  plain = [h for h in root.handlers  # pylint: disable=unidiomatic-typecheck
-           if type(h) is logging.StreamHandler or isinstance(h, _StderrHandler)]
+  plain = [h for h in root.handlers if type(h) is logging.StreamHandler or isinstance(h, _StderrHandler)]
   if not plain:
     plain = [_StderrHandler()]
     root.addHandler(plain[0])
@@ -437,6 +473,7 @@ def configure_logging(level: int) -> None:
 class _StderrHandler(logging.StreamHandler):
   """Writes to whatever sys.stderr is at the time (main may run more than
   once in a process, each time with its own stderr)."""
+
   def __init__(self):
     super().__init__()
 
@@ -463,7 +500,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   except (UsageError, FlinkSetupError, PrismSetupError) as e:
     print(f'error: {e}', file=sys.stderr)
     return EXIT_FAILURE
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:  # noqa: BLE001
     told = aws_error_message(e)
     if told is None:
       _LOG.exception('the pipeline failed')
@@ -474,8 +511,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     step_failures.removeFilter(_AWS_STEP_FAILURES)
   print(summary.render())
   if summary.unreadable_files:
-    print(f'error: {summary.unreadable_files} input file(s) could not be read: see the '
-          f'bad_input dead letters under {summary.dead_letter_dir}', file=sys.stderr)
+    print(
+      f'error: {summary.unreadable_files} input file(s) could not be read: see the '
+      f'bad_input dead letters under {summary.dead_letter_dir}',
+      file=sys.stderr,
+    )
   if summary.unreadable_files or summary.dead_letters_unwritten:
     return EXIT_FAILURE
   return EXIT_WINDOWS_DEAD_LETTERED if summary.windows_dead_lettered else EXIT_OK

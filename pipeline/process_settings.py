@@ -22,6 +22,7 @@ class _NoCrcmodNotice(logging.Filter):
   """Beam's TFRecord IO says at import (on the root logger) that crcmod is
   missing: it would need it for TFRecord files only, which this pipeline never
   reads."""
+
   def filter(self, record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith('crcmod package not found')
 
@@ -31,6 +32,7 @@ class _NoFalseYieldAndReturnNotice(logging.Filter):
   returned value would be lost; it also warns of a bare `return`, which loses
   nothing (Beam's own _ReadMatchesFn has one). Only those false alarms are
   dropped: a process() returning a value is still reported."""
+
   def filter(self, record: logging.LogRecord) -> bool:
     if not str(record.msg).startswith('Using yield and return in the process method'):
       return True
@@ -59,6 +61,7 @@ class _NoDiscardedArgsNotice(logging.Filter):
   """Beam says it discards the flags no option class declares; the command
   refuses such flags before Beam sees them (pipeline.cli), so Beam's notice
   could only repeat what the command already checked."""
+
   def filter(self, record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith('Discarding unparseable args')
 
@@ -69,14 +72,17 @@ class _NoWorkerModeNotice(logging.Filter):
   in_memory mode that pipeline.runners picks, its workers are threads of this
   process that do run at once (each stage's input is split between them), so
   the notice would be wrong."""
+
   def filter(self, record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith('If direct_num_workers is not equal to 1')
 
 
-_QUIET = (('', _NoCrcmodNotice()),
-          ('apache_beam.runners.portability.fn_api_runner.fn_runner', _NoWorkerModeNotice()),
-          ('apache_beam.transforms.core', _NoFalseYieldAndReturnNotice()),
-          ('apache_beam.options.pipeline_options', _NoDiscardedArgsNotice()))
+_QUIET = (
+  ('', _NoCrcmodNotice()),
+  ('apache_beam.runners.portability.fn_api_runner.fn_runner', _NoWorkerModeNotice()),
+  ('apache_beam.transforms.core', _NoFalseYieldAndReturnNotice()),
+  ('apache_beam.options.pipeline_options', _NoDiscardedArgsNotice()),
+)
 
 
 def quiet_beams_empty_notices() -> None:

@@ -33,11 +33,24 @@ from typing import Dict, List, Optional
 
 
 from pipeline.options import (
-    add_delivery_args, add_filesystem_args, check_delivery_args, configure_filesystems,
-    delivery_config)
+  add_delivery_args,
+  add_filesystem_args,
+  check_delivery_args,
+  configure_filesystems,
+  delivery_config,
+)
 from transforms.dead_letter import (
-    DROP, DirectoryLock, DirectoryLocked, LetterLine, LockLost, dead_letter_files, is_local,
-    remove_stale_temporary_files, rewrite_dead_letter_file, scan_dead_letter_file)
+  DROP,
+  DirectoryLock,
+  DirectoryLocked,
+  LetterLine,
+  LockLost,
+  dead_letter_files,
+  is_local,
+  remove_stale_temporary_files,
+  rewrite_dead_letter_file,
+  scan_dead_letter_file,
+)
 from transforms.delivery import DeliveryConfig, LetterReplayer
 from transforms.elements import KIND_UNDELIVERED_WINDOW
 
@@ -49,12 +62,26 @@ EXIT_WINDOWS_LEFT = 2
 EXIT_INTERRUPTED = 130
 
 # What a replay changes in a letter; the rest of it is the window's identity.
-_UPDATED_KEYS = ('attempts', 'last_status', 'last_error', 'reason', 'max_body_bytes', 'part_count',
-                 'parts_delivered')
+_UPDATED_KEYS = (
+  'attempts',
+  'last_status',
+  'last_error',
+  'reason',
+  'max_body_bytes',
+  'part_count',
+  'parts_delivered',
+)
 _REQUIRED_KEYS = (('bucket_time', int), ('window_end', int), ('body', str), ('url', str))
-_OPTIONAL_KEYS = (('pane_index', int), ('pane_timing', str), ('attempts', int),
-                  ('url_redacted', bool), ('group', list), ('max_body_bytes', int),
-                  ('part_count', int), ('parts_delivered', list))
+_OPTIONAL_KEYS = (
+  ('pane_index', int),
+  ('pane_timing', str),
+  ('attempts', int),
+  ('url_redacted', bool),
+  ('group', list),
+  ('max_body_bytes', int),
+  ('part_count', int),
+  ('parts_delivered', list),
+)
 
 
 def shape_problem(letter: dict) -> Optional[str]:
@@ -79,6 +106,7 @@ def window_identity(letter: dict) -> bytes:
 class Replay:
   """One replay of a directory: each file is read line by line, each window on
   it posted at most once, and the file rewritten once with what is left."""
+
   def __init__(self, endpoint: Optional[str], config: DeliveryConfig, lock: DirectoryLock):
     self._endpoint = endpoint
     self._config = config
@@ -103,7 +131,7 @@ class Replay:
     except (LockLost, KeyboardInterrupt):
       self._rewrite(path, decisions)
       raise
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # noqa: BLE001
       self.failures.append(f'could not read all of {path}: {e}')
       _error(self.failures[-1])
     self._rewrite(path, decisions)
@@ -125,18 +153,21 @@ class Replay:
     self._seen[identity] = False
     if letter.get('url_redacted') and not self._endpoint:
       self.left += 1
-      _error(f'window {letter["bucket_time"]} ({line.where}): its URL held secrets and was '
-             'redacted; pass --endpoint')
+      _error(
+        f'window {letter["bucket_time"]} ({line.where}): its URL held secrets and was '
+        'redacted; pass --endpoint'
+      )
       return
     self._lock.check()
     try:
       outcome = self._replayer.post(letter)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # noqa: BLE001
       # What the poster cannot even try (a body that is not encodable, a URL
       # that does not render) is this letter's problem, not the file's.
       self.left += 1
-      _error(f'window {letter["bucket_time"]} ({line.where}): not posted: {type(e).__name__}: {e} '
-             '(kept as it is)')
+      _error(
+        f'window {letter["bucket_time"]} ({line.where}): not posted: {type(e).__name__}: {e} (kept as it is)'
+      )
       return
     if outcome.delivered:
       self._seen[identity] = True
@@ -144,19 +175,19 @@ class Replay:
       self.delivered += 1
       print(f'delivered window {letter["bucket_time"]} to {outcome.url}', flush=True)
     else:
-      decisions[line.number] = {key: outcome.letter[key] for key in _UPDATED_KEYS
-                                if key in outcome.letter}
+      decisions[line.number] = {key: outcome.letter[key] for key in _UPDATED_KEYS if key in outcome.letter}
       self.left += 1
       print(f'still undelivered: window {letter["bucket_time"]}: {outcome.reason}', flush=True)
 
   def _rewrite(self, path: str, decisions: Dict[int, Optional[dict]]) -> None:
     try:
       rewrite_dead_letter_file(path, decisions)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # noqa: BLE001
       delivered_here = sum(1 for d in decisions.values() if d is DROP)
       self.failures.append(
-          f'{e}; the file is as it was: its {delivered_here} delivered window(s) stay in it '
-          '(the next replay posts them again, with the same Idempotency-Key)')
+        f'{e}; the file is as it was: its {delivered_here} delivered window(s) stay in it '
+        '(the next replay posts them again, with the same Idempotency-Key)'
+      )
       _error(self.failures[-1])
 
   def summary(self) -> str:
@@ -188,13 +219,15 @@ class _UsageError(Exception):
 class _ArgumentParser(argparse.ArgumentParser):
   """A mistake on the command line is one line and exit 1 (argparse: usage, 2,
   which is replay's "windows left")."""
+
   def error(self, message):
     raise _UsageError(message)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
   parser = _ArgumentParser(
-      prog='python -m pipeline.replay', description=__doc__.split('\n\n')[0], allow_abbrev=False)
+    prog='python -m pipeline.replay', description=__doc__.split('\n\n')[0], allow_abbrev=False
+  )
   parser.add_argument('directory', help='the --dead_letter_dir of the run')
   parser.add_argument('--endpoint', help='URL template to post to instead of the recorded URL')
   add_delivery_args(parser)
@@ -233,13 +266,15 @@ def main(argv: Optional[List[str]] = None) -> int:
       replay = Replay(args.endpoint, config, lock)
       replay.run(paths)
   except KeyboardInterrupt:
-    print(f'interrupted: {replay.summary() if replay else "nothing replayed"}; every window '
-          'not delivered is still in the dead letters')
+    print(
+      f'interrupted: {replay.summary() if replay else "nothing replayed"}; every window '
+      'not delivered is still in the dead letters'
+    )
     return EXIT_INTERRUPTED
   except (DirectoryLocked, LockLost) as e:
     _error(f'error: {e}')
     return EXIT_FAILURE
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:  # noqa: BLE001
     _LOG.debug('replay failed', exc_info=True)
     _error(f'error: replay of {directory} failed: {e}')
     return EXIT_FAILURE

@@ -27,7 +27,13 @@ from typing import Optional
 
 import requests
 from apache_beam.options.pipeline_options import (
-    DirectOptions, FlinkRunnerOptions, PipelineOptions, PortableOptions, PrismRunnerOptions, StandardOptions)
+  DirectOptions,
+  FlinkRunnerOptions,
+  PipelineOptions,
+  PortableOptions,
+  PrismRunnerOptions,
+  StandardOptions,
+)
 from apache_beam.portability.api import beam_job_api_pb2
 from apache_beam.runners.portability import flink_runner, flink_uber_jar_job_server
 from apache_beam.version import __version__ as BEAM_VERSION
@@ -78,27 +84,37 @@ class FlinkCheckpointOptions(PipelineOptions):
   first bundles strands the shards in a buffer that nothing flushes, behind a
   watermark at the end of time: the job runs and never reads a record. Finishing
   the bundle before the checkpoint emits its output first, in order."""
+
   @classmethod
   def _add_argparse_args(cls, parser):
     parser.add_argument(
-        '--finish_bundle_before_checkpointing', type=_true_or_false, nargs='?', const=True,
-        default=None,
-        help='Flink: finish the open bundle before each checkpoint (default true with '
-        'the FlinkRunner: see pipeline/runners.py).')
+      '--finish_bundle_before_checkpointing',
+      type=_true_or_false,
+      nargs='?',
+      const=True,
+      default=None,
+      help='Flink: finish the open bundle before each checkpoint (default true with '
+      'the FlinkRunner: see pipeline/runners.py).',
+    )
     parser.add_argument(
-        '--savepoint_path', default=None,
-        help='Flink: start the job from this savepoint (or retained checkpoint), as an '
-        'upgrade does.')
+      '--savepoint_path',
+      default=None,
+      help='Flink: start the job from this savepoint (or retained checkpoint), as an upgrade does.',
+    )
     parser.add_argument(
-        '--allow_non_restored_state', type=_true_or_false, nargs='?', const=True,
-        default=None,
-        help='Flink: with --savepoint_path, skip savepoint state no step of the job claims.')
+      '--allow_non_restored_state',
+      type=_true_or_false,
+      nargs='?',
+      const=True,
+      default=None,
+      help='Flink: with --savepoint_path, skip savepoint state no step of the job claims.',
+    )
 
 
 def _option(job, name: str):
   """A pipeline option of a Beam job on the job-service side (a Struct whose
   keys are `beam:option:<name>:v1`), or None."""
-  value = job._pipeline_options.fields.get(f'beam:option:{name}:v1')  # pylint: disable=protected-access
+  value = job._pipeline_options.fields.get(f'beam:option:{name}:v1')
   kind = value.WhichOneof('kind') if value is not None else None
   return None if kind in (None, 'null_value') else getattr(value, kind)
 
@@ -106,12 +122,16 @@ def _option(job, name: str):
 class FlinkStopOptions(PipelineOptions):
   """How a Flink submission ends its job when it is told to stop (Ctrl-C or
   SIGTERM: pipeline.cli.StopOnCtrlC)."""
+
   @classmethod
   def _add_argparse_args(cls, parser):
     parser.add_argument(
-        '--stop_with_savepoint', default=None, metavar='DIR',
-        help='Flink: on Ctrl-C or SIGTERM, stop the job with a savepoint in DIR (an '
-        'upgrade resumes from it with --savepoint_path) instead of cancelling it.')
+      '--stop_with_savepoint',
+      default=None,
+      metavar='DIR',
+      help='Flink: on Ctrl-C or SIGTERM, stop the job with a savepoint in DIR (an '
+      'upgrade resumes from it with --savepoint_path) instead of cancelling it.',
+    )
 
 
 # Job states (Beam's) of a job that has ended.
@@ -123,7 +143,8 @@ STOP_TIMEOUT_SECONDS = 300
 # Frames of Beam's environment factories in a task's exception: the SDK harness
 # (the job's Python side) could not be started.
 _ENVIRONMENT_START_FRAME = re.compile(
-    r'org\.apache\.beam\.runners\.fnexecution\.environment\.\w+EnvironmentFactory\.createEnvironment')
+  r'org\.apache\.beam\.runners\.fnexecution\.environment\.\w+EnvironmentFactory\.createEnvironment'
+)
 
 
 # How pipeline.worker_pool's StartWorker errors begin.
@@ -163,6 +184,7 @@ class FlinkRestJob(flink_uber_jar_job_server.FlinkBeamJob):
     looks at its exceptions, and on such a failure cancels the job and reports
     it FAILED (the error is the StartWorker answer of pipeline.worker_pool);
   - the state is polled every STATE_POLL_SECONDS."""
+
   def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)
     self._harness_failure: Optional[str] = None
@@ -172,7 +194,7 @@ class FlinkRestJob(flink_uber_jar_job_server.FlinkBeamJob):
   def flink_job_id(self) -> Optional[str]:
     return getattr(self, '_flink_job_id', None)
 
-  def post(self, path, **kwargs):  # pylint: disable=arguments-differ
+  def post(self, path, **kwargs):
     savepoint = _option(self, 'savepoint_path')
     if savepoint and path.startswith('v1/jars/') and path.endswith('/run'):
       body = dict(kwargs.get('json') or {})
@@ -189,8 +211,11 @@ class FlinkRestJob(flink_uber_jar_job_server.FlinkBeamJob):
     try:
       if target:
         location = self.stop_with_savepoint(target)
-        print(f'stopped with a savepoint: {location}\n(resume with --savepoint_path={location})',
-              file=sys.stderr, flush=True)
+        print(
+          f'stopped with a savepoint: {location}\n(resume with --savepoint_path={location})',
+          file=sys.stderr,
+          flush=True,
+        )
       else:
         self.patch(f'v1/jobs/{self._flink_job_id}?mode=cancel', expected_status=202)
     finally:
@@ -199,16 +224,21 @@ class FlinkRestJob(flink_uber_jar_job_server.FlinkBeamJob):
   def stop_with_savepoint(self, target_directory: str, timeout: float = STOP_TIMEOUT_SECONDS) -> str:
     """Stops the job with a savepoint in `target_directory` (no drain: see
     docs/flink.md, "Streaming on Flink"); returns the savepoint's location."""
-    trigger = self.post(f'v1/jobs/{self._flink_job_id}/stop', expected_status=202,
-                        json={'targetDirectory': target_directory, 'drain': False})
+    trigger = self.post(
+      f'v1/jobs/{self._flink_job_id}/stop',
+      expected_status=202,
+      json={'targetDirectory': target_directory, 'drain': False},
+    )
     deadline = time.monotonic() + timeout
     while True:
       status = self.get(f'v1/jobs/{self._flink_job_id}/savepoints/{trigger["request-id"]}')
       if status['status']['id'] == 'COMPLETED':
         operation = status['operation']
         if 'failure-cause' in operation:
-          raise RuntimeError('the stop with a savepoint failed: '
-                             + operation['failure-cause'].get('stack-trace', '').split('\n', 1)[0])
+          raise RuntimeError(
+            'the stop with a savepoint failed: '
+            + operation['failure-cause'].get('stack-trace', '').split('\n', 1)[0]
+          )
         return operation['location']
       if time.monotonic() > deadline:
         raise RuntimeError(f'the savepoint to {target_directory} did not complete in {timeout:.0f} s')
@@ -234,7 +264,7 @@ class FlinkRestJob(flink_uber_jar_job_server.FlinkBeamJob):
       _LOG.error('%s', failure)
       try:
         self.patch(f'v1/jobs/{self._flink_job_id}?mode=cancel', expected_status=202)
-      except Exception:  # pylint: disable=broad-except
+      except Exception:  # noqa: BLE001
         _LOG.warning('cancelling the job failed', exc_info=True)
 
   def _get_state(self):
@@ -250,6 +280,7 @@ class FlinkRestJob(flink_uber_jar_job_server.FlinkBeamJob):
       while True:
         yield self.get_state()
         time.sleep(STATE_POLL_SECONDS)
+
     for state, timestamp in self.with_state_history(every_poll()):
       yield state, timestamp
       if self.is_terminal_state(state):
@@ -269,28 +300,38 @@ class FlinkRestJob(flink_uber_jar_job_server.FlinkBeamJob):
         exceptions = self.get(f'v1/jobs/{self._flink_job_id}/exceptions')
         root = exceptions.get('root-exception')
         messages = [root] if root else []
-      except Exception:  # pylint: disable=broad-except
+      except Exception:  # noqa: BLE001
         messages = []
     for ix, text in enumerate(messages):
       yield beam_job_api_pb2.JobMessage(
-          message_id=f'message{ix}', time=str(int(time.time() * 1000)),
-          importance=beam_job_api_pb2.JobMessage.MessageImportance.JOB_MESSAGE_ERROR,
-          message_text=text)
+        message_id=f'message{ix}',
+        time=str(int(time.time() * 1000)),
+        importance=beam_job_api_pb2.JobMessage.MessageImportance.JOB_MESSAGE_ERROR,
+        message_text=text,
+      )
 
 
 class FlinkRestJobServer(flink_uber_jar_job_server.FlinkUberJarJobServer):
   """Beam's uber-jar job server, making FlinkRestJobs."""
+
   def create_beam_job(self, job_id, job_name, pipeline, options):
-    return FlinkRestJob(self._master_url, self.executable_jar(), job_id, job_name, pipeline,
-                        options, artifact_port=self._artifact_port)
+    return FlinkRestJob(
+      self._master_url,
+      self.executable_jar(),
+      job_id,
+      job_name,
+      pipeline,
+      options,
+      artifact_port=self._artifact_port,
+    )
 
 
 class FlinkRunner(flink_runner.FlinkRunner):
   """Beam's FlinkRunner, submitting uber jars through FlinkRestJobServer."""
+
   def default_job_server(self, options):
     server = super().default_job_server(options)
     if isinstance(server, flink_uber_jar_job_server.FlinkUberJarJobServer):
-      # pylint: disable=protected-access
       return FlinkRestJobServer(server._master_url, options)
     return server
 
@@ -313,8 +354,9 @@ def cache_dir() -> Path:
 
 def job_server_jar_path() -> Path:
   """Where deploy/flink/build-job-server.sh puts the patched jar (its `--path`)."""
-  return cache_dir() / (f'beam-runners-flink-{FLINK_VERSION}-job-server-{BEAM_VERSION}'
-                        f'-vfp{JOB_SERVER_PATCH_LEVEL}.jar')
+  return cache_dir() / (
+    f'beam-runners-flink-{FLINK_VERSION}-job-server-{BEAM_VERSION}-vfp{JOB_SERVER_PATCH_LEVEL}.jar'
+  )
 
 
 def _run_build_script(script: Path, error: type, failure: str, need: str) -> str:
@@ -324,8 +366,7 @@ def _run_build_script(script: Path, error: type, failure: str, need: str) -> str
   finished = subprocess.run(['bash', str(script)], stdout=subprocess.PIPE, text=True, check=False)
   built = finished.stdout.strip().splitlines()[-1:] if finished.stdout else []
   if finished.returncode != 0 or not built or not Path(built[0]).is_file():
-    raise error(f'{failure} ({script} exited with {finished.returncode}; its messages are '
-                f'above). {need}')
+    raise error(f'{failure} ({script} exited with {finished.returncode}; its messages are above). {need}')
   return built[0]
 
 
@@ -336,14 +377,17 @@ def ensure_job_server_jar() -> str:
     return str(jar)
   if not BUILD_JOB_SERVER_SCRIPT.is_file():
     raise FlinkSetupError(
-        f'the Beam Flink job-server jar is not at {jar} and {BUILD_JOB_SERVER_SCRIPT} '
-        'is not there to build it (an installed copy of the project): build it from a '
-        'checkout with deploy/flink/build-job-server.sh, or pass --flink_job_server_jar')
+      f'the Beam Flink job-server jar is not at {jar} and {BUILD_JOB_SERVER_SCRIPT} '
+      'is not there to build it (an installed copy of the project): build it from a '
+      'checkout with deploy/flink/build-job-server.sh, or pass --flink_job_server_jar'
+    )
   return _run_build_script(
-      BUILD_JOB_SERVER_SCRIPT, FlinkSetupError,
-      'could not fetch or build the Beam Flink job-server jar',
-      'It needs java, and mvn with Maven Central when the official jar is not served. '
-      'Or pass --flink_job_server_jar=PATH_OR_URL.')
+    BUILD_JOB_SERVER_SCRIPT,
+    FlinkSetupError,
+    'could not fetch or build the Beam Flink job-server jar',
+    'It needs java, and mvn with Maven Central when the official jar is not served. '
+    'Or pass --flink_job_server_jar=PATH_OR_URL.',
+  )
 
 
 def flink_master_host(flink_master: str) -> str:
@@ -356,7 +400,7 @@ def flink_master_host(flink_master: str) -> str:
 def _given(options: PipelineOptions, name: str) -> bool:
   """Whether the command line set option `name` (even to its default value)."""
   flag = f'--{name}'
-  # pylint: disable=protected-access
+
   return any(f == flag or f.startswith(flag + '=') for f in options._flags or ())
 
 
@@ -391,8 +435,11 @@ def ensure_prism() -> str:
   if not BUILD_PRISM_SCRIPT.is_file():
     raise PrismSetupError(f'{BUILD_PRISM_SCRIPT} is not there to build Prism; pass --prism_location')
   return _run_build_script(
-      BUILD_PRISM_SCRIPT, PrismSetupError, 'could not build the Prism runner',
-      'It needs go and the Go module proxy. Or pass --prism_location=PATH.')
+    BUILD_PRISM_SCRIPT,
+    PrismSetupError,
+    'could not build the Prism runner',
+    'It needs go and the Go module proxy. Or pass --prism_location=PATH.',
+  )
 
 
 def apply_direct_defaults(options: PipelineOptions) -> None:
@@ -447,7 +494,10 @@ def apply_runner_defaults(options: PipelineOptions) -> None:
       # Prism (Beam 2.70) fires a window's pane only when the window expires,
       # at its end plus the allowed lateness, not when the watermark passes
       # its end (its allowed-lateness support is partial: apache/beam#31463).
-      _LOG.warning('on Prism a window is posted only after its --allowed_lateness (%d s) has '
-                   'passed, not when it closes; Flink posts it on time and again for late '
-                   'flows. For a local trial, --allowed_lateness=0 posts each window as it '
-                   'closes (later flows are then dead letters).', lateness)
+      _LOG.warning(
+        'on Prism a window is posted only after its --allowed_lateness (%d s) has '
+        'passed, not when it closes; Flink posts it on time and again for late '
+        'flows. For a local trial, --allowed_lateness=0 posts each window as it '
+        'closes (later flows are then dead letters).',
+        lateness,
+      )

@@ -50,19 +50,24 @@ class RunSummary(NamedTuple):
   def _range_lines(self) -> list:
     lines = []
     if self.time_range:
-      lines.append(f'  outside --since/--until: {self.flows_before_range} flows before, '
-                   f'{self.flows_after_range} at or after (read, not counted)')
+      lines.append(
+        f'  outside --since/--until: {self.flows_before_range} flows before, '
+        f'{self.flows_after_range} at or after (read, not counted)'
+      )
     why = {'first': 'first: no flow read before it', 'last': 'last: no flow read after it'}
     partial = self.possibly_partial()
     if partial:
-      lines.append('  possibly partial:       ' + ', '.join(
-          f'window {bucket} {utc_text(bucket)} ({why[which]})' for which, bucket in partial)
-          + '; see the README on backfills')
+      lines.append(
+        '  possibly partial:       '
+        + ', '.join(f'window {bucket} {utc_text(bucket)} ({why[which]})' for which, bucket in partial)
+        + '; see the README on backfills'
+      )
     return lines
 
   def render(self) -> str:
     unreadable = f' ({self.unreadable_files} could not be read)' if self.unreadable_files else ''
-    return '\n'.join([
+    return '\n'.join(
+      [
         'vpc-flow-peers summary',
         f'  input files:            {self.files}{unreadable}',
         f'  Kinesis records:        {self.records}',
@@ -75,10 +80,17 @@ class RunSummary(NamedTuple):
         f'  windows delivered:      {self.windows_delivered}',
         f'  windows dead-lettered:  {self.windows_dead_lettered}',
         f'  dead letters:           {self.dead_letters_written} written under {self.dead_letter_dir}',
-    ] + self._range_lines()
-      + ([f'  dead letters NOT written: {self.dead_letters_unwritten} (the write failed; '
-          'undelivered windows are in the log as "dead letter not written")']
-         if self.dead_letters_unwritten else []))
+      ]
+      + self._range_lines()
+      + (
+        [
+          f'  dead letters NOT written: {self.dead_letters_unwritten} (the write failed; '
+          'undelivered windows are in the log as "dead letter not written")'
+        ]
+        if self.dead_letters_unwritten
+        else []
+      )
+    )
 
 
 def counter_values(result) -> dict:
@@ -86,7 +98,7 @@ def counter_values(result) -> dict:
   empty when the runner cannot give them (a cancelled portable job)."""
   try:
     metrics = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
-  except Exception:  # pylint: disable=broad-except
+  except Exception:  # noqa: BLE001
     logging.getLogger(__name__).warning('the runner gave no counters', exc_info=True)
     return {}
   values = {}
@@ -100,8 +112,10 @@ def window_range(result) -> tuple:
   """(first, last) window start the sink saw (its window_start distribution),
   or (None, None)."""
   try:
-    metrics = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name('window_start'))
-  except Exception:  # pylint: disable=broad-except
+    metrics = result.metrics().query(
+      MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name('window_start')
+    )
+  except Exception:  # noqa: BLE001
     return None, None
   lows, highs = [], []
   for distribution in metrics['distributions']:
@@ -112,25 +126,36 @@ def window_range(result) -> tuple:
   return (min(lows), max(highs)) if lows else (None, None)
 
 
-def summarize(result, dead_letter_dir: str, time_range: TimeRange = TimeRange(),
-              bounded: bool = True) -> RunSummary:
+def summarize(
+  result, dead_letter_dir: str, time_range: TimeRange = TimeRange(), bounded: bool = True
+) -> RunSummary:
   """The summary of a finished run; a streaming run (not `bounded`) names no
   possibly partial windows: its first and last are whatever was read."""
   values = counter_values(result)
   first, last = window_range(result) if bounded else (None, None)
   get = lambda name: int(values.get(name, 0))
   return RunSummary(
-      records=get('records'), files=get('files'), flow_lines=get('flow_lines'),
-      counted_flows=get('counted_flows'), skipped_control=get('control_messages'),
-      skipped_nodata=get('skipped_nodata'), skipped_skipdata=get('skipped_skipdata'),
-      skipped_no_address=get('skipped_no_address'),
-      skipped_other_status=get('skipped_other_status'), header_lines=get('header_lines'),
-      bad_inputs=get('bad_inputs'),
-      late_pairs=get('late_pairs'),
-      windows_delivered=get('windows_delivered'),
-      windows_dead_lettered=get('windows_dead_lettered'),
-      dead_letters_written=get('dead_letters_written'), dead_letter_dir=dead_letter_dir,
-      dead_letters_unwritten=get('dead_letters_unwritten'),
-      unreadable_files=get('unreadable_files'),
-      flows_before_range=get('flows_before_range'), flows_after_range=get('flows_after_range'),
-      time_range=time_range, first_window=first, last_window=last)
+    records=get('records'),
+    files=get('files'),
+    flow_lines=get('flow_lines'),
+    counted_flows=get('counted_flows'),
+    skipped_control=get('control_messages'),
+    skipped_nodata=get('skipped_nodata'),
+    skipped_skipdata=get('skipped_skipdata'),
+    skipped_no_address=get('skipped_no_address'),
+    skipped_other_status=get('skipped_other_status'),
+    header_lines=get('header_lines'),
+    bad_inputs=get('bad_inputs'),
+    late_pairs=get('late_pairs'),
+    windows_delivered=get('windows_delivered'),
+    windows_dead_lettered=get('windows_dead_lettered'),
+    dead_letters_written=get('dead_letters_written'),
+    dead_letter_dir=dead_letter_dir,
+    dead_letters_unwritten=get('dead_letters_unwritten'),
+    unreadable_files=get('unreadable_files'),
+    flows_before_range=get('flows_before_range'),
+    flows_after_range=get('flows_after_range'),
+    time_range=time_range,
+    first_window=first,
+    last_window=last,
+  )

@@ -42,12 +42,13 @@ _LOG = logging.getLogger('pipeline.worker_pool')
 READY_MARKER = 'vpc-flow-peers: SDK harness connected'
 # Beam's process-mode harness, plus the marker.
 HARNESS_PROGRAM = (
-    'import sys\n'
-    'from apache_beam.runners.worker.sdk_worker import SdkHarness\n'
-    'harness = SdkHarness(sys.argv[1], worker_id=sys.argv[2], state_cache_size=int(sys.argv[3]),\n'
-    '                     data_buffer_time_limit_ms=int(sys.argv[4]))\n'
-    f'print({READY_MARKER!r}, file=sys.stderr, flush=True)\n'
-    'harness.run()\n')
+  'import sys\n'
+  'from apache_beam.runners.worker.sdk_worker import SdkHarness\n'
+  'harness = SdkHarness(sys.argv[1], worker_id=sys.argv[2], state_cache_size=int(sys.argv[3]),\n'
+  '                     data_buffer_time_limit_ms=int(sys.argv[4]))\n'
+  f'print({READY_MARKER!r}, file=sys.stderr, flush=True)\n'
+  'harness.run()\n'
+)
 DEFAULT_START_TIMEOUT_SECONDS = 90.0
 # The end of a failed harness's output that goes into the error: enough for a traceback.
 ERROR_TAIL_LINES = 30
@@ -58,7 +59,8 @@ def _die_with_parent():
   """In a harness: SIGKILL it when the pool dies, as a pod's containers die
   together (a SIGKILLed pool runs no clean-up of its own)."""
   try:
-    import ctypes  # pylint: disable=import-outside-toplevel
+    import ctypes
+
     ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
   except (OSError, AttributeError):
     pass
@@ -67,16 +69,23 @@ def _die_with_parent():
 class HarnessProcess:
   """One SDK harness process: its output copied to the pool's, the end of its
   stderr kept, and whether it has connected."""
+
   def __init__(self, worker_id: str, command):
     self.worker_id = worker_id
     self.connected = threading.Event()
     self._tail: Deque[str] = collections.deque(maxlen=ERROR_TAIL_LINES)
     self.process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-        close_fds=True, preexec_fn=_die_with_parent)
+      command,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      stdin=subprocess.DEVNULL,
+      close_fds=True,
+      preexec_fn=_die_with_parent,
+    )
     self._readers = [
-        threading.Thread(target=self._copy, args=(self.process.stdout, sys.stdout, False), daemon=True),
-        threading.Thread(target=self._copy, args=(self.process.stderr, sys.stderr, True), daemon=True)]
+      threading.Thread(target=self._copy, args=(self.process.stdout, sys.stdout, False), daemon=True),
+      threading.Thread(target=self._copy, args=(self.process.stderr, sys.stderr, True), daemon=True),
+    ]
     for reader in self._readers:
       reader.start()
 
@@ -101,20 +110,30 @@ class HarnessProcess:
           reader.join(5)
         if self.connected.is_set():
           return None
-        return (f'the SDK harness for worker {self.worker_id} exited with status {status} '
-                f'before it connected:\n' + '\n'.join(self._tail))
+        return (
+          f'the SDK harness for worker {self.worker_id} exited with status {status} '
+          f'before it connected:\n' + '\n'.join(self._tail)
+        )
       if time.monotonic() > deadline:
         kill_process_gracefully(self.process, timeout=5)
-        return (f'the SDK harness for worker {self.worker_id} did not connect within '
-                f'{timeout:.0f} s; its output:\n' + '\n'.join(self._tail))
+        return (
+          f'the SDK harness for worker {self.worker_id} did not connect within '
+          f'{timeout:.0f} s; its output:\n' + '\n'.join(self._tail)
+        )
     return None
 
 
 class CheckedWorkerPool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
   """Beam's process-mode worker pool whose StartWorker waits for the harness
   to connect (see the module docstring)."""
-  def __init__(self, start_timeout: float = DEFAULT_START_TIMEOUT_SECONDS, python: str = 'python',
-               state_cache_size: int = 0, data_buffer_time_limit_ms: int = 0):
+
+  def __init__(
+    self,
+    start_timeout: float = DEFAULT_START_TIMEOUT_SECONDS,
+    python: str = 'python',
+    state_cache_size: int = 0,
+    data_buffer_time_limit_ms: int = 0,
+  ):
     self._start_timeout = start_timeout
     self._python = python
     self._state_cache_size = state_cache_size
@@ -123,16 +142,24 @@ class CheckedWorkerPool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
     self._lock = threading.Lock()
 
   def harness_command(self, request: beam_fn_api_pb2.StartWorkerRequest):
-    return [self._python, '-c', HARNESS_PROGRAM, request.control_endpoint.url, request.worker_id,
-            str(self._state_cache_size), str(self._data_buffer_time_limit_ms)]
+    return [
+      self._python,
+      '-c',
+      HARNESS_PROGRAM,
+      request.control_endpoint.url,
+      request.worker_id,
+      str(self._state_cache_size),
+      str(self._data_buffer_time_limit_ms),
+    ]
 
-  def StartWorker(self, request, context=None):  # pylint: disable=invalid-name,unused-argument
+  def StartWorker(self, request, context=None):
     try:
       worker = HarnessProcess(request.worker_id, self.harness_command(request))
     except OSError as e:
       _LOG.error('could not start the SDK harness for worker %s: %s', request.worker_id, e)
       return beam_fn_api_pb2.StartWorkerResponse(
-          error=f'could not start the SDK harness ({self._python!r}): {e}')
+        error=f'could not start the SDK harness ({self._python!r}): {e}'
+      )
     with self._lock:
       self._workers[request.worker_id] = worker
     error = worker.wait_connected(self._start_timeout)
@@ -144,7 +171,7 @@ class CheckedWorkerPool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
     _LOG.info('SDK harness for worker %s connected (pid %d)', request.worker_id, worker.process.pid)
     return beam_fn_api_pb2.StartWorkerResponse()
 
-  def StopWorker(self, request, context=None):  # pylint: disable=invalid-name,unused-argument
+  def StopWorker(self, request, context=None):
     with self._lock:
       worker = self._workers.pop(request.worker_id, None)
     if worker is not None:
@@ -163,9 +190,13 @@ def serve(pool: CheckedWorkerPool, bind_address: str, port: int) -> grpc.Server:
   gRPC would otherwise let a second pool bind the same port and split the
   connections between them)."""
   server = grpc.server(
-      thread_pool_executor.shared_unbounded_instance(),
-      options=[('grpc.so_reuseport', 0), ('grpc.http2.max_pings_without_data', 0),
-               ('grpc.http2.max_ping_strikes', 0)])
+    thread_pool_executor.shared_unbounded_instance(),
+    options=[
+      ('grpc.so_reuseport', 0),
+      ('grpc.http2.max_pings_without_data', 0),
+      ('grpc.http2.max_ping_strikes', 0),
+    ],
+  )
   beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(pool, server)
   host = f'[{bind_address}]' if ':' in bind_address else bind_address
   bound = server.add_insecure_port(f'{host}:{port}')
@@ -176,14 +207,26 @@ def serve(pool: CheckedWorkerPool, bind_address: str, port: int) -> grpc.Server:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m pipeline.worker_pool', description=__doc__.split('\n\n')[0])
+  parser = argparse.ArgumentParser(
+    prog='python -m pipeline.worker_pool', description=__doc__.split('\n\n')[0]
+  )
   parser.add_argument('--service_port', type=int, required=True, help='port to listen on')
-  parser.add_argument('--bind_address', default='127.0.0.1',
-                      help='address to listen on (default 127.0.0.1: the pod or the machine only)')
-  parser.add_argument('--harness_start_timeout', type=float, default=DEFAULT_START_TIMEOUT_SECONDS,
-                      help='seconds a harness has to connect before StartWorker fails (default %(default)s)')
-  parser.add_argument('--python', default='python',
-                      help="the interpreter of the harnesses (default: the `python` on PATH, as Beam's pool)")
+  parser.add_argument(
+    '--bind_address',
+    default='127.0.0.1',
+    help='address to listen on (default 127.0.0.1: the pod or the machine only)',
+  )
+  parser.add_argument(
+    '--harness_start_timeout',
+    type=float,
+    default=DEFAULT_START_TIMEOUT_SECONDS,
+    help='seconds a harness has to connect before StartWorker fails (default %(default)s)',
+  )
+  parser.add_argument(
+    '--python',
+    default='python',
+    help="the interpreter of the harnesses (default: the `python` on PATH, as Beam's pool)",
+  )
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
   _LOG.setLevel(logging.INFO)  # Beam's import may have configured the root logger first

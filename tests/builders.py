@@ -19,13 +19,23 @@ LOG_GROUP = '/vpc/flow-logs'
 ENI = 'eni-0a1b2c3d4e5f60718'
 
 
-def flow_line(srcaddr: str, dstaddr: str, start: int, end: Optional[int] = None,
-              action: str = 'ACCEPT', log_status: str = 'OK', srcport: int = 49152,
-              dstport: int = 443, interface_id: str = ENI) -> str:
+def flow_line(
+  srcaddr: str,
+  dstaddr: str,
+  start: int,
+  end: Optional[int] = None,
+  action: str = 'ACCEPT',
+  log_status: str = 'OK',
+  srcport: int = 49152,
+  dstport: int = 443,
+  interface_id: str = ENI,
+) -> str:
   """One flow log line in the default (version 2) format."""
   end = start + 30 if end is None else end
-  return (f'2 {ACCOUNT_ID} {interface_id} {srcaddr} {dstaddr} {srcport} {dstport} 6 '
-          f'10 8400 {start} {end} {action} {log_status}')
+  return (
+    f'2 {ACCOUNT_ID} {interface_id} {srcaddr} {dstaddr} {srcport} {dstport} 6 '
+    f'10 8400 {start} {end} {action} {log_status}'
+  )
 
 
 def no_traffic_line(start: int, log_status: str = 'NODATA', interface_id: str = ENI) -> str:
@@ -39,24 +49,41 @@ def custom_line(fields: Sequence[str], **values) -> str:
   return ' '.join(str(values.get(f.replace('-', '_'), '-')) for f in fields)
 
 
-def data_message(lines: Iterable[str], log_stream: str = ENI, first_id: int = 0,
-                 ids_as_int: bool = False, **extra) -> dict:
+def data_message(
+  lines: Iterable[str], log_stream: str = ENI, first_id: int = 0, ids_as_int: bool = False, **extra
+) -> dict:
   """A CloudWatch Logs subscription DATA_MESSAGE holding `lines` as log events."""
   events = []
   for i, line in enumerate(lines):
     event_id = first_id + i if ids_as_int else str(36000000000000000000000000 + first_id + i)
     events.append({'id': event_id, 'timestamp': 1700000000000, 'message': line})
-  return {'messageType': 'DATA_MESSAGE', 'owner': ACCOUNT_ID, 'logGroup': LOG_GROUP,
-          'logStream': log_stream, 'subscriptionFilters': ['flow-peers'],
-          'logEvents': events, **extra}
+  return {
+    'messageType': 'DATA_MESSAGE',
+    'owner': ACCOUNT_ID,
+    'logGroup': LOG_GROUP,
+    'logStream': log_stream,
+    'subscriptionFilters': ['flow-peers'],
+    'logEvents': events,
+    **extra,
+  }
 
 
 def control_message() -> dict:
   """The health check CloudWatch Logs sends when a subscription is created."""
-  return {'messageType': 'CONTROL_MESSAGE', 'owner': 'CloudwatchLogs', 'logGroup': '',
-          'logStream': '', 'subscriptionFilters': [],
-          'logEvents': [{'id': '', 'timestamp': 1700000000000,
-                         'message': 'CWL CONTROL MESSAGE: Checking health of destination Kinesis stream.'}]}
+  return {
+    'messageType': 'CONTROL_MESSAGE',
+    'owner': 'CloudwatchLogs',
+    'logGroup': '',
+    'logStream': '',
+    'subscriptionFilters': [],
+    'logEvents': [
+      {
+        'id': '',
+        'timestamp': 1700000000000,
+        'message': 'CWL CONTROL MESSAGE: Checking health of destination Kinesis stream.',
+      }
+    ],
+  }
 
 
 def gz(data: bytes) -> bytes:
@@ -75,14 +102,25 @@ def b64(data: bytes) -> str:
 
 def lambda_event(datas: List[bytes], pretty: bool = True) -> str:
   """A Lambda test event for a Kinesis trigger, holding the records' data."""
-  event = {'Records': [{
-      'kinesis': {'kinesisSchemaVersion': '1.0', 'partitionKey': 'flow-peers',
-                  'sequenceNumber': str(49590338271490256608559692538361571095921575989136588800 + i),
-                  'data': b64(data), 'approximateArrivalTimestamp': 1700000900.5},
-      'eventSource': 'aws:kinesis', 'eventVersion': '1.0',
-      'eventID': f'shardId-000000000000:{i}', 'eventName': 'aws:kinesis:record',
-      'awsRegion': 'eu-west-1',
-  } for i, data in enumerate(datas)]}
+  event = {
+    'Records': [
+      {
+        'kinesis': {
+          'kinesisSchemaVersion': '1.0',
+          'partitionKey': 'flow-peers',
+          'sequenceNumber': str(49590338271490256608559692538361571095921575989136588800 + i),
+          'data': b64(data),
+          'approximateArrivalTimestamp': 1700000900.5,
+        },
+        'eventSource': 'aws:kinesis',
+        'eventVersion': '1.0',
+        'eventID': f'shardId-000000000000:{i}',
+        'eventName': 'aws:kinesis:record',
+        'awsRegion': 'eu-west-1',
+      }
+      for i, data in enumerate(datas)
+    ]
+  }
   return json.dumps(event, indent=2 if pretty else None) + '\n'
 
 
@@ -103,11 +141,22 @@ def kinesis_jsonl(datas: List[bytes], key: str = 'kinesis.data') -> str:
 
 def get_records_output(datas: List[bytes]) -> str:
   """What `aws kinesis get-records` prints."""
-  return json.dumps({
-      'Records': [{'SequenceNumber': str(49590338271490256608559692540925702759324208523137515618 + i),
-                   'ApproximateArrivalTimestamp': '2023-11-14T22:20:00.000000+00:00',
-                   'Data': b64(data), 'PartitionKey': 'flow-peers'}
-                  for i, data in enumerate(datas)],
-      'NextShardIterator': 'AAAAAAAAAAHsW8zCWf9164uy8Epue6WS3w6wmj4a4USt+CNvMd6uXQ+HL5vAJMznqqC0DLKsIjuoiTi1BpT6nW0LN2M2D56zM5H8anHm30Gbri9ua+qaGgj+3XTyvbhpERfrezgLHbPB/rIcVpykJbaSj5tmcXYRmFnqZBEyHwtZYFmh6hvWVFkIwLuMZLMrpWhG5r5hzkE=',
-      'MillisBehindLatest': 0,
-  }, indent=4) + '\n'
+  return (
+    json.dumps(
+      {
+        'Records': [
+          {
+            'SequenceNumber': str(49590338271490256608559692540925702759324208523137515618 + i),
+            'ApproximateArrivalTimestamp': '2023-11-14T22:20:00.000000+00:00',
+            'Data': b64(data),
+            'PartitionKey': 'flow-peers',
+          }
+          for i, data in enumerate(datas)
+        ],
+        'NextShardIterator': 'AAAAAAAAAAHsW8zCWf9164uy8Epue6WS3w6wmj4a4USt+CNvMd6uXQ+HL5vAJMznqqC0DLKsIjuoiTi1BpT6nW0LN2M2D56zM5H8anHm30Gbri9ua+qaGgj+3XTyvbhpERfrezgLHbPB/rIcVpykJbaSj5tmcXYRmFnqZBEyHwtZYFmh6hvWVFkIwLuMZLMrpWhG5r5hzkE=',
+        'MillisBehindLatest': 0,
+      },
+      indent=4,
+    )
+    + '\n'
+  )

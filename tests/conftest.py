@@ -52,20 +52,32 @@ def closed_port() -> int:
 # no runner, no build). Property tests (hypothesis) are left to the full suite:
 # they search for minutes. A module joins by its name here. With `-m quick`
 # alone, the other modules are not even imported.
-QUICK_MODULES = frozenset([
-    'test_aws_errors', 'test_command_line', 'test_counting_peers', 'test_counting_pipeline',
-    'test_counting_rules', 'test_data_message_lines', 'test_decode', 'test_deploy_manifests',
-    'test_endpoint_template', 'test_flow_log_headers', 'test_flow_record',
-    'test_pipeline_composites', 'test_readme',
-])
+QUICK_MODULES = frozenset(
+  [
+    'test_aws_errors',
+    'test_command_line',
+    'test_counting_peers',
+    'test_counting_pipeline',
+    'test_counting_rules',
+    'test_data_message_lines',
+    'test_decode',
+    'test_deploy_manifests',
+    'test_endpoint_template',
+    'test_flow_log_headers',
+    'test_flow_record',
+    'test_pipeline_composites',
+    'test_readme',
+  ]
+)
 
 
 def pytest_configure(config):
   config.addinivalue_line(
-      'markers', 'quick: pure and composite tests that start nothing (./run_tests.sh --quick)')
+    'markers', 'quick: pure and composite tests that start nothing (./run_tests.sh --quick)'
+  )
 
 
-def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+def pytest_collection_modifyitems(config, items):
   for item in items:
     is_property_test = getattr(getattr(item, 'obj', None), 'is_hypothesis_test', False)
     if item.path.stem in QUICK_MODULES and not is_property_test:
@@ -73,8 +85,12 @@ def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argu
 
 
 def pytest_ignore_collect(collection_path, config):
-  if (config.getoption('markexpr') == 'quick' and collection_path.suffix == '.py'
-      and collection_path.stem.startswith('test_') and collection_path.stem not in QUICK_MODULES):
+  if (
+    config.getoption('markexpr') == 'quick'
+    and collection_path.suffix == '.py'
+    and collection_path.stem.startswith('test_')
+    and collection_path.stem not in QUICK_MODULES
+  ):
     return True
   return None
 
@@ -83,13 +99,13 @@ def pytest_ignore_collect(collection_path, config):
 # pytest.ini gives every test its time limit. These fixtures start runners:
 # the tests that use them get longer, unless they set their own limit.
 RUNNER_TIMEOUTS = {
-    # The whole test, fixtures included: the first use waits for the Prism
-    # build (about 5 minutes on a fresh machine), then a streaming run.
-    'prism_binary': pytest.mark.timeout(900),
-    # The test body only: starting the cluster is bounded by the fixture
-    # itself (a cold start builds the job-server jar, up to an hour), and a
-    # streaming job with checkpoints and a restore takes minutes.
-    'flink_cluster': pytest.mark.timeout(900, func_only=True),
+  # The whole test, fixtures included: the first use waits for the Prism
+  # build (about 5 minutes on a fresh machine), then a streaming run.
+  'prism_binary': pytest.mark.timeout(900),
+  # The test body only: starting the cluster is bounded by the fixture
+  # itself (a cold start builds the job-server jar, up to an hour), and a
+  # streaming job with checkpoints and a restore takes minutes.
+  'flink_cluster': pytest.mark.timeout(900, func_only=True),
 }
 
 
@@ -101,11 +117,15 @@ def pytest_itemcollected(item):
 
 # --- No test leaves the process changed --------------------------------------
 
+
 def _added_log_handlers(before):
   """Root logger handlers added since `before`, pytest's own excepted (it
   attaches fresh capture handlers to each phase of a test)."""
-  return [h for h in logging.getLogger().handlers
-          if h not in before and not type(h).__module__.startswith('_pytest')]
+  return [
+    h
+    for h in logging.getLogger().handlers
+    if h not in before and not type(h).__module__.startswith('_pytest')
+  ]
 
 
 def _environment():

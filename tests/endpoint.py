@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional
 
 class Attempt(NamedTuple):
   """One request as it arrived, and what it was answered."""
+
   method: str
   path: str
   headers: Dict[str, str]
@@ -61,11 +62,18 @@ class Answer(NamedTuple):
 class ScriptedEndpoint:
   """See the module docstring. `retry_after` is sent with every 429 and 503
   answer of `statuses` and `always_status`; `delay_seconds` delays every answer."""
-  def __init__(self, port: int = 0, statuses: Optional[List[int]] = None,
-               always_status: Optional[int] = None, retry_after: Optional[str] = None,
-               delay_seconds: float = 0.0,
-               script: Optional[Callable[[Attempt], Optional[Answer]]] = None,
-               tls: Optional[ssl.SSLContext] = None, store_dir: Optional[str] = None):
+
+  def __init__(
+    self,
+    port: int = 0,
+    statuses: Optional[List[int]] = None,
+    always_status: Optional[int] = None,
+    retry_after: Optional[str] = None,
+    delay_seconds: float = 0.0,
+    script: Optional[Callable[[Attempt], Optional[Answer]]] = None,
+    tls: Optional[ssl.SSLContext] = None,
+    store_dir: Optional[str] = None,
+  ):
     self.requests: List[Attempt] = []
     self.bytes_sent: List[int] = []  # of each answer's body, what the client took
     self._statuses = list(statuses or [])
@@ -97,8 +105,13 @@ class ScriptedEndpoint:
     """The last document delivered at each path (a later pane replaces an earlier)."""
     return {post.path: post.json() for post in self.posts}
 
-  def wait_for(self, condition: Callable[['ScriptedEndpoint'], bool], timeout: float, what: str,
-               explain: Callable[[], str] = lambda: ''):
+  def wait_for(
+    self,
+    condition: Callable[['ScriptedEndpoint'], bool],
+    timeout: float,
+    what: str,
+    explain: Callable[[], str] = lambda: '',
+  ):
     """Waits until `condition(self)` holds (checked on every attempt); fails
     saying what, and what `explain()` says."""
     deadline = time.monotonic() + timeout
@@ -106,8 +119,10 @@ class ScriptedEndpoint:
       while not condition(self):
         left = deadline - time.monotonic()
         if left <= 0:
-          raise AssertionError(f'timed out after {timeout:.0f} s waiting for {what}; '
-                               f'{len(self.requests)} attempts so far\n{explain()}')
+          raise AssertionError(
+            f'timed out after {timeout:.0f} s waiting for {what}; '
+            f'{len(self.requests)} attempts so far\n{explain()}'
+          )
         self._changed.wait(min(left, 1.0))
 
   # --- answering -----------------------------------------------------------
@@ -162,7 +177,7 @@ class ScriptedEndpoint:
         sent = len(answer.body)
       else:
         for start in range(0, len(answer.body), 65536):
-          handler.wfile.write(answer.body[start:start + 65536])
+          handler.wfile.write(answer.body[start : start + 65536])
           sent = min(len(answer.body), start + 65536)
       handler.wfile.flush()
     finally:
@@ -172,7 +187,7 @@ class ScriptedEndpoint:
   @staticmethod
   def _trickle(handler, data: bytes, seconds: float) -> None:
     for i in range(len(data)):
-      handler.wfile.write(data[i:i + 1])
+      handler.wfile.write(data[i : i + 1])
       handler.wfile.flush()
       time.sleep(seconds)
 
@@ -196,7 +211,7 @@ class ScriptedEndpoint:
     class Handler(BaseHTTPRequestHandler):
       protocol_version = 'HTTP/1.1'
 
-      def do_POST(self):  # pylint: disable=invalid-name
+      def do_POST(self):
         try:
           endpoint._handle(self)
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):

@@ -53,6 +53,7 @@ UNFINISHED_STATES = ('CREATED', 'INITIALIZING', 'RUNNING', 'RESTARTING', 'FAILIN
 
 class FlinkCluster(NamedTuple):
   """What a test needs to know about the running cluster."""
+
   master: str  # the --flink_master value, as a user types it
   rest_url: str
   state_dir: Path
@@ -68,8 +69,11 @@ class FlinkCluster(NamedTuple):
     """The JSON answer of a REST call (None for an empty one); `body` is sent as JSON."""
     data = None if body is None else json.dumps(body).encode('utf-8')
     request = urllib.request.Request(
-        self.rest_url + path, data=data, method=method,
-        headers={'Content-Type': 'application/json'} if data is not None else {})
+      self.rest_url + path,
+      data=data,
+      method=method,
+      headers={'Content-Type': 'application/json'} if data is not None else {},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
       text = response.read()
     return json.loads(text) if text.strip() else None
@@ -126,8 +130,10 @@ class FlinkCluster(NamedTuple):
     would end them; returns the number."""
     numbers = self.taskmanager_numbers()
     if not numbers:
-      pytest.fail(f'no TaskManager of ours under {self.state_dir}/pids (a cluster started '
-                  'by someone else cannot be killed by this test)')
+      pytest.fail(
+        f'no TaskManager of ours under {self.state_dir}/pids (a cluster started '
+        'by someone else cannot be killed by this test)'
+      )
     number = numbers[0] if number is None else number
     tm, pool = self._pid('taskmanager', number), self._pid('worker-pool', number)
     os.kill(tm, signal.SIGKILL)
@@ -195,24 +201,43 @@ def cluster_env(worker_pool_port: int, s3_port: int) -> dict:
   """The environment of local-cluster.sh: the production topology on our
   ports, and fake AWS credentials for the worker pools (their harnesses read
   the emulated Kinesis streams)."""
-  return dict(os.environ, **FAKE_AWS_ENV, FLINK_STATE_DIR=str(STATE_DIR),
-              FLINK_REST_PORT=str(REST_PORT), FLINK_RPC_PORT=str(RPC_PORT),
-              FLINK_TOPOLOGY='production', FLINK_WORKER_POOL_PORT=str(worker_pool_port),
-              FLINK_S3_ENDPOINT='moto', FLINK_S3_PORT=str(s3_port), FLINK_S3_BUCKET=S3_BUCKET)
+  return dict(
+    os.environ,
+    **FAKE_AWS_ENV,
+    FLINK_STATE_DIR=str(STATE_DIR),
+    FLINK_REST_PORT=str(REST_PORT),
+    FLINK_RPC_PORT=str(RPC_PORT),
+    FLINK_TOPOLOGY='production',
+    FLINK_WORKER_POOL_PORT=str(worker_pool_port),
+    FLINK_S3_ENDPOINT='moto',
+    FLINK_S3_PORT=str(s3_port),
+    FLINK_S3_BUCKET=S3_BUCKET,
+  )
 
 
 def _script(command: str, timeout: float, cluster: FlinkCluster) -> subprocess.CompletedProcess:
   s3_port = int(cluster.s3_url.rsplit(':', 1)[1])
   return subprocess.run(
-      ['bash', str(LOCAL_CLUSTER), command], env=cluster_env(cluster.worker_pool_port, s3_port),
-      cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
+    ['bash', str(LOCAL_CLUSTER), command],
+    env=cluster_env(cluster.worker_pool_port, s3_port),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    check=False,
+  )
 
 
 def _cluster_from_environment() -> FlinkCluster:
   pool_port = int(os.environ.get('FLINK_WORKER_POOL_PORT') or _FREE_PORTS['pool'])
   s3_port = int(os.environ.get('FLINK_S3_PORT') or _FREE_PORTS['s3'])
-  return FlinkCluster(f'localhost:{REST_PORT}', f'http://127.0.0.1:{REST_PORT}', STATE_DIR,
-                      pool_port, f'http://127.0.0.1:{s3_port}')
+  return FlinkCluster(
+    f'localhost:{REST_PORT}',
+    f'http://127.0.0.1:{REST_PORT}',
+    STATE_DIR,
+    pool_port,
+    f'http://127.0.0.1:{s3_port}',
+  )
 
 
 _FREE_PORTS = {'pool': free_port(), 's3': free_port()}
@@ -238,14 +263,22 @@ def pytest_collection_finish(session):
     return  # someone else's cluster: the fixture checks it
   STATE_DIR.mkdir(parents=True, exist_ok=True)
   s3_port = int(cluster.s3_url.rsplit(':', 1)[1])
-  log = open(STATE_DIR / 'start.log', 'wb')  # pylint: disable=consider-using-with
-  _SESSION['start'] = (subprocess.Popen(
-      ['bash', str(LOCAL_CLUSTER), 'start'], env=cluster_env(cluster.worker_pool_port, s3_port),
-      cwd=REPO, stdout=log, stderr=log), log, time.monotonic())
+  log = open(STATE_DIR / 'start.log', 'wb')
+  _SESSION['start'] = (
+    subprocess.Popen(
+      ['bash', str(LOCAL_CLUSTER), 'start'],
+      env=cluster_env(cluster.worker_pool_port, s3_port),
+      cwd=REPO,
+      stdout=log,
+      stderr=log,
+    ),
+    log,
+    time.monotonic(),
+  )
   _SESSION['cluster'] = cluster
 
 
-def pytest_sessionfinish(session):  # pylint: disable=unused-argument
+def pytest_sessionfinish(session):
   """Stops the cluster this session started, whether or not a test used it."""
   if 'cluster' not in _SESSION:
     return
@@ -269,13 +302,17 @@ def flink_cluster():
   if reason:
     pytest.skip(reason)
   if not shutil.which('java'):
-    pytest.fail('the Flink tests need java (a JRE/JDK 11 or 17) on PATH, and mvn for a '
-                'first build of the job-server jar; VFP_SKIP_FLINK_TESTS=1 skips them')
+    pytest.fail(
+      'the Flink tests need java (a JRE/JDK 11 or 17) on PATH, and mvn for a '
+      'first build of the job-server jar; VFP_SKIP_FLINK_TESTS=1 skips them'
+    )
   if 'cluster' not in _SESSION:
     cluster = _cluster_from_environment()
     if not (os.environ.get('FLINK_WORKER_POOL_PORT') and os.environ.get('FLINK_S3_PORT')):
-      pytest.fail(f'a Flink cluster already answers on {cluster.rest_url}, and FLINK_WORKER_POOL_PORT '
-                  'and FLINK_S3_PORT do not say where its worker pools and S3 are')
+      pytest.fail(
+        f'a Flink cluster already answers on {cluster.rest_url}, and FLINK_WORKER_POOL_PORT '
+        'and FLINK_S3_PORT do not say where its worker pools and S3 are'
+      )
     if not _rest_answers(cluster.rest_url):
       pytest.fail(f'no Flink cluster answers on {cluster.rest_url}')
     return cluster  # someone else's cluster: use it, leave it running
@@ -288,6 +325,7 @@ def flink_cluster():
   if process.returncode != 0:
     output = (STATE_DIR / 'start.log').read_text(errors='replace')
     pytest.fail(f'deploy/flink/local-cluster.sh start failed:\n{output[-4000:]}\n{cluster.log_tail()}')
-  print(f'\nFlink cluster up {time.monotonic() - began:.0f}s after the tests were collected '
-        f'at {cluster.rest_url}')
+  print(
+    f'\nFlink cluster up {time.monotonic() - began:.0f}s after the tests were collected at {cluster.rest_url}'
+  )
   return cluster

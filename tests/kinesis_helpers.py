@@ -23,9 +23,19 @@ from typing import Dict, List, Optional, Sequence
 from botocore.awsrequest import AWSResponse
 
 from devtools.aws_emulator import (  # noqa: F401 (re-exported: tests use kh.create_stream, ...)
-    ACCOUNT_ID, FAKE_AWS_ENV, REGION, SUBSCRIPTION_ROLE_ARN, EmulatorProcess, client,
-    create_stream, free_port, moto_server, put_flow_lines, subscribe_log_group,
-    wait_until_active)
+  ACCOUNT_ID,
+  FAKE_AWS_ENV,
+  REGION,
+  SUBSCRIPTION_ROLE_ARN,
+  EmulatorProcess,
+  client,
+  create_stream,
+  free_port,
+  moto_server,
+  put_flow_lines,
+  subscribe_log_group,
+  wait_until_active,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINESALITE_DIR = os.path.join(ROOT, 'tools', 'kinesalite')
@@ -44,9 +54,20 @@ def ensure_kinesalite() -> Optional[str]:
   if npm is None or shutil.which('node') is None:
     return None
   result = subprocess.run(
-      [npm, 'install', '--prefix', KINESALITE_DIR, '--no-audit', '--no-fund',
-       f'kinesalite@{KINESALITE_VERSION}'],
-      capture_output=True, text=True, timeout=300, check=False)
+    [
+      npm,
+      'install',
+      '--prefix',
+      KINESALITE_DIR,
+      '--no-audit',
+      '--no-fund',
+      f'kinesalite@{KINESALITE_VERSION}',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   return KINESALITE if result.returncode == 0 and os.path.exists(KINESALITE) else None
 
 
@@ -54,8 +75,9 @@ def kinesalite_server(command: str) -> EmulatorProcess:
   """Kinesalite in memory, with streams active at once rather than after 500 ms."""
   port = free_port()
   return EmulatorProcess(
-      [command, '--port', str(port), '--createStreamMs', '0', '--deleteStreamMs', '0',
-       '--updateStreamMs', '0'], port)
+    [command, '--port', str(port), '--createStreamMs', '0', '--deleteStreamMs', '0', '--updateStreamMs', '0'],
+    port,
+  )
 
 
 def gzip_json(document) -> bytes:
@@ -65,23 +87,42 @@ def gzip_json(document) -> bytes:
   return out.getvalue()
 
 
-def subscription_data(lines: Sequence[str], log_group: str = 'vpc-flow-logs',
-                      log_stream: str = 'eni-0') -> bytes:
+def subscription_data(
+  lines: Sequence[str], log_group: str = 'vpc-flow-logs', log_stream: str = 'eni-0'
+) -> bytes:
   """Kinesis record data as CloudWatch Logs writes it for these flow lines."""
-  return gzip_json({
-      'messageType': 'DATA_MESSAGE', 'owner': ACCOUNT_ID, 'logGroup': log_group,
-      'logStream': log_stream, 'subscriptionFilters': ['to-kinesis'],
-      'logEvents': [{'id': str(i), 'timestamp': int(time.time() * 1000), 'message': line}
-                    for i, line in enumerate(lines)]})
+  return gzip_json(
+    {
+      'messageType': 'DATA_MESSAGE',
+      'owner': ACCOUNT_ID,
+      'logGroup': log_group,
+      'logStream': log_stream,
+      'subscriptionFilters': ['to-kinesis'],
+      'logEvents': [
+        {'id': str(i), 'timestamp': int(time.time() * 1000), 'message': line} for i, line in enumerate(lines)
+      ],
+    }
+  )
 
 
 def control_message_data() -> bytes:
   """The health check CloudWatch Logs writes when a subscription is created."""
-  return gzip_json({
-      'messageType': 'CONTROL_MESSAGE', 'owner': 'CloudwatchLogs',
-      'logGroup': '', 'logStream': '', 'subscriptionFilters': [],
-      'logEvents': [{'id': '', 'timestamp': int(time.time() * 1000),
-                     'message': 'CWL CONTROL MESSAGE: Checking health of destination Kinesis stream.'}]})
+  return gzip_json(
+    {
+      'messageType': 'CONTROL_MESSAGE',
+      'owner': 'CloudwatchLogs',
+      'logGroup': '',
+      'logStream': '',
+      'subscriptionFilters': [],
+      'logEvents': [
+        {
+          'id': '',
+          'timestamp': int(time.time() * 1000),
+          'message': 'CWL CONTROL MESSAGE: Checking health of destination Kinesis stream.',
+        }
+      ],
+    }
+  )
 
 
 def put_control_message(kinesis, stream_name: str) -> None:
@@ -103,13 +144,15 @@ class _Raw:
     yield self._body
 
 
-def error_response(code: str, message: str = 'injected by a test',
-                   status: int = 400) -> AWSResponse:
+def error_response(code: str, message: str = 'injected by a test', status: int = 400) -> AWSResponse:
   """An HTTP response carrying a Kinesis error, as the service sends it."""
   body = json.dumps({'__type': code, 'message': message}).encode('utf-8')
-  return AWSResponse('http://127.0.0.1/', status,
-                     {'Content-Type': 'application/x-amz-json-1.1',
-                      'x-amzn-ErrorType': code}, _Raw(body))
+  return AWSResponse(
+    'http://127.0.0.1/',
+    status,
+    {'Content-Type': 'application/x-amz-json-1.1', 'x-amzn-ErrorType': code},
+    _Raw(body),
+  )
 
 
 class FaultInjector:
@@ -118,6 +161,7 @@ class FaultInjector:
   in `faults` with that error code instead of sending them. Because it acts on
   attempts, botocore's retry machinery sees the errors as if the service sent
   them. Every attempt is logged with its time and request body."""
+
   def __init__(self, name: str, faults: Dict[int, str]):
     self.name = name
     self.faults = dict(faults)
@@ -132,8 +176,14 @@ class FaultInjector:
       log = _FAULT_LOG.setdefault(self.name, [])
       attempt = len(log) + 1
       fault = self.faults.get(attempt)
-      log.append({'attempt': attempt, 'time': time.monotonic(),
-                  'body': json.loads(body) if body else {}, 'fault': fault})
+      log.append(
+        {
+          'attempt': attempt,
+          'time': time.monotonic(),
+          'body': json.loads(body) if body else {},
+          'fault': fault,
+        }
+      )
     if fault is not None:
       return error_response(fault)
     return None
@@ -145,6 +195,7 @@ class FaultInjector:
 
 class CallRecorder:
   """A 'before-parameter-build.kinesis.<Operation>' hook logging each call's parameters."""
+
   def __init__(self, name: str):
     self.name = name
     with _FAULT_LOCK:
@@ -171,6 +222,7 @@ class FailFirstIteratorOf:
   GetShardIterator's throttling): with max_attempts=1 the reader sees it, backs
   off and defers its remainder, so the runner checkpoints the restriction and
   resumes it. Logs the shards it failed."""
+
   def __init__(self, name: str, shards: Sequence[str], code: str = 'LimitExceededException'):
     self.name = name
     self.shards = tuple(shards)
@@ -197,6 +249,7 @@ class WriteOnFirstRead:
   the first GetRecords on each shard (its iterator already taken), writes
   `count` records into that shard with a client of its own. Logs the data
   written, by shard."""
+
   def __init__(self, name: str, endpoint_url: str, stream_name: str, count: int):
     self.name = name
     self.endpoint_url = endpoint_url
@@ -212,12 +265,17 @@ class WriteOnFirstRead:
       if any(shard == shard_id for shard, _ in written):
         return
       kinesis = client('kinesis', self.endpoint_url)
-      shard = next(s for s in kinesis.list_shards(StreamName=self.stream_name)['Shards']
-                   if s['ShardId'] == shard_id)
+      shard = next(
+        s for s in kinesis.list_shards(StreamName=self.stream_name)['Shards'] if s['ShardId'] == shard_id
+      )
       for i in range(self.count):
         data = f'{shard_id}-after-start-{i}'.encode()
-        kinesis.put_record(StreamName=self.stream_name, Data=data, PartitionKey='k',
-                           ExplicitHashKey=shard['HashKeyRange']['StartingHashKey'])
+        kinesis.put_record(
+          StreamName=self.stream_name,
+          Data=data,
+          PartitionKey='k',
+          ExplicitHashKey=shard['HashKeyRange']['StartingHashKey'],
+        )
         written.append((shard_id, data))
 
   def log(self) -> List[tuple]:
@@ -230,6 +288,7 @@ class ReportBacklog:
   it is `backlog[n]` ms behind the latest record (0 once the list is used
   up), as Kinesis says of a shard with a backlog (moto says what its clock
   saw, kinesalite nothing)."""
+
   def __init__(self, name: str, backlog: Sequence[int]):
     self.name = name
     self.backlog = tuple(backlog)
@@ -256,10 +315,12 @@ class Resharder:
   merge and `per_child` records go to the merged shard. Registered for
   'before-parameter-build.kinesis.GetRecords' and '...GetShardIterator'.
   Logs (shard, data) of every record it wrote."""
-  HALF = 2 ** 127
 
-  def __init__(self, name: str, endpoint_url: str, stream_name: str, split_before: int,
-               merge_before: str, per_child: int):
+  HALF = 2**127
+
+  def __init__(
+    self, name: str, endpoint_url: str, stream_name: str, split_before: int, merge_before: str, per_child: int
+  ):
     self.name = name
     self.endpoint_url = endpoint_url
     self.stream_name = stream_name
@@ -282,22 +343,30 @@ class Resharder:
 
   def _put(self, kinesis, label: str, count: int, hash_key: int) -> None:
     for i in range(count):
-      out = kinesis.put_record(StreamName=self.stream_name, Data=f'{label}-{i}'.encode(),
-                               PartitionKey=label, ExplicitHashKey=str(hash_key))
+      out = kinesis.put_record(
+        StreamName=self.stream_name,
+        Data=f'{label}-{i}'.encode(),
+        PartitionKey=label,
+        ExplicitHashKey=str(hash_key),
+      )
       _FAULT_LOG[self.name].append((out['ShardId'], f'{label}-{i}'.encode()))
 
   def _split(self) -> None:
     kinesis = client('kinesis', self.endpoint_url)
-    kinesis.split_shard(StreamName=self.stream_name, ShardToSplit='shardId-000000000000',
-                        NewStartingHashKey=str(self.HALF))
+    kinesis.split_shard(
+      StreamName=self.stream_name, ShardToSplit='shardId-000000000000', NewStartingHashKey=str(self.HALF)
+    )
     wait_until_active(kinesis, self.stream_name)
     self._put(kinesis, 'low', self.per_child, 1)
     self._put(kinesis, 'high', self.per_child, self.HALF + 1)
 
   def _merge(self) -> None:
     kinesis = client('kinesis', self.endpoint_url)
-    kinesis.merge_shards(StreamName=self.stream_name, ShardToMerge='shardId-000000000001',
-                         AdjacentShardToMerge='shardId-000000000002')
+    kinesis.merge_shards(
+      StreamName=self.stream_name,
+      ShardToMerge='shardId-000000000001',
+      AdjacentShardToMerge='shardId-000000000002',
+    )
     wait_until_active(kinesis, self.stream_name)
     self._put(kinesis, 'merged', self.per_child, 7)
 

@@ -13,10 +13,17 @@ import requests
 WINDOW_SECONDS = 600
 
 
-def contract_post(window: int, counts: Dict[str, int], pane: int = 0,
-                  part: Tuple[int, int] = (0, 1), group: Sequence[Tuple[str, str]] = (),
-                  timing: str = 'ON_TIME', compress: bool = False, key: str = None,
-                  body: bytes = None) -> Tuple[str, Dict[str, str], bytes]:
+def contract_post(
+  window: int,
+  counts: Dict[str, int],
+  pane: int = 0,
+  part: Tuple[int, int] = (0, 1),
+  group: Sequence[Tuple[str, str]] = (),
+  timing: str = 'ON_TIME',
+  compress: bool = False,
+  key: str = None,
+  body: bytes = None,
+) -> Tuple[str, Dict[str, str], bytes]:
   """(path, headers, body) of one POST of a part of a pane of a (window, group)."""
   if body is None:
     body = json.dumps(counts, separators=(',', ':')).encode()
@@ -25,14 +32,14 @@ def contract_post(window: int, counts: Dict[str, int], pane: int = 0,
     digest = hashlib.sha256(body).hexdigest()[:16]
     key = f'{window}-{x_group}-{pane}-{part[0]}of{part[1]}-{digest}'
   headers = {
-      'Content-Type': 'application/json',
-      'X-Window-Start': str(window),
-      'X-Window-End': str(window + WINDOW_SECONDS),
-      'X-Pane-Index': str(pane),
-      'X-Pane-Timing': timing,
-      'Idempotency-Key': key,
-      'X-Part-Index': str(part[0]),
-      'X-Part-Count': str(part[1]),
+    'Content-Type': 'application/json',
+    'X-Window-Start': str(window),
+    'X-Window-End': str(window + WINDOW_SECONDS),
+    'X-Pane-Index': str(pane),
+    'X-Pane-Timing': timing,
+    'Idempotency-Key': key,
+    'X-Part-Index': str(part[0]),
+    'X-Part-Count': str(part[1]),
   }
   if group:
     headers['X-Group'] = x_group

@@ -77,6 +77,7 @@ class RecordingEndpoint:
   """An HTTP endpoint on 127.0.0.1 that records every POST it is sent, with
   the status it answered: 500 for the windows in `failing` (by bucket time,
   the last path segment), else 200, each after `delay` seconds."""
+
   def __init__(self, failing: Collection[int] = (), delay: float = 0.0):
     self.attempts: List[Attempt] = []
     self.failing = set(failing)
@@ -85,7 +86,7 @@ class RecordingEndpoint:
     endpoint = self
 
     class Handler(BaseHTTPRequestHandler):
-      def do_POST(self):  # pylint: disable=invalid-name
+      def do_POST(self):
         body = self.rfile.read(int(self.headers.get('Content-Length') or 0))
         if endpoint.delay:
           time.sleep(endpoint.delay)
@@ -127,8 +128,9 @@ def replay_command(directory, *flags) -> List[str]:
 
 
 def start_replay(directory, *flags, env=None) -> subprocess.Popen:
-  return subprocess.Popen(replay_command(directory, *flags), cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, env=env)
+  return subprocess.Popen(
+    replay_command(directory, *flags), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+  )
 
 
 def posted_by(stdout: str) -> List[int]:
@@ -146,8 +148,9 @@ def delivered_by(stdout: str) -> List[int]:
   return [int(line.split()[2]) for line in stdout.splitlines() if line.startswith('delivered window ')]
 
 
-def run_on_small_filesystem(size_bytes: int, seed_dir, command: List[str], fill_bytes: int = 0,
-                            timeout: float = 300) -> subprocess.CompletedProcess:
+def run_on_small_filesystem(
+  size_bytes: int, seed_dir, command: List[str], fill_bytes: int = 0, timeout: float = 300
+) -> subprocess.CompletedProcess:
   """Runs `command` with a tmpfs of `size_bytes` mounted at `seed_dir`'s path,
   holding a copy of `seed_dir`'s files (and a filler file of `fill_bytes`), in
   a private mount namespace (unshare; the test's own filesystem is untouched).
@@ -161,15 +164,17 @@ def run_on_small_filesystem(size_bytes: int, seed_dir, command: List[str], fill_
   os.mkdir(seed_dir)
   quoted = ' '.join("'" + part.replace("'", "'\\''") + "'" for part in command).replace('{DIR}', seed_dir)
   script = (
-      f'set -e; mount -t tmpfs -o size={size_bytes} tmpfs "{seed_dir}"; '
-      f'cp -a "{stash}/." "{seed_dir}/"; '
-      + (f'head -c {fill_bytes} /dev/zero > "{seed_dir}/filler" 2>/dev/null || true; ' if fill_bytes else '')
-      + f'set +e; {quoted}; rc=$?; '
-      f'rm -rf "{stash}"; mkdir "{stash}"; cp -a "{seed_dir}/." "{stash}/"; exit $rc')
+    f'set -e; mount -t tmpfs -o size={size_bytes} tmpfs "{seed_dir}"; '
+    f'cp -a "{stash}/." "{seed_dir}/"; '
+    + (f'head -c {fill_bytes} /dev/zero > "{seed_dir}/filler" 2>/dev/null || true; ' if fill_bytes else '')
+    + f'set +e; {quoted}; rc=$?; '
+    f'rm -rf "{stash}"; mkdir "{stash}"; cp -a "{seed_dir}/." "{stash}/"; exit $rc'
+  )
   prefix = [unshare, '--mount'] if os.geteuid() == 0 else [unshare, '--user', '--map-root-user', '--mount']
   try:
-    return subprocess.run(prefix + ['sh', '-c', script], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+      prefix + ['sh', '-c', script], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
   finally:
     os.rmdir(seed_dir)
     os.rename(stash, seed_dir)

@@ -28,96 +28,121 @@ def flows(tmp_path):
 
 
 USAGE_ERRORS = {
-    'unknown flag, closest named': (
-        [FLOWS, ENDPOINT, '--window_second=60'],
-        'unknown flag --window_second; did you mean --window_seconds?'),
-    'unknown flag with its value apart': (
-        [FLOWS, '--endpont', 'http://127.0.0.1:9/{bucket_time}'],
-        'unknown flag --endpont; did you mean --endpoint?'),
-    'unknown flag like no other': (
-        [FLOWS, ENDPOINT, '--zzzzqqq'],
-        'unknown flag --zzzzqqq (python -m pipeline --help lists the flags)'),
-    'single dash': (
-        [FLOWS, ENDPOINT, '-x'],
-        'unknown flag -x (python -m pipeline --help lists the flags)'),
-    'a value without a flag': (
-        [FLOWS, ENDPOINT, 'extra'],
-        "unexpected argument 'extra': every value goes with a flag, as --name=value"),
-    'window in words': (
-        [FLOWS, ENDPOINT, '--window_seconds=ten'],
-        "--window_seconds: expected a whole number above 0, not 'ten'"),
-    'negative window': (
-        [FLOWS, ENDPOINT, '--window_seconds=-600'],
-        "--window_seconds: expected a whole number above 0, not '-600'"),
-    'zero window': (
-        [FLOWS, ENDPOINT, '--window_seconds=0'],
-        "--window_seconds: expected a whole number above 0, not '0'"),
-    'fractional window': (
-        [FLOWS, ENDPOINT, '--window_seconds=60.5'],
-        "--window_seconds: expected a whole number above 0, not '60.5'"),
-    'flag without its value': (
-        [FLOWS, ENDPOINT, '--window_seconds'],
-        '--window_seconds needs a value: --window_seconds=VALUE'),
-    'negative lateness': (
-        [FLOWS, ENDPOINT, '--allowed_lateness=-1'],
-        "--allowed_lateness: expected a whole number, 0 or more, not '-1'"),
-    'retry time not a number': (
-        [FLOWS, ENDPOINT, '--max_retry_seconds=nan'],
-        "--max_retry_seconds: expected a number of seconds, 0 or more, not 'nan'"),
-    'endless timeout': (
-        [FLOWS, ENDPOINT, '--http_read_timeout=inf'],
-        "--http_read_timeout: expected a number of seconds above 0, not 'inf'"),
-    'zero connect timeout': (
-        [FLOWS, ENDPOINT, '--http_connect_timeout=0'],
-        "--http_connect_timeout: expected a number of seconds above 0, not '0'"),
-    'switch given a value': (
-        [FLOWS, ENDPOINT, '--no_verify_tls=yes'],
-        "--no_verify_tls takes no value (write it alone), not 'yes'"),
-    'unknown initial position': (
-        ['--kinesis_stream=flow-logs', ENDPOINT, '--kinesis_initial_position=OLDEST'],
-        "--kinesis_initial_position: invalid choice: 'OLDEST' (choose from 'TRIM_HORIZON', "
-        "'LATEST', 'AT_TIMESTAMP')"),
-    'AT_TIMESTAMP without a timestamp': (
-        ['--kinesis_stream=flow-logs', ENDPOINT, '--kinesis_initial_position=AT_TIMESTAMP'],
-        '--kinesis_initial_position=AT_TIMESTAMP needs --kinesis_start_timestamp'),
-    'timestamp in words': (
-        ['--kinesis_stream=flow-logs', ENDPOINT, '--kinesis_initial_position=AT_TIMESTAMP',
-         '--kinesis_start_timestamp=yesterday'],
-        "--kinesis_start_timestamp 'yesterday' is neither Unix seconds nor an ISO 8601 date "
-        'and time'),
-    'negative delivery delay': (
-        ['--kinesis_stream=flow-logs', ENDPOINT, '--kinesis_max_delivery_delay=-5'],
-        '--kinesis_max_delivery_delay must not be negative'),
-    'Kinesis endpoint without a scheme': (
-        ['--kinesis_stream=flow-logs', ENDPOINT, '--kinesis_endpoint_url=localhost:4566'],
-        '--kinesis_endpoint_url must be an http:// or https:// URL, such as '
-        'http://127.0.0.1:4566'),
-    'no source': (
-        [ENDPOINT], 'give exactly one source: --input=GLOB or --kinesis_stream=NAME'),
-    'two sources': (
-        [FLOWS, '--kinesis_stream=flow-logs', ENDPOINT],
-        'give exactly one source: --input=GLOB or --kinesis_stream=NAME'),
-    'no endpoint': ([FLOWS], '--endpoint=URL_TEMPLATE is required'),
-    'endpoint without the window start': (
-        [FLOWS, '--endpoint=http://127.0.0.1:9/connection_sets'],
-        '--endpoint must hold {bucket_time} so that each window has its own URL, for example '
-        'https://example.com/connection_sets/{bucket_time}'),
-    'input matching nothing': (
-        ['--input=/nonexistent/*.log.gz', ENDPOINT],
-        '--input matches no file: /nonexistent/*.log.gz'),
-    'unknown runner': (
-        [FLOWS, ENDPOINT, '--runner=FastRunner'],
-        "--runner=FastRunner is not a runner: use DirectRunner, FlinkRunner, PrismRunner or a "
-        "runner class's full path"),
-    'runner class that is not there': (
-        [FLOWS, ENDPOINT, '--runner=no_such_package.Runner'],
-        "--runner=no_such_package.Runner cannot be loaded: No module named 'no_such_package'"),
-    "a bad value of Beam's own flag": (
-        [FLOWS, ENDPOINT, '--direct_num_workers=two'],
-        "--direct_num_workers: invalid int value: 'two'"),
-    "a bad value of the Flink runner's flag": (
-        [FLOWS, ENDPOINT, '--checkpointing_interval=1m'],
-        "--checkpointing_interval: invalid int value: '1m'"),
+  'unknown flag, closest named': (
+    [FLOWS, ENDPOINT, '--window_second=60'],
+    'unknown flag --window_second; did you mean --window_seconds?',
+  ),
+  'unknown flag with its value apart': (
+    [FLOWS, '--endpont', 'http://127.0.0.1:9/{bucket_time}'],
+    'unknown flag --endpont; did you mean --endpoint?',
+  ),
+  'unknown flag like no other': (
+    [FLOWS, ENDPOINT, '--zzzzqqq'],
+    'unknown flag --zzzzqqq (python -m pipeline --help lists the flags)',
+  ),
+  'single dash': ([FLOWS, ENDPOINT, '-x'], 'unknown flag -x (python -m pipeline --help lists the flags)'),
+  'a value without a flag': (
+    [FLOWS, ENDPOINT, 'extra'],
+    "unexpected argument 'extra': every value goes with a flag, as --name=value",
+  ),
+  'window in words': (
+    [FLOWS, ENDPOINT, '--window_seconds=ten'],
+    "--window_seconds: expected a whole number above 0, not 'ten'",
+  ),
+  'negative window': (
+    [FLOWS, ENDPOINT, '--window_seconds=-600'],
+    "--window_seconds: expected a whole number above 0, not '-600'",
+  ),
+  'zero window': (
+    [FLOWS, ENDPOINT, '--window_seconds=0'],
+    "--window_seconds: expected a whole number above 0, not '0'",
+  ),
+  'fractional window': (
+    [FLOWS, ENDPOINT, '--window_seconds=60.5'],
+    "--window_seconds: expected a whole number above 0, not '60.5'",
+  ),
+  'flag without its value': (
+    [FLOWS, ENDPOINT, '--window_seconds'],
+    '--window_seconds needs a value: --window_seconds=VALUE',
+  ),
+  'negative lateness': (
+    [FLOWS, ENDPOINT, '--allowed_lateness=-1'],
+    "--allowed_lateness: expected a whole number, 0 or more, not '-1'",
+  ),
+  'retry time not a number': (
+    [FLOWS, ENDPOINT, '--max_retry_seconds=nan'],
+    "--max_retry_seconds: expected a number of seconds, 0 or more, not 'nan'",
+  ),
+  'endless timeout': (
+    [FLOWS, ENDPOINT, '--http_read_timeout=inf'],
+    "--http_read_timeout: expected a number of seconds above 0, not 'inf'",
+  ),
+  'zero connect timeout': (
+    [FLOWS, ENDPOINT, '--http_connect_timeout=0'],
+    "--http_connect_timeout: expected a number of seconds above 0, not '0'",
+  ),
+  'switch given a value': (
+    [FLOWS, ENDPOINT, '--no_verify_tls=yes'],
+    "--no_verify_tls takes no value (write it alone), not 'yes'",
+  ),
+  'unknown initial position': (
+    ['--kinesis_stream=flow-logs', ENDPOINT, '--kinesis_initial_position=OLDEST'],
+    "--kinesis_initial_position: invalid choice: 'OLDEST' (choose from 'TRIM_HORIZON', "
+    "'LATEST', 'AT_TIMESTAMP')",
+  ),
+  'AT_TIMESTAMP without a timestamp': (
+    ['--kinesis_stream=flow-logs', ENDPOINT, '--kinesis_initial_position=AT_TIMESTAMP'],
+    '--kinesis_initial_position=AT_TIMESTAMP needs --kinesis_start_timestamp',
+  ),
+  'timestamp in words': (
+    [
+      '--kinesis_stream=flow-logs',
+      ENDPOINT,
+      '--kinesis_initial_position=AT_TIMESTAMP',
+      '--kinesis_start_timestamp=yesterday',
+    ],
+    "--kinesis_start_timestamp 'yesterday' is neither Unix seconds nor an ISO 8601 date and time",
+  ),
+  'negative delivery delay': (
+    ['--kinesis_stream=flow-logs', ENDPOINT, '--kinesis_max_delivery_delay=-5'],
+    '--kinesis_max_delivery_delay must not be negative',
+  ),
+  'Kinesis endpoint without a scheme': (
+    ['--kinesis_stream=flow-logs', ENDPOINT, '--kinesis_endpoint_url=localhost:4566'],
+    '--kinesis_endpoint_url must be an http:// or https:// URL, such as http://127.0.0.1:4566',
+  ),
+  'no source': ([ENDPOINT], 'give exactly one source: --input=GLOB or --kinesis_stream=NAME'),
+  'two sources': (
+    [FLOWS, '--kinesis_stream=flow-logs', ENDPOINT],
+    'give exactly one source: --input=GLOB or --kinesis_stream=NAME',
+  ),
+  'no endpoint': ([FLOWS], '--endpoint=URL_TEMPLATE is required'),
+  'endpoint without the window start': (
+    [FLOWS, '--endpoint=http://127.0.0.1:9/connection_sets'],
+    '--endpoint must hold {bucket_time} so that each window has its own URL, for example '
+    'https://example.com/connection_sets/{bucket_time}',
+  ),
+  'input matching nothing': (
+    ['--input=/nonexistent/*.log.gz', ENDPOINT],
+    '--input matches no file: /nonexistent/*.log.gz',
+  ),
+  'unknown runner': (
+    [FLOWS, ENDPOINT, '--runner=FastRunner'],
+    '--runner=FastRunner is not a runner: use DirectRunner, FlinkRunner, PrismRunner or a '
+    "runner class's full path",
+  ),
+  'runner class that is not there': (
+    [FLOWS, ENDPOINT, '--runner=no_such_package.Runner'],
+    "--runner=no_such_package.Runner cannot be loaded: No module named 'no_such_package'",
+  ),
+  "a bad value of Beam's own flag": (
+    [FLOWS, ENDPOINT, '--direct_num_workers=two'],
+    "--direct_num_workers: invalid int value: 'two'",
+  ),
+  "a bad value of the Flink runner's flag": (
+    [FLOWS, ENDPOINT, '--checkpointing_interval=1m'],
+    "--checkpointing_interval: invalid int value: '1m'",
+  ),
 }
 
 
@@ -132,19 +157,39 @@ def test_a_mistake_is_one_line_and_exit_1(flags, line, flows, capsys):
 def test_runner_flags_are_known_and_reach_the_runner_typed(flows, caplog):
   # Beam's own (StandardOptions, DirectOptions, FlinkRunnerOptions), the
   # project's Flink defaults (pipeline/runners.py) and the Java Flink runner's.
-  argv = [flows, ENDPOINT, '--runner=DirectRunner', '--direct_num_workers=2',
-          '--flink_master=localhost:8081', '--parallelism=2',
-          '--finish_bundle_before_checkpointing=false', '--checkpointing_interval=60000',
-          '--state_backend=rocksdb', '--externalized_checkpoints_enabled']
+  argv = [
+    flows,
+    ENDPOINT,
+    '--runner=DirectRunner',
+    '--direct_num_workers=2',
+    '--flink_master=localhost:8081',
+    '--parallelism=2',
+    '--finish_bundle_before_checkpointing=false',
+    '--checkpointing_interval=60000',
+    '--state_backend=rocksdb',
+    '--externalized_checkpoints_enabled',
+  ]
   with caplog.at_level(logging.WARNING):
     options = cli.parse_options(argv)
     sent = options.get_all_options(drop_default=True, retain_unknown_options=True)
-  assert {name: sent[name] for name in (
-      'direct_num_workers', 'parallelism', 'checkpointing_interval', 'state_backend',
-      'externalized_checkpoints_enabled', 'finish_bundle_before_checkpointing')} == {
-          'direct_num_workers': 2, 'parallelism': 2, 'checkpointing_interval': 60000,
-          'state_backend': 'rocksdb', 'externalized_checkpoints_enabled': True,
-          'finish_bundle_before_checkpointing': False}
+  assert {
+    name: sent[name]
+    for name in (
+      'direct_num_workers',
+      'parallelism',
+      'checkpointing_interval',
+      'state_backend',
+      'externalized_checkpoints_enabled',
+      'finish_bundle_before_checkpointing',
+    )
+  } == {
+    'direct_num_workers': 2,
+    'parallelism': 2,
+    'checkpointing_interval': 60000,
+    'state_backend': 'rocksdb',
+    'externalized_checkpoints_enabled': True,
+    'finish_bundle_before_checkpointing': False,
+  }
   assert caplog.records == []  # no "Discarding unparseable args"
 
 
@@ -164,18 +209,28 @@ def test_help_shows_defaults_examples_and_fits_two_screens(capsys):
   shown = capsys.readouterr()
   assert shown.err == ''
   lines = shown.out.splitlines()
-  assert lines[0] == ('usage: python -m pipeline (--input=GLOB | --kinesis_stream=NAME) '
-                      '--endpoint=URL_TEMPLATE [flags]')
+  assert lines[0] == (
+    'usage: python -m pipeline (--input=GLOB | --kinesis_stream=NAME) --endpoint=URL_TEMPLATE [flags]'
+  )
   assert len(lines) <= 100
   text = ' '.join(shown.out.split())
-  for shown_default in ('--window_seconds=SECONDS Length of the event-time windows. (default: 600)',
-                        '(default: dead_letters)', '(default: 3600)', '(default: 300.0)',
-                        '(default: TRIM_HORIZON)', '(default: VPC_FLOW_PEERS_TOKEN)'):
+  for shown_default in (
+    '--window_seconds=SECONDS Length of the event-time windows. (default: 600)',
+    '(default: dead_letters)',
+    '(default: 3600)',
+    '(default: 300.0)',
+    '(default: TRIM_HORIZON)',
+    '(default: VPC_FLOW_PEERS_TOKEN)',
+  ):
     assert shown_default in text
-  assert ("python -m pipeline --input='flow-logs/*.log.gz' \\ "
-          "--endpoint='https://example.com/connection_sets/{bucket_time}'") in text
-  assert ('python -m pipeline --kinesis_stream=flow-logs --aws_region=us-east-1 \\ '
-          "--endpoint='https://example.com/connection_sets/{bucket_time}'") in text
+  assert (
+    "python -m pipeline --input='flow-logs/*.log.gz' \\ "
+    "--endpoint='https://example.com/connection_sets/{bucket_time}'"
+  ) in text
+  assert (
+    'python -m pipeline --kinesis_stream=flow-logs --aws_region=us-east-1 \\ '
+    "--endpoint='https://example.com/connection_sets/{bucket_time}'"
+  ) in text
   # Runner flags are mentioned, not listed.
   assert 'Runner flags (--runner=FlinkRunner, --flink_master, --parallelism,' in shown.out
   assert '--direct_running_mode' not in shown.out and '--state_backend' not in shown.out
@@ -196,6 +251,7 @@ class ReturnsAValue:
 
     def nested():
       return 1
+
     nested()
 
 
@@ -203,18 +259,39 @@ def beam_notice(logger_name, message, *args):
   return logging.LogRecord(logger_name, logging.WARNING, __file__, 1, message, args, None)
 
 
-@pytest.mark.parametrize('record, shown', [
+@pytest.mark.parametrize(
+  'record, shown',
+  [
     (beam_notice('root', 'crcmod package not found. This package is required if ...'), False),
-    (beam_notice('apache_beam.transforms.core', 'Using yield and return in the process method '
-                 'of %s can lead to unexpected behavior', ReturnsNothing), False),
-    (beam_notice('apache_beam.transforms.core', 'Using yield and return in the process method '
-                 'of %s can lead to unexpected behavior', ReturnsAValue), True),
-    (beam_notice('apache_beam.options.pipeline_options', 'Discarding unparseable args: %s',
-                 ['--x']), False),
+    (
+      beam_notice(
+        'apache_beam.transforms.core',
+        'Using yield and return in the process method of %s can lead to unexpected behavior',
+        ReturnsNothing,
+      ),
+      False,
+    ),
+    (
+      beam_notice(
+        'apache_beam.transforms.core',
+        'Using yield and return in the process method of %s can lead to unexpected behavior',
+        ReturnsAValue,
+      ),
+      True,
+    ),
+    (beam_notice('apache_beam.options.pipeline_options', 'Discarding unparseable args: %s', ['--x']), False),
     (beam_notice('apache_beam.transforms.core', 'Some other warning %s', 1), True),
     (beam_notice('root', 'a real warning'), True),
-], ids=['crcmod', 'bare return', 'returned value', 'discarded args', 'other Beam warning',
-        'other root warning'])
+  ],
+  ids=[
+    'crcmod',
+    'bare return',
+    'returned value',
+    'discarded args',
+    'other Beam warning',
+    'other root warning',
+  ],
+)
 def test_only_beams_empty_notices_are_dropped(record, shown):
   quiet = dict(process_settings._QUIET)['' if record.name == 'root' else record.name]
   assert quiet.filter(record) == shown
@@ -222,11 +299,14 @@ def test_only_beams_empty_notices_are_dropped(record, shown):
 
 def failed_step_record():
   try:
-    raise RuntimeError("botocore.exceptions.NoRegionError: You must specify a region. "
-                       "[while running 'Read/Records/ListShards']")
+    raise RuntimeError(
+      'botocore.exceptions.NoRegionError: You must specify a region. '
+      "[while running 'Read/Records/ListShards']"
+    )
   except RuntimeError:
-    return logging.LogRecord(cli._AwsStepFailures.LOGGER, logging.ERROR, __file__, 1, '%s',
-                             ('the error',), sys.exc_info())
+    return logging.LogRecord(
+      cli._AwsStepFailures.LOGGER, logging.ERROR, __file__, 1, '%s', ('the error',), sys.exc_info()
+    )
 
 
 def test_a_bounded_run_leaves_an_aws_failure_to_the_one_line_of_main():
@@ -240,16 +320,18 @@ def test_a_streaming_run_logs_an_aws_failure_as_one_line_without_traceback():
   record = failed_step_record()
   assert step_failures.filter(record) is True
   assert (record.getMessage(), record.exc_info) == (
-      'a step failed calling AWS: no AWS region is set: pass --aws_region=REGION or set '
-      'AWS_DEFAULT_REGION', None)
+    'a step failed calling AWS: no AWS region is set: pass --aws_region=REGION or set AWS_DEFAULT_REGION',
+    None,
+  )
 
 
 def test_other_step_failures_keep_their_traceback():
   try:
     raise KeyError('srcaddr')
   except KeyError:
-    record = logging.LogRecord(cli._AwsStepFailures.LOGGER, logging.ERROR, __file__, 1, '%s',
-                               ('the error',), sys.exc_info())
+    record = logging.LogRecord(
+      cli._AwsStepFailures.LOGGER, logging.ERROR, __file__, 1, '%s', ('the error',), sys.exc_info()
+    )
   assert cli._AwsStepFailures().filter(record) is True
   assert record.exc_info[0] is KeyError
 
@@ -258,8 +340,11 @@ def commands_in(text: str) -> list:
   """The `python -m pipeline` commands in `text`, continuation lines joined,
   each as its arguments (shell quotes removed)."""
   joined = re.sub(r'\\\n\s*', '', text)
-  return [shlex.split(line.strip())[3:] for line in joined.splitlines()
-          if line.strip().startswith('python -m pipeline --')]
+  return [
+    shlex.split(line.strip())[3:]
+    for line in joined.splitlines()
+    if line.strip().startswith('python -m pipeline --')
+  ]
 
 
 def test_the_readme_shows_the_examples_of_help_and_both_parse():
@@ -275,13 +360,20 @@ def test_the_readme_shows_the_examples_of_help_and_both_parse():
 
 @pytest.mark.parametrize('lateness, warned', [(None, True), ('0', False), ('120', True)])
 def test_a_continuous_read_on_prism_warns_that_windows_wait_for_their_allowed_lateness(
-    lateness, warned, caplog):
-  argv = ['--kinesis_stream=s', '--endpoint=http://127.0.0.1:9/{bucket_time}',
-          '--prism_location=/bin/true'] + ([f'--allowed_lateness={lateness}'] if lateness else [])
+  lateness, warned, caplog
+):
+  argv = [
+    '--kinesis_stream=s',
+    '--endpoint=http://127.0.0.1:9/{bucket_time}',
+    '--prism_location=/bin/true',
+  ] + ([f'--allowed_lateness={lateness}'] if lateness else [])
   options = cli.parse_options(argv)
   with caplog.at_level(logging.WARNING, logger='pipeline.runners'):
     runners.apply_runner_defaults(options)
   assert options.view_as(StandardOptions).runner == 'PrismRunner'
-  expected = ('on Prism a window is posted only after its --allowed_lateness '
-              f'({lateness or 3600} s) has passed') if warned else None
-  assert [r.getMessage()[:len(expected)] for r in caplog.records] == ([expected] if warned else [])
+  expected = (
+    (f'on Prism a window is posted only after its --allowed_lateness ({lateness or 3600} s) has passed')
+    if warned
+    else None
+  )
+  assert [r.getMessage()[: len(expected)] for r in caplog.records] == ([expected] if warned else [])

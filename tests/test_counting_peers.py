@@ -15,7 +15,14 @@ from hypothesis import given, settings, strategies as st
 
 from transforms.counting.addresses import address_key
 from transforms.counting.peers import (
-    PeerCounts, PeerCountsCoder, PeerPairs, PeerPairsCoder, ShardCountsCoder, counts_as_text, shard_of)
+  PeerCounts,
+  PeerCountsCoder,
+  PeerPairs,
+  PeerPairsCoder,
+  ShardCountsCoder,
+  counts_as_text,
+  shard_of,
+)
 
 NARROW = st.integers(min_value=0, max_value=2**64 - 1)
 WIDE = st.integers(min_value=0, max_value=2**260)
@@ -46,8 +53,11 @@ def test_pairs_in_the_previous_format_still_decode():
   """What a Flink savepoint taken before the deflated format holds: the raw
   sorted pairs after their byte length, then the pickled wide set."""
   narrow = [3, 1 << 40, 2**64 - 1]
-  old = (struct.pack('<Q', 8 * len(narrow)) + np.array(narrow, dtype='<u8').tobytes()
-         + pickle.dumps({1 << 140}, protocol=5))
+  old = (
+    struct.pack('<Q', 8 * len(narrow))
+    + np.array(narrow, dtype='<u8').tobytes()
+    + pickle.dumps({1 << 140}, protocol=5)
+  )
   decoded = PeerPairsCoder().decode(old)
   assert decoded.narrow.tolist() == narrow
   assert decoded.wide == {1 << 140}
@@ -62,8 +72,10 @@ def pairs_of(flows):
   return pairs
 
 
-ADDRESSES = st.sampled_from([f'10.0.{a}.{b}' for a in range(4) for b in range(8)]
-                            + ['2001:db8::1', '2001:db8::2', '::10.0.0.1', '198.51.100.7'])
+ADDRESSES = st.sampled_from(
+  [f'10.0.{a}.{b}' for a in range(4) for b in range(8)]
+  + ['2001:db8::1', '2001:db8::2', '::10.0.0.1', '198.51.100.7']
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -80,13 +92,19 @@ def test_shards_hold_every_address_whole_and_add_up_to_the_window(flows, shards)
     assert part.narrow.tolist() == sorted(part.narrow.tolist())
     addresses = set((part.narrow >> np.uint64(32)).tolist()) | {pair >> 130 for pair in part.wide}
     assert all(shard_of(address, shards) == shard for address in addresses)
-  assert counts_as_text(PeerCounts.concat(p.peer_counts() for p in parts)) == counts_as_text(window.peer_counts())
+  assert counts_as_text(PeerCounts.concat(p.peer_counts() for p in parts)) == counts_as_text(
+    window.peer_counts()
+  )
 
 
 def test_the_shard_of_an_address_is_the_same_in_every_process():
   """A stable hash (Fibonacci hashing of the key), never Python's hash()."""
   assert [shard_of(address_key(a), 16) for a in ('10.0.0.1', '10.0.0.2', '10.0.0.3', '2001:db8::1')] == [
-      2, 11, 5, shard_of(address_key('2001:db8::1') & (2**64 - 1), 16)]
+    2,
+    11,
+    5,
+    shard_of(address_key('2001:db8::1') & (2**64 - 1), 16),
+  ]
   assert shard_of(address_key('10.0.0.1'), 1) == 0
 
 
@@ -96,17 +114,26 @@ def test_shards_spread_a_subnet_evenly():
   assert sizes.min() >= 200 and sizes.max() <= 320  # 256 each if perfectly even
 
 
-@pytest.mark.parametrize('counts, expected', [
-    ({'10.0.0.2': 3, '2001:db8::1': 5, '10.0.0.10': 3, '9.0.0.1': 1, '10.0.0.1': 5, '::1': 3},
-     [('10.0.0.1', 5), ('2001:db8::1', 5), ('10.0.0.2', 3), ('10.0.0.10', 3), ('::1', 3), ('9.0.0.1', 1)]),
+@pytest.mark.parametrize(
+  'counts, expected',
+  [
+    (
+      {'10.0.0.2': 3, '2001:db8::1': 5, '10.0.0.10': 3, '9.0.0.1': 1, '10.0.0.1': 5, '::1': 3},
+      [('10.0.0.1', 5), ('2001:db8::1', 5), ('10.0.0.2', 3), ('10.0.0.10', 3), ('::1', 3), ('9.0.0.1', 1)],
+    ),
     ({'::2': 1, '::1': 1}, [('::1', 1), ('::2', 1)]),
     ({'10.0.0.9': 2}, [('10.0.0.9', 2)]),
     ({}, []),
-], ids=['mixed', 'ipv6_only', 'one', 'none'])
+  ],
+  ids=['mixed', 'ipv6_only', 'one', 'none'],
+)
 def test_a_document_lists_most_peers_first_then_by_address(counts, expected):
   narrow = sorted((address_key(a), n) for a, n in counts.items() if ':' not in a)
-  value = PeerCounts(np.array([k for k, _ in narrow], np.uint64), np.array([n for _, n in narrow], np.int64),
-                     {address_key(a): n for a, n in counts.items() if ':' in a})
+  value = PeerCounts(
+    np.array([k for k, _ in narrow], np.uint64),
+    np.array([n for _, n in narrow], np.int64),
+    {address_key(a): n for a, n in counts.items() if ':' in a},
+  )
   assert list(counts_as_text(value).items()) == expected
 
 
@@ -131,8 +158,10 @@ def test_counts_as_text_matches_plain_sets_of_strings(flows):
 
 def test_peer_counts_and_the_assembly_state_round_trip():
   rng = random.Random(4)
-  counts = pairs_of([(f'10.0.0.{rng.randrange(200)}', f'10.1.0.{rng.randrange(200)}') for _ in range(500)]
-                    + [('10.0.0.1', '2001:db8::9')]).peer_counts()
+  counts = pairs_of(
+    [(f'10.0.0.{rng.randrange(200)}', f'10.1.0.{rng.randrange(200)}') for _ in range(500)]
+    + [('10.0.0.1', '2001:db8::9')]
+  ).peer_counts()
   decoded = PeerCountsCoder().decode(PeerCountsCoder().encode(counts))
   assert decoded == counts and decoded.addresses.dtype == np.uint64
   state = {0: (3, counts), 7: (0, PeerCounts(np.empty(0, np.uint64), np.empty(0, np.int64), {}))}

@@ -9,12 +9,29 @@ import zlib
 import pytest
 
 from builders import (
-    b64, control_message, custom_line, data_message, flow_line, get_records_output, gz,
-    kinesis_jsonl, lambda_event, no_traffic_line, record_data)
+  b64,
+  control_message,
+  custom_line,
+  data_message,
+  flow_line,
+  get_records_output,
+  gz,
+  kinesis_jsonl,
+  lambda_event,
+  no_traffic_line,
+  record_data,
+)
 from transforms.elements import event_times_of
 from transforms.decode import (
-    MAX_RECORD_DECOMPRESSED_BYTES, BadInput, InputLimits, LogBatch, Skipped, decode_file,
-    decode_kinesis_data, gunzip_capped)
+  MAX_RECORD_DECOMPRESSED_BYTES,
+  BadInput,
+  InputLimits,
+  LogBatch,
+  Skipped,
+  decode_file,
+  decode_kinesis_data,
+  gunzip_capped,
+)
 
 LINE_A = flow_line('10.0.0.1', '10.0.0.2', 1700000410)
 LINE_B = flow_line('198.51.100.7', '10.0.0.1', 1700000430, action='REJECT')
@@ -28,6 +45,7 @@ ORIGIN = 'misleading-name.log'
 class StartsWith:
   """Equal to any string starting with `prefix` (for reasons that end with an
   error text of the standard library)."""
+
   def __init__(self, prefix):
     self.prefix = prefix
 
@@ -38,11 +56,11 @@ class StartsWith:
     return f'StartsWith({self.prefix!r})'
 
 
-
 def record_batch(origin, lines):
   """The LogBatch of a subscription message's log events, as the builders
   write them (every event stamped 1700000000000)."""
   return LogBatch(origin, lines, None, True, event_times=event_times_of([1700000000000] * len(lines)))
+
 
 def bad(reason, raw):
   return ('BadInput', reason, raw)
@@ -52,13 +70,18 @@ def described(items):
   """decode output, comparable: BadInputs as ('BadInput', reason, raw) tuples,
   and batches' lines without their line ends (whether a file's lines keep
   their newline is not part of the contract; the parser splits on whitespace)."""
-  return [bad(i.reason, i.raw) if isinstance(i, BadInput)
-          else i._replace(lines=tuple(l.rstrip('\r\n') for l in i.lines)) if isinstance(i, LogBatch)
-          else i for i in items]
+  return [
+    bad(i.reason, i.raw)
+    if isinstance(i, BadInput)
+    else i._replace(lines=tuple(l.rstrip('\r\n') for l in i.lines))
+    if isinstance(i, LogBatch)
+    else i
+    for i in items
+  ]
 
 
 def is_bad(item) -> bool:
-  return type(item) is tuple and item[0] == 'BadInput'  # pylint: disable=unidiomatic-typecheck
+  return type(item) is tuple and item[0] == 'BadInput'
 
 
 def decoded_file(content: bytes, origin: str = ORIGIN):
@@ -73,6 +96,7 @@ def raised_bad_input(data):
 
 # --- gunzip_capped ----------------------------------------------------------
 
+
 def test_gunzip_capped_returns_the_data():
   assert gunzip_capped(gz(b'flow lines\n')) == b'flow lines\n'
 
@@ -81,7 +105,9 @@ def test_gunzip_capped_allows_exactly_the_limit():
   assert gunzip_capped(gz(b'x' * 1000), limit=1000) == b'x' * 1000
 
 
-@pytest.mark.parametrize('data, limit, reason', [
+@pytest.mark.parametrize(
+  'data, limit, reason',
+  [
     (b'plain text, not gzip', 1000, 'not valid gzip: '),
     (b'\x1f\x8b' + b'\x00' * 20, 1000, 'not valid gzip: '),
     (gz(b'x' * 5000)[:-12], 10000, 'truncated gzip data'),
@@ -89,8 +115,17 @@ def test_gunzip_capped_allows_exactly_the_limit():
     (b'', 1000, 'truncated gzip data'),
     (gz(b'\x00' * 1001), 1000, 'gzip data decompresses to more than 1000 bytes'),
     (gz(b'\x00' * 10_000_000), 4096, 'gzip data decompresses to more than 4096 bytes'),
-], ids=['not_gzip', 'gzip_magic_then_garbage', 'truncated_trailer', 'truncated_after_header',
-        'empty', 'one_byte_over_limit', 'bomb_over_small_limit'])
+  ],
+  ids=[
+    'not_gzip',
+    'gzip_magic_then_garbage',
+    'truncated_trailer',
+    'truncated_after_header',
+    'empty',
+    'one_byte_over_limit',
+    'bomb_over_small_limit',
+  ],
+)
 def test_gunzip_capped_rejects(data, limit, reason):
   with pytest.raises(BadInput) as raised:
     gunzip_capped(data, limit=limit)
@@ -123,64 +158,121 @@ def test_decode_kinesis_data_refuses_a_65_mib_bomb():
 
 # --- decode_kinesis_data ----------------------------------------------------
 
-@pytest.mark.parametrize('message', [
+
+@pytest.mark.parametrize(
+  'message',
+  [
     data_message([LINE_A, LINE_B]),
     data_message([LINE_A, LINE_B], ids_as_int=True),
     data_message([LINE_A, LINE_B], policyLevel='ACCOUNT_LEVEL_POLICY'),
-    {**data_message([]), 'logEvents': [
-        {'id': '1', 'timestamp': 1700000000000, 'message': LINE_A, 'extractedFields': {'srcaddr': '10.0.0.1'}},
-        {'id': 2, 'timestamp': 1700000000000, 'message': LINE_B, 'extractedFields': {}}]},
-], ids=['ids_as_strings', 'ids_as_ints', 'with_policy_level', 'with_extracted_fields_and_mixed_ids'])
+    {
+      **data_message([]),
+      'logEvents': [
+        {
+          'id': '1',
+          'timestamp': 1700000000000,
+          'message': LINE_A,
+          'extractedFields': {'srcaddr': '10.0.0.1'},
+        },
+        {'id': 2, 'timestamp': 1700000000000, 'message': LINE_B, 'extractedFields': {}},
+      ],
+    },
+  ],
+  ids=['ids_as_strings', 'ids_as_ints', 'with_policy_level', 'with_extracted_fields_and_mixed_ids'],
+)
 def test_decode_kinesis_data_message(message):
   assert list(decode_kinesis_data(record_data(message), 'shard-0/1')) == [
-      record_batch('shard-0/1', (LINE_A, LINE_B))]
+    record_batch('shard-0/1', (LINE_A, LINE_B))
+  ]
 
 
 def test_decode_kinesis_data_message_without_events_is_an_empty_batch():
   assert list(decode_kinesis_data(record_data(data_message([])), 'shard-0/2')) == [
-      record_batch('shard-0/2', ())]
+    record_batch('shard-0/2', ())
+  ]
 
 
 def test_decode_kinesis_data_accepts_bytearray():
   assert list(decode_kinesis_data(bytearray(record_data(data_message([LINE_A]))), 'o')) == [
-      record_batch('o', (LINE_A,))]
+    record_batch('o', (LINE_A,))
+  ]
 
 
 def test_decode_kinesis_control_message_is_skipped():
   assert list(decode_kinesis_data(record_data(control_message()), 'shard-0/3')) == [
-      Skipped('shard-0/3', 'control message')]
+    Skipped('shard-0/3', 'control message')
+  ]
 
 
-@pytest.mark.parametrize('data, reason, raw', [
+@pytest.mark.parametrize(
+  'data, reason, raw',
+  [
     ('H4sIAAAAAAAA', 'Kinesis record data is not bytes', "'H4sIAAAAAAAA'"),
     (None, 'Kinesis record data is not bytes', 'None'),
-    (b'{"messageType": "DATA_MESSAGE"}', 'Kinesis record data is not gzip', b'{"messageType": "DATA_MESSAGE"}'),
+    (
+      b'{"messageType": "DATA_MESSAGE"}',
+      'Kinesis record data is not gzip',
+      b'{"messageType": "DATA_MESSAGE"}',
+    ),
     (b'', 'Kinesis record data is not gzip', b''),
     (gz(b'not json'), 'subscription message is not JSON: ', b'not json'),
     (gz(b'\xff\xfe{"a": 1}'), 'subscription message is not JSON: ', b'\xff\xfe{"a": 1}'),
     (gz(b'[]'), 'subscription message is not a JSON object', b'[]'),
     (gz(b'"DATA_MESSAGE"'), 'subscription message is not a JSON object', b'"DATA_MESSAGE"'),
-    (gz(b'{"messageType": "DATA_MESSAGE"}'), 'DATA_MESSAGE without a logEvents list',
-     b'{"messageType": "DATA_MESSAGE"}'),
-    (gz(b'{"messageType": "DATA_MESSAGE", "logEvents": {"message": "x"}}'),
-     'DATA_MESSAGE without a logEvents list',
-     b'{"messageType": "DATA_MESSAGE", "logEvents": {"message": "x"}}'),
-    (gz(b'{"messageType": "HEALTH_CHECK", "logEvents": []}'), "unknown messageType 'HEALTH_CHECK'",
-     b'{"messageType": "HEALTH_CHECK", "logEvents": []}'),
+    (
+      gz(b'{"messageType": "DATA_MESSAGE"}'),
+      'DATA_MESSAGE without a logEvents list',
+      b'{"messageType": "DATA_MESSAGE"}',
+    ),
+    (
+      gz(b'{"messageType": "DATA_MESSAGE", "logEvents": {"message": "x"}}'),
+      'DATA_MESSAGE without a logEvents list',
+      b'{"messageType": "DATA_MESSAGE", "logEvents": {"message": "x"}}',
+    ),
+    (
+      gz(b'{"messageType": "HEALTH_CHECK", "logEvents": []}'),
+      "unknown messageType 'HEALTH_CHECK'",
+      b'{"messageType": "HEALTH_CHECK", "logEvents": []}',
+    ),
     (gz(b'{"logEvents": []}'), 'unknown messageType None', b'{"logEvents": []}'),
-    (gz(b'{"messageType": "DATA_MESSAGE", "logEvents": [{"id": "1", "message": 42}]}'),
-     'a log event ',
-     b'{"messageType": "DATA_MESSAGE", "logEvents": [{"id": "1", "message": 42}]}'),
-    (gz(b'{"messageType": "DATA_MESSAGE", "logEvents": [{"id": "1"}]}'),
-     'a log event ', b'{"messageType": "DATA_MESSAGE", "logEvents": [{"id": "1"}]}'),
-    (gz(b'{"messageType": "DATA_MESSAGE", "logEvents": ["a line"]}'),
-     'a log event ', b'{"messageType": "DATA_MESSAGE", "logEvents": ["a line"]}'),
+    (
+      gz(b'{"messageType": "DATA_MESSAGE", "logEvents": [{"id": "1", "message": 42}]}'),
+      'a log event ',
+      b'{"messageType": "DATA_MESSAGE", "logEvents": [{"id": "1", "message": 42}]}',
+    ),
+    (
+      gz(b'{"messageType": "DATA_MESSAGE", "logEvents": [{"id": "1"}]}'),
+      'a log event ',
+      b'{"messageType": "DATA_MESSAGE", "logEvents": [{"id": "1"}]}',
+    ),
+    (
+      gz(b'{"messageType": "DATA_MESSAGE", "logEvents": ["a line"]}'),
+      'a log event ',
+      b'{"messageType": "DATA_MESSAGE", "logEvents": ["a line"]}',
+    ),
     (gz(b'x' * 100)[:-8], 'truncated gzip data', gz(b'x' * 100)[:-8]),
     (b'\x1f\x8bnot really gzip', 'not valid gzip: ', b'\x1f\x8bnot really gzip'),
-], ids=['str_not_bytes', 'none', 'not_gzip', 'empty', 'not_json', 'not_utf8_json', 'json_list',
-        'json_string', 'missing_log_events', 'log_events_not_a_list', 'unknown_message_type',
-        'missing_message_type', 'message_not_a_string', 'event_without_message', 'event_not_an_object',
-        'truncated_gzip', 'gzip_magic_then_garbage'])
+  ],
+  ids=[
+    'str_not_bytes',
+    'none',
+    'not_gzip',
+    'empty',
+    'not_json',
+    'not_utf8_json',
+    'json_list',
+    'json_string',
+    'missing_log_events',
+    'log_events_not_a_list',
+    'unknown_message_type',
+    'missing_message_type',
+    'message_not_a_string',
+    'event_without_message',
+    'event_not_an_object',
+    'truncated_gzip',
+    'gzip_magic_then_garbage',
+  ],
+)
 def test_decode_kinesis_data_rejects_wrong_shapes(data, reason, raw):
   error = raised_bad_input(data)
   assert error.reason.startswith(reason)
@@ -199,64 +291,107 @@ RECORD_1 = record_data(data_message([LINE_A, LINE_B]))
 RECORD_2 = record_data(data_message([LINE_C, LINE_D], ids_as_int=True))
 CONTROL = record_data(control_message())
 
-S3_FIELDS = ('account-id action bytes dstaddr dstport end flow-direction interface-id '
-             'log-status packets protocol srcaddr srcport start version vpc-id').split()
-S3_LINE_1 = custom_line(S3_FIELDS, version=5, account_id='123456789012', action='ACCEPT',
-                        bytes=840, dstaddr='10.0.0.3', dstport=443, end=1700001730,
-                        flow_direction='ingress', interface_id='eni-1', log_status='OK',
-                        packets=10, protocol=6, srcaddr='198.51.100.7', srcport=49152,
-                        start=1700001700, vpc_id='vpc-0a1b2c3d')
-S3_LINE_2 = custom_line(S3_FIELDS, version=5, account_id='123456789012', interface_id='eni-1',
-                        log_status='NODATA', start=1700001700, end=1700001760, vpc_id='vpc-0a1b2c3d')
+S3_FIELDS = (
+  'account-id action bytes dstaddr dstport end flow-direction interface-id '
+  'log-status packets protocol srcaddr srcport start version vpc-id'
+).split()
+S3_LINE_1 = custom_line(
+  S3_FIELDS,
+  version=5,
+  account_id='123456789012',
+  action='ACCEPT',
+  bytes=840,
+  dstaddr='10.0.0.3',
+  dstport=443,
+  end=1700001730,
+  flow_direction='ingress',
+  interface_id='eni-1',
+  log_status='OK',
+  packets=10,
+  protocol=6,
+  srcaddr='198.51.100.7',
+  srcport=49152,
+  start=1700001700,
+  vpc_id='vpc-0a1b2c3d',
+)
+S3_LINE_2 = custom_line(
+  S3_FIELDS,
+  version=5,
+  account_id='123456789012',
+  interface_id='eni-1',
+  log_status='NODATA',
+  start=1700001700,
+  end=1700001760,
+  vpc_id='vpc-0a1b2c3d',
+)
 S3_FILE = (' '.join(S3_FIELDS) + '\n' + S3_LINE_1 + '\n' + S3_LINE_2 + '\n').encode()
 
 FILE_SHAPES = {
-    'lambda_event_pretty_printed': (
-        lambda_event([RECORD_1, RECORD_2, CONTROL]).encode(),
-        [record_batch(f'{ORIGIN} record 0', (LINE_A, LINE_B)),
-         record_batch(f'{ORIGIN} record 1', (LINE_C, LINE_D)),
-         Skipped(f'{ORIGIN} record 2', 'control message')]),
-    'lambda_event_on_one_line': (
-        lambda_event([RECORD_1, RECORD_2], pretty=False).encode(),
-        [record_batch(f'{ORIGIN}:1 record 0', (LINE_A, LINE_B)),
-         record_batch(f'{ORIGIN}:1 record 1', (LINE_C, LINE_D))]),
-    'json_lines_kinesis_data': (
-        kinesis_jsonl([RECORD_1, CONTROL, RECORD_2]).encode(),
-        [record_batch(f'{ORIGIN}:1', (LINE_A, LINE_B)),
-         Skipped(f'{ORIGIN}:2', 'control message'),
-         record_batch(f'{ORIGIN}:3', (LINE_C, LINE_D))]),
-    'json_lines_capital_data': (
-        kinesis_jsonl([RECORD_1, RECORD_2], key='Data').encode(),
-        [record_batch(f'{ORIGIN}:1', (LINE_A, LINE_B)),
-         record_batch(f'{ORIGIN}:2', (LINE_C, LINE_D))]),
-    'get_records_output': (
-        get_records_output([RECORD_1, RECORD_2]).encode(),
-        [record_batch(f'{ORIGIN} record 0', (LINE_A, LINE_B)),
-         record_batch(f'{ORIGIN} record 1', (LINE_C, LINE_D))]),
-    'get_records_output_without_records': (
-        b'{"Records": [], "NextShardIterator": "AAAA", "MillisBehindLatest": 0}\n', []),
-    'json_array_of_records': (
-        json.dumps([{'kinesis': {'data': b64(RECORD_1)}}, {'Data': b64(RECORD_2)}]).encode(),
-        [record_batch(f'{ORIGIN} item 0', (LINE_A, LINE_B)),
-         record_batch(f'{ORIGIN} item 1', (LINE_C, LINE_D))]),
-    'decoded_subscription_message': (
-        json.dumps(data_message([LINE_A, LINE_B]), indent=1).encode(),
-        [record_batch(ORIGIN, (LINE_A, LINE_B))]),
-    's3_flow_log_with_custom_header': (
-        S3_FILE, [LogBatch(ORIGIN, (S3_LINE_1, S3_LINE_2), tuple(S3_FIELDS), False, 2)]),
-    's3_flow_log_header_only': ((' '.join(S3_FIELDS) + '\n').encode(), []),
-    'plain_flow_lines': (
-        f'{LINE_A}\n{LINE_B}\n{LINE_D}'.encode(),
-        [LogBatch(ORIGIN, (LINE_A, LINE_B, LINE_D), None, False, 1)]),
-    'plain_flow_lines_with_blank_lines': (
-        f'{LINE_A}\n\n{LINE_B}\n'.encode(),
-        [LogBatch(ORIGIN, (LINE_A, '', LINE_B), None, False, 1)]),
-    'json_lines_with_blank_lines_between_records': (
-        (kinesis_jsonl([RECORD_1]) + '\n   \n' + kinesis_jsonl([RECORD_2])).encode(),
-        [record_batch(f'{ORIGIN}:1', (LINE_A, LINE_B)),
-         record_batch(f'{ORIGIN}:4', (LINE_C, LINE_D))]),
-    'empty_file': (b'', []),
-    'only_blank_lines': (b'\n\n  \n', []),
+  'lambda_event_pretty_printed': (
+    lambda_event([RECORD_1, RECORD_2, CONTROL]).encode(),
+    [
+      record_batch(f'{ORIGIN} record 0', (LINE_A, LINE_B)),
+      record_batch(f'{ORIGIN} record 1', (LINE_C, LINE_D)),
+      Skipped(f'{ORIGIN} record 2', 'control message'),
+    ],
+  ),
+  'lambda_event_on_one_line': (
+    lambda_event([RECORD_1, RECORD_2], pretty=False).encode(),
+    [
+      record_batch(f'{ORIGIN}:1 record 0', (LINE_A, LINE_B)),
+      record_batch(f'{ORIGIN}:1 record 1', (LINE_C, LINE_D)),
+    ],
+  ),
+  'json_lines_kinesis_data': (
+    kinesis_jsonl([RECORD_1, CONTROL, RECORD_2]).encode(),
+    [
+      record_batch(f'{ORIGIN}:1', (LINE_A, LINE_B)),
+      Skipped(f'{ORIGIN}:2', 'control message'),
+      record_batch(f'{ORIGIN}:3', (LINE_C, LINE_D)),
+    ],
+  ),
+  'json_lines_capital_data': (
+    kinesis_jsonl([RECORD_1, RECORD_2], key='Data').encode(),
+    [record_batch(f'{ORIGIN}:1', (LINE_A, LINE_B)), record_batch(f'{ORIGIN}:2', (LINE_C, LINE_D))],
+  ),
+  'get_records_output': (
+    get_records_output([RECORD_1, RECORD_2]).encode(),
+    [
+      record_batch(f'{ORIGIN} record 0', (LINE_A, LINE_B)),
+      record_batch(f'{ORIGIN} record 1', (LINE_C, LINE_D)),
+    ],
+  ),
+  'get_records_output_without_records': (
+    b'{"Records": [], "NextShardIterator": "AAAA", "MillisBehindLatest": 0}\n',
+    [],
+  ),
+  'json_array_of_records': (
+    json.dumps([{'kinesis': {'data': b64(RECORD_1)}}, {'Data': b64(RECORD_2)}]).encode(),
+    [record_batch(f'{ORIGIN} item 0', (LINE_A, LINE_B)), record_batch(f'{ORIGIN} item 1', (LINE_C, LINE_D))],
+  ),
+  'decoded_subscription_message': (
+    json.dumps(data_message([LINE_A, LINE_B]), indent=1).encode(),
+    [record_batch(ORIGIN, (LINE_A, LINE_B))],
+  ),
+  's3_flow_log_with_custom_header': (
+    S3_FILE,
+    [LogBatch(ORIGIN, (S3_LINE_1, S3_LINE_2), tuple(S3_FIELDS), False, 2)],
+  ),
+  's3_flow_log_header_only': ((' '.join(S3_FIELDS) + '\n').encode(), []),
+  'plain_flow_lines': (
+    f'{LINE_A}\n{LINE_B}\n{LINE_D}'.encode(),
+    [LogBatch(ORIGIN, (LINE_A, LINE_B, LINE_D), None, False, 1)],
+  ),
+  'plain_flow_lines_with_blank_lines': (
+    f'{LINE_A}\n\n{LINE_B}\n'.encode(),
+    [LogBatch(ORIGIN, (LINE_A, '', LINE_B), None, False, 1)],
+  ),
+  'json_lines_with_blank_lines_between_records': (
+    (kinesis_jsonl([RECORD_1]) + '\n   \n' + kinesis_jsonl([RECORD_2])).encode(),
+    [record_batch(f'{ORIGIN}:1', (LINE_A, LINE_B)), record_batch(f'{ORIGIN}:4', (LINE_C, LINE_D))],
+  ),
+  'empty_file': (b'', []),
+  'only_blank_lines': (b'\n\n  \n', []),
 }
 
 
@@ -270,9 +405,10 @@ def test_decode_file_splits_long_flow_files_into_numbered_batches():
   lines = [flow_line('10.0.0.1', f'10.0.{i // 256}.{i % 256}', 1700000400) for i in range(12001)]
   content = ('\n'.join(lines) + '\n').encode()
   assert decoded_file(content) == [
-      LogBatch(ORIGIN, tuple(lines[:5000]), None, False, 1),
-      LogBatch(ORIGIN, tuple(lines[5000:10000]), None, False, 5001),
-      LogBatch(ORIGIN, tuple(lines[10000:]), None, False, 10001)]
+    LogBatch(ORIGIN, tuple(lines[:5000]), None, False, 1),
+    LogBatch(ORIGIN, tuple(lines[5000:10000]), None, False, 5001),
+    LogBatch(ORIGIN, tuple(lines[10000:]), None, False, 10001),
+  ]
 
 
 def test_decode_file_long_s3_file_batches_keep_the_header_format():
@@ -281,8 +417,9 @@ def test_decode_file_long_s3_file_batches_keep_the_header_format():
   content = (header + '\n' + '\n'.join(lines) + '\n').encode()
   fields = ('srcaddr', 'dstaddr', 'start')
   assert decoded_file(gz(content)) == [
-      LogBatch(ORIGIN, tuple(lines[:5000]), fields, False, 2),
-      LogBatch(ORIGIN, (lines[5000],), fields, False, 5002)]
+    LogBatch(ORIGIN, tuple(lines[:5000]), fields, False, 2),
+    LogBatch(ORIGIN, (lines[5000],), fields, False, 5002),
+  ]
 
 
 # --- decode_file: bad input beside good -------------------------------------
@@ -292,32 +429,34 @@ NOT_UTF8 = b'2 123456789012 eni-1 10.0.0.1 \xff\xfe 1 2 6 1 60 1700000400 170000
 
 def test_decode_file_json_lines_mixing_good_and_bad_records():
   lines = [
-      kinesis_jsonl([RECORD_1]).strip(),                               # 1 good
-      '{"kinesis": {"data": "%%% not base64 %%%"}}',                   # 2 bad base64
-      json.dumps({'kinesis': {'data': b64(b'plain text')}}),           # 3 not gzip
-      'this line is not JSON',                                         # 4
-      json.dumps({'Data': b64(gz(b'{"messageType": "DATA_MESSAGE"}'))}),  # 5 no logEvents
-      json.dumps({'something': 'else'}),                               # 6 not a record
-      json.dumps({'kinesis': {'data': 12345}}),                        # 7 data not a string
-      kinesis_jsonl([CONTROL]).strip(),                                # 8 control
-      '',                                                              # 9 blank
-      json.dumps({'Records': [{'kinesis': {'data': b64(RECORD_2)}}, {'kinesis': {'data': 'AAAA'}}]}),  # 10
+    kinesis_jsonl([RECORD_1]).strip(),  # 1 good
+    '{"kinesis": {"data": "%%% not base64 %%%"}}',  # 2 bad base64
+    json.dumps({'kinesis': {'data': b64(b'plain text')}}),  # 3 not gzip
+    'this line is not JSON',  # 4
+    json.dumps({'Data': b64(gz(b'{"messageType": "DATA_MESSAGE"}'))}),  # 5 no logEvents
+    json.dumps({'something': 'else'}),  # 6 not a record
+    json.dumps({'kinesis': {'data': 12345}}),  # 7 data not a string
+    kinesis_jsonl([CONTROL]).strip(),  # 8 control
+    '',  # 9 blank
+    json.dumps({'Records': [{'kinesis': {'data': b64(RECORD_2)}}, {'kinesis': {'data': 'AAAA'}}]}),  # 10
   ]
   content = ('\n'.join(lines) + '\n').encode() + NOT_UTF8 + kinesis_jsonl([RECORD_2]).encode()
   assert decoded_file(content) == [
-      record_batch(f'{ORIGIN}:1', (LINE_A, LINE_B)),
-      bad(StartsWith('record data is not valid base64: '), '%%% not base64 %%%'),
-      bad('Kinesis record data is not gzip', b'plain text'),
-      bad(StartsWith('line 4 is not JSON: '), 'this line is not JSON\n'),
-      bad('DATA_MESSAGE without a logEvents list', b'{"messageType": "DATA_MESSAGE"}'),
-      bad('JSON value is neither a Kinesis record, an event with Records, nor a subscription message',
-          '{"something": "else"}'),
-      bad('JSON record has no base64 kinesis.data or Data', '{"kinesis": {"data": 12345}}'),
-      Skipped(f'{ORIGIN}:8', 'control message'),
-      record_batch(f'{ORIGIN}:10 record 0', (LINE_C, LINE_D)),
-      bad('Kinesis record data is not gzip', b'\x00\x00\x00'),
-      bad('line 11 is not UTF-8', NOT_UTF8),
-      record_batch(f'{ORIGIN}:12', (LINE_C, LINE_D)),
+    record_batch(f'{ORIGIN}:1', (LINE_A, LINE_B)),
+    bad(StartsWith('record data is not valid base64: '), '%%% not base64 %%%'),
+    bad('Kinesis record data is not gzip', b'plain text'),
+    bad(StartsWith('line 4 is not JSON: '), 'this line is not JSON\n'),
+    bad('DATA_MESSAGE without a logEvents list', b'{"messageType": "DATA_MESSAGE"}'),
+    bad(
+      'JSON value is neither a Kinesis record, an event with Records, nor a subscription message',
+      '{"something": "else"}',
+    ),
+    bad('JSON record has no base64 kinesis.data or Data', '{"kinesis": {"data": 12345}}'),
+    Skipped(f'{ORIGIN}:8', 'control message'),
+    record_batch(f'{ORIGIN}:10 record 0', (LINE_C, LINE_D)),
+    bad('Kinesis record data is not gzip', b'\x00\x00\x00'),
+    bad('line 11 is not UTF-8', NOT_UTF8),
+    record_batch(f'{ORIGIN}:12', (LINE_C, LINE_D)),
   ]
 
 
@@ -325,23 +464,29 @@ def test_decode_file_lambda_event_with_a_bad_record_keeps_the_good_ones():
   event = json.loads(lambda_event([RECORD_1, b'not gzip', RECORD_2]))
   event['Records'][1]['kinesis']['data'] = 'not base64!'
   assert decoded_file(gz(json.dumps(event, indent=2).encode())) == [
-      record_batch(f'{ORIGIN} record 0', (LINE_A, LINE_B)),
-      bad(StartsWith('record data is not valid base64: '), 'not base64!'),
-      record_batch(f'{ORIGIN} record 2', (LINE_C, LINE_D))]
+    record_batch(f'{ORIGIN} record 0', (LINE_A, LINE_B)),
+    bad(StartsWith('record data is not valid base64: '), 'not base64!'),
+    record_batch(f'{ORIGIN} record 2', (LINE_C, LINE_D)),
+  ]
 
 
 def test_decode_file_flow_lines_with_a_non_utf8_line():
   content = f'{LINE_A}\n'.encode() + NOT_UTF8 + f'{LINE_B}\n'.encode()
   assert decoded_file(content) == [
-      LogBatch(ORIGIN, (LINE_A, '', LINE_B), None, False, 1),
-      bad('line 2 is not UTF-8', NOT_UTF8)]
+    LogBatch(ORIGIN, (LINE_A, '', LINE_B), None, False, 1),
+    bad('line 2 is not UTF-8', NOT_UTF8),
+  ]
 
 
-@pytest.mark.parametrize('content', [
+@pytest.mark.parametrize(
+  'content',
+  [
     b'{"Records": [{"kinesis": {"data": "',
     b'{\n  "Records": [\n',
     b'[{"kinesis": ',
-], ids=['one_line_cut', 'pretty_printed_cut', 'array_cut'])
+  ],
+  ids=['one_line_cut', 'pretty_printed_cut', 'array_cut'],
+)
 def test_decode_file_cut_json_document_is_one_bad_input(content):
   assert decoded_file(content) == [bad(StartsWith('file is not JSON'), content)]
 
@@ -352,16 +497,18 @@ def test_decode_file_json_lines_whose_first_line_is_cut_keeps_the_records_after_
   content = b'{"kinesis": {"data": "H4sIAAAA\n' + kinesis_jsonl([RECORD_1, RECORD_2]).encode()
   items = decoded_file(content)
   assert [i for i in items if not is_bad(i)] == [
-      record_batch(f'{ORIGIN}:2', (LINE_A, LINE_B)),
-      record_batch(f'{ORIGIN}:3', (LINE_C, LINE_D))]
+    record_batch(f'{ORIGIN}:2', (LINE_A, LINE_B)),
+    record_batch(f'{ORIGIN}:3', (LINE_C, LINE_D)),
+  ]
   assert len([i for i in items if is_bad(i)]) == 1
 
 
 def test_decode_file_json_lines_starting_with_a_blank_line_keeps_its_records():
   content = ('\n' + kinesis_jsonl([RECORD_1, RECORD_2])).encode()
   assert decoded_file(content) == [
-      record_batch(f'{ORIGIN}:2', (LINE_A, LINE_B)),
-      record_batch(f'{ORIGIN}:3', (LINE_C, LINE_D))]
+    record_batch(f'{ORIGIN}:2', (LINE_A, LINE_B)),
+    record_batch(f'{ORIGIN}:3', (LINE_C, LINE_D)),
+  ]
 
 
 def test_decode_file_deeply_nested_json_is_bad_input():
@@ -381,11 +528,12 @@ def stored_gzip(data: bytes) -> bytes:
 def test_decode_file_truncated_gzip_json_lines_keeps_records_before_the_damage():
   first_two = kinesis_jsonl([RECORD_1, CONTROL]).encode()
   content = first_two + kinesis_jsonl([RECORD_2]).encode()
-  truncated = stored_gzip(content)[:15 + len(first_two) + 40]
+  truncated = stored_gzip(content)[: 15 + len(first_two) + 40]
   assert decoded_file(truncated) == [
-      record_batch(f'{ORIGIN}:1', (LINE_A, LINE_B)),
-      Skipped(f'{ORIGIN}:2', 'control message'),
-      bad('file cannot be read past line 2: gzip data ends before its end-of-stream marker', ORIGIN)]
+    record_batch(f'{ORIGIN}:1', (LINE_A, LINE_B)),
+    Skipped(f'{ORIGIN}:2', 'control message'),
+    bad('file cannot be read past line 2: gzip data ends before its end-of-stream marker', ORIGIN),
+  ]
 
 
 def test_decode_file_truncated_gzip_flow_log_keeps_lines_before_the_damage():
@@ -393,22 +541,28 @@ def test_decode_file_truncated_gzip_flow_log_keeps_lines_before_the_damage():
   then one BadInput for the damage."""
   header = ' '.join(S3_FIELDS) + '\n'
   before = header + S3_LINE_1 + '\n' + S3_LINE_2 + '\n'
-  truncated = stored_gzip((before + S3_LINE_1 + '\n').encode())[:15 + len(before) + 20]
+  truncated = stored_gzip((before + S3_LINE_1 + '\n').encode())[: 15 + len(before) + 20]
   assert decoded_file(truncated) == [
-      LogBatch(ORIGIN, (S3_LINE_1, S3_LINE_2), tuple(S3_FIELDS), False, 2),
-      bad('file cannot be read past line 3: gzip data ends before its end-of-stream marker', ORIGIN)]
+    LogBatch(ORIGIN, (S3_LINE_1, S3_LINE_2), tuple(S3_FIELDS), False, 2),
+    bad('file cannot be read past line 3: gzip data ends before its end-of-stream marker', ORIGIN),
+  ]
 
 
 def test_decode_file_truncated_gzip_lambda_event_is_one_bad_input():
   truncated = gz(lambda_event([RECORD_1, RECORD_2]).encode())[:-30]
   assert decoded_file(truncated) == [
-      bad('file cannot be read to its end: gzip data ends before its end-of-stream marker', ORIGIN)]
+    bad('file cannot be read to its end: gzip data ends before its end-of-stream marker', ORIGIN)
+  ]
 
 
-@pytest.mark.parametrize('header', [
+@pytest.mark.parametrize(
+  'header',
+  [
     'version account-id interface-id action log-status',
     'version srcaddr dstaddr start srcaddr',
-], ids=['header_missing_srcaddr_dstaddr_start', 'header_naming_srcaddr_twice'])
+  ],
+  ids=['header_missing_srcaddr_dstaddr_start', 'header_naming_srcaddr_twice'],
+)
 def test_decode_file_unusable_header_is_bad_input_not_a_crash(header):
   """An S3 file whose header names no usable format is bad input for that file;
   it must not raise out of decode_file (which would fail the whole run)."""
@@ -444,7 +598,8 @@ def test_decode_file_json_lines_with_a_bad_first_line_past_the_document_cap():
   assert len(content) > 3000
   items = described(decode_file(io.BytesIO(content), ORIGIN, InputLimits(max_json_document_bytes=1000)))
   assert [i for i in items if not is_bad(i)] == [
-      record_batch(f'{ORIGIN}:{n}', (LINE_A, LINE_B)) for n in range(2, 12)]
+    record_batch(f'{ORIGIN}:{n}', (LINE_A, LINE_B)) for n in range(2, 12)
+  ]
   assert [i[1].split(':')[0] for i in items if is_bad(i)] == ['line 1 is not JSON']
 
 

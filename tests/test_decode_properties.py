@@ -17,23 +17,31 @@ from transforms.flow_record import LogFormat
 SETTINGS = settings(max_examples=300, deadline=None)
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
-    max_leaves=30)
+  st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+  lambda children: (
+    st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+  ),
+  max_leaves=30,
+)
 
 # JSON shaped almost like what the pipeline reads, so that the deeper code paths run.
 near_messages = st.fixed_dictionaries(
-    {'messageType': st.sampled_from(['DATA_MESSAGE', 'CONTROL_MESSAGE', 'OTHER']) | json_values},
-    optional={'logEvents': st.lists(
-        st.fixed_dictionaries({}, optional={'id': json_values, 'message': st.text() | json_values}),
-        max_size=4) | json_values,
-              'policyLevel': json_values})
+  {'messageType': st.sampled_from(['DATA_MESSAGE', 'CONTROL_MESSAGE', 'OTHER']) | json_values},
+  optional={
+    'logEvents': st.lists(
+      st.fixed_dictionaries({}, optional={'id': json_values, 'message': st.text() | json_values}), max_size=4
+    )
+    | json_values,
+    'policyLevel': json_values,
+  },
+)
 near_records = st.one_of(
-    st.builds(lambda m: {'kinesis': {'data': b64(gz(json.dumps(m).encode()))}}, near_messages),
-    st.builds(lambda v: {'Data': b64(gz(json.dumps(v).encode()))}, json_values),
-    st.builds(lambda t: {'kinesis': {'data': t}}, st.text(max_size=40)),
-    st.builds(lambda v: {'Records': v}, st.lists(json_values, max_size=3)),
-    json_values)
+  st.builds(lambda m: {'kinesis': {'data': b64(gz(json.dumps(m).encode()))}}, near_messages),
+  st.builds(lambda v: {'Data': b64(gz(json.dumps(v).encode()))}, json_values),
+  st.builds(lambda t: {'kinesis': {'data': t}}, st.text(max_size=40)),
+  st.builds(lambda v: {'Records': v}, st.lists(json_values, max_size=3)),
+  json_values,
+)
 
 
 def decode_kinesis_outcome(data):
@@ -77,15 +85,25 @@ def test_gzip_magic_then_arbitrary_bytes_never_crash_decode_kinesis_data(tail):
 @given(json_values | near_messages)
 def test_arbitrary_json_never_crashes_decode_kinesis_data(value):
   outcome = decode_kinesis_outcome(gz(json.dumps(value).encode()))
-  is_data_message = (isinstance(value, dict) and value.get('messageType') == 'DATA_MESSAGE'
-                     and isinstance(value.get('logEvents'), list)
-                     and all(isinstance(e, dict) and isinstance(e.get('message'), str)
-                             for e in value['logEvents']))
+  is_data_message = (
+    isinstance(value, dict)
+    and value.get('messageType') == 'DATA_MESSAGE'
+    and isinstance(value.get('logEvents'), list)
+    and all(isinstance(e, dict) and isinstance(e.get('message'), str) for e in value['logEvents'])
+  )
   if is_data_message:
-    assert outcome == [LogBatch('shard-0/1', tuple(e['message'] for e in value['logEvents']), None, True,
-                                event_times=event_times_of(
-                                    e['timestamp'] if type(e.get('timestamp')) is int and 0 <= e['timestamp'] < 2**63
-                                    else NO_EVENT_TIME for e in value['logEvents']))]
+    assert outcome == [
+      LogBatch(
+        'shard-0/1',
+        tuple(e['message'] for e in value['logEvents']),
+        None,
+        True,
+        event_times=event_times_of(
+          e['timestamp'] if type(e.get('timestamp')) is int and 0 <= e['timestamp'] < 2**63 else NO_EVENT_TIME
+          for e in value['logEvents']
+        ),
+      )
+    ]
 
 
 @SETTINGS
@@ -136,10 +154,14 @@ def test_arbitrary_text_never_crashes_reading_a_line(line):
 
 
 @SETTINGS
-@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=['Z', 'C']), max_size=12)
-                | st.sampled_from(['-', '1700000400', '1700000400123', '10.0.0.1', '2001:db8::1', 'OK',
-                                   'NODATA']),
-                min_size=14, max_size=14))
+@given(
+  st.lists(
+    st.text(alphabet=st.characters(blacklist_categories=['Z', 'C']), max_size=12)
+    | st.sampled_from(['-', '1700000400', '1700000400123', '10.0.0.1', '2001:db8::1', 'OK', 'NODATA']),
+    min_size=14,
+    max_size=14,
+  )
+)
 def test_arbitrary_fields_never_crash_reading_a_line(values):
   read_line_outcome(' '.join(values))
 
@@ -148,5 +170,6 @@ def test_a_valid_record_survives_the_fuzzing_helpers():
   """The helpers above accept a good record, so the properties test something."""
   line = flow_line('10.0.0.1', '10.0.0.2', 1700000400)
   assert decode_kinesis_outcome(record_data(data_message([line]))) == [
-      LogBatch('shard-0/1', (line,), None, True, event_times=event_times_of([1700000000000]))]
+    LogBatch('shard-0/1', (line,), None, True, event_times=event_times_of([1700000000000]))
+  ]
   assert read_line_outcome(line) == rules.Flow(1700000400, ('123456789012',), 167772161, 167772162)

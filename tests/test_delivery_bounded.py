@@ -43,8 +43,10 @@ def expected_document(i, per_window=2):
 
 
 def undelivered(directory):
-  return sorted((letter for _, letter in read_dead_letters(str(directory), KIND_UNDELIVERED_WINDOW)),
-                key=lambda l: (l['bucket_time'], l['pane_index']))
+  return sorted(
+    (letter for _, letter in read_dead_letters(str(directory), KIND_UNDELIVERED_WINDOW)),
+    key=lambda l: (l['bucket_time'], l['pane_index']),
+  )
 
 
 def test_dead_endpoint_over_nine_windows_costs_one_wait_and_exits_2(start_receiver, tmp_path, capsys):
@@ -54,8 +56,14 @@ def test_dead_endpoint_over_nine_windows_costs_one_wait_and_exits_2(start_receiv
   endpoint = start_receiver(always_status=503)
   dead = tmp_path / 'dead'
   started = time.monotonic()
-  code = main([f'--input={write_flows(tmp_path / "flows.log")}', f'--endpoint={endpoint.url()}',
-               f'--dead_letter_dir={dead}', '--max_retry_seconds=20'])
+  code = main(
+    [
+      f'--input={write_flows(tmp_path / "flows.log")}',
+      f'--endpoint={endpoint.url()}',
+      f'--dead_letter_dir={dead}',
+      '--max_retry_seconds=20',
+    ]
+  )
   elapsed = time.monotonic() - started
   assert code == 2
   letters = undelivered(dead)
@@ -70,7 +78,9 @@ def test_dead_endpoint_over_nine_windows_costs_one_wait_and_exits_2(start_receiv
   assert first['reason'] == 'window not delivered: HTTP 503'
   for letter in later:
     assert letter['attempts'] == 0
-    assert letter['reason'].startswith('window not delivered: not attempted: the endpoint has been failing for ')
+    assert letter['reason'].startswith(
+      'window not delivered: not attempted: the endpoint has been failing for '
+    )
     assert letter['reason'].endswith('(circuit open; last failure: HTTP 503)')
   assert endpoint.attempts == first['attempts']
   assert elapsed < 20 + 60
@@ -86,11 +96,18 @@ def test_flaky_endpoint_two_503s_per_window_still_gets_every_window(start_receiv
     return Answer(503) if failed[attempt.path] <= 2 else None
 
   endpoint = start_receiver(script=two_503s_per_window)
-  code = main([f'--input={write_flows(tmp_path / "flows.log")}', f'--endpoint={endpoint.url()}',
-               f'--dead_letter_dir={tmp_path / "dead"}', '--max_retry_seconds=60'])
+  code = main(
+    [
+      f'--input={write_flows(tmp_path / "flows.log")}',
+      f'--endpoint={endpoint.url()}',
+      f'--dead_letter_dir={tmp_path / "dead"}',
+      '--max_retry_seconds=60',
+    ]
+  )
   assert code == 0
   assert endpoint.latest_by_path() == {
-      f'/connection_sets/{BUCKET + i * 600}': expected_document(i) for i in range(WINDOWS)}
+    f'/connection_sets/{BUCKET + i * 600}': expected_document(i) for i in range(WINDOWS)
+  }
   assert endpoint.attempts == 3 * WINDOWS
   assert undelivered(tmp_path / 'dead') == []
 
@@ -99,17 +116,39 @@ def test_run_with_failing_endpoint_dead_letters_then_replay_delivers_the_same_by
   flows = write_flows(tmp_path / 'flows.log', windows=1)
   dead = tmp_path / 'dead'
   failing = start_receiver(always_status=500)
-  assert main([f'--input={flows}', f'--endpoint={failing.url()}', f'--dead_letter_dir={dead}',
-               '--max_retry_seconds=2']) == 2
+  assert (
+    main(
+      [
+        f'--input={flows}',
+        f'--endpoint={failing.url()}',
+        f'--dead_letter_dir={dead}',
+        '--max_retry_seconds=2',
+      ]
+    )
+    == 2
+  )
   [letter] = undelivered(dead)
   body = document_body(expected_document(0)).decode()
   assert letter == {
-      'kind': KIND_UNDELIVERED_WINDOW, 'reason': 'window not delivered: HTTP 500',
-      'origin': f'window {BUCKET}', 'url': f'http://127.0.0.1:{failing.port}/connection_sets/{BUCKET}',
-      'url_redacted': False, 'endpoint_template': failing.url(), 'bucket_time': BUCKET,
-      'window_end': BUCKET + 600, 'pane_index': 0, 'pane_timing': 'ON_TIME', 'group': [],
-      'body': body, 'max_body_bytes': None, 'part_count': 1, 'parts_delivered': [],
-      'last_status': 500, 'last_error': None, 'attempts': failing.attempts}
+    'kind': KIND_UNDELIVERED_WINDOW,
+    'reason': 'window not delivered: HTTP 500',
+    'origin': f'window {BUCKET}',
+    'url': f'http://127.0.0.1:{failing.port}/connection_sets/{BUCKET}',
+    'url_redacted': False,
+    'endpoint_template': failing.url(),
+    'bucket_time': BUCKET,
+    'window_end': BUCKET + 600,
+    'pane_index': 0,
+    'pane_timing': 'ON_TIME',
+    'group': [],
+    'body': body,
+    'max_body_bytes': None,
+    'part_count': 1,
+    'parts_delivered': [],
+    'last_status': 500,
+    'last_error': None,
+    'attempts': failing.attempts,
+  }
   keys = {a.headers['Idempotency-Key'] for a in failing.requests}
   assert keys == {idempotency_key(BUCKET, (), 0, 0, 1, body.encode())}
 
@@ -119,7 +158,10 @@ def test_run_with_failing_endpoint_dead_letters_then_replay_delivers_the_same_by
   assert replay.main([str(dead)]) == 0
   [post] = healthy.posts
   assert (post.path, post.body, post.headers['Idempotency-Key']) == (
-      f'/connection_sets/{BUCKET}', body.encode(), keys.pop())
+    f'/connection_sets/{BUCKET}',
+    body.encode(),
+    keys.pop(),
+  )
   assert undelivered(dead) == []
   assert list(dead.glob('*.jsonl')) == []
 
@@ -144,14 +186,26 @@ def test_replay_of_a_dead_endpoint_costs_one_wait_too(start_receiver, tmp_path, 
   assert 'replay: 0 window(s) delivered, 9 still undelivered' in capsys.readouterr().out
 
 
-def test_parts_a_failed_part_is_dead_lettered_and_replay_posts_only_the_missing_parts(start_receiver, tmp_path):
+def test_parts_a_failed_part_is_dead_lettered_and_replay_posts_only_the_missing_parts(
+  start_receiver, tmp_path
+):
   counts_lines = [flow_line('10.0.0.1', f'10.2.{j // 200}.{j % 200 + 1}', BUCKET + 5) for j in range(60)]
   flows = tmp_path / 'flows.log'
   flows.write_text('\n'.join(counts_lines) + '\n')
   dead = tmp_path / 'dead'
   endpoint = start_receiver(script=lambda a: Answer(503) if a.headers['X-Part-Index'] != '0' else None)
-  assert main([f'--input={flows}', f'--endpoint={endpoint.url()}', f'--dead_letter_dir={dead}',
-               '--max_retry_seconds=1', '--max_body_bytes=300']) == 2
+  assert (
+    main(
+      [
+        f'--input={flows}',
+        f'--endpoint={endpoint.url()}',
+        f'--dead_letter_dir={dead}',
+        '--max_retry_seconds=1',
+        '--max_body_bytes=300',
+      ]
+    )
+    == 2
+  )
   [letter] = undelivered(dead)
   window = WindowCounts(BUCKET, BUCKET + 600, json.loads(letter['body']))
   parts = window_parts(window, 300)
@@ -163,7 +217,8 @@ def test_parts_a_failed_part_is_dead_lettered_and_replay_posts_only_the_missing_
   healthy = start_receiver(port=port)
   assert replay.main([str(dead)]) == 0
   assert [(a.headers['X-Part-Index'], a.headers['Idempotency-Key'], a.body) for a in healthy.posts] == [
-      (str(p.part_index), p.key, p.body) for p in parts[1:]]
+    (str(p.part_index), p.key, p.body) for p in parts[1:]
+  ]
   merged = {k: v for p in parts for k, v in json.loads(p.body).items()}
   assert merged == window.counts and len(window.counts) == 61
 
@@ -208,10 +263,17 @@ def test_the_group_goes_out_as_x_group_and_in_the_key_and_replay_restores_it(sta
   assert letter.origin == f'window {BUCKET} [account-id=111122223333&vpc-id=vpc-0a1b]'
   (tmp_path / f'{KIND_UNDELIVERED_WINDOW}-x.jsonl').write_text(letter.to_json() + '\n')
   healthy = start_receiver()
-  assert replay.main([str(tmp_path), '--endpoint=' + healthy.url('/sets/{account_id}/{vpc_id}/{bucket_time}')]) == 0
+  assert (
+    replay.main([str(tmp_path), '--endpoint=' + healthy.url('/sets/{account_id}/{vpc_id}/{bucket_time}')])
+    == 0
+  )
   [post] = healthy.posts
   assert (post.path, post.headers['X-Group'], post.headers['Idempotency-Key'], post.body) == (
-      attempt.path, attempt.headers['X-Group'], attempt.headers['Idempotency-Key'], body)
+    attempt.path,
+    attempt.headers['X-Group'],
+    attempt.headers['Idempotency-Key'],
+    body,
+  )
 
 
 def test_replay_of_a_redacted_url_needs_the_endpoint(start_receiver, tmp_path, capsys):
@@ -231,24 +293,47 @@ def test_replay_of_a_redacted_url_needs_the_endpoint(start_receiver, tmp_path, c
 
   assert replay.main([str(tmp_path), f'--endpoint={secret_template}']) == 0
   assert [(p.path, p.body) for p in endpoint.posts] == [
-      (f'/connection_sets/{BUCKET}?token=abc123', document_body(window.counts))]
+    (f'/connection_sets/{BUCKET}?token=abc123', document_body(window.counts))
+  ]
   assert not path.exists()
   assert 'replay: 1 window(s) delivered, 0 still undelivered' in capsys.readouterr().out
 
 
 def test_delivery_flags_reach_the_config():
-  from pipeline.options import VpcFlowPeersOptions, delivery_config  # pylint: disable=import-outside-toplevel
-  flags = VpcFlowPeersOptions([
-      '--endpoint_token_env=MY_TOKEN', '--http_connect_timeout=1.5', '--http_read_timeout=2.5',
-      '--http_attempt_timeout=7', '--max_retry_seconds=11', '--ca_bundle=/etc/ca.pem',
-      '--http_compress', '--max_body_bytes=1000', '--max_redelivery_age=3600'])
+  from pipeline.options import VpcFlowPeersOptions, delivery_config
+
+  flags = VpcFlowPeersOptions(
+    [
+      '--endpoint_token_env=MY_TOKEN',
+      '--http_connect_timeout=1.5',
+      '--http_read_timeout=2.5',
+      '--http_attempt_timeout=7',
+      '--max_retry_seconds=11',
+      '--ca_bundle=/etc/ca.pem',
+      '--http_compress',
+      '--max_body_bytes=1000',
+      '--max_redelivery_age=3600',
+    ]
+  )
   config = delivery_config(flags, 'http://h/{bucket_time}')
   assert config._replace(breaker=None, redelivery=None) == DeliveryConfig(
-      'http://h/{bucket_time}', token_env='MY_TOKEN', connect_timeout=1.5, read_timeout=2.5,
-      attempt_timeout=7.0, max_retry_seconds=11.0, verify_tls=True, ca_bundle='/etc/ca.pem',
-      compress=True, max_body_bytes=1000, breaker=None, redelivery=None)
+    'http://h/{bucket_time}',
+    token_env='MY_TOKEN',
+    connect_timeout=1.5,
+    read_timeout=2.5,
+    attempt_timeout=7.0,
+    max_retry_seconds=11.0,
+    verify_tls=True,
+    ca_bundle='/etc/ca.pem',
+    compress=True,
+    max_body_bytes=1000,
+    breaker=None,
+    redelivery=None,
+  )
   assert config.redelivery.max_age == 3600.0
-  assert delivery_config(VpcFlowPeersOptions(['--no_verify_tls']), 'http://h/{bucket_time}').verify_tls is False
+  assert (
+    delivery_config(VpcFlowPeersOptions(['--no_verify_tls']), 'http://h/{bucket_time}').verify_tls is False
+  )
 
 
 def test_retry_contract_through_the_command_line(start_receiver, tmp_path, monkeypatch):
@@ -267,9 +352,20 @@ def test_retry_contract_through_the_command_line(start_receiver, tmp_path, monke
   endpoint = start_receiver(script=once_503_per_part)
   flows = tmp_path / 'flows.log'
   flows.write_text('\n'.join(flow_line('10.0.0.1', f'10.2.0.{j + 1}', BUCKET + 5) for j in range(30)) + '\n')
-  assert main([f'--input={flows}', f'--endpoint={endpoint.url()}', '--endpoint_token_env=MY_TOKEN',
-               '--http_compress', '--max_body_bytes=300', '--max_retry_seconds=30',
-               f'--dead_letter_dir={tmp_path / "dead"}']) == 0
+  assert (
+    main(
+      [
+        f'--input={flows}',
+        f'--endpoint={endpoint.url()}',
+        '--endpoint_token_env=MY_TOKEN',
+        '--http_compress',
+        '--max_body_bytes=300',
+        '--max_retry_seconds=30',
+        f'--dead_letter_dir={tmp_path / "dead"}',
+      ]
+    )
+    == 0
+  )
   by_part = {}
   for attempt in endpoint.requests:
     by_part.setdefault(attempt.headers['X-Part-Index'], []).append(attempt)
@@ -281,17 +377,31 @@ def test_retry_contract_through_the_command_line(start_receiver, tmp_path, monke
       assert attempt.headers['Authorization'] == 'Bearer tok-42-secret'
       assert attempt.headers['Content-Encoding'] == 'gzip'
       assert len(attempt.body) <= 300
-    assert (refused.headers['Idempotency-Key'], refused.raw_body) == (taken.headers['Idempotency-Key'], taken.raw_body)
+    assert (refused.headers['Idempotency-Key'], refused.raw_body) == (
+      taken.headers['Idempotency-Key'],
+      taken.raw_body,
+    )
   assert {k: v for a in endpoint.posts for k, v in a.json().items()} == {
-      '10.0.0.1': 30, **{f'10.2.0.{j + 1}': 1 for j in range(30)}}
+    '10.0.0.1': 30,
+    **{f'10.2.0.{j + 1}': 1 for j in range(30)},
+  }
 
 
 def test_retry_budget_and_timeouts_through_the_command_line(start_receiver, tmp_path):
   endpoint = start_receiver(delay_seconds=1.5)
   started = time.monotonic()
-  assert main([f'--input={write_flows(tmp_path / "flows.log", windows=1)}', f'--endpoint={endpoint.url()}',
-               '--max_retry_seconds=2', '--http_read_timeout=0.5',
-               f'--dead_letter_dir={tmp_path / "dead"}']) == 2
+  assert (
+    main(
+      [
+        f'--input={write_flows(tmp_path / "flows.log", windows=1)}',
+        f'--endpoint={endpoint.url()}',
+        '--max_retry_seconds=2',
+        '--http_read_timeout=0.5',
+        f'--dead_letter_dir={tmp_path / "dead"}',
+      ]
+    )
+    == 2
+  )
   assert time.monotonic() - started < 2 + 30  # the budget, and the run's own start-up
   [letter] = undelivered(tmp_path / 'dead')
   assert 'Read timed out' in letter['last_error'] and letter['attempts'] == endpoint.attempts >= 2
@@ -299,8 +409,18 @@ def test_retry_budget_and_timeouts_through_the_command_line(start_receiver, tmp_
 
 def test_attempt_deadline_through_the_command_line(start_receiver, tmp_path):
   endpoint = start_receiver(script=lambda attempt: Answer(200, trickle_seconds=0.3, trickle_all=True))
-  assert main([f'--input={write_flows(tmp_path / "flows.log", windows=1)}', f'--endpoint={endpoint.url()}',
-               '--max_retry_seconds=2', '--http_read_timeout=5', '--http_attempt_timeout=1',
-               f'--dead_letter_dir={tmp_path / "dead"}']) == 2
+  assert (
+    main(
+      [
+        f'--input={write_flows(tmp_path / "flows.log", windows=1)}',
+        f'--endpoint={endpoint.url()}',
+        '--max_retry_seconds=2',
+        '--http_read_timeout=5',
+        '--http_attempt_timeout=1',
+        f'--dead_letter_dir={tmp_path / "dead"}',
+      ]
+    )
+    == 2
+  )
   [letter] = undelivered(tmp_path / 'dead')
   assert letter['last_error'].startswith('attempt deadline of 1 s passed (--http_attempt_timeout)')

@@ -43,6 +43,7 @@ def wait_for(condition, timeout, what, explain=lambda: ''):
 class Feed:
   """Flows starting now, between fresh addresses, every `every` seconds; the
   reference answer per window."""
+
   def __init__(self, logs):
     self._logs = logs
     self.peers = collections.defaultdict(lambda: collections.defaultdict(set))
@@ -66,6 +67,7 @@ class Feed:
         n += 1
         self._put(n)
         self._stop.wait(every)
+
     self._thread = threading.Thread(target=feed, daemon=True)
     self._thread.start()
 
@@ -81,6 +83,7 @@ class Feed:
 
 class Job:
   """pipeline.cli.run on the cluster in a thread, watched through Flink's REST API."""
+
   def __init__(self, cluster, argv):
     self.cluster = cluster
     self.name = f'vfp-delivery-{uuid.uuid4().hex[:8]}'
@@ -93,15 +96,17 @@ class Job:
   def _run(self):
     try:
       self.summary = run(self._argv)
-    except BaseException as e:  # pylint: disable=broad-except
+    except BaseException as e:  # noqa: BLE001
       self.error = e
 
   def start(self):
     self._thread.start()
+
     def find():
       if self.error is not None:
         pytest.fail(f'the pipeline failed before its job ran: {self.error!r}')
       return next((j['jid'] for j in self.cluster.jobs() if j['name'] == self.name), None)
+
     self.jid = wait_for(find, SUBMIT_SECONDS, 'the job to be submitted', self.explain)
     wait_for(self.running, SUBMIT_SECONDS, 'the job to run', self.explain)
     return self
@@ -122,9 +127,11 @@ class Job:
 
   def stop_with_savepoint(self):
     trigger = self.cluster.rest(f'/jobs/{self.jid}/stop', 'POST', {'drain': False})
+
     def done():
       status = self.cluster.rest(f'/jobs/{self.jid}/savepoints/{trigger["request-id"]}')
       return status if status['status']['id'] == 'COMPLETED' else None
+
     wait_for(done, STOP_SECONDS, 'the stop savepoint', self.explain)
     wait_for(lambda: self.details()['state'] == 'FINISHED', STOP_SECONDS, 'the job to finish', self.explain)
     self._thread.join(STOP_SECONDS)
@@ -158,36 +165,64 @@ def flows(monkeypatch):
 
 
 def test_a_taskmanager_killed_during_an_outage_loses_no_held_window(
-    flink_cluster, flows, start_receiver, tmp_path):
+  flink_cluster, flows, start_receiver, tmp_path
+):
   moto_url, feed = flows
   endpoint = start_receiver()
   dead = tmp_path / 'dead'
-  job = Job(flink_cluster, [
-      '--runner=FlinkRunner', f'--flink_master={flink_cluster.master}', *flink_cluster.external_flags(),
+  job = Job(
+    flink_cluster,
+    [
+      '--runner=FlinkRunner',
+      f'--flink_master={flink_cluster.master}',
+      *flink_cluster.external_flags(),
       '--streaming',
-      '--checkpointing_interval=2000', '--parallelism=2', f'--kinesis_stream={STREAM}',
-      f'--kinesis_endpoint_url={moto_url}', f'--aws_region={kh.REGION}',
-      '--kinesis_initial_position=TRIM_HORIZON', '--kinesis_max_delivery_delay=2',
-      f'--window_seconds={WINDOW}', '--allowed_lateness=5', f'--endpoint={endpoint.url()}',
-      f'--dead_letter_dir={dead}'])
+      '--checkpointing_interval=2000',
+      '--parallelism=2',
+      f'--kinesis_stream={STREAM}',
+      f'--kinesis_endpoint_url={moto_url}',
+      f'--aws_region={kh.REGION}',
+      '--kinesis_initial_position=TRIM_HORIZON',
+      '--kinesis_max_delivery_delay=2',
+      f'--window_seconds={WINDOW}',
+      '--allowed_lateness=5',
+      f'--endpoint={endpoint.url()}',
+      f'--dead_letter_dir={dead}',
+    ],
+  )
   try:
     feed.start()
     job.start()
-    endpoint.wait_for(lambda e: any(int(a.headers['X-Window-Start']) >= time.time() - 3 * WINDOW
-                                    for a in e.posts), 240, 'a window to be posted as it closes')
+    endpoint.wait_for(
+      lambda e: any(int(a.headers['X-Window-Start']) >= time.time() - 3 * WINDOW for a in e.posts),
+      240,
+      'a window to be posted as it closes',
+    )
     endpoint.stop()
     down_at, down_wall = time.monotonic(), time.time()
     # Windows close and are held; checkpoints taken with them in state.
     time.sleep(30)
     completed = job.checkpoints()['counts']['completed']
-    wait_for(lambda: job.checkpoints()['counts']['completed'] >= completed + 2, 90,
-             'two checkpoints with windows held', job.explain)
+    wait_for(
+      lambda: job.checkpoints()['counts']['completed'] >= completed + 2,
+      90,
+      'two checkpoints with windows held',
+      job.explain,
+    )
     flink_cluster.kill_taskmanager_and_pool()
     flink_cluster.add_taskmanager()
-    wait_for(lambda: job.restarts() >= 1 and job.running(), RESTORE_SECONDS,
-             'the job to restart on the new TaskManager', job.explain)
-    restored = wait_for(lambda: (job.checkpoints()['latest'] or {}).get('restored'), RESTORE_SECONDS,
-                        'the job to report the checkpoint it restored', job.explain)
+    wait_for(
+      lambda: job.restarts() >= 1 and job.running(),
+      RESTORE_SECONDS,
+      'the job to restart on the new TaskManager',
+      job.explain,
+    )
+    restored = wait_for(
+      lambda: (job.checkpoints()['latest'] or {}).get('restored'),
+      RESTORE_SECONDS,
+      'the job to report the checkpoint it restored',
+      job.explain,
+    )
     time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down_at)))  # two minutes at least
     endpoint.start()
     up_at, up_wall = time.monotonic(), time.time()
@@ -195,8 +230,9 @@ def test_a_taskmanager_killed_during_an_outage_loses_no_held_window(
     time.sleep(3 * WINDOW)  # a few more windows after the recovery
     feed.stop()
     expected = feed.documents()
-    endpoint.wait_for(lambda e: e.latest_by_path() == expected, 240,
-                      'every window after the endpoint came back')
+    endpoint.wait_for(
+      lambda e: e.latest_by_path() == expected, 240, 'every window after the endpoint came back'
+    )
     recovered = max(a.at for a in endpoint.posts if a.at >= up_at) - up_at
     job.stop_with_savepoint()
   finally:
@@ -208,13 +244,16 @@ def test_a_taskmanager_killed_during_an_outage_loses_no_held_window(
   assert {k: n for k, n in keys.items() if n > 1} == {}
   for a in endpoint.posts:
     assert a.headers['Idempotency-Key'] == idempotency_key(
-        int(a.headers['X-Window-Start']), (), int(a.headers['X-Pane-Index']), 0, 1, a.body)
+      int(a.headers['X-Window-Start']), (), int(a.headers['X-Pane-Index']), 0, 1, a.body
+    )
   # Windows that closed while the endpoint was down (held, some across the kill).
   held = {path for path in expected if down_wall < int(path.rsplit('/', 1)[1]) + WINDOW < up_wall - 5}
   assert len(held) >= 3, held
   assert all(a.at >= up_at for a in endpoint.posts if a.path in held)
   assert list(read_dead_letters(str(dead), KIND_UNDELIVERED_WINDOW)) == []
   assert list(read_dead_letters(str(dead), KIND_LATE_DATA)) == []
-  print(f'\n{len(expected)} windows exact after a {outage:.0f} s outage with a TaskManager killed '
-        f'(restored checkpoint {restored["id"]}); {len(held)} windows held and delivered after the '
-        f'recovery, the last window {recovered:.1f} s after it')
+  print(
+    f'\n{len(expected)} windows exact after a {outage:.0f} s outage with a TaskManager killed '
+    f'(restored checkpoint {restored["id"]}); {len(held)} windows held and delivered after the '
+    f'recovery, the last window {recovered:.1f} s after it'
+  )

@@ -10,8 +10,15 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from transforms.delivery.parts import (
-    MIN_BODY_BYTES, DocumentPart, document_body, group_header, idempotency_key,
-    parse_group_header, split_counts, window_parts)
+  MIN_BODY_BYTES,
+  DocumentPart,
+  document_body,
+  group_header,
+  idempotency_key,
+  parse_group_header,
+  split_counts,
+  window_parts,
+)
 from transforms.elements import WindowCounts
 
 BUCKET = 1700000400
@@ -41,8 +48,10 @@ def test_a_document_over_the_cap_is_split_in_order_into_parts_within_it():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.ip_addresses().map(str), st.integers(1, 10**9), min_size=1, max_size=80),
-       st.integers(MIN_BODY_BYTES, 2000))
+@given(
+  st.dictionaries(st.ip_addresses().map(str), st.integers(1, 10**9), min_size=1, max_size=80),
+  st.integers(MIN_BODY_BYTES, 2000),
+)
 def test_parts_are_valid_disjoint_and_together_the_document(counts, cap):
   bodies = split_counts(counts, cap)
   assert all(len(b) <= cap for b in bodies) or bodies == [document_body(counts)]
@@ -64,11 +73,11 @@ def test_the_key_names_bucket_pane_part_and_a_digest_of_group_and_body():
   assert key.startswith(f'{BUCKET}-1-0of1-') and len(key.rsplit('-', 1)[1]) == 16
   assert idempotency_key(BUCKET, (), 1, 0, 1, body) == key
   others = {
-      idempotency_key(BUCKET, (), 0, 0, 1, body),
-      idempotency_key(BUCKET, (), 1, 0, 2, body),
-      idempotency_key(BUCKET, (), 1, 0, 1, body + b' '),
-      idempotency_key(BUCKET + 600, (), 1, 0, 1, body),
-      idempotency_key(BUCKET, (('account-id', '1'),), 1, 0, 1, body),
+    idempotency_key(BUCKET, (), 0, 0, 1, body),
+    idempotency_key(BUCKET, (), 1, 0, 2, body),
+    idempotency_key(BUCKET, (), 1, 0, 1, body + b' '),
+    idempotency_key(BUCKET + 600, (), 1, 0, 1, body),
+    idempotency_key(BUCKET, (('account-id', '1'),), 1, 0, 1, body),
   }
   assert key not in others and len(others) == 5
   grouped = idempotency_key(BUCKET, (('account-id', '111122223333'), ('vpc-id', 'vpc-0a1b')), 0, 0, 1, body)
@@ -83,16 +92,28 @@ def test_group_header_is_query_string_encoded_and_reads_back():
 
 
 def test_headers_of_each_part():
-  window = WindowCounts(BUCKET, BUCKET + 600, {f'10.0.{i // 256}.{i % 256}': 1 for i in range(40)},
-                        2, 'LATE', (('account-id', '111122223333'),))
+  window = WindowCounts(
+    BUCKET,
+    BUCKET + 600,
+    {f'10.0.{i // 256}.{i % 256}': 1 for i in range(40)},
+    2,
+    'LATE',
+    (('account-id', '111122223333'),),
+  )
   parts = window_parts(window, MIN_BODY_BYTES)
   assert len(parts) == 3
   for index, part in enumerate(parts):
     assert part.headers() == {
-        'Content-Type': 'application/json', 'X-Window-Start': str(BUCKET),
-        'X-Window-End': str(BUCKET + 600), 'X-Pane-Index': '2', 'X-Pane-Timing': 'LATE',
-        'X-Part-Index': str(index), 'X-Part-Count': '3', 'X-Group': 'account-id=111122223333',
-        'Idempotency-Key': idempotency_key(BUCKET, window.group, 2, index, 3, part.body)}
+      'Content-Type': 'application/json',
+      'X-Window-Start': str(BUCKET),
+      'X-Window-End': str(BUCKET + 600),
+      'X-Pane-Index': '2',
+      'X-Pane-Timing': 'LATE',
+      'X-Part-Index': str(index),
+      'X-Part-Count': '3',
+      'X-Group': 'account-id=111122223333',
+      'Idempotency-Key': idempotency_key(BUCKET, window.group, 2, index, 3, part.body),
+    }
   assert len({p.key for p in parts}) == 3
   assert parts[0].headers(compress=True)['Content-Encoding'] == 'gzip'
 

@@ -52,25 +52,39 @@ def url_of(endpoint, path=f'/connection_sets/{BUCKET}'):
 
 def assert_identical_attempts(endpoint, token=None):
   """Every attempt carried the same key, token and body (the retry contract)."""
-  seen = {(a.path, a.headers['Idempotency-Key'], a.headers.get('Authorization'), a.body)
-          for a in endpoint.requests}
+  seen = {
+    (a.path, a.headers['Idempotency-Key'], a.headers.get('Authorization'), a.body) for a in endpoint.requests
+  }
   assert seen == {(f'/connection_sets/{BUCKET}', KEY, f'Bearer {token}' if token else None, BODY)}
 
 
-@pytest.mark.parametrize('statuses, attempts', [
-    ([503], 2), ([429], 2), ([500, 502, 504], 4),
-], ids=['503_then_200', '429_then_200', 'three_5xx_then_200'])
-def test_retries_until_delivered_with_the_same_key_token_and_body(start_receiver, open_poster, statuses, attempts):
+@pytest.mark.parametrize(
+  'statuses, attempts',
+  [
+    ([503], 2),
+    ([429], 2),
+    ([500, 502, 504], 4),
+  ],
+  ids=['503_then_200', '429_then_200', 'three_5xx_then_200'],
+)
+def test_retries_until_delivered_with_the_same_key_token_and_body(
+  start_receiver, open_poster, statuses, attempts
+):
   endpoint = start_receiver(statuses=statuses)
   outcome = post(open_poster(endpoint.url(), {'VPC_FLOW_PEERS_TOKEN': TOKEN}, max_retry_seconds=30))
   assert outcome == PostOutcome(True, url_of(endpoint), 200, None, attempts)
   assert [a.status for a in endpoint.requests] == statuses + [200]
   assert_identical_attempts(endpoint, TOKEN)
   headers = endpoint.posts[0].headers
-  assert (headers['Content-Type'], headers['X-Window-Start'], headers['X-Window-End'],
-          headers['X-Pane-Index'], headers['X-Pane-Timing'], headers['X-Part-Index'],
-          headers['X-Part-Count']) == ('application/json', str(BUCKET), str(BUCKET + 600), '0',
-                                       'ON_TIME', '0', '1')
+  assert (
+    headers['Content-Type'],
+    headers['X-Window-Start'],
+    headers['X-Window-End'],
+    headers['X-Pane-Index'],
+    headers['X-Pane-Timing'],
+    headers['X-Part-Index'],
+    headers['X-Part-Count'],
+  ) == ('application/json', str(BUCKET), str(BUCKET + 600), '0', 'ON_TIME', '0', '1')
 
 
 @pytest.mark.parametrize('status', [429, 503])
@@ -122,9 +136,11 @@ def test_413_is_not_retried_and_says_what_to_set(start_receiver, open_poster):
   endpoint = start_receiver(always_status=413)
   outcome = post(open_poster(endpoint.url()))
   assert (outcome.delivered, outcome.status, outcome.attempts, outcome.retryable) == (False, 413, 1, False)
-  assert outcome.error == (f'HTTP 413: the endpoint refused a body of {len(BODY)} bytes; set '
-                           f'--max_body_bytes below that (for example 256) or --http_compress, '
-                           'and replay with the same flags')
+  assert outcome.error == (
+    f'HTTP 413: the endpoint refused a body of {len(BODY)} bytes; set '
+    f'--max_body_bytes below that (for example 256) or --http_compress, '
+    'and replay with the same flags'
+  )
 
 
 def test_an_answer_slower_than_the_read_timeout_is_a_retryable_error(start_receiver, open_poster):
@@ -136,10 +152,19 @@ def test_an_answer_slower_than_the_read_timeout_is_a_retryable_error(start_recei
 
 
 def test_nothing_listening_is_a_retried_connection_error(closed_port, open_poster):
-  outcome = post(open_poster(f'http://127.0.0.1:{closed_port}/connection_sets/{{bucket_time}}',
-                             max_retry_seconds=1, connect_timeout=0.5))
+  outcome = post(
+    open_poster(
+      f'http://127.0.0.1:{closed_port}/connection_sets/{{bucket_time}}',
+      max_retry_seconds=1,
+      connect_timeout=0.5,
+    )
+  )
   assert (outcome.delivered, outcome.url, outcome.status, outcome.retryable) == (
-      False, f'http://127.0.0.1:{closed_port}/connection_sets/{BUCKET}', None, True)
+    False,
+    f'http://127.0.0.1:{closed_port}/connection_sets/{BUCKET}',
+    None,
+    True,
+  )
   assert outcome.error.startswith('ConnectionError: ') and 'Connection refused' in outcome.error
   assert outcome.attempts >= 2
 
@@ -167,7 +192,9 @@ def test_a_body_trickled_after_the_status_does_not_hold_the_delivery(start_recei
 
 def test_a_huge_answer_body_is_read_up_to_a_small_cap(start_receiver, open_poster):
   huge = b'x' * (64 * 1024 * 1024)
-  endpoint = start_receiver(script=lambda attempt: Answer(503 if attempt.path.endswith('again') else 200, body=huge))
+  endpoint = start_receiver(
+    script=lambda attempt: Answer(503 if attempt.path.endswith('again') else 200, body=huge)
+  )
   poster = open_poster(endpoint.url())
   assert post(poster) == PostOutcome(True, url_of(endpoint), 200, None, 1)
   endpoint.wait_for(lambda e: len(e.bytes_sent) == 1, 30, 'the answer to end')
@@ -178,34 +205,53 @@ def test_a_huge_answer_body_is_read_up_to_a_small_cap(start_receiver, open_poste
 
 def test_a_huge_body_of_a_retried_answer_is_not_drained_whole(start_receiver, open_poster):
   huge = b'x' * (64 * 1024 * 1024)
-  endpoint = start_receiver(script=lambda attempt: Answer(503, body=huge) if len(endpoint.requests) == 0 else None)
-  assert post(open_poster(endpoint.url(), max_retry_seconds=30)) == PostOutcome(True, url_of(endpoint), 200, None, 2)
+  endpoint = start_receiver(
+    script=lambda attempt: Answer(503, body=huge) if len(endpoint.requests) == 0 else None
+  )
+  assert post(open_poster(endpoint.url(), max_retry_seconds=30)) == PostOutcome(
+    True, url_of(endpoint), 200, None, 2
+  )
   endpoint.wait_for(lambda e: len(e.bytes_sent) == 2, 30, 'both answers to end')
   assert endpoint.bytes_sent[0] < len(huge) // 4
 
 
 # --- redirects ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize('status', [301, 302, 303])
 def test_a_redirect_is_never_followed_as_a_get(start_receiver, open_poster, status):
-  endpoint = start_receiver(script=lambda attempt: Answer(status, location='/moved') if attempt.path != '/moved' else None)
+  endpoint = start_receiver(
+    script=lambda attempt: Answer(status, location='/moved') if attempt.path != '/moved' else None
+  )
   outcome = post(open_poster(endpoint.url(), {'VPC_FLOW_PEERS_TOKEN': TOKEN}))
   assert (outcome.delivered, outcome.status, outcome.retryable, outcome.attempts) == (False, status, False, 1)
-  assert outcome.error == (f'HTTP {status}: redirect to http://127.0.0.1:{endpoint.port}/moved not '
-                           'followed as a POST (it would become a GET without the document); set '
-                           '--endpoint to the URL that takes the POST')
+  assert outcome.error == (
+    f'HTTP {status}: redirect to http://127.0.0.1:{endpoint.port}/moved not '
+    'followed as a POST (it would become a GET without the document); set '
+    '--endpoint to the URL that takes the POST'
+  )
   assert [(a.method, a.path) for a in endpoint.requests] == [('POST', f'/connection_sets/{BUCKET}')]
 
 
 @pytest.mark.parametrize('status', [307, 308])
-def test_a_307_or_308_to_the_same_origin_is_followed_as_a_post_with_the_body(start_receiver, open_poster, status):
-  endpoint = start_receiver(script=lambda attempt: Answer(status, location='/v2/sets?x=1') if attempt.path != '/v2/sets?x=1' else None)
+def test_a_307_or_308_to_the_same_origin_is_followed_as_a_post_with_the_body(
+  start_receiver, open_poster, status
+):
+  endpoint = start_receiver(
+    script=lambda attempt: Answer(status, location='/v2/sets?x=1') if attempt.path != '/v2/sets?x=1' else None
+  )
   outcome = post(open_poster(endpoint.url(), {'VPC_FLOW_PEERS_TOKEN': TOKEN}))
   assert outcome == PostOutcome(True, url_of(endpoint, '/v2/sets?x=***'), 200, None, 2)
   assert [(a.method, a.path, a.status) for a in endpoint.requests] == [
-      ('POST', f'/connection_sets/{BUCKET}', status), ('POST', '/v2/sets?x=1', 200)]
+    ('POST', f'/connection_sets/{BUCKET}', status),
+    ('POST', '/v2/sets?x=1', 200),
+  ]
   moved = endpoint.requests[1]
-  assert (moved.body, moved.headers['Idempotency-Key'], moved.headers['Authorization']) == (BODY, KEY, f'Bearer {TOKEN}')
+  assert (moved.body, moved.headers['Idempotency-Key'], moved.headers['Authorization']) == (
+    BODY,
+    KEY,
+    f'Bearer {TOKEN}',
+  )
 
 
 @pytest.mark.parametrize('status', [307, 308])
@@ -227,7 +273,10 @@ def test_redirect_loops_end(start_receiver, open_poster):
 
 # --- authorization -------------------------------------------------------------
 
-def test_no_authorization_header_without_a_token_even_with_a_netrc(start_receiver, open_poster, tmp_path, monkeypatch):
+
+def test_no_authorization_header_without_a_token_even_with_a_netrc(
+  start_receiver, open_poster, tmp_path, monkeypatch
+):
   """requests would read ~/.netrc and send its password as Basic auth; trust_env is off."""
   (tmp_path / '.netrc').write_text('machine 127.0.0.1 login someone password netrc-secret\n')
   (tmp_path / '.netrc').chmod(0o600)
@@ -247,6 +296,7 @@ def test_url_user_info_is_sent_as_basic_auth_and_never_in_the_request_line(start
 
 
 # --- TLS -------------------------------------------------------------------------
+
 
 @pytest.fixture(scope='module')
 def certificates(tmp_path_factory):
@@ -268,7 +318,8 @@ def test_tls_default_rejects_a_self_signed_server(tls_endpoint, open_poster):
 
 def test_tls_ca_bundle_accepts_it(tls_endpoint, open_poster, certificates):
   assert post(open_poster(tls_endpoint.url(), ca_bundle=str(certificates[0].cert))) == PostOutcome(
-      True, url_of(tls_endpoint), 200, None, 1)
+    True, url_of(tls_endpoint), 200, None, 1
+  )
 
 
 def test_tls_no_verify_accepts_it(tls_endpoint, open_poster):
@@ -276,18 +327,23 @@ def test_tls_no_verify_accepts_it(tls_endpoint, open_poster):
 
 
 @pytest.mark.parametrize('variable', ['REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE'])
-def test_tls_environment_bundle_does_not_override_ca_bundle(tls_endpoint, open_poster, certificates, monkeypatch, variable):
+def test_tls_environment_bundle_does_not_override_ca_bundle(
+  tls_endpoint, open_poster, certificates, monkeypatch, variable
+):
   """The environment trusts the server; --ca_bundle names another CA: the flag wins."""
   monkeypatch.setenv(variable, str(certificates[0].cert))
   environ = {variable: str(certificates[0].cert)}
-  outcome = post(open_poster(tls_endpoint.url(), environ, ca_bundle=str(certificates[1].cert),
-                             max_retry_seconds=1))
+  outcome = post(
+    open_poster(tls_endpoint.url(), environ, ca_bundle=str(certificates[1].cert), max_retry_seconds=1)
+  )
   assert not outcome.delivered and 'CERTIFICATE_VERIFY_FAILED' in outcome.error
   assert tls_endpoint.requests == []
 
 
 @pytest.mark.parametrize('variable', ['REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE'])
-def test_tls_environment_bundle_does_not_override_no_verify(tls_endpoint, open_poster, certificates, monkeypatch, variable):
+def test_tls_environment_bundle_does_not_override_no_verify(
+  tls_endpoint, open_poster, certificates, monkeypatch, variable
+):
   monkeypatch.setenv(variable, str(certificates[1].cert))
   outcome = post(open_poster(tls_endpoint.url(), {variable: str(certificates[1].cert)}, verify_tls=False))
   assert outcome.delivered
@@ -299,6 +355,7 @@ def test_tls_environment_bundle_is_used_without_flags(tls_endpoint, open_poster,
 
 
 # --- compression and parts -----------------------------------------------------------
+
 
 def test_http_compress_sends_gzip_bodies(start_receiver, open_poster):
   endpoint = start_receiver()
@@ -317,29 +374,44 @@ def test_parts_go_out_with_their_own_headers_and_keys(start_receiver, open_poste
   poster = open_poster(endpoint.url())
   assert all(post(poster, part).delivered for part in parts)
   assert [(a.headers['X-Part-Index'], a.headers['X-Part-Count']) for a in endpoint.posts] == [
-      (str(i), str(len(parts))) for i in range(len(parts))]
+    (str(i), str(len(parts))) for i in range(len(parts))
+  ]
   assert [a.headers['Idempotency-Key'] for a in endpoint.posts] == [p.key for p in parts]
   assert all(len(a.body) <= 256 for a in endpoint.posts)
   assert {k: v for a in endpoint.posts for k, v in json.loads(a.body).items()} == counts
 
 
-def test_tls_ca_bundle_flag_wins_over_the_machines_requests_ca_bundle(tls_endpoint, certificates, tmp_path, monkeypatch):
+def test_tls_ca_bundle_flag_wins_over_the_machines_requests_ca_bundle(
+  tls_endpoint, certificates, tmp_path, monkeypatch
+):
   """Through the command line, with REQUESTS_CA_BUNDLE naming another bundle
   (as these machines set it): requests used to let the variable replace the
   session's verify, so --ca_bundle did not pin trust."""
-  from pipeline.cli import main  # pylint: disable=import-outside-toplevel
-  from tests.builders import flow_line  # pylint: disable=import-outside-toplevel
+  from pipeline.cli import main
+  from tests.builders import flow_line
+
   monkeypatch.setenv('REQUESTS_CA_BUNDLE', str(certificates[1].cert))
   monkeypatch.setenv('CURL_CA_BUNDLE', str(certificates[1].cert))
   flows = tmp_path / 'flows.log'
   flows.write_text(flow_line('10.0.0.1', '10.0.0.2', BUCKET + 1) + '\n')
-  assert main([f'--input={flows}', f'--endpoint={tls_endpoint.url()}', f'--ca_bundle={certificates[0].cert}',
-               '--max_retry_seconds=5',
-               f'--dead_letter_dir={tmp_path / "dead"}']) == 0
+  assert (
+    main(
+      [
+        f'--input={flows}',
+        f'--endpoint={tls_endpoint.url()}',
+        f'--ca_bundle={certificates[0].cert}',
+        '--max_retry_seconds=5',
+        f'--dead_letter_dir={tmp_path / "dead"}',
+      ]
+    )
+    == 0
+  )
   assert tls_endpoint.latest_by_path() == {f'/connection_sets/{BUCKET}': {'10.0.0.1': 1, '10.0.0.2': 1}}
 
 
-def test_proxies_from_the_environment_are_honoured_explicitly(start_receiver, open_poster, closed_port, monkeypatch):
+def test_proxies_from_the_environment_are_honoured_explicitly(
+  start_receiver, open_poster, closed_port, monkeypatch
+):
   """trust_env is off (no netrc, no CA variables), but HTTP_PROXY and NO_PROXY still apply."""
   proxy = start_receiver()
   target = f'http://127.0.0.2:{closed_port}/connection_sets/{{bucket_time}}'

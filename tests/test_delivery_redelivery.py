@@ -15,7 +15,14 @@ from transforms.delivery import DeliveryConfig, PostWindows, RedeliveryPolicy
 from transforms.delivery.breaker import BreakerPolicy
 from transforms.delivery.parts import document_body, idempotency_key
 from transforms.delivery.redelivery import (
-    HeldPane, HeldPaneCoder, aged_out, hold, next_delay, oldest_first, since_when)
+  HeldPane,
+  HeldPaneCoder,
+  aged_out,
+  hold,
+  next_delay,
+  oldest_first,
+  since_when,
+)
 from transforms.elements import KIND_UNDELIVERED_WINDOW, WindowCounts
 
 W0, W1 = 1700000400, 1700001000
@@ -23,11 +30,18 @@ POLICY = RedeliveryPolicy(max_age=12, first_delay=5, max_delay=10)
 
 
 def wc(bucket, pane=0, counts=None, group=()):
-  return WindowCounts(bucket, bucket + 600, counts or {'10.0.0.1': pane + 1, '10.0.0.2': 1},
-                      pane, 'ON_TIME' if pane == 0 else 'LATE', group)
+  return WindowCounts(
+    bucket,
+    bucket + 600,
+    counts or {'10.0.0.1': pane + 1, '10.0.0.2': 1},
+    pane,
+    'ON_TIME' if pane == 0 else 'LATE',
+    group,
+  )
 
 
 # --- the plain logic -----------------------------------------------------------
+
 
 def test_a_later_pane_replaces_the_held_earlier_pane_and_keeps_its_age():
   held = [HeldPane(wc(W0, 0), 100.0, attempts=3), HeldPane(wc(W1, 0), 105.0)]
@@ -55,12 +69,21 @@ def test_oldest_first_backoff_and_age():
   assert not aged_out(HeldPane(wc(W0), 0.0), 11.9, POLICY)
   assert not aged_out(HeldPane(wc(W0)), 1e9, POLICY)  # not yet dated
   assert since_when([HeldPane(wc(W0)), HeldPane(wc(W1), 3.0)], 7.0) == [
-      HeldPane(wc(W0), 7.0), HeldPane(wc(W1), 3.0)]
+    HeldPane(wc(W0), 7.0),
+    HeldPane(wc(W1), 3.0),
+  ]
 
 
 def test_held_pane_coder_round_trips_exactly_and_keeps_the_document_order():
-  pane = HeldPane(wc(W0, 2, {'10.0.0.9': 5, '10.0.0.1': 7}, (('vpc-id', 'vpc-1'),)), 12.5, 4, (0, 2),
-                  503, 'HTTP 503', 'http://h/x')
+  pane = HeldPane(
+    wc(W0, 2, {'10.0.0.9': 5, '10.0.0.1': 7}, (('vpc-id', 'vpc-1'),)),
+    12.5,
+    4,
+    (0, 2),
+    503,
+    'HTTP 503',
+    'http://h/x',
+  )
   coder = HeldPaneCoder()
   decoded = coder.decode(coder.encode(pane))
   assert decoded == pane
@@ -69,10 +92,16 @@ def test_held_pane_coder_round_trips_exactly_and_keeps_the_document_order():
 
 # --- the sink under TestStream ------------------------------------------------------
 
+
 def config_for(endpoint, **overrides):
   return DeliveryConfig(
-      endpoint.url(), max_retry_seconds=2, backoff_factor=0.05, redelivery=POLICY,
-      breaker=BreakerPolicy(failure_threshold=2, probe_interval=1000), **overrides)
+    endpoint.url(),
+    max_retry_seconds=2,
+    backoff_factor=0.05,
+    redelivery=POLICY,
+    breaker=BreakerPolicy(failure_threshold=2, probe_interval=1000),
+    **overrides,
+  )
 
 
 def streaming():
@@ -95,11 +124,13 @@ def stream_of(*steps):
 
 def one_letter(reason, **details):
   """A matcher: exactly one dead letter, of this reason and these details."""
+
   def check(letters):
     assert len(letters) == 1, letters
     [letter] = letters
     assert (letter.kind, letter.reason) == (KIND_UNDELIVERED_WINDOW, reason), letter
     assert {name: letter.details[name] for name in details} == details, letter.details
+
   return check
 
 
@@ -129,8 +160,11 @@ def test_a_later_pane_replaces_a_held_one_and_held_panes_go_out_oldest_first(sta
     assert_that(sunk['delivered'], equal_to([later, other]), label='Delivered')
     assert_that(sunk['dead_letters'], equal_to([]), label='NoDeadLetters')
   assert [(a.headers['Idempotency-Key'], a.status) for a in endpoint.requests] == [
-      (key(first), 503), (key(first), 503),  # held; other and later join the queue
-      (key(later), 200), (key(other), 200)]  # oldest window first; the earlier pane never again
+    (key(first), 503),
+    (key(first), 503),  # held; other and later join the queue
+    (key(later), 200),
+    (key(other), 200),
+  ]  # oldest window first; the earlier pane never again
   assert endpoint.posts[0].json() == later.counts
 
 
@@ -140,10 +174,19 @@ def test_a_pane_held_longer_than_the_max_age_becomes_a_dead_letter(start_receive
   with streaming() as p:
     sunk = p | stream_of(pane, 5, 10) | PostWindows(config_for(endpoint), clock=lambda: 0.0)
     assert_that(sunk['delivered'], equal_to([]), label='NothingDelivered')
-    assert_that(sunk['dead_letters'], one_letter(
+    assert_that(
+      sunk['dead_letters'],
+      one_letter(
         'window not delivered: held for 15 s, longer than --max_redelivery_age (12 s) (last: HTTP 503)',
-        bucket_time=W0, pane_index=0, held_seconds=15.0, attempts=4, last_status=503,
-        body=document_body(pane.counts).decode()), label='AgedOut')
+        bucket_time=W0,
+        pane_index=0,
+        held_seconds=15.0,
+        attempts=4,
+        last_status=503,
+        body=document_body(pane.counts).decode(),
+      ),
+      label='AgedOut',
+    )
   # Two attempts on arrival, a probe at 5 s and a last one at 15 s, then aged out.
   assert endpoint.attempts == 4  # two on arrival, one probe at 5 s; aged out at 15 s
 
@@ -153,8 +196,11 @@ def test_an_answer_that_will_not_change_is_a_dead_letter_at_once(start_receiver)
   pane = wc(W0)
   with streaming() as p:
     sunk = p | stream_of(pane, 5) | PostWindows(config_for(endpoint), clock=lambda: 0.0)
-    assert_that(sunk['dead_letters'], one_letter(
-        'window not delivered: HTTP 400', attempts=3, last_status=400), label='Refused')
+    assert_that(
+      sunk['dead_letters'],
+      one_letter('window not delivered: HTTP 400', attempts=3, last_status=400),
+      label='Refused',
+    )
   assert [a.status for a in endpoint.requests] == [503, 503, 400]
 
 
@@ -168,7 +214,9 @@ def test_panes_still_held_when_the_input_ends_are_dead_letters(start_receiver, t
     sunk['dead_letters'] | WriteDeadLetters(str(tmp_path))
   [(_, letter)] = list(read_dead_letters(str(tmp_path)))
   assert (letter['kind'], letter['reason'], letter['body'], letter['parts_delivered']) == (
-      KIND_UNDELIVERED_WINDOW,
-      'window not delivered: the input ended while the window was held (last: HTTP 503)',
-      document_body(pane.counts).decode(), [])
+    KIND_UNDELIVERED_WINDOW,
+    'window not delivered: the input ended while the window was held (last: HTTP 503)',
+    document_body(pane.counts).decode(),
+    [],
+  )
   assert endpoint.attempts == letter['attempts'] >= 3  # two on arrival, then the last try's

@@ -15,8 +15,12 @@ PART = DocumentPart(BUCKET, BUCKET + 600, 0, 'ON_TIME', (), 0, 1, BODY)
 
 
 def deliverer(endpoint, **config):
-  config = {'max_retry_seconds': 0.0, 'backoff_factor': 0.1,
-            'breaker': BreakerPolicy(failure_threshold=100), **config}
+  config = {
+    'max_retry_seconds': 0.0,
+    'backoff_factor': 0.1,
+    'breaker': BreakerPolicy(failure_threshold=100),
+    **config,
+  }
   return Deliverer(WindowPoster(DeliveryConfig(endpoint.url(), **config), environ={}).open())
 
 
@@ -26,7 +30,8 @@ def test_a_zero_budget_delivers_with_one_attempt(start_receiver):
   url = f'http://127.0.0.1:{endpoint.port}/connection_sets/{BUCKET}'
   assert outcome == PostOutcome(True, url, 200, None, 1)
   assert [(a.path, a.headers['Idempotency-Key'], a.body) for a in endpoint.requests] == [
-      (f'/connection_sets/{BUCKET}', idempotency_key(BUCKET, (), 0, 0, 1, BODY), BODY)]
+    (f'/connection_sets/{BUCKET}', idempotency_key(BUCKET, (), 0, 0, 1, BODY), BODY)
+  ]
 
 
 def test_a_zero_budget_makes_one_attempt_and_no_retry_on_a_503(start_receiver):

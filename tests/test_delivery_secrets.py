@@ -25,8 +25,15 @@ QUERY_SECRETS = {'code': 'c0de-s3cr3t-42', 'sig': 'sig/n+t=ure'}
 def run_command(module, args, tmp_path, env=None):
   environment = {k: v for k, v in os.environ.items() if k != 'VPC_FLOW_PEERS_TOKEN'}
   environment.update(env or {})
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, capture_output=True,
-                        text=True, env=environment, timeout=600, check=False)
+  return subprocess.run(
+    [sys.executable, '-m', module, *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    env=environment,
+    timeout=600,
+    check=False,
+  )
 
 
 def flows_file(tmp_path):
@@ -53,9 +60,17 @@ def test_token_with_a_trailing_newline_is_stripped_sent_and_never_written(start_
   refuse the header and print repr() of the token."""
   endpoint = start_receiver(always_status=500)
   dead = tmp_path / 'dead'
-  finished = run_command('pipeline', [
-      f'--input={flows_file(tmp_path)}', f'--endpoint={endpoint.url()}', f'--dead_letter_dir={dead}',
-      '--max_retry_seconds=1'], tmp_path, {'VPC_FLOW_PEERS_TOKEN': TOKEN + '\n'})
+  finished = run_command(
+    'pipeline',
+    [
+      f'--input={flows_file(tmp_path)}',
+      f'--endpoint={endpoint.url()}',
+      f'--dead_letter_dir={dead}',
+      '--max_retry_seconds=1',
+    ],
+    tmp_path,
+    {'VPC_FLOW_PEERS_TOKEN': TOKEN + '\n'},
+  )
   assert finished.returncode == 2, finished.stderr[-3000:]
   assert {a.headers['Authorization'] for a in endpoint.requests} == {f'Bearer {TOKEN}'}
   assert endpoint.attempts > 1
@@ -63,17 +78,30 @@ def test_token_with_a_trailing_newline_is_stripped_sent_and_never_written(start_
   assert 'windows dead-lettered:  1' in finished.stdout
 
 
-@pytest.mark.parametrize('token', [f'{TOKEN[:8]}\n{TOKEN[8:]}', f'{TOKEN[:8]}\x1b{TOKEN[8:]}'],
-                         ids=['inner_newline', 'escape_character'])
-def test_token_with_a_control_character_is_a_usage_error_that_does_not_print_it(start_receiver, tmp_path, token):
+@pytest.mark.parametrize(
+  'token',
+  [f'{TOKEN[:8]}\n{TOKEN[8:]}', f'{TOKEN[:8]}\x1b{TOKEN[8:]}'],
+  ids=['inner_newline', 'escape_character'],
+)
+def test_token_with_a_control_character_is_a_usage_error_that_does_not_print_it(
+  start_receiver, tmp_path, token
+):
   endpoint = start_receiver()
-  finished = run_command('pipeline', [
-      f'--input={flows_file(tmp_path)}', f'--endpoint={endpoint.url()}',
-      f'--dead_letter_dir={tmp_path / "dead"}'], tmp_path, {'VPC_FLOW_PEERS_TOKEN': token})
+  finished = run_command(
+    'pipeline',
+    [
+      f'--input={flows_file(tmp_path)}',
+      f'--endpoint={endpoint.url()}',
+      f'--dead_letter_dir={tmp_path / "dead"}',
+    ],
+    tmp_path,
+    {'VPC_FLOW_PEERS_TOKEN': token},
+  )
   assert finished.returncode == 1
   assert finished.stderr.strip().splitlines()[-1] == (
-      'error: the token in $VPC_FLOW_PEERS_TOKEN holds a control character at position 9 (of 25); '
-      'a bearer token is printable ASCII without spaces (the token is not shown)')
+    'error: the token in $VPC_FLOW_PEERS_TOKEN holds a control character at position 9 (of 25); '
+    'a bearer token is printable ASCII without spaces (the token is not shown)'
+  )
   assert 'Traceback' not in finished.stderr
   assert_no_form_of([TOKEN[:8], TOKEN[8:]], finished.stdout + finished.stderr)
   assert endpoint.requests == []
@@ -81,10 +109,15 @@ def test_token_with_a_control_character_is_a_usage_error_that_does_not_print_it(
 
 def test_url_password_with_unencoded_slash_is_refused_at_start_up(start_receiver, tmp_path):
   endpoint = start_receiver()
-  finished = run_command('pipeline', [
+  finished = run_command(
+    'pipeline',
+    [
       f'--input={flows_file(tmp_path)}',
       f'--endpoint=http://svc:{PASSWORD}@127.0.0.1:{endpoint.port}/connection_sets/{{bucket_time}}',
-      f'--dead_letter_dir={tmp_path / "dead"}'], tmp_path)
+      f'--dead_letter_dir={tmp_path / "dead"}',
+    ],
+    tmp_path,
+  )
   assert finished.returncode == 1
   assert finished.stderr.strip().splitlines()[-1].startswith('error: --endpoint has ')
   assert 'percent-encoded' in finished.stderr
@@ -94,21 +127,34 @@ def test_url_password_with_unencoded_slash_is_refused_at_start_up(start_receiver
 
 def test_user_info_together_with_a_token_is_refused_as_ambiguous(start_receiver, tmp_path):
   endpoint = start_receiver()
-  finished = run_command('pipeline', [
+  finished = run_command(
+    'pipeline',
+    [
       f'--input={flows_file(tmp_path)}',
       f'--endpoint=http://svc:{ENCODED_PASSWORD}@127.0.0.1:{endpoint.port}/connection_sets/{{bucket_time}}',
-      f'--dead_letter_dir={tmp_path / "dead"}'], tmp_path, {'VPC_FLOW_PEERS_TOKEN': TOKEN})
+      f'--dead_letter_dir={tmp_path / "dead"}',
+    ],
+    tmp_path,
+    {'VPC_FLOW_PEERS_TOKEN': TOKEN},
+  )
   assert finished.returncode == 1
   assert finished.stderr.strip().splitlines()[-1] == (
-      'error: --endpoint has user info (user:password@) and a bearer token is set: which of the '
-      'two should authenticate is ambiguous; give one of them')
+    'error: --endpoint has user info (user:password@) and a bearer token is set: which of the '
+    'two should authenticate is ambiguous; give one of them'
+  )
   assert_no_form_of([TOKEN, PASSWORD, ENCODED_PASSWORD], finished.stdout + finished.stderr)
   assert endpoint.requests == []
 
 
-@pytest.mark.parametrize('auth, failure', [
-    ('bearer_token', 'always_500'), ('bearer_token', 'nothing_listening'),
-    ('url_password', 'always_500'), ('url_password', 'redirect_elsewhere')])
+@pytest.mark.parametrize(
+  'auth, failure',
+  [
+    ('bearer_token', 'always_500'),
+    ('bearer_token', 'nothing_listening'),
+    ('url_password', 'always_500'),
+    ('url_password', 'redirect_elsewhere'),
+  ],
+)
 def test_secrets_never_reach_logs_or_dead_letters(start_receiver, closed_port, tmp_path, auth, failure):
   """The token or the URL's password, and query values not on the harmless
   list, whatever fails."""
@@ -117,18 +163,30 @@ def test_secrets_never_reach_logs_or_dead_letters(start_receiver, closed_port, t
   elif failure == 'always_500':
     port = start_receiver(always_status=500).port
   else:
-    from tests.endpoint import Answer  # pylint: disable=import-outside-toplevel
-    port = start_receiver(script=lambda a: Answer(307, location=(
-        f'http://127.0.0.2:1/steal?code={QUERY_SECRETS["code"]}'))).port
-  query = '&'.join(f'{k}={v.replace("/", "%2F").replace("+", "%2B").replace("=", "%3D")}'
-                   for k, v in QUERY_SECRETS.items())
+    from tests.endpoint import Answer
+
+    port = start_receiver(
+      script=lambda a: Answer(307, location=(f'http://127.0.0.2:1/steal?code={QUERY_SECRETS["code"]}'))
+    ).port
+  query = '&'.join(
+    f'{k}={v.replace("/", "%2F").replace("+", "%2B").replace("=", "%3D")}' for k, v in QUERY_SECRETS.items()
+  )
   userinfo = f'svc:{ENCODED_PASSWORD}@' if auth == 'url_password' else ''
   template = f'http://{userinfo}127.0.0.1:{port}/connection_sets/{{bucket_time}}?{query}&region=eu'
   env = {'VPC_FLOW_PEERS_TOKEN': TOKEN} if auth == 'bearer_token' else {}
   dead = tmp_path / 'dead'
-  finished = run_command('pipeline', [
-      f'--input={flows_file(tmp_path)}', f'--endpoint={template}', f'--dead_letter_dir={dead}',
-      '--max_retry_seconds=1', '--http_connect_timeout=0.5'], tmp_path, env)
+  finished = run_command(
+    'pipeline',
+    [
+      f'--input={flows_file(tmp_path)}',
+      f'--endpoint={template}',
+      f'--dead_letter_dir={dead}',
+      '--max_retry_seconds=1',
+      '--http_connect_timeout=0.5',
+    ],
+    tmp_path,
+    env,
+  )
   assert finished.returncode == 2, finished.stderr[-3000:]
   written = everything_written(finished, dead)
   assert 'window not delivered' in written  # the failure was told ...
@@ -145,9 +203,17 @@ def test_netrc_is_not_consulted(start_receiver, tmp_path):
   (home / '.netrc').chmod(0o600)
   endpoint = start_receiver(always_status=500)
   dead = tmp_path / 'dead'
-  finished = run_command('pipeline', [
-      f'--input={flows_file(tmp_path)}', f'--endpoint={endpoint.url()}', f'--dead_letter_dir={dead}',
-      '--max_retry_seconds=1'], tmp_path, {'HOME': str(home)})
+  finished = run_command(
+    'pipeline',
+    [
+      f'--input={flows_file(tmp_path)}',
+      f'--endpoint={endpoint.url()}',
+      f'--dead_letter_dir={dead}',
+      '--max_retry_seconds=1',
+    ],
+    tmp_path,
+    {'HOME': str(home)},
+  )
   assert finished.returncode == 2
   assert [a.headers.get('Authorization') for a in endpoint.requests] == [None] * endpoint.attempts
   assert_no_form_of(['netrc-s3cret', 'someone:netrc-s3cret'], everything_written(finished, dead))
@@ -156,12 +222,24 @@ def test_netrc_is_not_consulted(start_receiver, tmp_path):
 def test_replay_strips_the_token_and_never_writes_it(start_receiver, tmp_path):
   failing = start_receiver(always_status=503)
   dead = tmp_path / 'dead'
-  first = run_command('pipeline', [
-      f'--input={flows_file(tmp_path)}', f'--endpoint={failing.url()}', f'--dead_letter_dir={dead}',
-      '--max_retry_seconds=1'], tmp_path, {'VPC_FLOW_PEERS_TOKEN': TOKEN})
+  first = run_command(
+    'pipeline',
+    [
+      f'--input={flows_file(tmp_path)}',
+      f'--endpoint={failing.url()}',
+      f'--dead_letter_dir={dead}',
+      '--max_retry_seconds=1',
+    ],
+    tmp_path,
+    {'VPC_FLOW_PEERS_TOKEN': TOKEN},
+  )
   assert first.returncode == 2
-  still = run_command('pipeline.replay', [str(dead), '--max_retry_seconds=1'], tmp_path,
-                      {'VPC_FLOW_PEERS_TOKEN': f'  {TOKEN}\n'})
+  still = run_command(
+    'pipeline.replay',
+    [str(dead), '--max_retry_seconds=1'],
+    tmp_path,
+    {'VPC_FLOW_PEERS_TOKEN': f'  {TOKEN}\n'},
+  )
   assert still.returncode == 2
   assert {a.headers['Authorization'] for a in failing.requests} == {f'Bearer {TOKEN}'}
   assert_no_form_of([TOKEN], everything_written(first, dead) + everything_written(still, dead))

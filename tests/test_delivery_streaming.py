@@ -48,6 +48,7 @@ def prism_binary():
 class FlowFeed:
   """Writes flows to the log group (and so to the stream) and keeps the
   reference answer: per window, each address's distinct peers."""
+
   def __init__(self, logs):
     self._logs = logs
     self.peers = collections.defaultdict(lambda: collections.defaultdict(set))
@@ -74,6 +75,7 @@ class FlowFeed:
       while not self._stop.is_set():
         self.put_now()
         self._stop.wait(every)
+
     self._stop.clear()
     self._thread = threading.Thread(target=feed, daemon=True)
     self._thread.start()
@@ -90,18 +92,33 @@ class FlowFeed:
 
 class StreamingRun:
   """`python -m pipeline` reading the stream on Prism, its output in files."""
+
   def __init__(self, tmp_path, moto_url, prism_binary, endpoint, extra=()):
     self.dead = tmp_path / 'dead'
     self._out = open(tmp_path / 'stdout.txt', 'w+')
     self._err = open(tmp_path / 'stderr.txt', 'w+')
     self.process = subprocess.Popen(
-        [sys.executable, '-m', 'pipeline', '--kinesis_stream=flows',
-         f'--kinesis_endpoint_url={moto_url}', f'--aws_region={aws_emulator.REGION}',
-         '--kinesis_max_delivery_delay=3', f'--window_seconds={WINDOW}', '--allowed_lateness=90',
-         f'--prism_location={prism_binary}', f'--endpoint={endpoint.url()}',
-         f'--dead_letter_dir={self.dead}', *extra],
-        cwd=REPO, stdout=self._out, stderr=self._err, text=True,
-        env={**os.environ, **aws_emulator.FAKE_AWS_ENV})
+      [
+        sys.executable,
+        '-m',
+        'pipeline',
+        '--kinesis_stream=flows',
+        f'--kinesis_endpoint_url={moto_url}',
+        f'--aws_region={aws_emulator.REGION}',
+        '--kinesis_max_delivery_delay=3',
+        f'--window_seconds={WINDOW}',
+        '--allowed_lateness=90',
+        f'--prism_location={prism_binary}',
+        f'--endpoint={endpoint.url()}',
+        f'--dead_letter_dir={self.dead}',
+        *extra,
+      ],
+      cwd=REPO,
+      stdout=self._out,
+      stderr=self._err,
+      text=True,
+      env={**os.environ, **aws_emulator.FAKE_AWS_ENV},
+    )
 
   def alive(self):
     return self.process.poll() is None
@@ -155,12 +172,16 @@ def explain(endpoint, expected, run) -> str:
   got = endpoint.latest_by_path()
   missing = sorted(set(expected) - set(got))
   different = sorted(p for p in set(expected) & set(got) if expected[p] != got[p])
-  letters = [f'{l["kind"]}: {l.get("origin")}: {l.get("reason")}' for _, l in read_dead_letters(str(run.dead))]
+  letters = [
+    f'{l["kind"]}: {l.get("origin")}: {l.get("reason")}' for _, l in read_dead_letters(str(run.dead))
+  ]
   log = [line for line in run.stderr().splitlines() if 'yield and return' not in line]
-  return (f'missing: {missing}\ndifferent: {[(p, expected[p], got[p]) for p in different]}\n'
-          f'unexpected: {sorted(set(got) - set(expected))}\ndead letters: {letters}\n'
-          f'attempts: {[(a.path, a.headers.get("X-Pane-Index"), a.status) for a in endpoint.requests]}\n'
-          + '\n'.join(log[-40:]))
+  return (
+    f'missing: {missing}\ndifferent: {[(p, expected[p], got[p]) for p in different]}\n'
+    f'unexpected: {sorted(set(got) - set(expected))}\ndead letters: {letters}\n'
+    f'attempts: {[(a.path, a.headers.get("X-Pane-Index"), a.status) for a in endpoint.requests]}\n'
+    + '\n'.join(log[-40:])
+  )
 
 
 def delivered_keys(endpoint):
@@ -177,11 +198,11 @@ def assert_each_pane_delivered_once_with_its_key(endpoint):
   for a in endpoint.posts:
     bucket = int(a.headers['X-Window-Start'])
     assert a.headers['Idempotency-Key'] == idempotency_key(
-        bucket, (), int(a.headers['X-Pane-Index']), 0, 1, a.body)
+      bucket, (), int(a.headers['X-Pane-Index']), 0, 1, a.body
+    )
 
 
-def test_an_endpoint_down_two_minutes_gets_every_window_back_by_itself(
-    start_receiver, streaming_run, stream):
+def test_an_endpoint_down_two_minutes_gets_every_window_back_by_itself(start_receiver, streaming_run, stream):
   """On Prism, which posts a window only once its allowed lateness has passed
   (its partial allowed-lateness support, apache/beam#31463), with no lateness:
   each window is posted as it closes, and held while the endpoint is down.
@@ -194,8 +215,11 @@ def test_an_endpoint_down_two_minutes_gets_every_window_back_by_itself(
     feed.start()
     # A window posted soon after it closed (the first ones may come from the
     # backlog the run read at its start, long closed).
-    endpoint.wait_for(lambda e: any(int(a.headers['X-Window-Start']) >= time.time() - 3 * WINDOW - 10
-                                    for a in e.posts), 300, 'a window to be posted as it closes')
+    endpoint.wait_for(
+      lambda e: any(int(a.headers['X-Window-Start']) >= time.time() - 3 * WINDOW - 10 for a in e.posts),
+      300,
+      'a window to be posted as it closes',
+    )
     endpoint.stop()
     down_at, down_wall = time.monotonic(), time.time()
     attempts_before = endpoint.attempts
@@ -206,9 +230,12 @@ def test_an_endpoint_down_two_minutes_gets_every_window_back_by_itself(
     time.sleep(3 * WINDOW)  # a few more windows after the recovery
     feed.stop()
     expected = feed.documents()
-    endpoint.wait_for(lambda e: e.latest_by_path() == expected, 400,
-                      'every window after the endpoint came back',
-                      lambda: explain(endpoint, expected, run))
+    endpoint.wait_for(
+      lambda e: e.latest_by_path() == expected,
+      400,
+      'every window after the endpoint came back',
+      lambda: explain(endpoint, expected, run),
+    )
     recovered = max(a.at for a in endpoint.posts if a.at >= up_at) - up_at
     code, stdout, stderr = run.stop()
   finally:
@@ -218,14 +245,15 @@ def test_an_endpoint_down_two_minutes_gets_every_window_back_by_itself(
   assert endpoint.latest_by_path() == expected
   assert_each_pane_delivered_once_with_its_key(endpoint)
   held = [a for a in endpoint.posts if a.at >= up_at]
-  outage_windows = {a.path for a in held
-                    if down_wall <= int(a.headers['X-Window-Start']) + WINDOW <= up_wall}
+  outage_windows = {a.path for a in held if down_wall <= int(a.headers['X-Window-Start']) + WINDOW <= up_wall}
   assert len(outage_windows) >= 8  # the windows of the two minutes came back
   # Oldest first: the held windows arrived in window order.
   held_buckets = [int(a.headers['X-Window-Start']) for a in held]
   assert held_buckets == sorted(held_buckets)
   assert list(read_dead_letters(str(run.dead), KIND_UNDELIVERED_WINDOW)) == []
   assert list(read_dead_letters(str(run.dead), KIND_LATE_DATA)) == []
-  print(f'\n{len(expected)} windows; {attempts_before} attempts before the outage; '
-        f'{len(outage_windows)} windows held and delivered after it; the last '
-        f'{recovered:.1f} s after the endpoint came back')
+  print(
+    f'\n{len(expected)} windows; {attempts_before} attempts before the outage; '
+    f'{len(outage_windows)} windows held and delivered after it; the last '
+    f'{recovered:.1f} s after the endpoint came back'
+  )

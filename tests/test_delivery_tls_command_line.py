@@ -30,8 +30,15 @@ def tls_endpoint(certificates, start_receiver):
 def run(tls_endpoint, tmp_path, *flags):
   flows = tmp_path / 'flows.log'
   flows.write_text(flow_line('10.0.0.1', '10.0.0.2', BUCKET + 1) + '\n')
-  return main([f'--input={flows}', f'--endpoint={tls_endpoint.url()}', '--max_retry_seconds=2',
-               f'--dead_letter_dir={tmp_path / "dead"}', *flags])
+  return main(
+    [
+      f'--input={flows}',
+      f'--endpoint={tls_endpoint.url()}',
+      '--max_retry_seconds=2',
+      f'--dead_letter_dir={tmp_path / "dead"}',
+      *flags,
+    ]
+  )
 
 
 def test_the_default_rejects_a_self_signed_endpoint(tls_endpoint, certificates, tmp_path, monkeypatch):
@@ -48,7 +55,8 @@ def test_the_default_rejects_a_self_signed_endpoint(tls_endpoint, certificates, 
 
 @pytest.mark.parametrize('variable', ['REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE'])
 def test_no_verify_tls_accepts_it_though_the_environment_names_another_ca(
-    tls_endpoint, certificates, tmp_path, monkeypatch, variable):
+  tls_endpoint, certificates, tmp_path, monkeypatch, variable
+):
   monkeypatch.setenv(variable, str(certificates[1].cert))
   assert run(tls_endpoint, tmp_path, '--no_verify_tls') == 0
   assert tls_endpoint.latest_by_path() == {f'/connection_sets/{BUCKET}': DOCUMENT}

@@ -51,9 +51,13 @@ def test_run_local_view_keeps_the_viewer_up_until_ctrl_c(tmp_path):
   out, err = tmp_path / 'stdout', tmp_path / 'stderr'
   with open(out, 'w', encoding='utf-8') as stdout, open(err, 'w', encoding='utf-8') as stderr:
     process = subprocess.Popen(
-        [os.path.join(REPO, 'run_local.sh'), '--view', '--lines', '3000', '--start', str(START)],
-        cwd=REPO, env={**os.environ, 'DEMO_DIR': str(tmp_path / 'demo')}, stdout=stdout,
-        stderr=stderr, stdin=subprocess.DEVNULL)
+      [os.path.join(REPO, 'run_local.sh'), '--view', '--lines', '3000', '--start', str(START)],
+      cwd=REPO,
+      env={**os.environ, 'DEMO_DIR': str(tmp_path / 'demo')},
+      stdout=stdout,
+      stderr=stderr,
+      stdin=subprocess.DEVNULL,
+    )
   try:
     deadline = time.monotonic() + 300
     match = None

@@ -21,8 +21,9 @@ from pipeline import runners
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / 'deploy'
-DOCKERFILES = {name: (DEPLOY / 'docker' / f'{name}.Dockerfile').read_text()
-               for name in ('worker', 'submitter')}
+DOCKERFILES = {
+  name: (DEPLOY / 'docker' / f'{name}.Dockerfile').read_text() for name in ('worker', 'submitter')
+}
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -56,10 +57,16 @@ PROJECT_VERSION = re.search(r"^\s+version='([^']+)'", SETUP_PY, re.M).group(1)
 [FLINK_DEPLOYMENT] = load_all('flink-session-cluster.yaml')
 [SUBMIT_JOB] = load_all('submit-job.yaml')
 SUBMIT_CONTAINER = SUBMIT_JOB['spec']['template']['spec']['containers'][0]
-SUBMIT_FLAGS = dict(arg[2:].split('=', 1) if '=' in arg else (arg[2:], True)
-                    for arg in SUBMIT_CONTAINER['command'] if arg.startswith('--'))
-WORKER_POOL = next(c for c in FLINK_DEPLOYMENT['spec']['taskManager']['podTemplate']['spec']['containers']
-                   if c['name'] == 'beam-worker-pool')
+SUBMIT_FLAGS = dict(
+  arg[2:].split('=', 1) if '=' in arg else (arg[2:], True)
+  for arg in SUBMIT_CONTAINER['command']
+  if arg.startswith('--')
+)
+WORKER_POOL = next(
+  c
+  for c in FLINK_DEPLOYMENT['spec']['taskManager']['podTemplate']['spec']['containers']
+  if c['name'] == 'beam-worker-pool'
+)
 FLINK_CONF = FLINK_DEPLOYMENT['spec']['flinkConfiguration']
 
 
@@ -73,8 +80,9 @@ def test_every_manifest_parses_as_kubernetes_objects():
 
 
 def test_worker_pool_port_is_the_submitters_environment_config():
-  [port_flag] = [a for a in WORKER_POOL['command'] + WORKER_POOL.get('args', [])
-                 if a.startswith('--service_port=')]
+  [port_flag] = [
+    a for a in WORKER_POOL['command'] + WORKER_POOL.get('args', []) if a.startswith('--service_port=')
+  ]
   port = int(port_flag.split('=', 1)[1])
   assert WORKER_POOL['command'][:3] == ['python', '-m', 'pipeline.worker_pool']
   # Loopback only (pipeline.worker_pool's default): no port declared, probed from inside.
@@ -96,8 +104,7 @@ def test_flink_version_agrees_everywhere():
   assert FLINK_DEPLOYMENT['spec']['image'].startswith(f'flink:{patch}-')
   plugins = FLINK_DEPLOYMENT['spec']['podTemplate']['spec']['containers'][0]['env']
   # The S3 plugin local-cluster.sh installs, and so the one the tests use.
-  assert {'name': 'ENABLE_BUILT_IN_PLUGINS',
-          'value': f'{versions["FLINK_S3_PLUGIN"]}-{patch}.jar'} in plugins
+  assert {'name': 'ENABLE_BUILT_IN_PLUGINS', 'value': f'{versions["FLINK_S3_PLUGIN"]}-{patch}.jar'} in plugins
   assert f'beam-runners-flink-{minor}-job-server-' in DOCKERFILES['submitter']
 
 
@@ -113,8 +120,11 @@ def test_job_server_patches_are_for_these_versions():
   assert int(versions['JOB_SERVER_PATCH_LEVEL']) == runners.JOB_SERVER_PATCH_LEVEL
   patches = DEPLOY / 'flink' / 'patches'
   assert sorted(patches.glob('*.patch'))
-  beam_sources = [line.split()[1] for line in (patches / 'sources.sha256').read_text().splitlines()
-                  if '/org/apache/beam/' in f'/{line.split()[1]}']
+  beam_sources = [
+    line.split()[1]
+    for line in (patches / 'sources.sha256').read_text().splitlines()
+    if '/org/apache/beam/' in f'/{line.split()[1]}'
+  ]
   assert beam_sources, 'the patches apply to Beam sources jars'
   for path in beam_sources:
     assert f'/{BEAM_PIN}/' in path and path.endswith('-sources.jar'), path
@@ -123,17 +133,26 @@ def test_job_server_patches_are_for_these_versions():
 
 def test_job_server_jar_path_is_the_one_the_build_script_writes(tmp_path):
   printed = subprocess.run(
-      ['bash', str(DEPLOY / 'flink' / 'build-job-server.sh'), '--path'],
-      env={'VFP_CACHE': str(tmp_path), 'PATH': '/usr/bin:/bin'}, capture_output=True, text=True,
-      check=True).stdout.strip()
+    ['bash', str(DEPLOY / 'flink' / 'build-job-server.sh'), '--path'],
+    env={'VFP_CACHE': str(tmp_path), 'PATH': '/usr/bin:/bin'},
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout.strip()
   assert printed == str(tmp_path / runners.job_server_jar_path().name)
-  submitter_cache = re.search(r'VFP_CACHE=(\S+)', DOCKERFILES['submitter'].split('FROM python:3.11-slim')[1]).group(1)
-  assert f'COPY --from=job-server /vfp-cache/{Path(printed).name} {submitter_cache}/' in DOCKERFILES['submitter']
+  submitter_cache = re.search(
+    r'VFP_CACHE=(\S+)', DOCKERFILES['submitter'].split('FROM python:3.11-slim')[1]
+  ).group(1)
+  assert (
+    f'COPY --from=job-server /vfp-cache/{Path(printed).name} {submitter_cache}/' in DOCKERFILES['submitter']
+  )
 
 
 def test_both_images_share_python_and_tags():
   # Pickled DoFns travel from the submitter to the workers: one Python version.
-  bases = {name: re.findall(r'^FROM (\S+)$', dockerfile, re.M)[-1] for name, dockerfile in DOCKERFILES.items()}
+  bases = {
+    name: re.findall(r'^FROM (\S+)$', dockerfile, re.M)[-1] for name, dockerfile in DOCKERFILES.items()
+  }
   assert bases['worker'] == bases['submitter'] == 'python:3.11-slim'
   build_script = (DEPLOY / 'docker' / 'build-images.sh').read_text()
   registry = re.search(r'REGISTRY="\$\{REGISTRY:-([^}]+)\}"', build_script).group(1)
@@ -143,10 +162,25 @@ def test_both_images_share_python_and_tags():
     assert f'-t {registry}/{name}:{PROJECT_VERSION} .' in dockerfile, name
 
 
-@pytest.mark.parametrize('flag', [
-    'runner', 'flink_master', 'environment_type', 'environment_config', 'streaming',
-    'checkpointing_interval', 'parallelism', 'max_parallelism', 'kinesis_stream', 'aws_region',
-    'kinesis_initial_position', 'endpoint', 'dead_letter_dir', 'stop_with_savepoint'])
+@pytest.mark.parametrize(
+  'flag',
+  [
+    'runner',
+    'flink_master',
+    'environment_type',
+    'environment_config',
+    'streaming',
+    'checkpointing_interval',
+    'parallelism',
+    'max_parallelism',
+    'kinesis_stream',
+    'aws_region',
+    'kinesis_initial_position',
+    'endpoint',
+    'dead_letter_dir',
+    'stop_with_savepoint',
+  ],
+)
 def test_submission_command_has_flag(flag):
   assert flag in SUBMIT_FLAGS
 
@@ -167,8 +201,9 @@ def test_submission_goes_to_the_session_clusters_rest_service_once():
   assert 'kinesis_stop_at_latest' not in SUBMIT_FLAGS  # production reads forever
   # SIGTERM stops the job with a savepoint into the cluster's savepoint store, in the grace period.
   assert SUBMIT_FLAGS['stop_with_savepoint'] == FLINK_CONF['state.savepoints.dir']
-  assert (SUBMIT_JOB['spec']['template']['spec']['terminationGracePeriodSeconds']
-          > runners.STOP_TIMEOUT_SECONDS)
+  assert (
+    SUBMIT_JOB['spec']['template']['spec']['terminationGracePeriodSeconds'] > runners.STOP_TIMEOUT_SECONDS
+  )
 
 
 def test_checkpoints_savepoints_and_high_availability():

@@ -23,11 +23,14 @@ def test_a_bounded_direct_run_gets_a_worker_per_core(runner):
   assert (options.direct_num_workers, options.direct_running_mode) == (expected, 'in_memory')
 
 
-@pytest.mark.parametrize('flags, workers, mode', [
+@pytest.mark.parametrize(
+  'flags, workers, mode',
+  [
     (['--direct_num_workers=1'], 1, 'in_memory'),
     (['--direct_num_workers=3'], 3, 'in_memory'),
     (['--direct_running_mode=multi_processing'], 1, 'multi_processing'),
-])
+  ],
+)
 def test_flags_given_win(flags, workers, mode):
   options = direct(flags)
   assert (options.direct_num_workers, options.direct_running_mode) == (workers, mode)

@@ -95,8 +95,10 @@ def expected_documents(flows: Sequence[Flow]) -> Dict[str, Dict[str, int]]:
     bucket = flow.start - flow.start % WINDOW_SECONDS
     peers[bucket][flow.srcaddr].add(flow.dstaddr)
     peers[bucket][flow.dstaddr].add(flow.srcaddr)
-  return {f'/connection_sets/{bucket}': {address: len(p) for address, p in by_address.items()}
-          for bucket, by_address in peers.items()}
+  return {
+    f'/connection_sets/{bucket}': {address: len(p) for address, p in by_address.items()}
+    for bucket, by_address in peers.items()
+  }
 
 
 def flows_of(batches: Sequence[Sequence[Flow]]) -> List[Flow]:
@@ -114,19 +116,22 @@ def past_batch(now: float) -> List[List[Flow]]:
   w0 = int(now) // WINDOW_SECONDS * WINDOW_SECONDS - 180
   w1, w2 = w0 + WINDOW_SECONDS, w0 + 6 * WINDOW_SECONDS
   return [
-      [Flow('10.0.0.1', '10.0.0.2', w0 + 1), Flow('10.0.0.1', '10.0.0.3', w0 + 2)],
-      [Flow('10.0.0.2', '10.0.0.1', w0 + 3), Flow('10.0.0.4', '10.0.0.1', w1 + 4)],
-      [Flow('10.0.0.1', '10.0.0.2', w0 + 5), Flow('10.0.0.5', '10.0.0.6', w1 + 9)],
-      [Flow('10.0.0.7', '10.0.0.1', w2), Flow('10.0.0.7', '10.0.0.8', w2 + 9),
-       Flow('10.0.0.9', '10.0.0.7', w2 + 5)],
+    [Flow('10.0.0.1', '10.0.0.2', w0 + 1), Flow('10.0.0.1', '10.0.0.3', w0 + 2)],
+    [Flow('10.0.0.2', '10.0.0.1', w0 + 3), Flow('10.0.0.4', '10.0.0.1', w1 + 4)],
+    [Flow('10.0.0.1', '10.0.0.2', w0 + 5), Flow('10.0.0.5', '10.0.0.6', w1 + 9)],
+    [
+      Flow('10.0.0.7', '10.0.0.1', w2),
+      Flow('10.0.0.7', '10.0.0.8', w2 + 9),
+      Flow('10.0.0.9', '10.0.0.7', w2 + 5),
+    ],
   ]
 
 
 def window_batch(start: int, net: str) -> List[List[Flow]]:
   """Flows of the window from `start`, addresses in `net` (a /24), as two records."""
   return [
-      [Flow(f'{net}.1', f'{net}.2', start + 1), Flow(f'{net}.1', f'{net}.3', start + 2)],
-      [Flow(f'{net}.3', f'{net}.1', start + 3), Flow(f'{net}.4', f'{net}.2', start + 4)],
+    [Flow(f'{net}.1', f'{net}.2', start + 1), Flow(f'{net}.1', f'{net}.3', start + 2)],
+    [Flow(f'{net}.3', f'{net}.1', start + 3), Flow(f'{net}.4', f'{net}.2', start + 4)],
   ]
 
 
@@ -146,12 +151,19 @@ def assert_still_open(batch: Sequence[Sequence[Flow]], moment: str) -> None:
   """The window of `batch` cannot have closed yet: its end (plus the 2 s
   delivery delay) lies ahead."""
   end = batch[0][0].start - batch[0][0].start % WINDOW_SECONDS + WINDOW_SECONDS
-  assert time.time() < end, (f'the window that must be open at {moment} ended '
-                             f'{time.time() - end:.0f}s ago: raise OPEN_WINDOW_LEAD_SECONDS')
+  assert time.time() < end, (
+    f'the window that must be open at {moment} ended '
+    f'{time.time() - end:.0f}s ago: raise OPEN_WINDOW_LEAD_SECONDS'
+  )
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str,
-             explain: Callable[[], str] = lambda: '', interval: float = 0.5):
+def wait_for(
+  condition: Callable[[], object],
+  timeout: float,
+  what: str,
+  explain: Callable[[], str] = lambda: '',
+  interval: float = 0.5,
+):
   """Polls `condition` until it is truthy and returns its value; fails the
   test after `timeout` seconds, saying what was awaited."""
   deadline = time.monotonic() + timeout
@@ -193,6 +205,7 @@ def flow_log_stream(monkeypatch):
 
 class FlinkJobWatch:
   """A Flink job of a test, seen through the REST API, found by its name."""
+
   def __init__(self, cluster, name: str, failed: Callable[[], Optional[str]]):
     self.cluster = cluster
     self.name = name
@@ -207,8 +220,7 @@ class FlinkJobWatch:
     return job['jid'] if job else None
 
   def wait_running(self) -> None:
-    self.jid = wait_for(self._find, SUBMIT_SECONDS, f'job {self.name} to be submitted',
-                        self.explain)
+    self.jid = wait_for(self._find, SUBMIT_SECONDS, f'job {self.name} to be submitted', self.explain)
     wait_for(self.all_tasks_running, SUBMIT_SECONDS, f'job {self.name} to run', self.explain)
 
   def details(self) -> dict:
@@ -222,8 +234,7 @@ class FlinkJobWatch:
 
   def all_tasks_running(self) -> bool:
     details = self.details()
-    return details['state'] == 'RUNNING' and all(
-        v['status'] == 'RUNNING' for v in details['vertices'])
+    return details['state'] == 'RUNNING' and all(v['status'] == 'RUNNING' for v in details['vertices'])
 
   def checkpoints(self) -> dict:
     return self.cluster.rest(f'/jobs/{self.jid}/checkpoints')
@@ -233,8 +244,12 @@ class FlinkJobWatch:
 
   def wait_checkpoints(self, count: int, timeout: float, what: str) -> None:
     first = self.completed_checkpoints()
-    wait_for(lambda: self.completed_checkpoints() >= first + count, timeout,
-             f'{count} checkpoints {what}', self.explain)
+    wait_for(
+      lambda: self.completed_checkpoints() >= first + count,
+      timeout,
+      f'{count} checkpoints {what}',
+      self.explain,
+    )
 
   def latest_checkpoint(self) -> Optional[dict]:
     """The latest completed checkpoint (id, trigger_timestamp in ms, state_size
@@ -258,9 +273,11 @@ class FlinkJobWatch:
     """Stop-with-savepoint (no drain) into the cluster's default directory
     (s3://vpc-flow-peers-flink/savepoints); returns the savepoint's location."""
     trigger = self.cluster.rest(f'/jobs/{self.jid}/stop', 'POST', {'drain': False})
+
     def savepoint_done():
       status = self.cluster.rest(f'/jobs/{self.jid}/savepoints/{trigger["request-id"]}')
       return status if status['status']['id'] == 'COMPLETED' else None
+
     status = wait_for(savepoint_done, STOP_SECONDS, 'the stop savepoint', self.explain)
     operation = status['operation']
     assert 'failure-cause' not in operation, operation['failure-cause']
@@ -285,8 +302,10 @@ class FlinkJobWatch:
       for vertex in self.details()['vertices']:
         watermarks = self.cluster.rest(f'/jobs/{self.jid}/vertices/{vertex["id"]}/watermarks')
         metrics = vertex.get('metrics', {})
-        out.append(f'{vertex["name"][:90]}: {vertex["status"]} in={metrics.get("read-records")} '
-                   f'out={metrics.get("write-records")} watermarks={[w["value"] for w in watermarks]}')
+        out.append(
+          f'{vertex["name"][:90]}: {vertex["status"]} in={metrics.get("read-records")} '
+          f'out={metrics.get("write-records")} watermarks={[w["value"] for w in watermarks]}'
+        )
     except OSError as e:
       out.append(f'REST failed: {e}')
     return '\n'.join(out)
@@ -294,19 +313,24 @@ class FlinkJobWatch:
   def explain(self) -> str:
     try:
       jobs = self.cluster.jobs()
-      exceptions = (self.cluster.rest(f'/jobs/{self.jid}/exceptions?maxExceptions=3')
-                    if self.jid else {})
+      exceptions = self.cluster.rest(f'/jobs/{self.jid}/exceptions?maxExceptions=3') if self.jid else {}
     except OSError as e:
       jobs, exceptions = f'REST failed: {e}', {}
-    return (f'jobs: {jobs}\nfailure: {self._failed()}\n{self.vertices()}\n'
-            f'exceptions: {json.dumps(exceptions)[:3000]}\n{self.cluster.log_tail(40)}')
+    return (
+      f'jobs: {jobs}\nfailure: {self._failed()}\n{self.vertices()}\n'
+      f'exceptions: {json.dumps(exceptions)[:3000]}\n{self.cluster.log_tail(40)}'
+    )
 
 
 class ThreadedJob(FlinkJobWatch):
   """`pipeline.cli.run` on the cluster in a background thread, and its job."""
+
   def __init__(self, cluster, argv: List[str]):
-    super().__init__(cluster, f'vfp-streaming-{uuid.uuid4().hex[:8]}',
-                     lambda: repr(self.error) if self.error is not None else None)
+    super().__init__(
+      cluster,
+      f'vfp-streaming-{uuid.uuid4().hex[:8]}',
+      lambda: repr(self.error) if self.error is not None else None,
+    )
     self._argv = argv + [f'--job_name={self.name}']
     self.summary = None
     self.error: Optional[BaseException] = None
@@ -316,7 +340,7 @@ class ThreadedJob(FlinkJobWatch):
   def _run(self):
     try:
       self.summary = run(self._argv)
-    except BaseException as e:  # pylint: disable=broad-except
+    except BaseException as e:  # noqa: BLE001
       self.error = e
 
   def join(self, timeout: float = STOP_SECONDS) -> None:
@@ -326,14 +350,18 @@ class ThreadedJob(FlinkJobWatch):
 
 class Submitter(FlinkJobWatch):
   """`python -m pipeline` on the cluster as a real subprocess, and its job."""
+
   def __init__(self, cluster, argv: List[str], out_dir):
     super().__init__(cluster, f'vfp-streaming-{uuid.uuid4().hex[:8]}', self._exited)
     self._stdout = out_dir / f'{self.name}.stdout'
     self._stderr = out_dir / f'{self.name}.stderr'
     with open(self._stdout, 'wb') as stdout, open(self._stderr, 'wb') as stderr:
       self.process = subprocess.Popen(
-          [sys.executable, '-m', 'pipeline', *argv, f'--job_name={self.name}'],
-          stdout=stdout, stderr=stderr, env=dict(os.environ))
+        [sys.executable, '-m', 'pipeline', *argv, f'--job_name={self.name}'],
+        stdout=stdout,
+        stderr=stderr,
+        env=dict(os.environ),
+      )
 
   def _exited(self) -> Optional[str]:
     if self.process.poll() is None:
@@ -353,8 +381,10 @@ class Submitter(FlinkJobWatch):
       return self.process.wait(timeout)
     except subprocess.TimeoutExpired:
       self.process.kill()
-      pytest.fail(f'the submitter did not exit {timeout}s after {signal.Signals(signum).name}:\n'
-                  f'{self.stderr()[-3000:]}\n{self.explain()}')
+      pytest.fail(
+        f'the submitter did not exit {timeout}s after {signal.Signals(signum).name}:\n'
+        f'{self.stderr()[-3000:]}\n{self.explain()}'
+      )
 
   def kill(self) -> None:
     if self.process.poll() is None:
@@ -363,10 +393,14 @@ class Submitter(FlinkJobWatch):
 
 
 SUMMARY_COUNTS = {
-    'records': r'Kinesis records:\s+(\d+)', 'flow_lines': r'flow lines:\s+(\d+)',
-    'counted_flows': r'flow lines:\s+\d+ \((\d+) counted\)', 'bad_inputs': r'bad inputs:\s+(\d+)',
-    'late_pairs': r'too late:\s+(\d+)', 'windows_delivered': r'windows delivered:\s+(\d+)',
-    'windows_dead_lettered': r'windows dead-lettered:\s+(\d+)'}
+  'records': r'Kinesis records:\s+(\d+)',
+  'flow_lines': r'flow lines:\s+(\d+)',
+  'counted_flows': r'flow lines:\s+\d+ \((\d+) counted\)',
+  'bad_inputs': r'bad inputs:\s+(\d+)',
+  'late_pairs': r'too late:\s+(\d+)',
+  'windows_delivered': r'windows delivered:\s+(\d+)',
+  'windows_dead_lettered': r'windows dead-lettered:\s+(\d+)',
+}
 
 
 def printed_summary(stdout: str) -> Dict[str, int]:
@@ -383,13 +417,22 @@ def printed_summary(stdout: str) -> Dict[str, int]:
 def streaming_command_line(cluster, stream_url: str, receiver, dead_letters) -> List[str]:
   """The flags of deploy/k8s/submit-job.yaml, on the test's scales."""
   return [
-      '--runner=FlinkRunner', f'--flink_master={cluster.master}', *cluster.external_flags(),
-      '--streaming', '--checkpointing_interval=2000', '--parallelism=2',
-      f'--kinesis_stream={STREAM}', f'--kinesis_endpoint_url={stream_url}',
-      f'--aws_region={kh.REGION}', '--kinesis_initial_position=TRIM_HORIZON',
-      '--kinesis_max_delivery_delay=2', f'--window_seconds={WINDOW_SECONDS}',
-      '--allowed_lateness=5', f'--endpoint={receiver.url()}',
-      f'--dead_letter_dir={dead_letters}']
+    '--runner=FlinkRunner',
+    f'--flink_master={cluster.master}',
+    *cluster.external_flags(),
+    '--streaming',
+    '--checkpointing_interval=2000',
+    '--parallelism=2',
+    f'--kinesis_stream={STREAM}',
+    f'--kinesis_endpoint_url={stream_url}',
+    f'--aws_region={kh.REGION}',
+    '--kinesis_initial_position=TRIM_HORIZON',
+    '--kinesis_max_delivery_delay=2',
+    f'--window_seconds={WINDOW_SECONDS}',
+    '--allowed_lateness=5',
+    f'--endpoint={receiver.url()}',
+    f'--dead_letter_dir={dead_letters}',
+  ]
 
 
 @pytest.fixture
@@ -445,8 +488,9 @@ def assert_every_post_complete(receiver, expected) -> List[str]:
   seen = []
   for post in receiver.posts:
     assert post.json() == expected[post.path], f'{post.path}: {post.headers}'
-    seen.append(f'{post.path.rsplit("/", 1)[-1]}#{post.headers["X-Pane-Index"]}:'
-                f'{post.headers["X-Pane-Timing"]}')
+    seen.append(
+      f'{post.path.rsplit("/", 1)[-1]}#{post.headers["X-Pane-Index"]}:{post.headers["X-Pane-Timing"]}'
+    )
   return seen
 
 
@@ -455,13 +499,15 @@ def dead_letter_kinds(directory) -> collections.Counter:
 
 
 def test_streaming_posts_exact_windows_and_a_savepoint_on_s3_carries_on_exactly(
-    flink_cluster, flow_log_stream, start_receiver, jobs, tmp_path):
+  flink_cluster, flow_log_stream, start_receiver, jobs, tmp_path
+):
   receiver = start_receiver()
   past = past_batch(time.time())
   flow_log_stream.put(past)
   # A NODATA line and an invalid address: skipped, and dead-lettered.
-  flow_log_stream.put_lines([[no_traffic_line(past[0][0].start),
-                              flow_line('10.0.0.9', '999.0.0.1', past[0][0].start)]])
+  flow_log_stream.put_lines(
+    [[no_traffic_line(past[0][0].start), flow_line('10.0.0.9', '999.0.0.1', past[0][0].start)]]
+  )
   expected_past = expected_documents(flows_of(past))
   flags = streaming_command_line(flink_cluster, flow_log_stream.url, receiver, tmp_path)
   savepoints = f's3://{S3_BUCKET}/savepoints/{uuid.uuid4().hex[:8]}'
@@ -471,20 +517,27 @@ def test_streaming_posts_exact_windows_and_a_savepoint_on_s3_carries_on_exactly(
   jobs.append(first)
   first.wait_running()
   running = time.monotonic()
-  wait_for(lambda: posted_paths(receiver) >= set(expected_past), WINDOW_SECONDS_TO_POST,
-           'the windows of the flows written before the start', first.explain)
+  wait_for(
+    lambda: posted_paths(receiver) >= set(expected_past),
+    WINDOW_SECONDS_TO_POST,
+    'the windows of the flows written before the start',
+    first.explain,
+  )
   first_windows = time.monotonic()
   assert receiver.latest_by_path() == expected_past
-  early = wait_for(first.latest_checkpoint, CHECKPOINT_SECONDS, 'a completed checkpoint',
-                   first.explain)
+  early = wait_for(first.latest_checkpoint, CHECKPOINT_SECONDS, 'a completed checkpoint', first.explain)
   # The Kinesis read resumes itself about once a second, and each resumption
   # leaves nothing behind in the checkpoint.
   span_end_ms = early['trigger_timestamp'] + GROWTH_SPAN_SECONDS * 1000
-  late = wait_for(lambda: first.checkpoint_after(span_end_ms), CHECKPOINT_SECONDS + GROWTH_SPAN_SECONDS,
-                  f'a checkpoint {GROWTH_SPAN_SECONDS}s after checkpoint {early["id"]}',
-                  first.explain)
+  late = wait_for(
+    lambda: first.checkpoint_after(span_end_ms),
+    CHECKPOINT_SECONDS + GROWTH_SPAN_SECONDS,
+    f'a checkpoint {GROWTH_SPAN_SECONDS}s after checkpoint {early["id"]}',
+    first.explain,
+  )
   assert late['state_size'] - early['state_size'] < MAX_CHECKPOINT_GROWTH, (
-      f'checkpoint {early["id"]}: {early["state_size"]} B, {late["id"]}: {late["state_size"]} B')
+    f'checkpoint {early["id"]}: {early["state_size"]} B, {late["id"]}: {late["state_size"]} B'
+  )
   assert late['external_path'].startswith(f's3://{S3_BUCKET}/checkpoints/{first.jid}/')
 
   # Flows of a window still open at the stop: they travel in the savepoint.
@@ -498,7 +551,7 @@ def test_streaming_posts_exact_windows_and_a_savepoint_on_s3_carries_on_exactly(
   assert location.startswith(savepoints + '/savepoint-')
   assert f'(resume with --savepoint_path={location})' in first.stderr()
   assert first.state() == 'FINISHED'
-  assert f'{location[len(f"s3://{S3_BUCKET}/"):]}/_metadata' in flink_cluster.s3_keys('savepoints/')
+  assert f'{location[len(f"s3://{S3_BUCKET}/") :]}/_metadata' in flink_cluster.s3_keys('savepoints/')
   first_summary = printed_summary(first.stdout())
   posted_by_first = len(receiver.posts)
   assert posted_paths(receiver) == set(expected_past)
@@ -508,26 +561,30 @@ def test_streaming_posts_exact_windows_and_a_savepoint_on_s3_carries_on_exactly(
   second = Submitter(flink_cluster, flags + [f'--savepoint_path={location}'], tmp_path)
   jobs.append(second)
   second.wait_running()
-  restored = wait_for(second.restored, RESTORE_SECONDS, 'the job to report what it restored',
-                      second.explain)
+  restored = wait_for(second.restored, RESTORE_SECONDS, 'the job to report what it restored', second.explain)
   assert (restored['is_savepoint'], restored['external_path']) == (True, location)
   live = live_batch(time.time(), net='10.1.0')
   flow_log_stream.put(live)
   expected = expected_documents(flows_of(past + open_window + live))
-  wait_for(lambda: posted_paths(receiver) >= set(expected), WINDOW_SECONDS_TO_POST,
-           'the open window and the window of the flows written after the resubmission',
-           second.explain)
+  wait_for(
+    lambda: posted_paths(receiver) >= set(expected),
+    WINDOW_SECONDS_TO_POST,
+    'the open window and the window of the flows written after the resubmission',
+    second.explain,
+  )
   resumed = time.monotonic()
   assert second.signal(signal.SIGINT) == 0, second.stderr()[-3000:]
   assert 'stopping: cancelling the job (SIGINT;' in second.stderr()
   second.wait_state('CANCELED')
   second_summary = printed_summary(second.stdout())
-  print(f'\njob running {running - submitted:.0f}s after submission; windows written before: '
-        f'{first_windows - running:.0f}s later; checkpoint {early["id"]}: {early["state_size"]} B, '
-        f'{late["id"]} ({(late["trigger_timestamp"] - early["trigger_timestamp"]) / 1000:.0f}s '
-        f'later): {late["state_size"]} B; resubmitted job posted its windows '
-        f'{resumed - first_windows:.0f}s after the first job\'s; summaries: {first_summary} '
-        f'{second_summary}')
+  print(
+    f'\njob running {running - submitted:.0f}s after submission; windows written before: '
+    f'{first_windows - running:.0f}s later; checkpoint {early["id"]}: {early["state_size"]} B, '
+    f'{late["id"]} ({(late["trigger_timestamp"] - early["trigger_timestamp"]) / 1000:.0f}s '
+    f'later): {late["state_size"]} B; resubmitted job posted its windows '
+    f"{resumed - first_windows:.0f}s after the first job's; summaries: {first_summary} "
+    f'{second_summary}'
+  )
 
   assert receiver.latest_by_path() == expected
   assert_first_panes_on_time(receiver, expected)
@@ -539,27 +596,39 @@ def test_streaming_posts_exact_windows_and_a_savepoint_on_s3_carries_on_exactly(
   # Every record was read once, by one job or the other.
   total = {name: first_summary[name] + second_summary[name] for name in SUMMARY_COUNTS}
   assert total == {
-      'records': flow_log_stream.records_written[0],
-      'flow_lines': len(flows_of(past + open_window + live)) + 2,
-      'counted_flows': len(flows_of(past + open_window + live)), 'bad_inputs': 1,
-      'late_pairs': 0, 'windows_delivered': len(expected), 'windows_dead_lettered': 0}
+    'records': flow_log_stream.records_written[0],
+    'flow_lines': len(flows_of(past + open_window + live)) + 2,
+    'counted_flows': len(flows_of(past + open_window + live)),
+    'bad_inputs': 1,
+    'late_pairs': 0,
+    'windows_delivered': len(expected),
+    'windows_dead_lettered': 0,
+  }
   assert (first_summary['windows_delivered'], second_summary['windows_delivered']) == (
-      len(expected_past), len(expected) - len(expected_past))
+    len(expected_past),
+    len(expected) - len(expected_past),
+  )
 
 
 def test_a_killed_taskmanager_and_its_worker_pool_lose_no_window_and_count_nothing_twice(
-    flink_cluster, flow_log_stream, start_receiver, jobs, tmp_path):
+  flink_cluster, flow_log_stream, start_receiver, jobs, tmp_path
+):
   receiver = start_receiver()
   past = past_batch(time.time())
   flow_log_stream.put(past)
   expected_past = expected_documents(flows_of(past))
 
-  job = ThreadedJob(flink_cluster, streaming_command_line(
-      flink_cluster, flow_log_stream.url, receiver, tmp_path))
+  job = ThreadedJob(
+    flink_cluster, streaming_command_line(flink_cluster, flow_log_stream.url, receiver, tmp_path)
+  )
   jobs.append(job)
   job.wait_running()
-  wait_for(lambda: posted_paths(receiver) >= set(expected_past), WINDOW_SECONDS_TO_POST,
-           'the windows of the first batch', job.explain)
+  wait_for(
+    lambda: posted_paths(receiver) >= set(expected_past),
+    WINDOW_SECONDS_TO_POST,
+    'the windows of the first batch',
+    job.explain,
+  )
   # Flows of a window still open at the kill: read by the job (the checkpoints
   # awaited here may or may not hold them; both must work), not yet posted.
   in_flight = open_batch(time.time(), net='10.2.0')
@@ -573,23 +642,34 @@ def test_a_killed_taskmanager_and_its_worker_pool_lose_no_window_and_count_nothi
   killed_at = time.monotonic()
   flink_cluster.kill_taskmanager_and_pool()
   flink_cluster.add_taskmanager()
-  wait_for(lambda: job.restarts() >= 1 and job.all_tasks_running(), RESTORE_SECONDS,
-           'the job to restart on the new TaskManager', job.explain)
+  wait_for(
+    lambda: job.restarts() >= 1 and job.all_tasks_running(),
+    RESTORE_SECONDS,
+    'the job to restart on the new TaskManager',
+    job.explain,
+  )
   restored_in = time.monotonic() - killed_at
-  restored = wait_for(job.restored, RESTORE_SECONDS, 'the job to report the checkpoint it restored',
-                      job.explain)
+  restored = wait_for(
+    job.restored, RESTORE_SECONDS, 'the job to report the checkpoint it restored', job.explain
+  )
   assert restored['is_savepoint'] is False
   assert restored['external_path'].startswith(f's3://{S3_BUCKET}/checkpoints/{job.jid}/chk-')
 
   live = live_batch(time.time(), net='10.1.0')
   flow_log_stream.put(live)
   expected = expected_documents(flows_of(past + in_flight + live))
-  first_post_after = wait_for(lambda: len(receiver.posts) > posts_before_kill and time.monotonic(),
-                              WINDOW_SECONDS_TO_POST, 'a window posted after the restore',
-                              job.explain)
-  wait_for(lambda: posted_paths(receiver) >= set(expected), WINDOW_SECONDS_TO_POST,
-           'the windows of the flows in flight and of those written after the restart',
-           job.explain)
+  first_post_after = wait_for(
+    lambda: len(receiver.posts) > posts_before_kill and time.monotonic(),
+    WINDOW_SECONDS_TO_POST,
+    'a window posted after the restore',
+    job.explain,
+  )
+  wait_for(
+    lambda: posted_paths(receiver) >= set(expected),
+    WINDOW_SECONDS_TO_POST,
+    'the windows of the flows in flight and of those written after the restart',
+    job.explain,
+  )
   restarts = job.restarts()
 
   job.stop_with_savepoint()
@@ -604,8 +684,10 @@ def test_a_killed_taskmanager_and_its_worker_pool_lose_no_window_and_count_nothi
   assert dead_letter_kinds(tmp_path) == {}
   assert not list(read_dead_letters(str(tmp_path), KIND_UNDELIVERED_WINDOW))
   assert not list(read_dead_letters(str(tmp_path), KIND_LATE_DATA))
-  print(f'\n{len(expected)} windows exact; {len(receiver.posts)} POSTs ({posts_before_kill} '
-        f'before the kill, {repeats} repeated); {restarts} restart(s), restored checkpoint '
-        f'{restored["id"]}, running again {restored_in:.0f}s after the kill, first window '
-        f'posted after it {first_post_after - killed_at:.0f}s after the kill; POSTs: '
-        f'{" ".join(posts)}')
+  print(
+    f'\n{len(expected)} windows exact; {len(receiver.posts)} POSTs ({posts_before_kill} '
+    f'before the kill, {repeats} repeated); {restarts} restart(s), restored checkpoint '
+    f'{restored["id"]}, running again {restored_in:.0f}s after the kill, first window '
+    f'posted after it {first_post_after - killed_at:.0f}s after the kill; POSTs: '
+    f'{" ".join(posts)}'
+  )

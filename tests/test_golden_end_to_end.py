@@ -21,8 +21,7 @@ EXPECTED = json.loads((GOLDEN / 'expected.json').read_text())
 
 
 def command_line(receiver, dead_letter_dir):
-  return [f'--input={INPUT_DIR}/*', f'--endpoint={receiver.url()}',
-          f'--dead_letter_dir={dead_letter_dir}']
+  return [f'--input={INPUT_DIR}/*', f'--endpoint={receiver.url()}', f'--dead_letter_dir={dead_letter_dir}']
 
 
 def dead_letters_in(directory):
@@ -32,7 +31,7 @@ def dead_letters_in(directory):
   for _, letter in read_dead_letters(str(directory)):
     origin = letter['origin']
     assert origin.startswith(str(INPUT_DIR) + os.sep), origin
-    letters.append((letter['kind'], letter['reason'], origin[len(str(INPUT_DIR)) + 1:], letter.get('raw')))
+    letters.append((letter['kind'], letter['reason'], origin[len(str(INPUT_DIR)) + 1 :], letter.get('raw')))
   return sorted(letters, key=lambda l: (l[2], l[3]))
 
 
@@ -40,7 +39,8 @@ def assert_expected_dead_letters(directory):
   written = dead_letters_in(directory)
   expected = sorted(EXPECTED['dead_letters'], key=lambda l: (l['origin'], l['raw']))
   assert [(kind, origin, raw) for kind, _, origin, raw in written] == [
-      (l['kind'], l['origin'], l['raw']) for l in expected]
+    (l['kind'], l['origin'], l['raw']) for l in expected
+  ]
   for (_, reason, origin, _), letter in zip(written, expected):
     assert reason.startswith(letter['reason']), (origin, reason, letter['reason'])
 
@@ -63,7 +63,7 @@ def assert_expected_posts(receiver):
 def test_golden_input_files_are_what_make_golden_writes():
   sys.path.insert(0, str(REPO / 'tests' / 'data'))
   try:
-    import make_golden  # pylint: disable=import-outside-toplevel
+    import make_golden
   finally:
     sys.path.pop(0)
   written = {p.name: p.read_bytes() for p in INPUT_DIR.iterdir()}
@@ -88,16 +88,26 @@ def test_golden_run_summary_counts(start_receiver, tmp_path):
   # Without --since/--until: no flow outside a range, and the first and last
   # windows posted are the golden documents' first and last.
   buckets = sorted(int(path.rsplit('/', 1)[1]) for path in EXPECTED['documents'])
-  assert (counts.pop('flows_before_range'), counts.pop('flows_after_range'), counts.pop('time_range'),
-          counts.pop('first_window'), counts.pop('last_window')) == (0, 0, TimeRange(), buckets[0], buckets[-1])
+  assert (
+    counts.pop('flows_before_range'),
+    counts.pop('flows_after_range'),
+    counts.pop('time_range'),
+    counts.pop('first_window'),
+    counts.pop('last_window'),
+  ) == (0, 0, TimeRange(), buckets[0], buckets[-1])
   assert counts == EXPECTED['summary']
 
 
 def test_golden_python_dash_m_pipeline(start_receiver, tmp_path):
   receiver = start_receiver()
   finished = subprocess.run(
-      [sys.executable, '-m', 'pipeline', *command_line(receiver, tmp_path)],
-      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    [sys.executable, '-m', 'pipeline', *command_line(receiver, tmp_path)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert finished.returncode == 0, finished.stderr[-3000:]
   assert 'vpc-flow-peers summary' in finished.stdout
   assert 'flow lines:             28 (21 counted)' in finished.stdout
@@ -113,12 +123,19 @@ def test_golden_without_the_c_fast_paths(start_receiver, tmp_path):
   transforms.counting._scan missing), the command gives the same answer and
   dead letters, and says it is slower."""
   receiver = start_receiver()
-  without_c = ("import runpy, sys; sys.modules['transforms._flowscan'] = None; "
-               "sys.modules['transforms.counting._scan'] = None; "
-               "runpy.run_module('pipeline', run_name='__main__', alter_sys=True)")
+  without_c = (
+    "import runpy, sys; sys.modules['transforms._flowscan'] = None; "
+    "sys.modules['transforms.counting._scan'] = None; "
+    "runpy.run_module('pipeline', run_name='__main__', alter_sys=True)"
+  )
   finished = subprocess.run(
-      [sys.executable, '-c', without_c, *command_line(receiver, tmp_path)],
-      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    [sys.executable, '-c', without_c, *command_line(receiver, tmp_path)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert finished.returncode == 0, finished.stderr[-3000:]
   assert 'transforms.counting._scan is not built' in finished.stderr
   assert 'flow lines:             28 (21 counted)' in finished.stdout

@@ -24,8 +24,15 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from builders import data_message, flow_line, gz, kinesis_jsonl, record_data
 from transforms.decode import (
-    DEFAULT_MAX_LINE_BYTES, MAX_JSON_DOCUMENT_BYTES, MAX_JSON_VALUES, MAX_RECORD_DECOMPRESSED_BYTES,
-    BadInput, InputLimits, decode_file, decode_kinesis_data)
+  DEFAULT_MAX_LINE_BYTES,
+  MAX_JSON_DOCUMENT_BYTES,
+  MAX_JSON_VALUES,
+  MAX_RECORD_DECOMPRESSED_BYTES,
+  BadInput,
+  InputLimits,
+  decode_file,
+  decode_kinesis_data,
+)
 from transforms.elements import LogBatch, RawRecord
 from transforms.sources import DecodeKinesisRecords, UnreadableFile, open_local_regular_file
 
@@ -36,7 +43,7 @@ MIB = 1 << 20
 
 # The child: decodes one file with the default limits and prints what came
 # out, one JSON line per item: ["batch", lines] or ["bad", reason, raw_length].
-DECODE_CHILD = '''
+DECODE_CHILD = """
 import json, sys
 from transforms.decode import BadInput, decode_file
 with open(sys.argv[1], 'rb') as f:
@@ -45,18 +52,27 @@ with open(sys.argv[1], 'rb') as f:
       print(json.dumps(['bad', item.reason, item.raw_length]))
     else:
       print(json.dumps(['batch', len(item.lines)]))
-'''
+"""
 
 
 def decode_in_bounded_child(path: Path, memory_bytes: int = 512 * MIB, timeout: float = 600):
   """What decode_file makes of the file, decoded in a child process that may
   use at most `memory_bytes` of address space."""
+
   def limit():
-    import resource  # pylint: disable=import-outside-toplevel
+    import resource
+
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-  done = subprocess.run([sys.executable, '-c', DECODE_CHILD, str(path)], cwd=REPO,
-                        capture_output=True, text=True, timeout=timeout, preexec_fn=limit,
-                        check=False)
+
+  done = subprocess.run(
+    [sys.executable, '-c', DECODE_CHILD, str(path)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    preexec_fn=limit,
+    check=False,
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   return [tuple(json.loads(line)) for line in done.stdout.splitlines()]
 
@@ -83,6 +99,7 @@ def repeated_member(content: bytes, times: int) -> bytes:
 
 # --- decompressed bytes, lines, JSON documents --------------------------------
 
+
 def test_two_mib_gzip_of_500_mib_json_document_is_one_dead_letter(tmp_path):
   """The probe's 497 KiB .gz of 500 MiB of JSON took a run past 6 GB: a JSON
   document is now read whole only up to 64 MiB."""
@@ -92,7 +109,8 @@ def test_two_mib_gzip_of_500_mib_json_document_is_one_dead_letter(tmp_path):
   path = tmp_path / 'bomb.json.gz'
   path.write_bytes(bomb)
   assert decode_in_bounded_child(path) == [
-      ('bad', f'JSON document larger than {MAX_JSON_DOCUMENT_BYTES} bytes: not read', None)]
+    ('bad', f'JSON document larger than {MAX_JSON_DOCUMENT_BYTES} bytes: not read', None)
+  ]
 
 
 def test_pretty_printed_json_document_bomb_is_one_dead_letter_not_one_per_line(tmp_path):
@@ -101,7 +119,8 @@ def test_pretty_printed_json_document_bomb_is_one_dead_letter_not_one_per_line(t
   path = tmp_path / 'pretty-bomb.json.gz'
   path.write_bytes(bomb)
   assert decode_in_bounded_child(path) == [
-      ('bad', f'JSON document larger than {MAX_JSON_DOCUMENT_BYTES} bytes: not read', None)]
+    ('bad', f'JSON document larger than {MAX_JSON_DOCUMENT_BYTES} bytes: not read', None)
+  ]
 
 
 def test_json_document_of_twenty_million_empty_objects_is_refused_unparsed(tmp_path):
@@ -111,7 +130,8 @@ def test_json_document_of_twenty_million_empty_objects_is_refused_unparsed(tmp_p
   path = tmp_path / 'objects.json.gz'
   path.write_bytes(bomb)
   assert decode_in_bounded_child(path) == [
-      ('bad', f'JSON document holds more than {MAX_JSON_VALUES} JSON values: not parsed', length)]
+    ('bad', f'JSON document holds more than {MAX_JSON_VALUES} JSON values: not parsed', length)
+  ]
 
 
 def test_one_gib_line_in_a_one_mib_gzip_is_one_dead_letter_read_in_linear_time(tmp_path):
@@ -125,8 +145,9 @@ def test_one_gib_line_in_a_one_mib_gzip_is_one_dead_letter_read_in_linear_time(t
   path = tmp_path / 'long-line.log.gz'
   path.write_bytes(hostile)
   assert decode_in_bounded_child(path, memory_bytes=256 * MIB) == [
-      ('batch', 3),
-      ('bad', f'line 2 is longer than {DEFAULT_MAX_LINE_BYTES} bytes: not read', 1024 * MIB + 1)]
+    ('batch', 3),
+    ('bad', f'line 2 is longer than {DEFAULT_MAX_LINE_BYTES} bytes: not read', 1024 * MIB + 1),
+  ]
 
 
 def test_gzip_bomb_past_the_file_cap_keeps_the_lines_before_it():
@@ -143,45 +164,64 @@ def test_uncompressed_file_past_the_file_cap_keeps_the_lines_before_it():
   content = ''.join(f'{LINE_A}\n' for _ in range(20000)).encode()
   items = list(decode_file(io.BytesIO(content), 'f.log', InputLimits(max_file_bytes=MIB)))
   assert [i.reason for i in items if isinstance(i, BadInput)] == [
-      f'file is larger than {MIB} bytes: not read past line {MIB // (len(LINE_A) + 1)}']
+    f'file is larger than {MIB} bytes: not read past line {MIB // (len(LINE_A) + 1)}'
+  ]
 
 
 def test_long_flow_line_is_one_dead_letter_keeping_its_length_and_the_lines_around_it():
   content = f'{LINE_A}\n'.encode() + b'x' * (3 * MIB) + f'\n{LINE_B}\n'.encode()
   items = list(decode_file(io.BytesIO(content), 'f.log', InputLimits(max_line_bytes=MIB)))
   assert [i for i in items if isinstance(i, LogBatch)] == [
-      LogBatch('f.log', (LINE_A, '', LINE_B), None, False, 1)]
+    LogBatch('f.log', (LINE_A, '', LINE_B), None, False, 1)
+  ]
   [bad] = [i for i in items if isinstance(i, BadInput)]
   assert (bad.reason, bad.raw, bad.raw_length) == (
-      f'line 2 is longer than {MIB} bytes: not read', b'x' * 4096, 3 * MIB + 1)
+    f'line 2 is longer than {MIB} bytes: not read',
+    b'x' * 4096,
+    3 * MIB + 1,
+  )
 
 
 def test_long_json_line_is_one_dead_letter_and_the_records_after_it_count():
-  content = (kinesis_jsonl([record_data(data_message([LINE_A]))]) + '{"kinesis": "' + 'y' * (2 * MIB)
-             + '"}\n' + kinesis_jsonl([record_data(data_message([LINE_B]))])).encode()
+  content = (
+    kinesis_jsonl([record_data(data_message([LINE_A]))])
+    + '{"kinesis": "'
+    + 'y' * (2 * MIB)
+    + '"}\n'
+    + kinesis_jsonl([record_data(data_message([LINE_B]))])
+  ).encode()
   items = list(decode_file(io.BytesIO(content), 'f.jsonl', InputLimits(max_line_bytes=MIB)))
   assert [(i.origin, i.lines) for i in items if isinstance(i, LogBatch)] == [
-      ('f.jsonl:1', (LINE_A,)), ('f.jsonl:3', (LINE_B,))]
+    ('f.jsonl:1', (LINE_A,)),
+    ('f.jsonl:3', (LINE_B,)),
+  ]
   assert [i.reason for i in items if isinstance(i, BadInput)] == [
-      f'line 2 is longer than {MIB} bytes: not read']
+    f'line 2 is longer than {MIB} bytes: not read'
+  ]
 
 
-@pytest.mark.parametrize('content, what', [
+@pytest.mark.parametrize(
+  'content, what',
+  [
     (b'PK\x03\x04' + b'\x00' * 100, 'a zip archive'),
     (bytes(range(256)) * 4, 'binary data'),
     (b'\x7fELF\x02\x01\x01' + b'\x00' * 100, 'an ELF executable'),
     (gzip.compress(gzip.compress(f'{LINE_A}\n'.encode())), 'gzip-compressed data inside gzip'),
-], ids=['zip', 'random_bytes', 'executable', 'gzip_twice'])
+  ],
+  ids=['zip', 'random_bytes', 'executable', 'gzip_twice'],
+)
 def test_file_in_no_shape_is_one_dead_letter_saying_what_it_looks_like(content, what):
   """A glob that catches a binary file used to make one 'line N is not UTF-8'
   dead letter per line of it."""
   [bad] = list(decode_file(io.BytesIO(content), 'odd.bin'))
   assert bad.reason.startswith(f'file is {what}')
-  assert bad.reason.endswith('not a shape this pipeline reads (flow log text, JSON of Kinesis '
-                             'records, or Parquet)')
+  assert bad.reason.endswith(
+    'not a shape this pipeline reads (flow log text, JSON of Kinesis records, or Parquet)'
+  )
 
 
 # --- non-regular and unreadable files ---------------------------------------
+
 
 def test_fifo_is_never_opened_for_reading(tmp_path):
   fifo = tmp_path / 'pipe.log'
@@ -207,8 +247,14 @@ def test_regular_file_opens_blocking_and_buffered(tmp_path):
 
 
 def run_command(args, timeout=600):
-  return subprocess.run([sys.executable, '-m', 'pipeline', *args], cwd=REPO, capture_output=True,
-                        text=True, timeout=timeout, check=False)
+  return subprocess.run(
+    [sys.executable, '-m', 'pipeline', *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    check=False,
+  )
 
 
 def bad_input_letters(directory: Path):
@@ -219,7 +265,8 @@ def bad_input_letters(directory: Path):
 
 
 def test_fifo_dev_zero_and_an_unreadable_file_in_the_glob_are_dead_letters_and_exit_1(
-    tmp_path, start_receiver):
+  tmp_path, start_receiver
+):
   """A FIFO hung the run forever, a symlink to /dev/zero read until memory ran
   out, an unreadable file was one dead letter and exit 0 (the README promises
   1): now each is a dead letter naming it, the good file still counts, and the
@@ -240,9 +287,10 @@ def test_fifo_dev_zero_and_an_unreadable_file_in_the_glob_are_dead_letters_and_e
   assert 'input files:            4 (3 could not be read)' in done.stdout
   assert receiver.latest_by_path() == {'/connection_sets/1700000400': {'10.0.0.1': 1, '10.0.0.2': 1}}
   assert bad_input_letters(dead) == [
-      ('eio.log', 'file cannot be read to its end: reading failed: [Errno 5] Input/output error'),
-      ('pipe.log', f'not read: {inputs}/pipe.log is a FIFO (named pipe)'),
-      ('zero.log', f'not read: {inputs}/zero.log is a character device')]
+    ('eio.log', 'file cannot be read to its end: reading failed: [Errno 5] Input/output error'),
+    ('pipe.log', f'not read: {inputs}/pipe.log is a FIFO (named pipe)'),
+    ('zero.log', f'not read: {inputs}/zero.log is a character device'),
+  ]
 
 
 # --- Kinesis data of several gzip members ------------------------------------
@@ -255,18 +303,32 @@ def described(items):
   return [(type(i).__name__, i.reason) if isinstance(i, BadInput) else (i.origin, i.lines) for i in items]
 
 
-@pytest.mark.parametrize('data, expected', [
-    (gz(MESSAGE_A) + gz(MESSAGE_B),
-     [('shard-0/1', (LINE_A,)), ('shard-0/1 member 1', (LINE_B,))]),
-    (gz(MESSAGE_A) + b'trailing garbage',
-     [('shard-0/1', (LINE_A,)), ('BadInput', '16 byte(s) after gzip member 0 are not gzip')]),
-    (gz(MESSAGE_A) + gz(MESSAGE_B)[:-10],
-     [('shard-0/1', (LINE_A,)), ('BadInput', 'gzip member 1: truncated gzip data')]),
-    (gz(MESSAGE_A) + gz(b'not json') + gz(MESSAGE_B),
-     [('shard-0/1', (LINE_A,)),
-      ('BadInput', "gzip member 1: subscription message is not JSON: Expecting value: line 1 column 1 (char 0)"),
-      ('shard-0/1 member 2', (LINE_B,))]),
-], ids=['two_members', 'trailing_garbage', 'cut_second_member', 'bad_middle_member'])
+@pytest.mark.parametrize(
+  'data, expected',
+  [
+    (gz(MESSAGE_A) + gz(MESSAGE_B), [('shard-0/1', (LINE_A,)), ('shard-0/1 member 1', (LINE_B,))]),
+    (
+      gz(MESSAGE_A) + b'trailing garbage',
+      [('shard-0/1', (LINE_A,)), ('BadInput', '16 byte(s) after gzip member 0 are not gzip')],
+    ),
+    (
+      gz(MESSAGE_A) + gz(MESSAGE_B)[:-10],
+      [('shard-0/1', (LINE_A,)), ('BadInput', 'gzip member 1: truncated gzip data')],
+    ),
+    (
+      gz(MESSAGE_A) + gz(b'not json') + gz(MESSAGE_B),
+      [
+        ('shard-0/1', (LINE_A,)),
+        (
+          'BadInput',
+          'gzip member 1: subscription message is not JSON: Expecting value: line 1 column 1 (char 0)',
+        ),
+        ('shard-0/1 member 2', (LINE_B,)),
+      ],
+    ),
+  ],
+  ids=['two_members', 'trailing_garbage', 'cut_second_member', 'bad_middle_member'],
+)
 def test_kinesis_record_of_several_gzip_members_is_read_member_by_member(data, expected):
   """Only the first member counted; the rest, and trailing garbage, vanished
   without a dead letter."""
@@ -279,20 +341,28 @@ def test_kinesis_record_of_small_members_inflating_past_the_cap_together():
   zeros = gzip.compress(bytes(40 * MIB), mtime=0)
   items = described(decode_kinesis_data(gz(MESSAGE_A) + zeros + zeros, 'shard-0/2'))
   assert items == [
-      ('shard-0/2', (LINE_A,)),
-      ('BadInput', 'gzip member 1: subscription message is not JSON: Expecting value: line 1 column 1 (char 0)'),
-      ('BadInput', f'gzip member 2: gzip data decompresses to more than {MAX_RECORD_DECOMPRESSED_BYTES} bytes')]
+    ('shard-0/2', (LINE_A,)),
+    (
+      'BadInput',
+      'gzip member 1: subscription message is not JSON: Expecting value: line 1 column 1 (char 0)',
+    ),
+    ('BadInput', f'gzip member 2: gzip data decompresses to more than {MAX_RECORD_DECOMPRESSED_BYTES} bytes'),
+  ]
 
 
 def test_kinesis_record_members_keep_their_good_lines_through_the_pipeline():
   with TestPipeline() as p:
-    decoded = (p | beam.Create([RawRecord('shard-0/3', gz(MESSAGE_A) + b'\x00junk')])
-               | DecodeKinesisRecords())
-    assert_that(decoded['batches'] | beam.Map(lambda b: (b.origin, b.lines)),
-                equal_to([('shard-0/3', (LINE_A,))]), label='Batches')
-    assert_that(decoded['dead_letters'] | beam.Map(lambda d: (d.kind, d.reason, d.origin)),
-                equal_to([('bad_input', '5 byte(s) after gzip member 0 are not gzip', 'shard-0/3')]),
-                label='DeadLetters')
+    decoded = p | beam.Create([RawRecord('shard-0/3', gz(MESSAGE_A) + b'\x00junk')]) | DecodeKinesisRecords()
+    assert_that(
+      decoded['batches'] | beam.Map(lambda b: (b.origin, b.lines)),
+      equal_to([('shard-0/3', (LINE_A,))]),
+      label='Batches',
+    )
+    assert_that(
+      decoded['dead_letters'] | beam.Map(lambda d: (d.kind, d.reason, d.origin)),
+      equal_to([('bad_input', '5 byte(s) after gzip member 0 are not gzip', 'shard-0/3')]),
+      label='DeadLetters',
+    )
 
 
 def test_flow_log_whose_first_line_is_damaged_is_still_text():

@@ -10,15 +10,25 @@ from devtools.viewer.jumps import JumpRule, baseline, is_jump, median, series_ju
 from devtools.viewer.store import CountArrays, baselines
 
 
-@pytest.mark.parametrize('values, expected', [
+@pytest.mark.parametrize(
+  'values, expected',
+  [
     ([5], 5.0),
     ([1, 9], 5.0),
     ([9, 1, 4], 4.0),
     ([0, 0, 0, 100], 0.0),
     ([3, 3, 3, 100, 100], 3.0),
     ([2, 1, 4, 3], 2.5),
-], ids=['one', 'two_is_their_mean', 'odd_is_the_middle', 'absences_count_as_zero',
-        'a_spike_hardly_moves_it', 'even_unsorted'])
+  ],
+  ids=[
+    'one',
+    'two_is_their_mean',
+    'odd_is_the_middle',
+    'absences_count_as_zero',
+    'a_spike_hardly_moves_it',
+    'even_unsorted',
+  ],
+)
 def test_median(values, expected):
   assert median(values) == expected
 
@@ -28,7 +38,9 @@ def test_baseline_without_previous_windows_is_none():
   assert not is_jump(1000, None, JumpRule())
 
 
-@pytest.mark.parametrize('series, rule, history, expected', [
+@pytest.mark.parametrize(
+  'series, rule, history, expected',
+  [
     # A host that starts scanning in its fourth window, and keeps at it.
     ([3, 3, 3, 110, 90, 87], JumpRule(), 6, [3, 4, 5]),
     # With a history of two windows, the scan is the new normal by window 5.
@@ -56,12 +68,26 @@ def test_baseline_without_previous_windows_is_none():
     ([1, 1, 1, 1, 50, 50, 50, 100], JumpRule(), 6, [4, 5, 6, 7]),
     # Intermittent: absent windows are 0, so each return can be a jump.
     ([0, 40, 0, 0, 40, 0, 0, 40], JumpRule(), 6, [1, 4, 7]),
-], ids=['scanner_keeps_jumping_within_history', 'scanner_becomes_normal_with_short_history',
-        'first_window_never_jumps', 'new_address_over_minimum', 'new_address_under_minimum',
-        'minimum_is_settable', 'ratio_exactly', 'ratio_just_under', 'ratio_is_settable',
-        'steady_busy_host_and_a_drop', 'even_history_mean_of_middle', 'even_history_over',
-        'even_history_under', 'short_history_forgets', 'long_history_remembers',
-        'intermittent_host'])
+  ],
+  ids=[
+    'scanner_keeps_jumping_within_history',
+    'scanner_becomes_normal_with_short_history',
+    'first_window_never_jumps',
+    'new_address_over_minimum',
+    'new_address_under_minimum',
+    'minimum_is_settable',
+    'ratio_exactly',
+    'ratio_just_under',
+    'ratio_is_settable',
+    'steady_busy_host_and_a_drop',
+    'even_history_mean_of_middle',
+    'even_history_over',
+    'even_history_under',
+    'short_history_forgets',
+    'long_history_remembers',
+    'intermittent_host',
+  ],
+)
 def test_series_jumps(series, rule, history, expected):
   assert series_jumps(series, rule, history) == expected
 

@@ -36,14 +36,29 @@ from transforms.decode import decode_kinesis_data
 from transforms.elements import LogBatch, Skipped
 from transforms.delivery import DeliveryConfig, PostWindows
 from transforms.kinesis import (
-    ReadKinesisRecords, add_kinesis_args, kinesis_transform_from_options, parse_start_timestamp)
+  ReadKinesisRecords,
+  add_kinesis_args,
+  kinesis_transform_from_options,
+  parse_start_timestamp,
+)
 from transforms.kinesis.config import KinesisConfig
 from transforms.kinesis.read import ReadShardsUnboundedDoFn
 from transforms.kinesis.reader import THROTTLED_BACKOFF_SECONDS
 from transforms.kinesis.restriction import (
-    AFTER_SEQUENCE_NUMBER, AT_TIMESTAMP, LATEST, TRIM_HORIZON, ChildShard, KinesisShard,
-    RecordClaim, ShardCaughtUp, ShardClosed, ShardCursor, ShardRestriction,
-    ShardRestrictionTracker, StartPosition)
+  AFTER_SEQUENCE_NUMBER,
+  AT_TIMESTAMP,
+  LATEST,
+  TRIM_HORIZON,
+  ChildShard,
+  KinesisShard,
+  RecordClaim,
+  ShardCaughtUp,
+  ShardClosed,
+  ShardCursor,
+  ShardRestriction,
+  ShardRestrictionTracker,
+  StartPosition,
+)
 from transforms.kinesis.shards import lineage_roots, owned_children
 from transforms.sources import ReadRecordsFrom
 
@@ -81,6 +96,7 @@ def cursor(shard_id, sequence=None):
 
 # --- The restriction tracker -------------------------------------------------
 
+
 def test_claims_compare_sequence_numbers_as_integers():
   tracker = ShardRestrictionTracker(restriction(cursor('shard-0')))
   assert tracker.try_claim(RecordClaim('shard-0', 9))
@@ -107,10 +123,15 @@ def test_checkpoint_defers_every_shard_at_its_claimed_position():
   assert tracker.try_split(0) is None
 
 
-@pytest.mark.parametrize('claimed, checkpointed, fraction', [
-    (0, False, 0.0), (2, False, 2 / 3), (2, True, 1.0),
+@pytest.mark.parametrize(
+  'claimed, checkpointed, fraction',
+  [
+    (0, False, 0.0),
+    (2, False, 2 / 3),
+    (2, True, 1.0),
     (0, True, 1.0),  # nothing claimed, nothing left: done (not 0 of 0)
-])
+  ],
+)
 def test_progress_is_the_records_claimed_against_the_shards_left(claimed, checkpointed, fraction):
   tracker = ShardRestrictionTracker(restriction(cursor('shard-0')))
   for number in range(1, claimed + 1):
@@ -138,8 +159,7 @@ def test_a_drained_shard_is_followed_by_its_children_in_its_place():
   tracker = ShardRestrictionTracker(restriction(cursor('shard-0', 4), cursor('shard-9')))
   children = (ChildShard('shard-1', ('shard-0',)), ChildShard('shard-2', ('shard-0',)))
   assert tracker.try_claim(ShardClosed('shard-0', children))
-  assert tracker.current_restriction().cursors == (
-      cursor('shard-1'), cursor('shard-2'), cursor('shard-9'))
+  assert tracker.current_restriction().cursors == (cursor('shard-1'), cursor('shard-2'), cursor('shard-9'))
 
 
 def test_a_merge_child_waits_for_its_other_parent_in_the_same_restriction():
@@ -178,15 +198,15 @@ def test_an_unbounded_read_never_catches_up():
 
 
 def test_checkpoint_carries_a_waiting_merge_child_to_the_residual():
-  tracker = ShardRestrictionTracker(restriction(
-      cursor('shard-2', 20), waiting=(('shard-3', ('shard-2',)),)))
+  tracker = ShardRestrictionTracker(restriction(cursor('shard-2', 20), waiting=(('shard-3', ('shard-2',)),)))
   assert tracker.try_split(0.5) is None
   _, residual = tracker.try_split(0)
   assert residual.waiting == (('shard-3', ('shard-2',)),)
 
 
 CHECKPOINT_BEFORE_PACKAGE = os.path.join(
-    os.path.dirname(__file__), 'data', 'kinesis', 'checkpoint-before-package.json')
+  os.path.dirname(__file__), 'data', 'kinesis', 'checkpoint-before-package.json'
+)
 
 
 def test_a_checkpoint_taken_before_the_package_restores_and_resumes():
@@ -197,17 +217,27 @@ def test_a_checkpoint_taken_before_the_package_restores_and_resumes():
   with open(CHECKPOINT_BEFORE_PACKAGE, encoding='utf-8') as f:
     saved = json.load(f)
   restriction_coder = DoFnSignature(
-      ReadShardsUnboundedDoFn(KinesisConfig('flow-logs'))).get_restriction_coder()
+    ReadShardsUnboundedDoFn(KinesisConfig('flow-logs'))
+  ).get_restriction_coder()
   element = coders.registry.get_coder(object).decode(bytes.fromhex(saved['element']))
-  restored, watermark_state = restriction_coder.decode(
-      bytes.fromhex(saved['restriction_and_watermark']))
+  restored, watermark_state = restriction_coder.decode(bytes.fromhex(saved['restriction_and_watermark']))
   at = StartPosition(AT_TIMESTAMP, timestamp=1700000000.0)
   assert (type(element), element) == (
-      KinesisShard, KinesisShard('flow-logs', 'shardId-000000000000', at, at, False))
-  assert (type(restored), restored) == (ShardRestriction, ShardRestriction(
-      (cursor('shardId-000000000002', int(LONG_SEQUENCE)),
-       ShardCursor('shardId-000000000004', StartPosition(TRIM_HORIZON))),
-      at, False, (('shardId-000000000005', ('shardId-000000000004',)),)))
+    KinesisShard,
+    KinesisShard('flow-logs', 'shardId-000000000000', at, at, False),
+  )
+  assert (type(restored), restored) == (
+    ShardRestriction,
+    ShardRestriction(
+      (
+        cursor('shardId-000000000002', int(LONG_SEQUENCE)),
+        ShardCursor('shardId-000000000004', StartPosition(TRIM_HORIZON)),
+      ),
+      at,
+      False,
+      (('shardId-000000000005', ('shardId-000000000004',)),),
+    ),
+  )
   assert {type(c) for c in restored.cursors} == {ShardCursor}
   assert {type(c.position) for c in restored.cursors} == {StartPosition}
   assert watermark_state == Timestamp(1700000000 - 1200)
@@ -216,11 +246,13 @@ def test_a_checkpoint_taken_before_the_package_restores_and_resumes():
   with pytest.raises(ValueError, match='is not after'):
     tracker.try_claim(RecordClaim('shardId-000000000002', int(LONG_SEQUENCE)))
   assert tracker.try_claim(RecordClaim('shardId-000000000002', int(LONG_SEQUENCE) + 1))
-  assert tracker.try_claim(ShardClosed('shardId-000000000004', (
-      ChildShard('shardId-000000000005', ('shardId-000000000004',)),)))
+  assert tracker.try_claim(
+    ShardClosed('shardId-000000000004', (ChildShard('shardId-000000000005', ('shardId-000000000004',)),))
+  )
   assert tracker.current_restriction().cursors == (
-      cursor('shardId-000000000002', int(LONG_SEQUENCE) + 1),
-      ShardCursor('shardId-000000000005', at))
+    cursor('shardId-000000000002', int(LONG_SEQUENCE) + 1),
+    ShardCursor('shardId-000000000005', at),
+  )
 
   written = restriction_coder.encode((tracker.current_restriction(), watermark_state))
   assert b'transforms.kinesis.restriction' in written and b'kinesis_source' not in written
@@ -228,6 +260,7 @@ def test_a_checkpoint_taken_before_the_package_restores_and_resumes():
 
 
 # --- Shard lineages, positions and flags -------------------------------------
+
 
 def shard(shard_id, parent=None, adjacent=None, closed=False):
   listed = {'ShardId': shard_id, 'SequenceNumberRange': {'StartingSequenceNumber': '1'}}
@@ -243,38 +276,51 @@ def shard(shard_id, parent=None, adjacent=None, closed=False):
 # shard-0 split into 1 and 2, which merged into 3; shard-4 never changed;
 # shard-5's parent has aged out of retention.
 RESHARDED = [
-    shard('shard-0', closed=True), shard('shard-1', 'shard-0', closed=True),
-    shard('shard-2', 'shard-0', closed=True), shard('shard-3', 'shard-1', 'shard-2'),
-    shard('shard-4'), shard('shard-5', 'shard-gone')]
+  shard('shard-0', closed=True),
+  shard('shard-1', 'shard-0', closed=True),
+  shard('shard-2', 'shard-0', closed=True),
+  shard('shard-3', 'shard-1', 'shard-2'),
+  shard('shard-4'),
+  shard('shard-5', 'shard-gone'),
+]
 
 
-@pytest.mark.parametrize('initial_position, roots', [
+@pytest.mark.parametrize(
+  'initial_position, roots',
+  [
     ('TRIM_HORIZON_starts_at_shards_without_a_listed_parent', ['shard-0', 'shard-4', 'shard-5']),
     ('AT_TIMESTAMP_likewise', ['shard-0', 'shard-4', 'shard-5']),
     ('LATEST_starts_at_the_open_shards', ['shard-3', 'shard-4', 'shard-5']),
-])
+  ],
+)
 def test_lineage_roots(initial_position, roots):
   position = {'TRIM': TRIM_HORIZON, 'AT_T': AT_TIMESTAMP, 'LATE': LATEST}[initial_position[:4]]
   assert lineage_roots(RESHARDED, position) == roots
 
 
-@pytest.mark.parametrize('parent, children', [
+@pytest.mark.parametrize(
+  'parent, children',
+  [
     ('shard-0', (ChildShard('shard-1', ('shard-0',)), ChildShard('shard-2', ('shard-0',)))),
     ('shard-1', (ChildShard('shard-3', ('shard-1', 'shard-2')),)),
     ('shard-2', ()),  # the merge's adjacent parent: its lineage ends
     ('shard-4', ()),
-])
+  ],
+)
 def test_owned_children(parent, children):
   assert owned_children(RESHARDED, parent) == children
 
 
-@pytest.mark.parametrize('text, seconds', [
+@pytest.mark.parametrize(
+  'text, seconds',
+  [
     ('1700000000', 1700000000.0),
     ('1700000000.5', 1700000000.5),
     ('2023-11-14T22:13:20Z', 1700000000.0),
     ('2023-11-14T22:13:20', 1700000000.0),  # no offset: UTC
     ('2023-11-15T00:13:20+02:00', 1700000000.0),
-])
+  ],
+)
 def test_parse_start_timestamp(text, seconds):
   assert parse_start_timestamp(text) == seconds
 
@@ -286,10 +332,13 @@ def test_parse_start_timestamp_refuses_anything_else():
 
 def test_start_positions_map_to_get_shard_iterator_arguments():
   assert StartPosition(AFTER_SEQUENCE_NUMBER, int(LONG_SEQUENCE)).shard_iterator_args() == {
-      'ShardIteratorType': AFTER_SEQUENCE_NUMBER, 'StartingSequenceNumber': LONG_SEQUENCE}
+    'ShardIteratorType': AFTER_SEQUENCE_NUMBER,
+    'StartingSequenceNumber': LONG_SEQUENCE,
+  }
   assert StartPosition(AT_TIMESTAMP, timestamp=1700000000).shard_iterator_args() == {
-      'ShardIteratorType': AT_TIMESTAMP,
-      'Timestamp': datetime.datetime(2023, 11, 14, 22, 13, 20, tzinfo=datetime.timezone.utc)}
+    'ShardIteratorType': AT_TIMESTAMP,
+    'Timestamp': datetime.datetime(2023, 11, 14, 22, 13, 20, tzinfo=datetime.timezone.utc),
+  }
 
 
 def test_at_timestamp_needs_a_timestamp():
@@ -302,20 +351,34 @@ def test_at_timestamp_needs_a_timestamp():
 def test_kinesis_flags_build_the_reader():
   parser = argparse.ArgumentParser()
   add_kinesis_args(parser)
-  options = parser.parse_args([
-      '--kinesis_stream=s', '--aws_region=eu-west-1', '--kinesis_endpoint_url=http://127.0.0.1:1',
-      '--kinesis_initial_position=AT_TIMESTAMP', '--kinesis_start_timestamp=2023-11-14T22:13:20Z',
-      '--kinesis_stop_at_latest', '--kinesis_max_delivery_delay=60'])
+  options = parser.parse_args(
+    [
+      '--kinesis_stream=s',
+      '--aws_region=eu-west-1',
+      '--kinesis_endpoint_url=http://127.0.0.1:1',
+      '--kinesis_initial_position=AT_TIMESTAMP',
+      '--kinesis_start_timestamp=2023-11-14T22:13:20Z',
+      '--kinesis_stop_at_latest',
+      '--kinesis_max_delivery_delay=60',
+    ]
+  )
   config = kinesis_transform_from_options(options)._config
-  assert (config.stream_name, config.region, config.endpoint_url, config.initial_position,
-          config.start_timestamp, config.stop_at_latest, config.max_delivery_delay_seconds) == (
-              's', 'eu-west-1', 'http://127.0.0.1:1', AT_TIMESTAMP, 1700000000.0, True, 60.0)
+  assert (
+    config.stream_name,
+    config.region,
+    config.endpoint_url,
+    config.initial_position,
+    config.start_timestamp,
+    config.stop_at_latest,
+    config.max_delivery_delay_seconds,
+  ) == ('s', 'eu-west-1', 'http://127.0.0.1:1', AT_TIMESTAMP, 1700000000.0, True, 60.0)
   options.kinesis_start_timestamp = None
   with pytest.raises(ValueError, match='--kinesis_start_timestamp'):
     kinesis_transform_from_options(options)
 
 
 # --- Reading moto server -----------------------------------------------------
+
 
 def decoded_items(record):
   """A RawRecord's lines, or a marker for a control message."""
@@ -332,12 +395,14 @@ def shard_of(record) -> str:
 
 def read_stream(pipeline, moto, stream_name, **kwargs):
   return pipeline | 'ReadKinesis' >> ReadKinesisRecords(
-      stream_name, kh.REGION, moto.url, stop_at_latest=True, **kwargs)
+    stream_name, kh.REGION, moto.url, stop_at_latest=True, **kwargs
+  )
 
 
 def counter(result, name):
-  counters = result.metrics().query(
-      MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(name))['counters']
+  counters = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(name))[
+    'counters'
+  ]
   return sum(c.committed for c in counters)
 
 
@@ -351,14 +416,24 @@ def test_records_written_through_cloudwatch_logs_are_read_exactly_once(moto, str
 
   p = TestPipeline()
   records = read_stream(p, moto, stream_name)
-  assert_that(records | beam.FlatMap(decoded_items),
-              equal_to([line for batch in batches for line in batch] + ['skipped: control message']),
-              label='EveryLineOnce')
-  assert_that(records | 'Origins' >> beam.Map(lambda r: r.origin)
-              | beam.combiners.Count.PerElement() | beam.Filter(lambda kv: kv[1] > 1),
-              equal_to([]), label='NoRecordTwice')
-  assert_that(records | 'Shards' >> beam.Map(shard_of) | beam.Distinct(),
-              equal_to([f'shardId-00000000000{i}' for i in range(3)]), label='AllShardsRead')
+  assert_that(
+    records | beam.FlatMap(decoded_items),
+    equal_to([line for batch in batches for line in batch] + ['skipped: control message']),
+    label='EveryLineOnce',
+  )
+  assert_that(
+    records
+    | 'Origins' >> beam.Map(lambda r: r.origin)
+    | beam.combiners.Count.PerElement()
+    | beam.Filter(lambda kv: kv[1] > 1),
+    equal_to([]),
+    label='NoRecordTwice',
+  )
+  assert_that(
+    records | 'Shards' >> beam.Map(shard_of) | beam.Distinct(),
+    equal_to([f'shardId-00000000000{i}' for i in range(3)]),
+    label='AllShardsRead',
+  )
   result = p.run()
   result.wait_until_finish()
   assert counter(result, 'kinesis_records_read') == 41
@@ -370,11 +445,19 @@ def test_latest_reads_exactly_the_records_written_after_the_read_starts(moto, st
   for key in 'abcdef':  # before the start: on both shards, never read
     kinesis.put_record(StreamName=stream_name, Data=b'old-' + key.encode(), PartitionKey=key)
   writer = kh.WriteOnFirstRead(f'{stream_name}-writer', moto.url, stream_name, count=2)
-  expected = [(f'shardId-00000000000{shard}', f'shardId-00000000000{shard}-after-start-{i}'.encode())
-              for shard in (0, 1) for i in (0, 1)]
+  expected = [
+    (f'shardId-00000000000{shard}', f'shardId-00000000000{shard}-after-start-{i}'.encode())
+    for shard in (0, 1)
+    for i in (0, 1)
+  ]
   with TestPipeline() as p:
-    records = read_stream(p, moto, stream_name, initial_position=LATEST, client_event_hooks=[
-        ('before-parameter-build.kinesis.GetRecords', writer)])
+    records = read_stream(
+      p,
+      moto,
+      stream_name,
+      initial_position=LATEST,
+      client_event_hooks=[('before-parameter-build.kinesis.GetRecords', writer)],
+    )
     assert_that(records | beam.Map(lambda r: (shard_of(r), r.data)), equal_to(expected))
   assert sorted(writer.log()) == expected
 
@@ -389,10 +472,10 @@ def test_at_timestamp_skips_records_that_arrived_before_it(moto, stream_name):
   for key in 'abcd':
     kinesis.put_record(StreamName=stream_name, Data=b'after-' + key.encode(), PartitionKey=key)
   with TestPipeline() as p:
-    records = read_stream(p, moto, stream_name, initial_position=AT_TIMESTAMP,
-                          start_timestamp=start - 0.5)
-    assert_that(records | beam.Map(lambda r: r.data),
-                equal_to([b'after-a', b'after-b', b'after-c', b'after-d']))
+    records = read_stream(p, moto, stream_name, initial_position=AT_TIMESTAMP, start_timestamp=start - 0.5)
+    assert_that(
+      records | beam.Map(lambda r: r.data), equal_to([b'after-a', b'after-b', b'after-c', b'after-d'])
+    )
 
 
 # Version 2 flow lines. Windows start at 1700000400 and 1700001000.
@@ -404,18 +487,22 @@ def flow(src, dst, start, action='ACCEPT', status='OK'):
 
 
 FLOWS = [
-    [flow('10.0.0.1', '10.0.0.2', W1 + 10)],
-    [flow('10.0.0.1', '10.0.0.3', W1 + 20, action='REJECT'),  # REJECT counts too
-     flow('10.0.0.1', '10.0.0.2', W1 + 30)],  # the same peers again: counted once
-    [flow('10.0.0.4', '10.0.0.1', W1 + 599),  # last second of the first window
-     f'2 123456789012 eni-0a1b2c3d - - - - - - - {W1 + 5} {W1 + 65} - NODATA'],
-    [flow('2001:db8::1', '10.0.0.2', W2)],
-    [flow('10.0.0.2', '10.0.0.1', W2 + 100)],
-    [flow('10.0.0.1', '10.0.0.2', W1 + 10)],  # a duplicate of the first flow
+  [flow('10.0.0.1', '10.0.0.2', W1 + 10)],
+  [
+    flow('10.0.0.1', '10.0.0.3', W1 + 20, action='REJECT'),  # REJECT counts too
+    flow('10.0.0.1', '10.0.0.2', W1 + 30),
+  ],  # the same peers again: counted once
+  [
+    flow('10.0.0.4', '10.0.0.1', W1 + 599),  # last second of the first window
+    f'2 123456789012 eni-0a1b2c3d - - - - - - - {W1 + 5} {W1 + 65} - NODATA',
+  ],
+  [flow('2001:db8::1', '10.0.0.2', W2)],
+  [flow('10.0.0.2', '10.0.0.1', W2 + 100)],
+  [flow('10.0.0.1', '10.0.0.2', W1 + 10)],  # a duplicate of the first flow
 ]
 EXPECTED_WINDOWS = {
-    f'/connection_sets/{W1}': {'10.0.0.1': 3, '10.0.0.2': 1, '10.0.0.3': 1, '10.0.0.4': 1},
-    f'/connection_sets/{W2}': {'10.0.0.2': 2, '2001:db8::1': 1, '10.0.0.1': 1},
+  f'/connection_sets/{W1}': {'10.0.0.1': 3, '10.0.0.2': 1, '10.0.0.3': 1, '10.0.0.4': 1},
+  f'/connection_sets/{W2}': {'10.0.0.2': 2, '2001:db8::1': 1, '10.0.0.1': 1},
 }
 
 
@@ -430,8 +517,9 @@ def test_the_pipeline_from_kinesis_posts_the_exact_windows(moto, stream_name, tm
     options = PipelineOptions([f'--dead_letter_dir={tmp_path / "dead"}'])
     p = TestPipeline(options=options)
     source = ReadRecordsFrom(ReadKinesisRecords(stream_name, kh.REGION, moto.url, stop_at_latest=True))
-    build_pipeline(p, source, PostWindows(DeliveryConfig(receiver.url())),
-                   options.view_as(VpcFlowPeersOptions))
+    build_pipeline(
+      p, source, PostWindows(DeliveryConfig(receiver.url())), options.view_as(VpcFlowPeersOptions)
+    )
     result = p.run()
     result.wait_until_finish()
     assert receiver.latest_by_path() == EXPECTED_WINDOWS
@@ -443,11 +531,13 @@ def test_the_pipeline_from_kinesis_posts_the_exact_windows(moto, stream_name, tm
 
 # --- Faults, injected with botocore event hooks ------------------------------
 
+
 def write_records(kinesis, stream_name, count):
   """`count` records spread over the shards; returns their data."""
   data = [f'record-{i}'.encode() for i in range(count)]
-  kinesis.put_records(StreamName=stream_name, Records=[
-      {'Data': d, 'PartitionKey': f'key-{i}'} for i, d in enumerate(data)])
+  kinesis.put_records(
+    StreamName=stream_name, Records=[{'Data': d, 'PartitionKey': f'key-{i}'} for i, d in enumerate(data)]
+  )
   return data
 
 
@@ -464,18 +554,31 @@ def test_each_record_carries_the_watermark_its_reader_had_when_it_was_read(moto,
   kh.create_stream(kinesis, stream_name, 1)
   data = write_records(kinesis, stream_name, 3)
   shard_id = kinesis.list_shards(StreamName=stream_name)['Shards'][0]['ShardId']
-  iterator = kinesis.get_shard_iterator(StreamName=stream_name, ShardId=shard_id,
-                                        ShardIteratorType='TRIM_HORIZON')['ShardIterator']
-  arrivals = [r['ApproximateArrivalTimestamp'].timestamp()
-              for r in kinesis.get_records(ShardIterator=iterator)['Records']]
+  iterator = kinesis.get_shard_iterator(
+    StreamName=stream_name, ShardId=shard_id, ShardIteratorType='TRIM_HORIZON'
+  )['ShardIterator']
+  arrivals = [
+    r['ApproximateArrivalTimestamp'].timestamp()
+    for r in kinesis.get_records(ShardIterator=iterator)['Records']
+  ]
   with TestPipeline() as p:
-    records = read_stream(p, moto, stream_name, max_delivery_delay_seconds=60,
-                          client_event_hooks=[('provide-client-params.kinesis.GetRecords',
-                                               one_record_per_call)])
-    assert_that(records | beam.Map(lambda r: (r.data, r.watermark)), equal_to([
-        (data[0], float(MIN_TIMESTAMP)),
-        (data[1], float(Timestamp.of(arrivals[0] - 60))),
-        (data[2], float(Timestamp.of(arrivals[1] - 60)))]))
+    records = read_stream(
+      p,
+      moto,
+      stream_name,
+      max_delivery_delay_seconds=60,
+      client_event_hooks=[('provide-client-params.kinesis.GetRecords', one_record_per_call)],
+    )
+    assert_that(
+      records | beam.Map(lambda r: (r.data, r.watermark)),
+      equal_to(
+        [
+          (data[0], float(MIN_TIMESTAMP)),
+          (data[1], float(Timestamp.of(arrivals[0] - 60))),
+          (data[2], float(Timestamp.of(arrivals[1] - 60))),
+        ]
+      ),
+    )
 
 
 def test_the_backlog_kinesis_reports_is_the_millis_behind_latest_metric(moto, stream_name):
@@ -484,9 +587,15 @@ def test_the_backlog_kinesis_reports_is_the_millis_behind_latest_metric(moto, st
   data = write_records(kinesis, stream_name, 3)
   backlog = kh.ReportBacklog(f'{stream_name}-backlog', [3000, 1500, 0])
   p = TestPipeline()
-  records = read_stream(p, moto, stream_name, client_event_hooks=[
+  records = read_stream(
+    p,
+    moto,
+    stream_name,
+    client_event_hooks=[
       ('provide-client-params.kinesis.GetRecords', one_record_per_call),
-      ('after-call.kinesis.GetRecords', backlog)])
+      ('after-call.kinesis.GetRecords', backlog),
+    ],
+  )
   assert_that(records | beam.Map(lambda r: r.data), equal_to(data))
   result = p.run()
   result.wait_until_finish()
@@ -495,23 +604,32 @@ def test_the_backlog_kinesis_reports_is_the_millis_behind_latest_metric(moto, st
   query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
   [gauge] = [g for g in query['gauges'] if g.key.metric.name == 'kinesis_millis_behind_latest']
   assert gauge.committed.value == 0  # caught up: the last it heard
-  [spread] = [d for d in query['distributions']
-              if d.key.metric.name == 'kinesis_millis_behind_latest_distribution']
-  assert (spread.committed.count, spread.committed.sum, spread.committed.min,
-          spread.committed.max) == (4, 4500, 0, 3000)
+  [spread] = [
+    d for d in query['distributions'] if d.key.metric.name == 'kinesis_millis_behind_latest_distribution'
+  ]
+  assert (spread.committed.count, spread.committed.sum, spread.committed.min, spread.committed.max) == (
+    4,
+    4500,
+    0,
+    3000,
+  )
 
 
 def test_throttling_is_retried_by_botocore_and_every_record_read_once(moto, stream_name):
   kinesis = kh.client('kinesis', moto.url)
   kh.create_stream(kinesis, stream_name, 2)
   data = write_records(kinesis, stream_name, 30)
-  throttles = {1: 'ProvisionedThroughputExceededException', 3: 'LimitExceededException',
-               5: 'ProvisionedThroughputExceededException'}
+  throttles = {
+    1: 'ProvisionedThroughputExceededException',
+    3: 'LimitExceededException',
+    5: 'ProvisionedThroughputExceededException',
+  }
   injector = kh.FaultInjector(f'{stream_name}-get-records', throttles)
 
   p = TestPipeline()
-  records = read_stream(p, moto, stream_name,
-                        client_event_hooks=[('before-send.kinesis.GetRecords', injector)])
+  records = read_stream(
+    p, moto, stream_name, client_event_hooks=[('before-send.kinesis.GetRecords', injector)]
+  )
   assert_that(records | beam.Map(lambda r: r.data), equal_to(data))
   result = p.run()
   result.wait_until_finish()
@@ -539,12 +657,15 @@ def test_throttling_beyond_botocore_retries_backs_the_shard_off(moto, stream_nam
   kh.create_stream(kinesis, stream_name, 1)
   data = write_records(kinesis, stream_name, 20)
   # max_attempts=2: botocore gives up after the second throttled attempt.
-  injector = kh.FaultInjector(f'{stream_name}-get-records', {
-      1: 'ProvisionedThroughputExceededException', 2: 'ProvisionedThroughputExceededException'})
+  injector = kh.FaultInjector(
+    f'{stream_name}-get-records',
+    {1: 'ProvisionedThroughputExceededException', 2: 'ProvisionedThroughputExceededException'},
+  )
 
   p = TestPipeline()
-  records = read_stream(p, moto, stream_name, max_attempts=2,
-                        client_event_hooks=[('before-send.kinesis.GetRecords', injector)])
+  records = read_stream(
+    p, moto, stream_name, max_attempts=2, client_event_hooks=[('before-send.kinesis.GetRecords', injector)]
+  )
   assert_that(records | beam.Map(lambda r: r.data), equal_to(data))
   result = p.run()
   result.wait_until_finish()
@@ -560,14 +681,21 @@ def test_expired_iterators_are_renewed_after_the_last_record_read(moto, stream_n
   kh.create_stream(kinesis, stream_name, 1)
   data = write_records(kinesis, stream_name, 25)
   # The first GetRecords (nothing read yet) and the one after the first batch expire.
-  injector = kh.FaultInjector(f'{stream_name}-get-records', {
-      1: 'ExpiredIteratorException', 3: 'ExpiredIteratorException'})
+  injector = kh.FaultInjector(
+    f'{stream_name}-get-records', {1: 'ExpiredIteratorException', 3: 'ExpiredIteratorException'}
+  )
   iterators = kh.CallRecorder(f'{stream_name}-get-shard-iterator')
 
   p = TestPipeline()
-  records = read_stream(p, moto, stream_name, client_event_hooks=[
+  records = read_stream(
+    p,
+    moto,
+    stream_name,
+    client_event_hooks=[
       ('before-send.kinesis.GetRecords', injector),
-      ('before-parameter-build.kinesis.GetShardIterator', iterators)])
+      ('before-parameter-build.kinesis.GetShardIterator', iterators),
+    ],
+  )
   assert_that(records | beam.Map(lambda r: r.data), equal_to(data))
   sequences = records | beam.Map(lambda r: int(r.origin.split('/')[2]))
   assert_that(sequences | beam.combiners.Top.Largest(1), equal_to([[25]]), label='LastSequence')
@@ -575,9 +703,9 @@ def test_expired_iterators_are_renewed_after_the_last_record_read(moto, stream_n
   result.wait_until_finish()
 
   assert [(c['ShardIteratorType'], c.get('StartingSequenceNumber')) for c in iterators.log()] == [
-      (TRIM_HORIZON, None),  # the start
-      (TRIM_HORIZON, None),  # expired before any record: the restriction's start again
-      (AFTER_SEQUENCE_NUMBER, '25'),  # expired after 25 records: after the last one
+    (TRIM_HORIZON, None),  # the start
+    (TRIM_HORIZON, None),  # expired before any record: the restriction's start again
+    (AFTER_SEQUENCE_NUMBER, '25'),  # expired after 25 records: after the last one
   ]
   assert counter(result, 'kinesis_iterators_expired') == 2
 
@@ -603,7 +731,7 @@ def kinesalite():
     yield server
 
 
-HALF = 2 ** 127
+HALF = 2**127
 
 
 def test_resharded_stream_is_read_parents_first_and_every_record_once(kinesalite):
@@ -615,26 +743,26 @@ def test_resharded_stream_is_read_parents_first_and_every_record_once(kinesalite
     written = []
     for i in range(count):
       d = f'{label}-{i}'.encode()
-      out = kinesis.put_record(StreamName=name, Data=d, PartitionKey=label,
-                               ExplicitHashKey=str(hash_key))
+      out = kinesis.put_record(StreamName=name, Data=d, PartitionKey=label, ExplicitHashKey=str(hash_key))
       written.append((out['ShardId'], d))
     return written
 
   written = put('before-split', 5, 1)
-  kinesis.split_shard(StreamName=name, ShardToSplit='shardId-000000000000',
-                      NewStartingHashKey=str(HALF))
+  kinesis.split_shard(StreamName=name, ShardToSplit='shardId-000000000000', NewStartingHashKey=str(HALF))
   kh.wait_until_active(kinesis, name)
   written += put('low', 4, 1) + put('high', 4, HALF + 1)
-  kinesis.merge_shards(StreamName=name, ShardToMerge='shardId-000000000001',
-                       AdjacentShardToMerge='shardId-000000000002')
+  kinesis.merge_shards(
+    StreamName=name, ShardToMerge='shardId-000000000001', AdjacentShardToMerge='shardId-000000000002'
+  )
   kh.wait_until_active(kinesis, name)
   written += put('merged', 3, 7)
   assert sorted({s for s, _ in written}) == [f'shardId-00000000000{i}' for i in range(4)]
 
   _EMITTED.clear()
   p = TestPipeline()
-  records = (p | ReadKinesisRecords(name, kh.REGION, kinesalite.url, stop_at_latest=True)
-             | beam.Map(_note_emitted))
+  records = (
+    p | ReadKinesisRecords(name, kh.REGION, kinesalite.url, stop_at_latest=True) | beam.Map(_note_emitted)
+  )
   assert_that(records | beam.Map(lambda r: (shard_of(r), r.data)), equal_to(written))
   result = p.run()
   result.wait_until_finish()
@@ -657,32 +785,53 @@ def test_resharding_while_the_reader_runs_across_checkpoints_reads_every_record_
   kinesis = kh.client('kinesis', kinesalite.url)
   name = 'resharded-while-read'
   kh.create_stream(kinesis, name, 1)
-  before = [(kinesis.put_record(StreamName=name, Data=f'before-split-{i}'.encode(),
-                                PartitionKey='before', ExplicitHashKey='1')['ShardId'],
-             f'before-split-{i}'.encode()) for i in range(3)]
+  before = [
+    (
+      kinesis.put_record(
+        StreamName=name, Data=f'before-split-{i}'.encode(), PartitionKey='before', ExplicitHashKey='1'
+      )['ShardId'],
+      f'before-split-{i}'.encode(),
+    )
+    for i in range(3)
+  ]
   shard = 'shardId-00000000000{}'.format
-  resharder = kh.Resharder(f'{name}-resharder', kinesalite.url, name, split_before=2,
-                           merge_before=shard(2), per_child=2)
+  resharder = kh.Resharder(
+    f'{name}-resharder', kinesalite.url, name, split_before=2, merge_before=shard(2), per_child=2
+  )
   throttle = kh.FailFirstIteratorOf(f'{name}-throttle', [shard(1), shard(3)])
   iterators = kh.CallRecorder(f'{name}-iterators')
 
   _EMITTED.clear()
   p = TestPipeline()
-  _ = (p | ReadKinesisRecords(name, kh.REGION, kinesalite.url, stop_at_latest=True,
-                              max_attempts=1, client_event_hooks=[
-                                  ('before-parameter-build.kinesis.GetRecords', resharder),
-                                  ('before-parameter-build.kinesis.GetShardIterator', resharder),
-                                  ('before-parameter-build.kinesis.GetShardIterator', iterators),
-                                  ('before-send.kinesis.GetShardIterator', throttle)])
-       | beam.Map(_note_emitted))
+  _ = (
+    p
+    | ReadKinesisRecords(
+      name,
+      kh.REGION,
+      kinesalite.url,
+      stop_at_latest=True,
+      max_attempts=1,
+      client_event_hooks=[
+        ('before-parameter-build.kinesis.GetRecords', resharder),
+        ('before-parameter-build.kinesis.GetShardIterator', resharder),
+        ('before-parameter-build.kinesis.GetShardIterator', iterators),
+        ('before-send.kinesis.GetShardIterator', throttle),
+      ],
+    )
+    | beam.Map(_note_emitted)
+  )
   result = p.run()
   result.wait_until_finish()
 
   written = before + resharder.written()
   assert sorted(written) == sorted(
-      [(shard(0), f'before-split-{i}'.encode()) for i in range(3)]
-      + [(shard(n), f'{label}-{i}'.encode())
-         for n, label in ((1, 'low'), (2, 'high'), (3, 'merged')) for i in range(2)])
+    [(shard(0), f'before-split-{i}'.encode()) for i in range(3)]
+    + [
+      (shard(n), f'{label}-{i}'.encode())
+      for n, label in ((1, 'low'), (2, 'high'), (3, 'merged'))
+      for i in range(2)
+    ]
+  )
   read = [(shard_of(r), r.data) for r in _EMITTED]
   assert sorted(read) == sorted(written)  # every record, once
   assert throttle.log() == [shard(1), shard(3)]

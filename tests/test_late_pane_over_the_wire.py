@@ -30,12 +30,14 @@ def test_the_late_pane_is_posted_with_its_own_key_and_the_complete_document(star
   endpoint = start_receiver()
   on_time = (flow_line('10.0.0.1', '10.0.0.2', W0 + 1), flow_line('10.0.0.1', '10.0.0.3', W0 + 2))
   late = (flow_line('10.0.0.4', '10.0.0.1', W0 + 5),)  # read after W0 closed, within the lateness
-  stream = (TestStream()
-            .advance_watermark_to(W0)
-            .add_elements([TimestampedValue(LogBatch('r0', on_time, None, True, watermark=W0), W0)])
-            .advance_watermark_to(W1 + 60)
-            .add_elements([TimestampedValue(LogBatch('r1', late, None, True, watermark=W1 + 60), W0)])
-            .advance_watermark_to_infinity())
+  stream = (
+    TestStream()
+    .advance_watermark_to(W0)
+    .add_elements([TimestampedValue(LogBatch('r0', on_time, None, True, watermark=W0), W0)])
+    .advance_watermark_to(W1 + 60)
+    .add_elements([TimestampedValue(LogBatch('r1', late, None, True, watermark=W1 + 60), W0)])
+    .advance_watermark_to_infinity()
+  )
   options = PipelineOptions()
   options.view_as(StandardOptions).streaming = True
   with TestPipeline(options=options) as p:
@@ -44,8 +46,18 @@ def test_the_late_pane_is_posted_with_its_own_key_and_the_complete_document(star
 
   on_time_body = b'{"10.0.0.1":2,"10.0.0.2":1,"10.0.0.3":1}'
   late_body = b'{"10.0.0.1":3,"10.0.0.2":1,"10.0.0.3":1,"10.0.0.4":1}'  # the whole window so far
-  assert [(a.method, a.path, a.status, a.headers['X-Pane-Index'], a.headers['X-Pane-Timing'],
-           a.headers['Idempotency-Key'], a.body) for a in endpoint.requests] == [
-      ('POST', f'/connection_sets/{W0}', 200, '0', 'ON_TIME', contract_key(W0, 0, on_time_body),
-       on_time_body),
-      ('POST', f'/connection_sets/{W0}', 200, '1', 'LATE', contract_key(W0, 1, late_body), late_body)]
+  assert [
+    (
+      a.method,
+      a.path,
+      a.status,
+      a.headers['X-Pane-Index'],
+      a.headers['X-Pane-Timing'],
+      a.headers['Idempotency-Key'],
+      a.body,
+    )
+    for a in endpoint.requests
+  ] == [
+    ('POST', f'/connection_sets/{W0}', 200, '0', 'ON_TIME', contract_key(W0, 0, on_time_body), on_time_body),
+    ('POST', f'/connection_sets/{W0}', 200, '1', 'LATE', contract_key(W0, 1, late_body), late_body),
+  ]

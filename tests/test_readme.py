@@ -45,7 +45,7 @@ def command_lines(text: str) -> list:
 
 def arguments_after(line: str, command: str) -> list:
   words = shlex.split(line, comments=True)
-  return words[words.index(command) + 1:]
+  return words[words.index(command) + 1 :]
 
 
 def heading_anchors(text: str) -> set:
@@ -59,17 +59,17 @@ def heading_anchors(text: str) -> set:
 
 
 def all_pipeline_flags() -> set:
-  parser = cli._RefusingParser(allow_abbrev=False)  # pylint: disable=protected-access
-  for options_class in cli._options_classes():  # pylint: disable=protected-access
-    options_class._add_argparse_args(parser)  # pylint: disable=protected-access
-  return {option for action in parser._actions for option in action.option_strings}  # pylint: disable=protected-access
+  parser = cli._RefusingParser(allow_abbrev=False)
+  for options_class in cli._options_classes():
+    options_class._add_argparse_args(parser)
+  return {option for action in parser._actions for option in action.option_strings}
 
 
 def flags_in_sources(*globs: str) -> set:
   found = set()
   for pattern in globs:
     for path in REPO.glob(pattern):
-      found.update(re.findall(r"(--[a-z][a-z0-9_]*)\b", path.read_text()))
+      found.update(re.findall(r'(--[a-z][a-z0-9_]*)\b', path.read_text()))
   return found
 
 
@@ -87,7 +87,8 @@ def test_every_relative_link_and_anchor_leads_somewhere(page):
     assert linked.exists(), f'{doc_id(page)} links to {target}, which does not exist'
     if anchor and linked.suffix == '.md':
       assert anchor[1:] in heading_anchors(linked.read_text()), (
-          f'{doc_id(page)} links to {target}{anchor}: no such heading')
+        f'{doc_id(page)} links to {target}{anchor}: no such heading'
+      )
 
 
 # How many `python -m pipeline` (or `./run_local.sh ARGS`) commands each page shows.
@@ -112,11 +113,14 @@ def test_the_replay_commands_shown_use_replay_flags():
   parser.add_argument('directory')
   parser.add_argument('--endpoint')
   add_delivery_args(parser)
-  replay_flags = {option for action in parser._actions for option in action.option_strings}  # pylint: disable=protected-access
+  replay_flags = {option for action in parser._actions for option in action.option_strings}
   replay_flags |= {flag for flag in all_pipeline_flags() if flag.startswith('--s3_')}
-  shown = [arguments_after(line, 'pipeline.replay')
-           for page in DOCS for line in command_lines(page.read_text())
-           if 'python -m pipeline.replay ' in line]
+  shown = [
+    arguments_after(line, 'pipeline.replay')
+    for page in DOCS
+    for line in command_lines(page.read_text())
+    if 'python -m pipeline.replay ' in line
+  ]
   assert len(shown) >= 3
   for argv in shown:
     for word in argv:
@@ -126,19 +130,35 @@ def test_the_replay_commands_shown_use_replay_flags():
 
 
 def test_every_flag_the_pages_name_is_declared():
-  known = (all_pipeline_flags() | OTHER_TOOLS_FLAGS | {MISTYPED_EXAMPLE}
-           | flags_in_sources('pipeline/*.py', 'devtools/*.py', 'bench/*.py', 'bench/*.sh',
-                              'run_*.sh', 'tools/*.sh', 'tools/*.py', 'deploy/*/*.sh'))
+  known = (
+    all_pipeline_flags()
+    | OTHER_TOOLS_FLAGS
+    | {MISTYPED_EXAMPLE}
+    | flags_in_sources(
+      'pipeline/*.py',
+      'devtools/*.py',
+      'bench/*.py',
+      'bench/*.sh',
+      'run_*.sh',
+      'tools/*.sh',
+      'tools/*.py',
+      'deploy/*/*.sh',
+    )
+  )
   for page in DOCS:
     named = set(re.findall(r'(?<![\w-])(--[a-z][a-z0-9_]*)(?![\w-])', page.read_text()))
     unknown = sorted(named - known)
     assert not unknown, f'{doc_id(page)} names flags nothing declares: {unknown}'
 
 
-@pytest.mark.parametrize('argv', [
+@pytest.mark.parametrize(
+  'argv',
+  [
     ['--window_second=60'],
     ['--window_seconds=ten'],
-], ids=['unknown flag', 'bad value'])
+  ],
+  ids=['unknown flag', 'bad value'],
+)
 def test_the_readme_quotes_the_refusals_as_the_command_words_them(argv):
   endpoint = '--endpoint=https://example.com/connection_sets/{bucket_time}'
   with pytest.raises(cli.UsageError) as refused:

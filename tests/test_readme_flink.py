@@ -37,22 +37,31 @@ def test_the_flink_doc_commands_run_as_written(flink_cluster):
   receiver_port = free_port()
   # The receiver runs in the background: never left behind, whatever fails.
   script = '\n'.join(["trap 'kill $(jobs -p) 2>/dev/null || true' EXIT", *commands[:-1]])
-  script = (script.replace('localhost:8081', f'localhost:{REST_PORT}')
-            .replace('localhost:50000', f'localhost:{flink_cluster.worker_pool_port}')
-            .replace('--port 8765', f'--port {receiver_port}')
-            .replace('127.0.0.1:8765', f'127.0.0.1:{receiver_port}'))
+  script = (
+    script.replace('localhost:8081', f'localhost:{REST_PORT}')
+    .replace('localhost:50000', f'localhost:{flink_cluster.worker_pool_port}')
+    .replace('--port 8765', f'--port {receiver_port}')
+    .replace('127.0.0.1:8765', f'127.0.0.1:{receiver_port}')
+  )
   shutil.rmtree(EXAMPLE_DIR, ignore_errors=True)
   s3_port = int(flink_cluster.s3_url.rsplit(':', 1)[1])
-  ran = subprocess.run(['bash', '-euo', 'pipefail', '-c', script], cwd=REPO,
-                       env=cluster_env(flink_cluster.worker_pool_port, s3_port),
-                       capture_output=True, text=True, timeout=900, check=False)
+  ran = subprocess.run(
+    ['bash', '-euo', 'pipefail', '-c', script],
+    cwd=REPO,
+    env=cluster_env(flink_cluster.worker_pool_port, s3_port),
+    capture_output=True,
+    text=True,
+    timeout=900,
+    check=False,
+  )
   assert ran.returncode == 0, f'{ran.stdout[-2000:]}\n{ran.stderr[-4000:]}'
   assert 'already running' in ran.stderr  # the session's cluster, the same topology
   assert 'vpc-flow-peers summary' in ran.stdout
   inputs = sorted((EXAMPLE_DIR / 'input').glob('*.jsonl'))
   assert inputs
-  baseline = subprocess.run([sys.executable, str(REPO / 'bench' / 'baseline.py'), *map(str, inputs)],
-                            capture_output=True, check=True)
+  baseline = subprocess.run(
+    [sys.executable, str(REPO / 'bench' / 'baseline.py'), *map(str, inputs)], capture_output=True, check=True
+  )
   expected = {int(bucket): doc for bucket, doc in json.loads(baseline.stdout).items()}
   store = Store(str(EXAMPLE_DIR / 'received.sqlite'))
   try:

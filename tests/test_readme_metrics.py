@@ -30,8 +30,9 @@ KEY_10_0_0_1 = 167772161  # the address key of 10.0.0.1
 
 
 def counter(result, name):
-  [found] = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(
-      name))['counters']
+  [found] = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(name))[
+    'counters'
+  ]
   return found.committed
 
 
@@ -41,14 +42,20 @@ def test_unchanged_panes_counts_the_panes_that_repeat_the_last_posted_counts():
   same = WindowCounts(W0, W1, {'10.0.0.1': 1, '10.0.0.2': 1}, 0, 'ON_TIME')
   other = WindowCounts(W1, W1 + 600, {'10.0.0.1': 1, '10.0.0.3': 1}, 0, 'ON_TIME')
   p = TestPipeline()
-  posted = (p
-            | beam.Create([TimestampedValue(same._replace(pane_index=pane), W0 + pane)
-                           for pane in range(3)] + [TimestampedValue(other, W1 + 1)])
-            | beam.WindowInto(FixedWindows(600))
-            | beam.Map(lambda counts: (counts.bucket_time, counts))
-            | beam.ParDo(SkipUnchangedPanes()))
-  assert_that(posted | beam.Map(lambda counts: (counts.bucket_time, counts.counts)),
-              equal_to([(W0, same.counts), (W1, other.counts)]))
+  posted = (
+    p
+    | beam.Create(
+      [TimestampedValue(same._replace(pane_index=pane), W0 + pane) for pane in range(3)]
+      + [TimestampedValue(other, W1 + 1)]
+    )
+    | beam.WindowInto(FixedWindows(600))
+    | beam.Map(lambda counts: (counts.bucket_time, counts))
+    | beam.ParDo(SkipUnchangedPanes())
+  )
+  assert_that(
+    posted | beam.Map(lambda counts: (counts.bucket_time, counts.counts)),
+    equal_to([(W0, same.counts), (W1, other.counts)]),
+  )
   result = p.run()
   result.wait_until_finish()
   assert counter(result, 'unchanged_panes') == 2
@@ -62,12 +69,18 @@ def counts_of(counts: dict) -> PeerCounts:
 
 def test_empty_panes_counts_the_panes_without_a_pair_that_are_not_posted():
   p = TestPipeline()
-  documents = (p
-               | beam.Create([TimestampedValue(((), counts_of({})), W0 + 1),
-                              TimestampedValue(((), counts_of({})), W1 + 1),
-                              TimestampedValue(((), counts_of({KEY_10_0_0_1: 1})), W1 + 2)])
-               | beam.WindowInto(FixedWindows(600))
-               | beam.ParDo(_ToWindowCounts(())))
+  documents = (
+    p
+    | beam.Create(
+      [
+        TimestampedValue(((), counts_of({})), W0 + 1),
+        TimestampedValue(((), counts_of({})), W1 + 1),
+        TimestampedValue(((), counts_of({KEY_10_0_0_1: 1})), W1 + 2),
+      ]
+    )
+    | beam.WindowInto(FixedWindows(600))
+    | beam.ParDo(_ToWindowCounts(()))
+  )
   assert_that(documents, equal_to([WindowCounts(W1, W1 + 600, {'10.0.0.1': 1}, 0, 'UNKNOWN')]))
   result = p.run()
   result.wait_until_finish()

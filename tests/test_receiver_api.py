@@ -27,9 +27,13 @@ X, Y, Z = '10.0.3.66', '10.0.0.24', '2600:1f18:4a3:6e00::10'
 SERIES = {X: [3, 3, 3, 40, 40, 3], Y: [50, 52, 48, 51, 50, 49], Z: [0, 0, 2, 0, 25, 0]}
 ACCOUNT = (('account-id', '111122223333'), ('vpc-id', 'vpc-0a1b'))
 GROUP = 'account-id=111122223333&vpc-id=vpc-0a1b'
-RULE = {'ratio': 3.0, 'min_count': 20, 'history': 6,
-        'text': 'at least 20 distinct peers and at least 3 times the median of the previous 6 '
-                'windows (0 where absent)'}
+RULE = {
+  'ratio': 3.0,
+  'min_count': 20,
+  'history': 6,
+  'text': 'at least 20 distinct peers and at least 3 times the median of the previous 6 '
+  'windows (0 where absent)',
+}
 
 
 def window_counts(i):
@@ -62,8 +66,10 @@ def get(receiver, path, status=200):
 def test_a_post_is_answered_with_its_outcome(start_receiver, tmp_path):
   receiver = start_receiver(store=str(tmp_path / 'store.sqlite'))
   first = send(receiver, contract_post(W, {X: 1}, part=(0, 2), group=ACCOUNT, compress=True))
-  assert (first.status_code, first.json()) == (200, {
-      'outcome': 'waiting', 'window_start': W, 'group': GROUP, 'pane': 0, 'part': 0})
+  assert (first.status_code, first.json()) == (
+    200,
+    {'outcome': 'waiting', 'window_start': W, 'group': GROUP, 'pane': 0, 'part': 0},
+  )
   second = send(receiver, contract_post(W, {Y: 2}, part=(1, 2), group=ACCOUNT))
   assert second.json()['outcome'] == 'applied'
   assert send(receiver, contract_post(W, {Y: 2}, part=(1, 2), group=ACCOUNT)).json()['outcome'] == 'duplicate'
@@ -87,7 +93,8 @@ def test_a_receiver_without_a_store_keeps_documents_in_memory_and_serves_no_page
   send(receiver, contract_post(W, {X: 1}))
   assert receiver.latest_by_path() == {f'/connection_sets/{W}': {X: 5}}
   assert get(receiver, '/api/windows', 404) == {
-      'error': 'this receiver keeps no store, so it serves no viewer (start it with a store file)'}
+    'error': 'this receiver keeps no store, so it serves no viewer (start it with a store file)'
+  }
 
 
 def test_a_record_only_receiver_reads_nothing(start_receiver):
@@ -103,13 +110,21 @@ def test_a_record_only_receiver_reads_nothing(start_receiver):
   assert receiver.latest_by_path() == {f'/connection_sets/{W}': {X: 5}}
 
 
-@pytest.mark.parametrize('change, status, error', [
+@pytest.mark.parametrize(
+  'change, status, error',
+  [
     ({'body': b'not json'}, 400, 'body is not JSON'),
     ({'headers': {'X-Pane-Index': 'x'}}, 400, "X-Pane-Index must be a non-negative whole number, got 'x'"),
-    ({'headers': {'Content-Encoding': 'deflate'}}, 415, "Content-Encoding must be gzip or none, got 'deflate'"),
+    (
+      {'headers': {'Content-Encoding': 'deflate'}},
+      415,
+      "Content-Encoding must be gzip or none, got 'deflate'",
+    ),
     ({'body': b'{"%s": 1}' % (b'1' * 2000)}, 413, 'body of 2007 bytes is larger than 1000 bytes'),
     ({'key_reused': True}, 422, "Idempotency-Key 'k' was already used for another body"),
-], ids=['not_json', 'bad_pane', 'unknown_encoding', 'over_the_cap', 'key_reused_for_another_body'])
+  ],
+  ids=['not_json', 'bad_pane', 'unknown_encoding', 'over_the_cap', 'key_reused_for_another_body'],
+)
 def test_a_malformed_post_gets_a_clear_4xx(start_receiver, tmp_path, change, status, error):
   receiver = start_receiver(store=str(tmp_path / 'store.sqlite'), max_body_bytes=1000)
   path, headers, body = contract_post(W, {X: 1}, key='k')
@@ -118,7 +133,7 @@ def test_a_malformed_post_gets_a_clear_4xx(start_receiver, tmp_path, change, sta
     body = b'{"10.0.3.66":2}'
   body = change.get('body', body)
   response = send(receiver, (path, {**headers, **change.get('headers', {})}, body))
-  assert (response.status_code, response.json()['error'][:len(error)]) == (status, error)
+  assert (response.status_code, response.json()['error'][: len(error)]) == (status, error)
 
 
 def test_a_post_without_a_length_is_refused(start_receiver, tmp_path):
@@ -130,7 +145,9 @@ def test_a_post_without_a_length_is_refused(start_receiver, tmp_path):
   connection.send(b'0\r\n\r\n')
   response = connection.getresponse()
   assert (response.status, json.loads(response.read())) == (
-      411, {'error': 'send the body with a Content-Length, not chunked'})
+    411,
+    {'error': 'send the body with a Content-Length, not chunked'},
+  )
   connection.close()
 
 
@@ -143,7 +160,9 @@ def test_a_store_that_cannot_write_answers_503(start_receiver, tmp_path, monkeyp
   monkeypatch.setattr(receiver.store, 'add', full_disk)
   response = send(receiver, contract_post(W, {X: 1}))
   assert (response.status_code, response.json()) == (
-      503, {'error': 'the store could not take the document: database or disk is full'})
+    503,
+    {'error': 'the store could not take the document: database or disk is full'},
+  )
   assert receiver.posts == []
 
 
@@ -158,11 +177,17 @@ def test_scripted_answers_come_before_the_contract(start_receiver):
 def test_windows_give_each_window_and_its_jump_count(loaded):
   answer = get(loaded, '/api/windows')
   assert answer['rule'] == RULE
-  assert [(w['start'], w['end'], w['pane'], w['pane_timing'], w['addresses'], w['max_peers'], w['jumps'])
-          for w in answer['windows']] == [
-              (W, W + 600, 0, 'ON_TIME', 2, 50, 0), (W + 600, W + 1200, 0, 'ON_TIME', 2, 52, 0),
-              (W + 1200, W + 1800, 0, 'ON_TIME', 3, 48, 0), (W + 1800, W + 2400, 0, 'ON_TIME', 2, 51, 1),
-              (W + 2400, W + 3000, 0, 'ON_TIME', 3, 50, 2), (W + 3000, W + 3600, 0, 'ON_TIME', 2, 49, 0)]
+  assert [
+    (w['start'], w['end'], w['pane'], w['pane_timing'], w['addresses'], w['max_peers'], w['jumps'])
+    for w in answer['windows']
+  ] == [
+    (W, W + 600, 0, 'ON_TIME', 2, 50, 0),
+    (W + 600, W + 1200, 0, 'ON_TIME', 2, 52, 0),
+    (W + 1200, W + 1800, 0, 'ON_TIME', 3, 48, 0),
+    (W + 1800, W + 2400, 0, 'ON_TIME', 2, 51, 1),
+    (W + 2400, W + 3000, 0, 'ON_TIME', 3, 50, 2),
+    (W + 3000, W + 3600, 0, 'ON_TIME', 2, 49, 0),
+  ]
   grouped = get(loaded, f'/api/windows?group={GROUP.replace("&", "%26")}')
   assert [(w['start'], w['addresses']) for w in grouped['windows']] == [(W, 1)]
   # A higher minimum leaves Z's 25 out.
@@ -174,25 +199,41 @@ def test_answers_follow_each_new_document(loaded):
   assert get(loaded, '/api/windows') == before
   send(loaded, contract_post(W + 3600, {X: 3, Y: 100}))
   after = get(loaded, '/api/windows')['windows']
-  assert [(w['start'], w['max_peers'], w['jumps']) for w in after[-2:]] == [(W + 3000, 49, 0),
-                                                                           (W + 3600, 100, 0)]
+  assert [(w['start'], w['max_peers'], w['jumps']) for w in after[-2:]] == [
+    (W + 3000, 49, 0),
+    (W + 3600, 100, 0),
+  ]
   send(loaded, contract_post(W + 3600, {X: 3, Y: 100, Z: 90}, pane=1))
   assert get(loaded, '/api/windows')['windows'][-1]['jumps'] == 1
 
 
 def test_groups_list_every_group_with_its_windows(loaded):
-  assert get(loaded, '/api/groups') == {'groups': [
+  assert get(loaded, '/api/groups') == {
+    'groups': [
       {'group': '', 'pairs': [], 'windows': 6, 'first': W, 'last': W + 3000},
-      {'group': GROUP, 'pairs': [['account-id', '111122223333'], ['vpc-id', 'vpc-0a1b']],
-       'windows': 1, 'first': W, 'last': W}]}
+      {
+        'group': GROUP,
+        'pairs': [['account-id', '111122223333'], ['vpc-id', 'vpc-0a1b']],
+        'windows': 1,
+        'first': W,
+        'last': W,
+      },
+    ]
+  }
 
 
 def test_top_gives_a_window_s_top_talkers_with_their_jumps(loaded):
-  assert get(loaded, f'/api/top?window={W + 1800}') == {'group': '', 'window': W + 1800, 'top': [
+  assert get(loaded, f'/api/top?window={W + 1800}') == {
+    'group': '',
+    'window': W + 1800,
+    'top': [
       {'address': Y, 'peers': 51, 'baseline': 50.0, 'jump': False},
-      {'address': X, 'peers': 40, 'baseline': 3.0, 'jump': True}]}
+      {'address': X, 'peers': 40, 'baseline': 3.0, 'jump': True},
+    ],
+  }
   assert get(loaded, f'/api/top?window={W + 1800}&limit=1&ratio=20')['top'] == [
-      {'address': Y, 'peers': 51, 'baseline': 50.0, 'jump': False}]
+    {'address': Y, 'peers': 51, 'baseline': 50.0, 'jump': False}
+  ]
   assert get(loaded, f'/api/top?window={W}')['top'][0]['baseline'] is None
   assert get(loaded, f'/api/top?window={W + 1}', 404) == {'error': f"no window {W + 1} in group ''"}
 
@@ -201,40 +242,84 @@ def test_series_gives_an_address_s_count_in_every_window(loaded):
   answer = get(loaded, f'/api/series?address={X}')
   assert (answer['address'], answer['seen'], answer['rule']) == (X, True, RULE)
   assert [(p['start'], p['peers'], p['baseline'], p['present'], p['jump']) for p in answer['series']] == [
-      (W, 3, None, True, False), (W + 600, 3, 3.0, True, False), (W + 1200, 3, 3.0, True, False),
-      (W + 1800, 40, 3.0, True, True), (W + 2400, 40, 3.0, True, True),
-      (W + 3000, 3, 3.0, True, False)]
+    (W, 3, None, True, False),
+    (W + 600, 3, 3.0, True, False),
+    (W + 1200, 3, 3.0, True, False),
+    (W + 1800, 40, 3.0, True, True),
+    (W + 2400, 40, 3.0, True, True),
+    (W + 3000, 3, 3.0, True, False),
+  ]
   z = get(loaded, f'/api/series?address={Z}')['series']
   assert [(p['peers'], p['present'], p['jump']) for p in z] == [
-      (0, False, False), (0, False, False), (2, True, False), (0, False, False), (25, True, True),
-      (0, False, False)]
+    (0, False, False),
+    (0, False, False),
+    (2, True, False),
+    (0, False, False),
+    (25, True, True),
+    (0, False, False),
+  ]
   unknown = get(loaded, '/api/series?address=192.0.2.1')
   assert (unknown['seen'], [p['peers'] for p in unknown['series']]) == (False, [0] * 6)
 
 
 def test_jumps_since_a_time_for_an_alerting_system(loaded):
   answer = get(loaded, '/api/jumps?since=0')
-  assert answer == {'rule': RULE, 'since': 0, 'truncated': False, 'jumps': [
-      {'group': '', 'window_start': W + 1800, 'window_end': W + 2400, 'address': X, 'peers': 40,
-       'baseline': 3.0},
-      {'group': '', 'window_start': W + 2400, 'window_end': W + 3000, 'address': X, 'peers': 40,
-       'baseline': 3.0},
-      {'group': '', 'window_start': W + 2400, 'window_end': W + 3000, 'address': Z, 'peers': 25,
-       'baseline': 0.0}]}
+  assert answer == {
+    'rule': RULE,
+    'since': 0,
+    'truncated': False,
+    'jumps': [
+      {
+        'group': '',
+        'window_start': W + 1800,
+        'window_end': W + 2400,
+        'address': X,
+        'peers': 40,
+        'baseline': 3.0,
+      },
+      {
+        'group': '',
+        'window_start': W + 2400,
+        'window_end': W + 3000,
+        'address': X,
+        'peers': 40,
+        'baseline': 3.0,
+      },
+      {
+        'group': '',
+        'window_start': W + 2400,
+        'window_end': W + 3000,
+        'address': Z,
+        'peers': 25,
+        'baseline': 0.0,
+      },
+    ],
+  }
   since = get(loaded, f'/api/jumps?since={W + 2400}')
   assert [(j['window_start'], j['address']) for j in since['jumps']] == [(W + 2400, X), (W + 2400, Z)]
   iso = get(loaded, '/api/jumps?since=2026-01-01T00:40:00Z')
   assert (iso['since'], iso['jumps']) == (W + 2400, since['jumps'])
   newest = get(loaded, '/api/jumps?limit=1&order=desc')
   assert ([(j['window_start'], j['address']) for j in newest['jumps']], newest['truncated']) == (
-      [(W + 2400, X)], True)
+    [(W + 2400, X)],
+    True,
+  )
   assert get(loaded, '/api/jumps?ratio=14')['jumps'] == [
-      {'group': '', 'window_start': W + 2400, 'window_end': W + 3000, 'address': Z, 'peers': 25,
-       'baseline': 0.0}]
+    {
+      'group': '',
+      'window_start': W + 2400,
+      'window_end': W + 3000,
+      'address': Z,
+      'peers': 25,
+      'baseline': 0.0,
+    }
+  ]
   assert get(loaded, f'/api/jumps?group={GROUP.replace("&", "%26")}')['jumps'] == []
 
 
-@pytest.mark.parametrize('path, error', [
+@pytest.mark.parametrize(
+  'path, error',
+  [
     ('/api/jumps?since=yesterday', "since must be Unix seconds or an ISO 8601 time, got 'yesterday'"),
     ('/api/jumps?ratio=0.5', 'ratio must be a number of at least 1, got 0.5'),
     ('/api/jumps?ratio=nan', 'ratio must be a number of at least 1, got nan'),
@@ -245,8 +330,20 @@ def test_jumps_since_a_time_for_an_alerting_system(loaded):
     ('/api/top', 'give window'),
     ('/api/top?window=1&limit=5000', 'limit must be from 1 to 1000, got 5000'),
     ('/api/series', 'give an address'),
-], ids=['since_not_a_time', 'ratio_under_1', 'ratio_nan', 'min_count_0', 'min_count_fraction',
-        'limit_0', 'unknown_order', 'top_without_window', 'top_limit_over_cap', 'series_without_address'])
+  ],
+  ids=[
+    'since_not_a_time',
+    'ratio_under_1',
+    'ratio_nan',
+    'min_count_0',
+    'min_count_fraction',
+    'limit_0',
+    'unknown_order',
+    'top_without_window',
+    'top_limit_over_cap',
+    'series_without_address',
+  ],
+)
 def test_bad_parameters_are_a_clear_400(loaded, path, error):
   assert get(loaded, path, 400) == {'error': error}
 
@@ -257,8 +354,11 @@ def test_the_page_and_its_assets_come_from_the_receiver(loaded):
   assert page.headers['Content-Security-Policy'].startswith("default-src 'self'")
   assert '<script src="/static/viewer.js" defer></script>' in page.text
   assert '://' not in page.text  # no asset from elsewhere
-  for name, content_type in [('viewer.js', 'text/javascript; charset=utf-8'),
-                             ('viewer.css', 'text/css; charset=utf-8'), ('icon.svg', 'image/svg+xml')]:
+  for name, content_type in [
+    ('viewer.js', 'text/javascript; charset=utf-8'),
+    ('viewer.css', 'text/css; charset=utf-8'),
+    ('icon.svg', 'image/svg+xml'),
+  ]:
     asset = requests.get(loaded.url(f'/static/{name}'), timeout=30)
     assert (asset.status_code, asset.headers['Content-Type']) == (200, content_type)
   for path in ['/static/../receiver.py', '/static/%2e%2e/api.py', '/static/.hidden.js', '/nothing']:
@@ -272,9 +372,20 @@ def test_the_command_keeps_its_documents_across_a_restart(tmp_path):
     port_file = tmp_path / 'port'
     if port_file.exists():
       port_file.unlink()
-    process = subprocess.Popen([sys.executable, '-m', 'devtools.receiver', f'--store={store}',
-                                f'--port_file={port_file}', '--jump_min_count=5'],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+      [
+        sys.executable,
+        '-m',
+        'devtools.receiver',
+        f'--store={store}',
+        f'--port_file={port_file}',
+        '--jump_min_count=5',
+      ],
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
     deadline = time.monotonic() + 60
     while not port_file.exists():
       assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
@@ -293,8 +404,9 @@ def test_the_command_keeps_its_documents_across_a_restart(tmp_path):
   process, url = start()
   try:
     assert requests.get(url + '/api/rule', timeout=30).json()['min_count'] == 5
-    assert [(j['window_start'], j['address']) for j in
-            requests.get(url + '/api/jumps', timeout=30).json()['jumps']] == [(W + 600, X)]
+    assert [
+      (j['window_start'], j['address']) for j in requests.get(url + '/api/jumps', timeout=30).json()['jumps']
+    ] == [(W + 600, X)]
     path, headers, body = contract_post(W, {X: 3})
     assert requests.post(url + path, data=body, headers=headers, timeout=30).json()['outcome'] == 'duplicate'
   finally:
@@ -302,13 +414,25 @@ def test_the_command_keeps_its_documents_across_a_restart(tmp_path):
     process.wait()
 
 
-@pytest.mark.parametrize('argv, message', [
+@pytest.mark.parametrize(
+  'argv, message',
+  [
     (['--store=/nonexistent-dir/s.sqlite'], 'no directory /nonexistent-dir for --store'),
-    (['--store=s.sqlite', '--jump_ratio=0.5'],
-     '--jump_ratio, --jump_min_count and --jump_history must be at least 1'),
-], ids=['store_directory_missing', 'ratio_under_1'])
+    (
+      ['--store=s.sqlite', '--jump_ratio=0.5'],
+      '--jump_ratio, --jump_min_count and --jump_history must be at least 1',
+    ),
+  ],
+  ids=['store_directory_missing', 'ratio_under_1'],
+)
 def test_command_line_mistakes_are_one_line_and_exit_1(argv, message):
-  finished = subprocess.run([sys.executable, '-m', 'devtools.receiver', *argv], cwd=REPO,
-                            capture_output=True, text=True, timeout=60, check=False)
+  finished = subprocess.run(
+    [sys.executable, '-m', 'devtools.receiver', *argv],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=60,
+    check=False,
+  )
   assert finished.returncode == 1
   assert finished.stderr.strip().splitlines() == [f'receiver.py: {message}']

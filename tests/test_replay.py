@@ -16,8 +16,21 @@ from devtools.aws_emulator import FAKE_AWS_ENV, REGION, moto_server
 from pipeline import replay
 from transforms.delivery.parts import idempotency_key
 from replay_helpers import (
-    BUCKET, FILE_NAME, REPO, RecordingEndpoint, buckets_on_disk, delivered_by, letter, letters_on_disk,
-    line_of, replay_command, run_on_small_filesystem, start_replay, window_bucket, write_file)
+  BUCKET,
+  FILE_NAME,
+  REPO,
+  RecordingEndpoint,
+  buckets_on_disk,
+  delivered_by,
+  letter,
+  letters_on_disk,
+  line_of,
+  replay_command,
+  run_on_small_filesystem,
+  start_replay,
+  window_bucket,
+  write_file,
+)
 from transforms.dead_letter import LOCK_NAME, DirectoryLock, S3Lock
 from transforms.elements import KIND_UNDELIVERED_WINDOW
 
@@ -45,27 +58,34 @@ def files_in(directory):
 
 # --- what replay removes, keeps and says ----------------------------------------
 
+
 def test_replay_removes_delivered_letters_and_keeps_undelivered_with_their_attempt_counts(
-    endpoint, tmp_path, capsys):
+  endpoint, tmp_path, capsys
+):
   healthy, failing = endpoint(), endpoint(failing=[window_bucket(1)])
-  letters = [letter(0, healthy.url(), attempts=4), letter(1, failing.url(), attempts=4),
-             letter(2, healthy.url(), attempts=1)]
+  letters = [
+    letter(0, healthy.url(), attempts=4),
+    letter(1, failing.url(), attempts=4),
+    letter(2, healthy.url(), attempts=1),
+  ]
   write_file(tmp_path, [line_of(l) for l in letters])
 
   assert run_replay(tmp_path) == 2
 
   assert letters_on_disk(tmp_path) == [
-      dict(letters[1], attempts=5, last_status=500, last_error=None,
-           reason='window not delivered: HTTP 500')]
+    dict(letters[1], attempts=5, last_status=500, last_error=None, reason='window not delivered: HTTP 500')
+  ]
   assert healthy.posts_by_bucket(200) == {window_bucket(0): 1, window_bucket(2): 1}
   assert failing.posts_by_bucket(500) == {window_bucket(1): 1}
   assert [a.idempotency_key for a in healthy.attempts] == [
-      idempotency_key(window_bucket(i), (), 0, 0, 1, letters[i]['body'].encode()) for i in (0, 2)]
+    idempotency_key(window_bucket(i), (), 0, 0, 1, letters[i]['body'].encode()) for i in (0, 2)
+  ]
   assert capsys.readouterr().out.splitlines() == [
-      f'delivered window {window_bucket(0)} to {healthy.url().format(bucket_time=window_bucket(0))}',
-      f'still undelivered: window {window_bucket(1)}: HTTP 500',
-      f'delivered window {window_bucket(2)} to {healthy.url().format(bucket_time=window_bucket(2))}',
-      'replay: 2 window(s) delivered, 1 still undelivered']
+    f'delivered window {window_bucket(0)} to {healthy.url().format(bucket_time=window_bucket(0))}',
+    f'still undelivered: window {window_bucket(1)}: HTTP 500',
+    f'delivered window {window_bucket(2)} to {healthy.url().format(bucket_time=window_bucket(2))}',
+    'replay: 2 window(s) delivered, 1 still undelivered',
+  ]
 
 
 def test_replay_that_delivers_everything_deletes_the_files_and_exits_0(endpoint, tmp_path, capsys):
@@ -92,7 +112,8 @@ def test_replay_of_a_redacted_url_keeps_the_letter_until_given_an_endpoint(endpo
   assert letters_on_disk(tmp_path) == [redacted]
   captured = capsys.readouterr()
   assert captured.err.splitlines() == [
-      f'window {BUCKET} ({path}:1): its URL held secrets and was redacted; pass --endpoint']
+    f'window {BUCKET} ({path}:1): its URL held secrets and was redacted; pass --endpoint'
+  ]
   assert captured.out.splitlines() == ['replay: 0 window(s) delivered, 1 still undelivered']
 
   assert run_replay(tmp_path, f'--endpoint={receiver.url()}?token=abc123') == 0
@@ -114,7 +135,9 @@ def test_replay_of_an_empty_directory_says_so_in_one_line_and_exits_0(tmp_path, 
   assert capsys.readouterr().out == f'replay: no undelivered windows under {tmp_path}\n'
 
 
-def test_replay_removes_temporary_files_of_killed_writers_once_stale_and_only_then(endpoint, tmp_path, capsys):
+def test_replay_removes_temporary_files_of_killed_writers_once_stale_and_only_then(
+  endpoint, tmp_path, capsys
+):
   receiver = endpoint()
   write_file(tmp_path, [line_of(letter(0, receiver.url()))])
   stale = write_file(tmp_path, [b'{"cut'], name=f'.{FILE_NAME}.0a1b2c3d.tmp')
@@ -125,10 +148,12 @@ def test_replay_removes_temporary_files_of_killed_writers_once_stale_and_only_th
 
   assert files_in(tmp_path) == sorted([os.path.basename(fresh), LOCK_NAME])
   assert capsys.readouterr().err == (
-      f'removed {stale}, left by a writer that was killed (the file it was writing is intact)\n')
+    f'removed {stale}, left by a writer that was killed (the file it was writing is intact)\n'
+  )
 
 
 # --- exit 1 ---------------------------------------------------------------------------
+
 
 def test_replay_of_a_file_instead_of_a_directory_is_one_line_and_exit_1(tmp_path, capsys):
   path = write_file(tmp_path, [b'x\n'], name='not-a-dir')
@@ -155,9 +180,14 @@ def test_replay_while_another_holds_the_directory_posts_nothing_and_exits_1(endp
 
 
 def test_replay_of_an_s3_bucket_that_does_not_exist_is_one_line_and_exit_1(moto):
-  result = subprocess.run(replay_command('s3://no-such-bucket/dead', f'--s3_endpoint_url={moto.url}'),
-                          cwd=REPO, capture_output=True, text=True, env=dict(os.environ, **FAKE_AWS_ENV),
-                          timeout=120)
+  result = subprocess.run(
+    replay_command('s3://no-such-bucket/dead', f'--s3_endpoint_url={moto.url}'),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, **FAKE_AWS_ENV),
+    timeout=120,
+  )
   assert result.returncode == 1
   [line] = [l for l in result.stderr.splitlines() if not l.startswith('WARNING:root:crcmod')]
   assert line.startswith('error: replay of s3://no-such-bucket/dead failed: ')
@@ -165,6 +195,7 @@ def test_replay_of_an_s3_bucket_that_does_not_exist_is_one_line_and_exit_1(moto)
 
 
 # --- damaged lines ----------------------------------------------------------------------
+
 
 def test_a_cut_line_is_reported_skipped_and_kept_and_does_not_stop_the_rest(endpoint, tmp_path, capsys):
   receiver = endpoint()
@@ -177,23 +208,36 @@ def test_a_cut_line_is_reported_skipped_and_kept_and_does_not_stop_the_rest(endp
   assert receiver.posts_by_bucket() == {window_bucket(0): 1, window_bucket(2): 1}
   err = capsys.readouterr().err.splitlines()
   assert [line.split(': not JSON: ')[0] for line in err] == [
-      f'damaged line {path}:2', f'damaged line {path}:4']
+    f'damaged line {path}:2',
+    f'damaged line {path}:4',
+  ]
   assert err[1].endswith('(the line is cut: no end of line) (kept as it is)')
 
 
-@pytest.mark.parametrize('damaged, problem', [
+@pytest.mark.parametrize(
+  'damaged, problem',
+  [
     (b'\xff\xfe garbage \x00\n', 'not UTF-8 (invalid start byte at byte 0)'),
     (b'[1, 2, 3]\n', 'not a JSON object (a list)'),
     (b'{"kind": "bad_input", "reason": "x"}\n', "not an undelivered window (kind 'bad_input')"),
-    (line_of(dict(letter(5, 'http://h/{bucket_time}'), bucket_time='1700003400')),
-     '"bucket_time" is missing or not a int'),
-    (line_of({k: v for k, v in letter(5, 'http://h/{bucket_time}').items() if k != 'body'}),
-     '"body" is missing or not a str'),
-], ids=['not_utf8', 'json_array', 'other_kind', 'bucket_as_string', 'no_body'])
+    (
+      line_of(dict(letter(5, 'http://h/{bucket_time}'), bucket_time='1700003400')),
+      '"bucket_time" is missing or not a int',
+    ),
+    (
+      line_of({k: v for k, v in letter(5, 'http://h/{bucket_time}').items() if k != 'body'}),
+      '"body" is missing or not a str',
+    ),
+  ],
+  ids=['not_utf8', 'json_array', 'other_kind', 'bucket_as_string', 'no_body'],
+)
 def test_a_damaged_line_is_reported_with_file_and_line_and_kept_byte_for_byte(
-    endpoint, tmp_path, capsys, damaged, problem):
+  endpoint, tmp_path, capsys, damaged, problem
+):
   receiver = endpoint()
-  path = write_file(tmp_path, [line_of(letter(0, receiver.url())), damaged, line_of(letter(1, receiver.url()))])
+  path = write_file(
+    tmp_path, [line_of(letter(0, receiver.url())), damaged, line_of(letter(1, receiver.url()))]
+  )
 
   assert run_replay(tmp_path) == 2
 
@@ -202,13 +246,16 @@ def test_a_damaged_line_is_reported_with_file_and_line_and_kept_byte_for_byte(
   captured = capsys.readouterr()
   assert captured.err == f'damaged line {path}:2: {problem} (kept as it is)\n'
   assert captured.out.splitlines()[-1] == (
-      'replay: 2 window(s) delivered, 0 still undelivered, 1 damaged line(s) kept')
+    'replay: 2 window(s) delivered, 0 still undelivered, 1 damaged line(s) kept'
+  )
 
 
 def test_a_letter_the_poster_cannot_send_is_kept_and_does_not_stop_the_rest(endpoint, tmp_path, capsys):
   receiver = endpoint()
   unsendable = line_of(dict(letter(1, receiver.url()), body='{"10.0.0.1": 1, "\ud800": 1}'))
-  path = write_file(tmp_path, [line_of(letter(0, receiver.url())), unsendable, line_of(letter(2, receiver.url()))])
+  path = write_file(
+    tmp_path, [line_of(letter(0, receiver.url())), unsendable, line_of(letter(2, receiver.url()))]
+  )
 
   assert run_replay(tmp_path) == 2
 
@@ -216,12 +263,15 @@ def test_a_letter_the_poster_cannot_send_is_kept_and_does_not_stop_the_rest(endp
   assert receiver.posts_by_bucket() == {window_bucket(0): 1, window_bucket(2): 1}
   err = capsys.readouterr().err
   # (A body of lone surrogates is not UTF-8: the JSON encoder refuses it.)
-  assert err.startswith(f'window {window_bucket(1)} ({path}:2): not posted: TypeError: str is not valid UTF-8')
+  assert err.startswith(
+    f'window {window_bucket(1)} ({path}:2): not posted: TypeError: str is not valid UTF-8'
+  )
   assert err.endswith(' (kept as it is)\n')
 
 
 def test_a_line_over_the_length_cap_is_kept_without_being_read_whole(endpoint, tmp_path, monkeypatch, capsys):
   from transforms import dead_letter
+
   monkeypatch.setattr(dead_letter, 'MAX_LETTER_BYTES', 4096)
   monkeypatch.setattr(dead_letter, '_COPY_PIECE_BYTES', 1000)
   receiver = endpoint()
@@ -241,7 +291,9 @@ def test_a_window_on_two_lines_and_in_two_files_is_posted_once(endpoint, tmp_pat
   twice = line_of(letter(0, receiver.url()))
   # The copy in the second file went through an earlier replay: other attempt counts.
   again = line_of(dict(letter(0, receiver.url()), attempts=9, last_status=500))
-  write_file(tmp_path, [twice, line_of(letter(1, receiver.url())), twice], name=f'{KIND_UNDELIVERED_WINDOW}-a.jsonl')
+  write_file(
+    tmp_path, [twice, line_of(letter(1, receiver.url())), twice], name=f'{KIND_UNDELIVERED_WINDOW}-a.jsonl'
+  )
   write_file(tmp_path, [again], name=f'{KIND_UNDELIVERED_WINDOW}-b.jsonl')
 
   assert run_replay(tmp_path) == 0
@@ -257,11 +309,19 @@ def test_a_window_on_two_lines_that_fails_is_posted_once_and_both_copies_stay(en
   assert run_replay(tmp_path) == 2
   assert failing.posts_by_bucket() == {BUCKET: 1}
   assert letters_on_disk(tmp_path) == [
-      dict(first, attempts=first['attempts'] + 1, last_status=500, last_error=None,
-           reason='window not delivered: HTTP 500'), first]
+    dict(
+      first,
+      attempts=first['attempts'] + 1,
+      last_status=500,
+      last_error=None,
+      reason='window not delivered: HTTP 500',
+    ),
+    first,
+  ]
 
 
 # --- interrupted, killed, concurrent ----------------------------------------------
+
 
 def wait_for_posts(receiver, count, process, timeout=60):
   deadline = time.monotonic() + timeout
@@ -286,8 +346,9 @@ def test_an_interrupted_replay_keeps_every_window_it_did_not_deliver(endpoint, t
   delivered = delivered_by(out)
   assert len(delivered) >= 2
   assert out.splitlines()[-1] == (
-      f'interrupted: replay: {len(delivered)} window(s) delivered, 0 still undelivered; every '
-      'window not delivered is still in the dead letters')
+    f'interrupted: replay: {len(delivered)} window(s) delivered, 0 still undelivered; every '
+    'window not delivered is still in the dead letters'
+  )
   # Exactly the windows it did not see delivered stay (one posted as the signal
   # came may have reached the endpoint: it stays, and is posted again later
   # with the same Idempotency-Key).
@@ -299,8 +360,11 @@ def test_sigkill_of_a_replay_loses_no_window_and_leaves_no_stale_lock(endpoint, 
   receiver = endpoint(delay=0.1)
   letters = [letter(i, receiver.url()) for i in range(25)]
   write_file(tmp_path, [line_of(l) for l in letters], name=f'{KIND_UNDELIVERED_WINDOW}-a.jsonl')
-  write_file(tmp_path, [line_of(letter(i, receiver.url())) for i in range(25, 28)],
-             name=f'{KIND_UNDELIVERED_WINDOW}-b.jsonl')
+  write_file(
+    tmp_path,
+    [line_of(letter(i, receiver.url())) for i in range(25, 28)],
+    name=f'{KIND_UNDELIVERED_WINDOW}-b.jsonl',
+  )
   process = start_replay(tmp_path)
   wait_for_posts(receiver, 5, process)
   process.kill()
@@ -318,13 +382,15 @@ def test_sigkill_of_a_replay_loses_no_window_and_leaves_no_stale_lock(endpoint, 
 
 # --- a full disk ------------------------------------------------------------------------
 
+
 def test_full_disk_during_a_rewrite_keeps_the_file_whole_and_exits_1(endpoint, tmp_path):
   """The old replay truncated the file and wrote it again: a full disk left 33
   of 40 letters and a cut line. Now the new content goes to a temporary file
   that fails; the original stays byte for byte."""
   healthy, failing = endpoint(), endpoint(failing=[window_bucket(i) for i in range(1, 40)])
   letters = [letter(0, healthy.url(), body_padding=20)] + [
-      letter(i, failing.url(), body_padding=20) for i in range(1, 40)]
+    letter(i, failing.url(), body_padding=20) for i in range(1, 40)
+  ]
   dead = tmp_path / 'dead'
   dead.mkdir()
   path = write_file(dead, [line_of(l) for l in letters])
@@ -340,13 +406,16 @@ def test_full_disk_during_a_rewrite_keeps_the_file_whole_and_exits_1(endpoint, t
   assert files_in(dead) == [LOCK_NAME, FILE_NAME]  # no temporary file left
   errors = [l for l in result.stderr.splitlines() if not l.startswith('WARNING:root:crcmod')]
   assert errors == [
-      f'could not write {path}: No space left on device; the file is as it was: its 1 delivered '
-      'window(s) stay in it (the next replay posts them again, with the same Idempotency-Key)']
+    f'could not write {path}: No space left on device; the file is as it was: its 1 delivered '
+    'window(s) stay in it (the next replay posts them again, with the same Idempotency-Key)'
+  ]
   assert result.stdout.splitlines()[-1] == (
-      'replay: 1 window(s) delivered, 39 still undelivered, 1 file(s) failed')
+    'replay: 1 window(s) delivered, 39 still undelivered, 1 file(s) failed'
+  )
 
 
 # --- S3 ---------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope='module')
 def moto():
@@ -357,9 +426,12 @@ def moto():
 
 def s3_client(moto_url):
   return boto3.session.Session().client(
-      's3', region_name=REGION, endpoint_url=moto_url,
-      aws_access_key_id=FAKE_AWS_ENV['AWS_ACCESS_KEY_ID'],
-      aws_secret_access_key=FAKE_AWS_ENV['AWS_SECRET_ACCESS_KEY'])
+    's3',
+    region_name=REGION,
+    endpoint_url=moto_url,
+    aws_access_key_id=FAKE_AWS_ENV['AWS_ACCESS_KEY_ID'],
+    aws_secret_access_key=FAKE_AWS_ENV['AWS_SECRET_ACCESS_KEY'],
+  )
 
 
 def test_replay_of_a_directory_on_s3_removes_delivered_and_keeps_undelivered(endpoint, moto):
@@ -369,31 +441,48 @@ def test_replay_of_a_directory_on_s3_removes_delivered_and_keeps_undelivered(end
   letters = [letter(0, healthy.url()), letter(1, failing.url()), letter(2, healthy.url())]
   key = f'run-1/{FILE_NAME}'
   s3.put_object(Bucket='dl-replay', Key=key, Body=b''.join(line_of(l) for l in letters) + b'{"cut\n')
-  s3.put_object(Bucket='dl-replay', Key=f'run-1/{KIND_UNDELIVERED_WINDOW}-b.jsonl',
-                Body=line_of(letter(3, healthy.url())))
+  s3.put_object(
+    Bucket='dl-replay', Key=f'run-1/{KIND_UNDELIVERED_WINDOW}-b.jsonl', Body=line_of(letter(3, healthy.url()))
+  )
 
   result = subprocess.run(
-      replay_command('s3://dl-replay/run-1', f'--s3_endpoint_url={moto.url}'),
-      cwd=REPO, capture_output=True, text=True, env=dict(os.environ, **FAKE_AWS_ENV), timeout=120)
+    replay_command('s3://dl-replay/run-1', f'--s3_endpoint_url={moto.url}'),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, **FAKE_AWS_ENV),
+    timeout=120,
+  )
 
   assert result.returncode == 2, result.stderr
   keys = [o['Key'] for o in s3.list_objects_v2(Bucket='dl-replay')['Contents']]
   assert keys == [key]  # no temporary object, no lock left, the emptied file deleted
   kept = s3.get_object(Bucket='dl-replay', Key=key)['Body'].read()
-  assert kept == line_of(dict(letters[1], attempts=4, last_status=500, last_error=None,
-                              reason='window not delivered: HTTP 500')) + b'{"cut\n'
+  assert (
+    kept
+    == line_of(
+      dict(letters[1], attempts=4, last_status=500, last_error=None, reason='window not delivered: HTTP 500')
+    )
+    + b'{"cut\n'
+  )
   assert healthy.posts_by_bucket(200) == {window_bucket(0): 1, window_bucket(2): 1, window_bucket(3): 1}
   assert f'damaged line s3://dl-replay/{key}:4: not JSON: ' in result.stderr
   assert result.stdout.splitlines()[-1] == (
-      'replay: 3 window(s) delivered, 1 still undelivered, 1 damaged line(s) kept')
+    'replay: 3 window(s) delivered, 1 still undelivered, 1 damaged line(s) kept'
+  )
 
 
 def test_replay_of_an_empty_s3_prefix_says_so_in_one_line_and_exits_0(moto):
   s3 = s3_client(moto.url)
   s3.create_bucket(Bucket='dl-empty')
-  result = subprocess.run(replay_command('s3://dl-empty/never-written', f'--s3_endpoint_url={moto.url}'),
-                          cwd=REPO, capture_output=True, text=True, env=dict(os.environ, **FAKE_AWS_ENV),
-                          timeout=120)
+  result = subprocess.run(
+    replay_command('s3://dl-empty/never-written', f'--s3_endpoint_url={moto.url}'),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, **FAKE_AWS_ENV),
+    timeout=120,
+  )
   assert result.returncode == 0, result.stderr
   assert result.stdout == 'replay: no undelivered windows under s3://dl-empty/never-written\n'
   assert s3.list_objects_v2(Bucket='dl-empty').get('Contents') is None  # its lock removed
@@ -405,8 +494,11 @@ def test_a_second_replay_on_s3_is_refused_while_the_lock_is_held(moto):
   first = S3Lock('s3://dl-second/run-1', s3, stale_after=60)
   first.acquire()
   try:
-    with pytest.raises(Exception, match=r'another replay is working on s3://dl-second/run-1/\.replay\.lock '
-                                        rf'\(pid {os.getpid()} on '):
+    with pytest.raises(
+      Exception,
+      match=r'another replay is working on s3://dl-second/run-1/\.replay\.lock '
+      rf'\(pid {os.getpid()} on ',
+    ):
       S3Lock('s3://dl-second/run-1', s3, stale_after=60).acquire()
   finally:
     first.release()
@@ -441,13 +533,13 @@ def test_an_s3_replay_whose_lock_was_taken_over_stops_before_its_next_post(moto)
   s3.create_bucket(Bucket='dl-taken')
   lock = S3Lock('s3://dl-taken/run-1', s3, stale_after=0.4)
   lock.acquire()
-  lock._stop.set()  # pylint: disable=protected-access  (a replay frozen long enough to look dead)
-  lock._renewer.join()  # pylint: disable=protected-access
+  lock._stop.set()  # a replay frozen long enough to look dead
+  lock._renewer.join()
   time.sleep(1.2)
   other = S3Lock('s3://dl-taken/run-1', s3, stale_after=0.4)
   other.acquire()
-  lock._stop.clear()  # pylint: disable=protected-access
-  lock._renew_once()  # pylint: disable=protected-access
+  lock._stop.clear()
+  lock._renew_once()
   with pytest.raises(Exception, match='was taken over'):
     lock.check()
   other.release()

@@ -21,26 +21,39 @@ from replay_helpers import RecordingEndpoint, letter, line_of, posted_by, start_
 from transforms.dead_letter import LOCK_NAME, TEMP_SUFFIX
 from transforms.elements import KIND_UNDELIVERED_WINDOW
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+  max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 WINDOWS = 6
 
 # One line of a dead-letter file, as a recipe: a window's letter (with the
 # attempt count some earlier replay left), a cut copy of one, garbage, or JSON
 # of the wrong shape.
 line_recipes = st.one_of(
-    st.tuples(st.just('letter'), st.integers(0, WINDOWS - 1), st.integers(0, 5)),
-    st.tuples(st.just('cut'), st.integers(0, WINDOWS - 1), st.floats(0.0, 0.999)),
-    st.tuples(st.just('garbage'), st.binary(min_size=1, max_size=60).map(lambda b: b.replace(b'\n', b'#'))
-              .filter(lambda b: b.strip())),
-    st.tuples(st.just('wrong'), st.sampled_from([
-        {'kind': 'bad_input', 'reason': 'x'}, {'kind': KIND_UNDELIVERED_WINDOW},
+  st.tuples(st.just('letter'), st.integers(0, WINDOWS - 1), st.integers(0, 5)),
+  st.tuples(st.just('cut'), st.integers(0, WINDOWS - 1), st.floats(0.0, 0.999)),
+  st.tuples(
+    st.just('garbage'),
+    st.binary(min_size=1, max_size=60).map(lambda b: b.replace(b'\n', b'#')).filter(lambda b: b.strip()),
+  ),
+  st.tuples(
+    st.just('wrong'),
+    st.sampled_from(
+      [
+        {'kind': 'bad_input', 'reason': 'x'},
+        {'kind': KIND_UNDELIVERED_WINDOW},
         {'kind': KIND_UNDELIVERED_WINDOW, 'bucket_time': 'soon', 'window_end': 1, 'body': '{}', 'url': 'u'},
-        [1, 2], 'text', 7])),
+        [1, 2],
+        'text',
+        7,
+      ]
+    ),
+  ),
 )
 directories = st.tuples(
-    st.lists(st.tuples(st.lists(line_recipes, min_size=0, max_size=10), st.booleans()), min_size=1, max_size=3),
-    st.sets(st.integers(0, WINDOWS - 1)),  # the windows the endpoint refuses
-    st.integers(1, 3),  # replays at once
+  st.lists(st.tuples(st.lists(line_recipes, min_size=0, max_size=10), st.booleans()), min_size=1, max_size=3),
+  st.sets(st.integers(0, WINDOWS - 1)),  # the windows the endpoint refuses
+  st.integers(1, 3),  # replays at once
 )
 
 
@@ -50,7 +63,7 @@ def render(recipe, url: str) -> bytes:
     return line_of(dict(letter(recipe[1], url), attempts=recipe[2]))
   if kind == 'cut':
     full = line_of(letter(recipe[1], url))
-    return full[:max(1, int(recipe[2] * (len(full) - 1)))] + b'\n'
+    return full[: max(1, int(recipe[2] * (len(full) - 1)))] + b'\n'
   if kind == 'garbage':
     return recipe[1] + b'\n'
   return json.dumps(recipe[1]).encode() + b'\n'
@@ -122,7 +135,8 @@ def endpoint():
 @SETTINGS
 @given(directories)
 def test_replays_of_damaged_duplicated_reordered_files_post_each_window_once_lose_none_keep_damage(
-    endpoint, tmp_path_factory, case):
+  endpoint, tmp_path_factory, case
+):
   files, failing, at_once = case
   directory = str(tmp_path_factory.mktemp('dead'))
   endpoint.attempts.clear()

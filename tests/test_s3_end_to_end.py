@@ -32,36 +32,71 @@ STATE_BUCKET = 'pipeline-state'
 ACCOUNT = '123456789012'
 DAY = '2023/11/14'
 TEXT_PREFIX = f'AWSLogs/{ACCOUNT}/vpcflowlogs/eu-west-1/{DAY}/'
-HIVE_PREFIX = (f'AWSLogs/aws-account-id={ACCOUNT}/aws-service=vpcflowlogs/aws-region=eu-west-1/'
-               'year=2023/month=11/day=14/')
+HIVE_PREFIX = (
+  f'AWSLogs/aws-account-id={ACCOUNT}/aws-service=vpcflowlogs/aws-region=eu-west-1/year=2023/month=11/day=14/'
+)
 LAKE_PREFIX = f'aws/VPC_FLOW/2.0/region=eu-west-1/accountId={ACCOUNT}/eventDay=20231114/'
 
 A, B, C, D = '10.0.0.1', '10.0.0.2', '198.51.100.7', '10.0.0.4'
-HEADER = ('version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes '
-          'start end action log-status vpc-id flow-direction').split()
+HEADER = (
+  'version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes '
+  'start end action log-status vpc-id flow-direction'
+).split()
 
 OBJECTS = {
-    # Text, as AWS delivers it: gzip, a header line naming a custom format.
-    f'{TEXT_PREFIX}{ACCOUNT}_vpcflowlogs_eu-west-1_fl-0a1b_20231114T2220Z_a1b2c3d4.log.gz': gzip.compress((
-        ' '.join(HEADER) + '\n'
-        + custom_line(HEADER, version=5, account_id=ACCOUNT, interface_id='eni-1', srcaddr=A, dstaddr=B,
-                      srcport=49152, dstport=443, protocol=6, packets=10, bytes=840, start=1700000410,
-                      end=1700000440, action='ACCEPT', log_status='OK', vpc_id='vpc-1',
-                      flow_direction='egress') + '\n'
-        + custom_line(HEADER, version=5, account_id=ACCOUNT, interface_id='eni-1', start=1700000400,
-                      end=1700000460, log_status='NODATA', vpc_id='vpc-1') + '\n').encode(), mtime=0),
-    # Parquet in AWS's schema, under Hive-compatible prefixes.
-    f'{HIVE_PREFIX}{ACCOUNT}_vpcflowlogs_eu-west-1_fl-0a1b_20231114T2225Z_e5f6a7b8.log.parquet': parquet_bytes(
-        aws_table([aws_row(C, A, 1700000420, action='REJECT'), aws_row(A, B, 1700001010)])),
-    # Security Lake's OCSF Network Activity (a NAT: the interface address counts).
-    f'{LAKE_PREFIX}a1b2c3d4-e5f6.gz.parquet': parquet_bytes(
-        ocsf_table([ocsf_row(D, B, 1700000430, pkt_srcaddr='10.1.0.9')])),
-    # Something else the glob catches: one dead letter saying what it is.
-    f'{TEXT_PREFIX}notes.bin': bytes(range(256)) * 8,
+  # Text, as AWS delivers it: gzip, a header line naming a custom format.
+  f'{TEXT_PREFIX}{ACCOUNT}_vpcflowlogs_eu-west-1_fl-0a1b_20231114T2220Z_a1b2c3d4.log.gz': gzip.compress(
+    (
+      ' '.join(HEADER)
+      + '\n'
+      + custom_line(
+        HEADER,
+        version=5,
+        account_id=ACCOUNT,
+        interface_id='eni-1',
+        srcaddr=A,
+        dstaddr=B,
+        srcport=49152,
+        dstport=443,
+        protocol=6,
+        packets=10,
+        bytes=840,
+        start=1700000410,
+        end=1700000440,
+        action='ACCEPT',
+        log_status='OK',
+        vpc_id='vpc-1',
+        flow_direction='egress',
+      )
+      + '\n'
+      + custom_line(
+        HEADER,
+        version=5,
+        account_id=ACCOUNT,
+        interface_id='eni-1',
+        start=1700000400,
+        end=1700000460,
+        log_status='NODATA',
+        vpc_id='vpc-1',
+      )
+      + '\n'
+    ).encode(),
+    mtime=0,
+  ),
+  # Parquet in AWS's schema, under Hive-compatible prefixes.
+  f'{HIVE_PREFIX}{ACCOUNT}_vpcflowlogs_eu-west-1_fl-0a1b_20231114T2225Z_e5f6a7b8.log.parquet': parquet_bytes(
+    aws_table([aws_row(C, A, 1700000420, action='REJECT'), aws_row(A, B, 1700001010)])
+  ),
+  # Security Lake's OCSF Network Activity (a NAT: the interface address counts).
+  f'{LAKE_PREFIX}a1b2c3d4-e5f6.gz.parquet': parquet_bytes(
+    ocsf_table([ocsf_row(D, B, 1700000430, pkt_srcaddr='10.1.0.9')])
+  ),
+  # Something else the glob catches: one dead letter saying what it is.
+  f'{TEXT_PREFIX}notes.bin': bytes(range(256)) * 8,
 }
 EXPECTED_DOCUMENTS = {
-    '/connection_sets/1700000400': {A: 2, B: 2, C: 1, D: 1},
-    '/connection_sets/1700001000': {A: 1, B: 1},
+  '/connection_sets/1700000400': {A: 2, B: 2, C: 1, D: 1},
+  '/connection_sets/1700001000': {A: 1, B: 1},
 }
 
 
@@ -83,8 +118,15 @@ def s3_flags(server):
 
 def run(module, args, timeout=600):
   env = dict(os.environ, **FAKE_AWS_ENV)
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=timeout, check=False)
+  return subprocess.run(
+    [sys.executable, '-m', module, *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    check=False,
+  )
 
 
 def keys(s3_client, bucket, prefix=''):
@@ -104,20 +146,32 @@ def test_beam_s3_globs_match_each_aws_key_layout(s3, monkeypatch):
   configure_filesystems(PipelineOptions(s3_flags(server)))
   matched = lambda pattern: sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
   assert matched(f's3://{BUCKET}/AWSLogs/{ACCOUNT}/vpcflowlogs/eu-west-1/2023/11/1[45]/*.log.gz') == [
-      f's3://{BUCKET}/{TEXT_PREFIX}{ACCOUNT}_vpcflowlogs_eu-west-1_fl-0a1b_20231114T2220Z_a1b2c3d4.log.gz']
-  assert matched(f's3://{BUCKET}/AWSLogs/aws-account-id={ACCOUNT}/aws-service=vpcflowlogs/'
-                 'aws-region=eu-west-1/year=2023/month=11/day=14/*') == [
-      f's3://{BUCKET}/{HIVE_PREFIX}{ACCOUNT}_vpcflowlogs_eu-west-1_fl-0a1b_20231114T2225Z_e5f6a7b8.log.parquet']
+    f's3://{BUCKET}/{TEXT_PREFIX}{ACCOUNT}_vpcflowlogs_eu-west-1_fl-0a1b_20231114T2220Z_a1b2c3d4.log.gz'
+  ]
+  assert matched(
+    f's3://{BUCKET}/AWSLogs/aws-account-id={ACCOUNT}/aws-service=vpcflowlogs/'
+    'aws-region=eu-west-1/year=2023/month=11/day=14/*'
+  ) == [
+    f's3://{BUCKET}/{HIVE_PREFIX}{ACCOUNT}_vpcflowlogs_eu-west-1_fl-0a1b_20231114T2225Z_e5f6a7b8.log.parquet'
+  ]
   assert len(matched(f's3://{BUCKET}/**')) == len(OBJECTS)
 
 
 def test_backfill_from_s3_dead_letters_to_s3_and_replay_from_s3(s3, start_receiver):
   server, s3_client = s3
   refusing = start_receiver(always_status=400)
-  done = run('pipeline', [
-      f'--input=s3://{BUCKET}/**', f'--endpoint={refusing.url()}',
-      f'--dead_letter_dir=s3://{STATE_BUCKET}/dead_letters', '--max_retry_seconds=0', '--progress',
-      '--log_level=info', *s3_flags(server)])
+  done = run(
+    'pipeline',
+    [
+      f'--input=s3://{BUCKET}/**',
+      f'--endpoint={refusing.url()}',
+      f'--dead_letter_dir=s3://{STATE_BUCKET}/dead_letters',
+      '--max_retry_seconds=0',
+      '--progress',
+      '--log_level=info',
+      *s3_flags(server),
+    ],
+  )
   assert done.returncode == 2, done.stderr[-3000:]
   assert 'flow lines:             5 (4 counted)' in done.stdout
   assert 'input files:            4\n' in done.stdout
@@ -127,16 +181,20 @@ def test_backfill_from_s3_dead_letters_to_s3_and_replay_from_s3(s3, start_receiv
   written = keys(s3_client, STATE_BUCKET, 'dead_letters/')
   bad = [l for k in written if k.startswith('dead_letters/bad_input-') for l in letters(s3_client, k)]
   assert [(l['origin'], l['reason'].split(':')[0]) for l in bad] == [
-      (f's3://{BUCKET}/{TEXT_PREFIX}notes.bin', 'file is binary data')]
-  undelivered = [l for k in written if k.startswith('dead_letters/undelivered_window-')
-                 for l in letters(s3_client, k)]
+    (f's3://{BUCKET}/{TEXT_PREFIX}notes.bin', 'file is binary data')
+  ]
+  undelivered = [
+    l for k in written if k.startswith('dead_letters/undelivered_window-') for l in letters(s3_client, k)
+  ]
   assert sorted((l['bucket_time'], json.loads(l['body'])) for l in undelivered) == [
-      (1700000400, EXPECTED_DOCUMENTS['/connection_sets/1700000400']),
-      (1700001000, EXPECTED_DOCUMENTS['/connection_sets/1700001000'])]
+    (1700000400, EXPECTED_DOCUMENTS['/connection_sets/1700000400']),
+    (1700001000, EXPECTED_DOCUMENTS['/connection_sets/1700001000']),
+  ]
 
   taking = start_receiver()
-  replayed = run('pipeline.replay', [f's3://{STATE_BUCKET}/dead_letters', f'--endpoint={taking.url()}',
-                                     *s3_flags(server)])
+  replayed = run(
+    'pipeline.replay', [f's3://{STATE_BUCKET}/dead_letters', f'--endpoint={taking.url()}', *s3_flags(server)]
+  )
   assert replayed.returncode == 0, replayed.stderr[-3000:]
   assert 'replay: 2 window(s) delivered, 0 still undelivered' in replayed.stdout
   assert taking.latest_by_path() == EXPECTED_DOCUMENTS
@@ -149,8 +207,16 @@ def test_input_glob_on_a_missing_bucket_is_one_line_and_exit_1(s3, monkeypatch, 
   server, _ = s3
   for name, value in FAKE_AWS_ENV.items():
     monkeypatch.setenv(name, value)
-  assert main(['--input=s3://no-such-bucket/AWSLogs/*', '--endpoint=http://127.0.0.1:9/{bucket_time}',
-               *s3_flags(server)]) == 1
+  assert (
+    main(
+      [
+        '--input=s3://no-such-bucket/AWSLogs/*',
+        '--endpoint=http://127.0.0.1:9/{bucket_time}',
+        *s3_flags(server),
+      ]
+    )
+    == 1
+  )
   err = capsys.readouterr().err
   assert err.startswith('error: --input ') and err.count('\n') == 1, err
 
@@ -163,22 +229,31 @@ def test_backfill_from_s3_on_flink(s3, flink_cluster, start_receiver, monkeypatc
   for name, value in FAKE_AWS_ENV.items():
     monkeypatch.setenv(name, value)
   receiver = start_receiver()
-  code = main([f'--input=s3://{BUCKET}/**', f'--endpoint={receiver.url()}',
-               f'--dead_letter_dir=s3://{STATE_BUCKET}/flink_dead_letters', *s3_flags(server),
-               '--runner=FlinkRunner', f'--flink_master={flink_cluster.master}'])
+  code = main(
+    [
+      f'--input=s3://{BUCKET}/**',
+      f'--endpoint={receiver.url()}',
+      f'--dead_letter_dir=s3://{STATE_BUCKET}/flink_dead_letters',
+      *s3_flags(server),
+      '--runner=FlinkRunner',
+      f'--flink_master={flink_cluster.master}',
+    ]
+  )
   assert code == 0, flink_cluster.log_tail()
   assert 'flow lines:             5 (4 counted)' in capsys.readouterr().out
   assert receiver.latest_by_path() == EXPECTED_DOCUMENTS
   written = keys(s3_client, STATE_BUCKET, 'flink_dead_letters/')
   assert [(l['origin'], l['reason'].split(':')[0]) for k in written for l in letters(s3_client, k)] == [
-      (f's3://{BUCKET}/{TEXT_PREFIX}notes.bin', 'file is binary data')]
+    (f's3://{BUCKET}/{TEXT_PREFIX}notes.bin', 'file is binary data')
+  ]
   assert [job['state'] for job in flink_cluster.jobs()].count('FINISHED') >= 1
 
 
 def test_s3_object_gone_between_listing_and_reading_is_a_dead_letter_not_a_crash(s3, monkeypatch):
-  from apache_beam.io.filesystem import FileMetadata  # pylint: disable=import-outside-toplevel
-  from apache_beam.io.fileio import ReadableFile  # pylint: disable=import-outside-toplevel
-  from transforms.sources import DecodeFileDoFn  # pylint: disable=import-outside-toplevel
+  from apache_beam.io.filesystem import FileMetadata
+  from apache_beam.io.fileio import ReadableFile
+  from transforms.sources import DecodeFileDoFn
+
   server, _ = s3
   for name, value in FAKE_AWS_ENV.items():
     monkeypatch.setenv(name, value)
@@ -189,5 +264,9 @@ def test_s3_object_gone_between_listing_and_reading_is_a_dead_letter_not_a_crash
   finally:
     decode.teardown()
   assert [(o.tag, o.value.reason, o.value.origin) for o in out] == [
-      ('dead_letter', f'cannot open file: [Errno 2] Not found: s3://{BUCKET}/gone.log.gz',
-       f's3://{BUCKET}/gone.log.gz')]
+    (
+      'dead_letter',
+      f'cannot open file: [Errno 2] Not found: s3://{BUCKET}/gone.log.gz',
+      f's3://{BUCKET}/gone.log.gz',
+    )
+  ]

@@ -22,13 +22,13 @@ BUILDS = ('deploy/prism/build-prism.sh', 'deploy/flink/build-job-server.sh')
 
 # A build stand-in: notes its own pid and its child's, then waits (a build
 # that would take minutes).
-STAND_IN = '''#!/usr/bin/env bash
+STAND_IN = """#!/usr/bin/env bash
 sleep 600 &
 echo "$$ $!" > "$STUB_PIDS/$(basename "$0").pids"
 wait
-'''
+"""
 
-TINY_TESTS = '''
+TINY_TESTS = """
 import os
 import time
 
@@ -47,7 +47,7 @@ def test_passes():
 def test_fails():
   wait_for_both_builds()
   assert False
-'''
+"""
 
 
 def alive(pid: int) -> bool:
@@ -82,9 +82,13 @@ def test_background_builds_end_with_the_test_run(scripts_copy, tmp_path, selecte
   pids_dir = tmp_path / 'pids'
   pids_dir.mkdir()
   finished = subprocess.run(
-      ['bash', str(scripts_copy / 'run_tests.sh'), '-p', 'no:cacheprovider', '-k', selected],
-      env={**os.environ, 'STUB_PIDS': str(pids_dir)}, capture_output=True, text=True,
-      timeout=120, check=False)
+    ['bash', str(scripts_copy / 'run_tests.sh'), '-p', 'no:cacheprovider', '-k', selected],
+    env={**os.environ, 'STUB_PIDS': str(pids_dir)},
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
   assert finished.returncode == status, finished.stdout + finished.stderr
   pids = [int(pid) for notes in pids_dir.iterdir() for pid in notes.read_text().split()]
   assert len(pids) == 4  # two builds, each with a child
@@ -94,7 +98,7 @@ def test_background_builds_end_with_the_test_run(scripts_copy, tmp_path, selecte
   assert [pid for pid in pids if alive(pid)] == []
 
 
-GUARDED_TESTS = '''
+GUARDED_TESTS = """
 import logging
 import os
 import signal
@@ -136,7 +140,7 @@ def test_hangs():
 
 def test_after_the_hang():
   pass
-'''
+"""
 
 
 def test_time_limit_and_leak_guard_fail_the_test_at_fault_and_the_run_goes_on(tmp_path):
@@ -144,28 +148,56 @@ def test_time_limit_and_leak_guard_fail_the_test_at_fault_and_the_run_goes_on(tm
   report = tmp_path / 'report.xml'
   # The repository's pytest.ini and conftest, with a 3 s limit instead of the default.
   finished = subprocess.run(
-      [str(REPO / '.venv' / 'bin' / 'python'), '-m', 'pytest', '-p', 'no:cacheprovider',
-       '-c', str(REPO / 'pytest.ini'), '--rootdir', str(tmp_path), '-p', 'tests.conftest',
-       '-o', 'timeout=3', f'--junitxml={report}', str(tmp_path / 'test_guarded.py')],
-      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    [
+      str(REPO / '.venv' / 'bin' / 'python'),
+      '-m',
+      'pytest',
+      '-p',
+      'no:cacheprovider',
+      '-c',
+      str(REPO / 'pytest.ini'),
+      '--rootdir',
+      str(tmp_path),
+      '-p',
+      'tests.conftest',
+      '-o',
+      'timeout=3',
+      f'--junitxml={report}',
+      str(tmp_path / 'test_guarded.py'),
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
   assert finished.returncode == 1, finished.stdout + finished.stderr
   outcomes = {}
   for case in ElementTree.parse(report).iter('testcase'):
-    problems = [(child.tag, child.get('message', '').splitlines()[0]) for child in case
-                if child.tag in ('failure', 'error')]
+    problems = [
+      (child.tag, child.get('message', '').splitlines()[0])
+      for child in case
+      if child.tag in ('failure', 'error')
+    ]
     outcomes[case.get('name')] = problems
   assert outcomes == {
-      'test_leaks_an_environment_variable': [
-          ('error', 'failed on teardown with "AssertionError: the test left environment '
-                    'variables changed: VFP_LEAKED')],
-      'test_sees_no_leaked_variable': [],
-      'test_leaves_another_directory': [
-          ('error', f'failed on teardown with "AssertionError: the test left the working '
-                    f'directory changed (was {REPO})')],
-      'test_adds_a_log_handler': [],
-      'test_sees_no_added_log_handler': [],
-      'test_takes_sigint': [],
-      'test_sees_the_sigint_handler_of_before': [],
-      'test_hangs': [('failure', 'Failed: Timeout (>3.0s) from pytest-timeout.')],
-      'test_after_the_hang': [],
+    'test_leaks_an_environment_variable': [
+      (
+        'error',
+        'failed on teardown with "AssertionError: the test left environment variables changed: VFP_LEAKED',
+      )
+    ],
+    'test_sees_no_leaked_variable': [],
+    'test_leaves_another_directory': [
+      (
+        'error',
+        f'failed on teardown with "AssertionError: the test left the working directory changed (was {REPO})',
+      )
+    ],
+    'test_adds_a_log_handler': [],
+    'test_sees_no_added_log_handler': [],
+    'test_takes_sigint': [],
+    'test_sees_the_sigint_handler_of_before': [],
+    'test_hangs': [('failure', 'Failed: Timeout (>3.0s) from pytest-timeout.')],
+    'test_after_the_hang': [],
   }

@@ -26,7 +26,7 @@ SCREENSHOT = os.path.join(REPO, 'out', 'viewer', 'viewer.png')
 LINES = 12_000
 WINDOWS = [DEFAULT_START + 600 * i for i in range(6)]
 SCAN_STARTS = DEFAULT_START + 1800  # half way through the sample hour
-JUMP_ORANGE = (0xd9, 0x48, 0x0f)  # --jump in viewer.css
+JUMP_ORANGE = (0xD9, 0x48, 0x0F)  # --jump in viewer.css
 
 
 def exact_answer(lines):
@@ -48,14 +48,24 @@ def viewer(tmp_path_factory):
   directory = tmp_path_factory.mktemp('viewer')
   write_sample(str(directory / 'input'), lines=LINES, files=2)
   with Receiver(store=str(directory / 'store.sqlite')) as receiver:
-    assert main([f'--input={directory}/input/*', f'--endpoint={receiver.url()}',
-                 f'--dead_letter_dir={directory}/dead_letters']) == 0
+    assert (
+      main(
+        [
+          f'--input={directory}/input/*',
+          f'--endpoint={receiver.url()}',
+          f'--dead_letter_dir={directory}/dead_letters',
+        ]
+      )
+      == 0
+    )
     answer = exact_answer(SampleVpc().flow_lines(LINES, DEFAULT_START))
     assert sorted(answer) == WINDOWS
     assert receiver.documents() == {(start, ''): counts for start, counts in answer.items()}
-    jumps = {(WINDOWS[i], address)
-             for address in {a for counts in answer.values() for a in counts}
-             for i in series_jumps([answer[w].get(address, 0) for w in WINDOWS], JumpRule())}
+    jumps = {
+      (WINDOWS[i], address)
+      for address in {a for counts in answer.values() for a in counts}
+      for i in series_jumps([answer[w].get(address, 0) for w in WINDOWS], JumpRule())
+    }
     yield receiver, answer, jumps
 
 
@@ -74,9 +84,12 @@ def script(driver, source):
 
 
 def rows(driver, table):
-  return script(driver, f'''return [...document.querySelectorAll('#{table} tbody tr')].map(tr =>
+  return script(
+    driver,
+    f"""return [...document.querySelectorAll('#{table} tbody tr')].map(tr =>
       ({{address: tr.dataset.address, window: tr.dataset.window || null,
-        classes: [...tr.classList].sort(), cells: [...tr.cells].map(td => td.textContent)}}));''')
+        classes: [...tr.classList].sort(), cells: [...tr.cells].map(td => td.textContent)}}));""",
+  )
 
 
 def idle(driver):
@@ -93,10 +106,17 @@ def test_the_page_shows_the_scanner_s_jump_and_its_chart(viewer, page):
   assert page.title == 'vpc-flow-peers: distinct peers per window'
 
   # Windows on the time axis, those with jumps marked.
-  assert script(page, 'return [...document.querySelectorAll("#timeline rect.window-bar")]'
-                      '.map(r => Number(r.dataset.start))') == WINDOWS
-  assert script(page, 'return [...document.querySelectorAll("#timeline circle.jump-mark")]'
-                      '.map(c => Number(c.dataset.start))') == sorted({w for w, _ in jumps})
+  assert (
+    script(
+      page,
+      'return [...document.querySelectorAll("#timeline rect.window-bar")].map(r => Number(r.dataset.start))',
+    )
+    == WINDOWS
+  )
+  assert script(
+    page,
+    'return [...document.querySelectorAll("#timeline circle.jump-mark")].map(c => Number(c.dataset.start))',
+  ) == sorted({w for w, _ in jumps})
 
   # The jumps, newest first, exactly the rule's; the scanner's highlighted.
   listed = rows(page, 'jumps')
@@ -114,13 +134,20 @@ def test_the_page_shows_the_scanner_s_jump_and_its_chart(viewer, page):
 
   # Choosing the scanner's first jump draws its chart, and picks that window.
   page.find_element(By.CSS_SELECTOR, f'#jumps tr[data-window="{SCAN_STARTS}"]').click()
-  wait(page, lambda d: idle(d) and d.find_elements(By.CSS_SELECTOR, '#series rect.series-bar'),
-       "the scanner's chart")
-  bars = script(page, '''return [...document.querySelectorAll('#series rect.series-bar')].map(r =>
+  wait(
+    page,
+    lambda d: idle(d) and d.find_elements(By.CSS_SELECTOR, '#series rect.series-bar'),
+    "the scanner's chart",
+  )
+  bars = script(
+    page,
+    """return [...document.querySelectorAll('#series rect.series-bar')].map(r =>
       [Number(r.dataset.start), Number(r.dataset.peers), r.classList.contains('jump'),
-       Number(r.getAttribute('height')) > 0]);''')
-  assert bars == [[w, answer[w].get(SCANNER, 0), (w, SCANNER) in jumps, SCANNER in answer[w]]
-                  for w in WINDOWS]
+       Number(r.getAttribute('height')) > 0]);""",
+  )
+  assert bars == [
+    [w, answer[w].get(SCANNER, 0), (w, SCANNER) in jumps, SCANNER in answer[w]] for w in WINDOWS
+  ]
   assert page.find_element(By.ID, 'address-name').text == SCANNER
   assert page.find_element(By.ID, 'top-window').text == 'in the window of 2026-01-01 00:30 UTC'
   scanner_row = next(r for r in rows(page, 'top') if r['address'] == SCANNER)
@@ -142,17 +169,20 @@ def test_the_page_shows_the_scanner_s_jump_and_its_chart(viewer, page):
 
 def test_typing_an_address_draws_its_chart(viewer, page):
   receiver, answer, jumps = viewer
-  web_host = min((a for a in answer[WINDOWS[0]] if a != SCANNER),
-                 key=lambda a: (-answer[WINDOWS[0]][a], a))
+  web_host = min((a for a in answer[WINDOWS[0]] if a != SCANNER), key=lambda a: (-answer[WINDOWS[0]][a], a))
   page.get(receiver.viewer_url())
   wait(page, idle, 'the first view')
   box = page.find_element(By.ID, 'address')
   box.clear()
   box.send_keys(web_host, Keys.ENTER)
-  wait(page, lambda d: idle(d) and d.find_element(By.ID, 'address-name').text == web_host,
-       "the web host's chart")
-  bars = script(page, '''return [...document.querySelectorAll('#series rect.series-bar')].map(r =>
-      [Number(r.dataset.start), Number(r.dataset.peers), r.classList.contains('jump')]);''')
+  wait(
+    page, lambda d: idle(d) and d.find_element(By.ID, 'address-name').text == web_host, "the web host's chart"
+  )
+  bars = script(
+    page,
+    """return [...document.querySelectorAll('#series rect.series-bar')].map(r =>
+      [Number(r.dataset.start), Number(r.dataset.peers), r.classList.contains('jump')]);""",
+  )
   assert bars == [[w, answer[w].get(web_host, 0), (w, web_host) in jumps] for w in WINDOWS]
   assert not any(jump for _, _, jump in bars)
 
@@ -165,8 +195,11 @@ def test_a_stricter_rule_clears_the_jumps(viewer, page):
   minimum.clear()
   minimum.send_keys(str(max(answer[w][SCANNER] for w in WINDOWS) + 1))
   page.find_element(By.CSS_SELECTOR, '#rule button').click()
-  wait(page, lambda d: idle(d) and not d.find_elements(By.CSS_SELECTOR, '#jumps tbody tr'),
-       'no jumps under the stricter rule')
+  wait(
+    page,
+    lambda d: idle(d) and not d.find_elements(By.CSS_SELECTOR, '#jumps tbody tr'),
+    'no jumps under the stricter rule',
+  )
   assert page.find_element(By.ID, 'jumps-summary').text.startswith('none: at least ')
   assert script(page, 'return document.querySelectorAll("#timeline circle.jump-mark").length') == 0
   assert page.find_element(By.ID, 'status').text == ''
@@ -187,13 +220,18 @@ def test_groups_are_selectable(tmp_path, page):
     menu = page.find_element(By.ID, 'group')
     assert page.find_element(By.ID, 'group-label').is_displayed()
     assert [o.text for o in menu.find_elements(By.TAG_NAME, 'option')] == [
-        'account-id=111122223333 vpc-id=vpc-0a1b', 'account-id=444455556666 vpc-id=vpc-9f9f']
+      'account-id=111122223333 vpc-id=vpc-0a1b',
+      'account-id=444455556666 vpc-id=vpc-9f9f',
+    ]
     assert [(int(r['window']), r['address']) for r in rows(page, 'jumps')] == [(WINDOWS[4], '10.0.0.5')]
     assert len(page.find_elements(By.CSS_SELECTOR, '#timeline rect.window-bar')) == 6
 
     menu.find_elements(By.TAG_NAME, 'option')[1].click()
-    wait(page, lambda d: idle(d) and len(d.find_elements(By.CSS_SELECTOR, '#timeline rect.window-bar')) == 3,
-         "the second group's windows")
+    wait(
+      page,
+      lambda d: idle(d) and len(d.find_elements(By.CSS_SELECTOR, '#timeline rect.window-bar')) == 3,
+      "the second group's windows",
+    )
     assert rows(page, 'jumps') == []
     assert [(r['address'], r['cells'][2]) for r in rows(page, 'top')] == [('10.0.0.5', '7')]
     assert 'group=account-id%3D444455556666%26vpc-id%3Dvpc-9f9f' in page.current_url

@@ -17,10 +17,10 @@ from devtools.aws_emulator import free_port
 from pipeline import worker_pool
 
 
-
 def start_request(control_url: str, worker_id: str = 'w1') -> beam_fn_api_pb2.StartWorkerRequest:
   return beam_fn_api_pb2.StartWorkerRequest(
-      worker_id=worker_id, control_endpoint=endpoints_pb2.ApiServiceDescriptor(url=control_url))
+    worker_id=worker_id, control_endpoint=endpoints_pb2.ApiServiceDescriptor(url=control_url)
+  )
 
 
 @pytest.fixture
@@ -40,8 +40,10 @@ def python_without_beam(directory) -> str:
   python = directory / 'python'
   python.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
   python.chmod(0o755)
-  assert subprocess.run([str(python), '-c', 'import apache_beam'], capture_output=True,
-                        check=False).returncode == 1
+  assert (
+    subprocess.run([str(python), '-c', 'import apache_beam'], capture_output=True, check=False).returncode
+    == 1
+  )
   return str(python)
 
 
@@ -60,7 +62,8 @@ def test_a_harness_whose_python_lacks_apache_beam_is_an_error_with_its_output(co
   response = pool.StartWorker(start_request(control_endpoint, 'w7'))
   assert time.monotonic() - started < 10
   assert response.error.startswith(
-      'the SDK harness for worker w7 exited with status 1 before it connected:\n')
+    'the SDK harness for worker w7 exited with status 1 before it connected:\n'
+  )
   assert "ModuleNotFoundError: No module named 'apache_beam'" in response.error
 
 
@@ -98,8 +101,9 @@ def test_the_pool_listens_on_its_address_only_and_never_shares_its_port():
     wait_listening('127.0.1.1', port, first)
     with pytest.raises(OSError):
       socket.create_connection(('127.0.0.1', port), 2).close()
-    second = subprocess.run(command + ['--bind_address=127.0.1.1'], capture_output=True,
-                            text=True, timeout=60, check=False)
+    second = subprocess.run(
+      command + ['--bind_address=127.0.1.1'], capture_output=True, text=True, timeout=60, check=False
+    )
     assert second.returncode == 1
     assert second.stderr.strip().splitlines()[-1].startswith('error: ')
   finally:

@@ -28,19 +28,29 @@ def self_signed(directory: Path, name: str = 'endpoint') -> Certificate:
   key = ec.generate_private_key(ec.SECP256R1())
   subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f'vpc-flow-peers test {name}')])
   now = datetime.datetime.now(datetime.timezone.utc)
-  cert = (x509.CertificateBuilder()
-          .subject_name(subject).issuer_name(subject).public_key(key.public_key())
-          .serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.SubjectAlternativeName([
-              x509.IPAddress(ipaddress.ip_address('127.0.0.1')), x509.DNSName('localhost')]),
-              critical=False)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(key, hashes.SHA256()))
+  cert = (
+    x509.CertificateBuilder()
+    .subject_name(subject)
+    .issuer_name(subject)
+    .public_key(key.public_key())
+    .serial_number(x509.random_serial_number())
+    .not_valid_before(now - datetime.timedelta(minutes=5))
+    .not_valid_after(now + datetime.timedelta(days=1))
+    .add_extension(
+      x509.SubjectAlternativeName(
+        [x509.IPAddress(ipaddress.ip_address('127.0.0.1')), x509.DNSName('localhost')]
+      ),
+      critical=False,
+    )
+    .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    .sign(key, hashes.SHA256())
+  )
   directory.mkdir(parents=True, exist_ok=True)
   cert_path, key_path = directory / f'{name}.pem', directory / f'{name}-key.pem'
   cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-  key_path.write_bytes(key.private_bytes(
-      serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+  key_path.write_bytes(
+    key.private_bytes(
+      serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+  )
   return Certificate(cert_path, key_path)

@@ -34,14 +34,27 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Not copied: the environment, history, caches and run outputs. Built C
 # extensions (*.so, ignored by git) are copied, so the copy runs the fast path.
-IGNORED_NAMES = frozenset(['.venv', '.git', '__pycache__', '.pytest_cache', '.hypothesis', 'out',
-                           'dead_letters', 'build', 'dist', 'kinesalite'])
+IGNORED_NAMES = frozenset(
+  [
+    '.venv',
+    '.git',
+    '__pycache__',
+    '.pytest_cache',
+    '.hypothesis',
+    'out',
+    'dead_letters',
+    'build',
+    'dist',
+    'kinesalite',
+  ]
+)
 
 
 class Mutation(NamedTuple):
   """One deliberate bug: in `path`, each (old, new) of `edits` replaces `old`
   (which must occur exactly once) by `new`; `tests` are pytest arguments (files
   or node ids) that should notice."""
+
   name: str
   breaks: str
   path: str
@@ -50,92 +63,122 @@ class Mutation(NamedTuple):
 
 
 MUTATIONS = (
-    Mutation(
-        'pane_dropped_from_key',
-        'the Idempotency-Key leaves out the pane index (a LATE pane would look like a repeat)',
-        'transforms/delivery/parts.py',
-        (("return f'{where}-{pane_index}-{part_index}of{part_count}-{digest}'",
-          "return f'{where}-{part_index}of{part_count}-{digest}'"),),
-        ('tests/test_delivery_parts.py', 'tests/test_late_pane_over_the_wire.py')),
-    Mutation(
-        'retry_after_ignored',
-        "urllib3 is told not to wait for Retry-After: the poster's wait is the backoff",
-        'transforms/delivery/poster.py',
-        (('respect_retry_after_header=True',
-          'respect_retry_after_header=False'),),
-        ('tests/test_delivery_poster.py',)),
-    Mutation(
-        'retry_after_unparsed',
-        'every Retry-After reads as unparseable, so the backoff is used instead',
-        'transforms/delivery/poster.py',
-        (('      return super().parse_retry_after(retry_after)\n',
-          '      return None\n'),),
-        ('tests/test_delivery_poster.py',)),
-    Mutation(
-        'tls_verify_off',
-        'TLS verification off for every session (verify=False always)',
-        'transforms/delivery/poster.py',
-        (('self._session.verify = tls_verify(self._config, self._environ)',
-          'self._session.verify = False'),),
-        ('tests/test_delivery_poster.py', 'tests/test_delivery_tls_command_line.py')),
-    Mutation(
-        'tls_environment_wins',
-        'REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override --ca_bundle and --no_verify_tls',
-        'transforms/delivery/poster.py',
-        (('    self._session.trust_env = False\n',
-          '    self._session.trust_env = True\n'),),
-        ('tests/test_delivery_poster.py', 'tests/test_delivery_tls_command_line.py')),
-    Mutation(
-        'redirect_followed_as_get',
-        "requests follows redirects itself (a 301/302/303 becomes a GET without the document)",
-        'transforms/delivery/poster.py',
-        (('allow_redirects=False',
-          'allow_redirects=True'),),
-        ('tests/test_delivery_poster.py',)),
-    Mutation(
-        'redirect_to_another_origin',
-        'a 307/308 to another host is followed (it gets the Authorization header)',
-        'transforms/delivery/poster.py',
-        (('if status in BODY_KEEPING_REDIRECTS and location and origin_of(target) == origin_of(url):',
-          'if status in BODY_KEEPING_REDIRECTS and location:'),),
-        ('tests/test_delivery_poster.py',)),
-    Mutation(
-        'dead_letter_rewrite_in_place',
-        'the dead-letter rewrite writes the file in place instead of a temporary file and a rename',
-        'transforms/dead_letter.py',
-        (("      with open(temp, 'xb') as f:\n", "      with open(path, 'wb') as f:\n"),
-         ('      os.replace(temp, path)\n', '')),
-        ('tests/test_dead_letters.py::test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary_file',
-         'tests/test_dead_letters.py::test_a_rewrite_drops_updates_and_copies_the_rest_byte_for_byte',
-         'tests/test_replay.py::test_full_disk_during_a_rewrite_keeps_the_file_whole_and_exits_1')),
-    Mutation(
-        'breaker_never_opens',
-        'the circuit breaker never opens, however many attempts fail',
-        'transforms/delivery/breaker.py',
-        (('elif self._state == CLOSED and self._failures >= self._policy.failure_threshold:',
-          'elif False:'),),
-        ('tests/test_delivery_breaker.py', 'tests/test_delivery_bounded.py')),
-    Mutation(
-        'token_not_scrubbed',
-        'Secrets.scrub forgets the literal secrets (token, URL password): only query values go',
-        'transforms/delivery/redaction.py',
-        (('    for literal in self._literals:\n      if literal in text:\n',
-          '    for literal in ():\n      if literal in text:\n'),),
-        ('tests/test_delivery_redaction.py', 'tests/test_delivery_secrets.py')),
-    Mutation(
-        'poster_errors_not_scrubbed',
-        "the poster's error texts (dead-letter reasons) are not scrubbed at all",
-        'transforms/delivery/poster.py',
-        (('              f\'(--http_attempt_timeout): {text}\')\n    return self.scrub(text)',
-          '              f\'(--http_attempt_timeout): {text}\')\n    return text'),),
-        ('tests/test_delivery_secrets.py', 'tests/test_delivery_poster.py')),
-    Mutation(
-        'late_check_disabled',
-        'the too-late check never fires: flows for closed windows are silently dropped by Beam',
-        'transforms/counting/count.py',
-        (('last_closed = self._too_late.last_closed_window(batch.watermark) if self._too_late else -math.inf',
-          'last_closed = -math.inf'),),
-        ('tests/test_counting_pipeline.py', 'tests/test_pipeline_composites.py')),
+  Mutation(
+    'pane_dropped_from_key',
+    'the Idempotency-Key leaves out the pane index (a LATE pane would look like a repeat)',
+    'transforms/delivery/parts.py',
+    (
+      (
+        "return f'{where}-{pane_index}-{part_index}of{part_count}-{digest}'",
+        "return f'{where}-{part_index}of{part_count}-{digest}'",
+      ),
+    ),
+    ('tests/test_delivery_parts.py', 'tests/test_late_pane_over_the_wire.py'),
+  ),
+  Mutation(
+    'retry_after_ignored',
+    "urllib3 is told not to wait for Retry-After: the poster's wait is the backoff",
+    'transforms/delivery/poster.py',
+    (('respect_retry_after_header=True', 'respect_retry_after_header=False'),),
+    ('tests/test_delivery_poster.py',),
+  ),
+  Mutation(
+    'retry_after_unparsed',
+    'every Retry-After reads as unparseable, so the backoff is used instead',
+    'transforms/delivery/poster.py',
+    (('      return super().parse_retry_after(retry_after)\n', '      return None\n'),),
+    ('tests/test_delivery_poster.py',),
+  ),
+  Mutation(
+    'tls_verify_off',
+    'TLS verification off for every session (verify=False always)',
+    'transforms/delivery/poster.py',
+    (('self._session.verify = tls_verify(self._config, self._environ)', 'self._session.verify = False'),),
+    ('tests/test_delivery_poster.py', 'tests/test_delivery_tls_command_line.py'),
+  ),
+  Mutation(
+    'tls_environment_wins',
+    'REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override --ca_bundle and --no_verify_tls',
+    'transforms/delivery/poster.py',
+    (('    self._session.trust_env = False\n', '    self._session.trust_env = True\n'),),
+    ('tests/test_delivery_poster.py', 'tests/test_delivery_tls_command_line.py'),
+  ),
+  Mutation(
+    'redirect_followed_as_get',
+    'requests follows redirects itself (a 301/302/303 becomes a GET without the document)',
+    'transforms/delivery/poster.py',
+    (('allow_redirects=False', 'allow_redirects=True'),),
+    ('tests/test_delivery_poster.py',),
+  ),
+  Mutation(
+    'redirect_to_another_origin',
+    'a 307/308 to another host is followed (it gets the Authorization header)',
+    'transforms/delivery/poster.py',
+    (
+      (
+        'if status in BODY_KEEPING_REDIRECTS and location and origin_of(target) == origin_of(url):',
+        'if status in BODY_KEEPING_REDIRECTS and location:',
+      ),
+    ),
+    ('tests/test_delivery_poster.py',),
+  ),
+  Mutation(
+    'dead_letter_rewrite_in_place',
+    'the dead-letter rewrite writes the file in place instead of a temporary file and a rename',
+    'transforms/dead_letter.py',
+    (
+      ("      with open(temp, 'xb') as f:\n", "      with open(path, 'wb') as f:\n"),
+      ('      os.replace(temp, path)\n', ''),
+    ),
+    (
+      'tests/test_dead_letters.py::test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary_file',
+      'tests/test_dead_letters.py::test_a_rewrite_drops_updates_and_copies_the_rest_byte_for_byte',
+      'tests/test_replay.py::test_full_disk_during_a_rewrite_keeps_the_file_whole_and_exits_1',
+    ),
+  ),
+  Mutation(
+    'breaker_never_opens',
+    'the circuit breaker never opens, however many attempts fail',
+    'transforms/delivery/breaker.py',
+    (('elif self._state == CLOSED and self._failures >= self._policy.failure_threshold:', 'elif False:'),),
+    ('tests/test_delivery_breaker.py', 'tests/test_delivery_bounded.py'),
+  ),
+  Mutation(
+    'token_not_scrubbed',
+    'Secrets.scrub forgets the literal secrets (token, URL password): only query values go',
+    'transforms/delivery/redaction.py',
+    (
+      (
+        '    for literal in self._literals:\n      if literal in text:\n',
+        '    for literal in ():\n      if literal in text:\n',
+      ),
+    ),
+    ('tests/test_delivery_redaction.py', 'tests/test_delivery_secrets.py'),
+  ),
+  Mutation(
+    'poster_errors_not_scrubbed',
+    "the poster's error texts (dead-letter reasons) are not scrubbed at all",
+    'transforms/delivery/poster.py',
+    (
+      (
+        "(--http_attempt_timeout): {text}'\n    return self.scrub(text)",
+        "(--http_attempt_timeout): {text}'\n    return text",
+      ),
+    ),
+    ('tests/test_delivery_secrets.py', 'tests/test_delivery_poster.py'),
+  ),
+  Mutation(
+    'late_check_disabled',
+    'the too-late check never fires: flows for closed windows are silently dropped by Beam',
+    'transforms/counting/count.py',
+    (
+      (
+        'last_closed = self._too_late.last_closed_window(batch.watermark) if self._too_late else -math.inf',
+        'last_closed = -math.inf',
+      ),
+    ),
+    ('tests/test_counting_pipeline.py', 'tests/test_pipeline_composites.py'),
+  ),
 )
 
 
@@ -148,8 +191,9 @@ class Result(NamedTuple):
 
 def copy_repository(destination: str) -> None:
   """The working tree as it is (uncommitted changes included), without IGNORED_NAMES."""
-  shutil.copytree(REPO, destination, symlinks=True,
-                  ignore=lambda _, names: [n for n in names if n in IGNORED_NAMES])
+  shutil.copytree(
+    REPO, destination, symlinks=True, ignore=lambda _, names: [n for n in names if n in IGNORED_NAMES]
+  )
 
 
 def test_environment(copy: str) -> dict:
@@ -164,12 +208,15 @@ def test_environment(copy: str) -> dict:
 
 def check_imports_the_copy(copy: str, python: str) -> None:
   probe = 'import transforms.delivery.poster as m; print(m.__file__)'
-  shown = subprocess.run([python, '-c', probe], cwd=copy, env=test_environment(copy),
-                         capture_output=True, text=True, timeout=120)
+  shown = subprocess.run(
+    [python, '-c', probe], cwd=copy, env=test_environment(copy), capture_output=True, text=True, timeout=120
+  )
   where = shown.stdout.strip()
   if shown.returncode != 0 or not where.startswith(copy + os.sep):
-    raise SystemExit(f'mutation_check: the copy in {copy} is not what the tests import '
-                     f'({where or shown.stderr.strip()[-200:]})')
+    raise SystemExit(
+      f'mutation_check: the copy in {copy} is not what the tests import '
+      f'({where or shown.stderr.strip()[-200:]})'
+    )
 
 
 def apply(copy: str, mutation: Mutation) -> Optional[str]:
@@ -196,20 +243,37 @@ def restore(copy: str, mutation: Mutation, original: str) -> None:
 _FAILED = re.compile(r'^(?:FAILED|ERROR) (\S+)', re.MULTILINE)
 
 
-def run_tests(copy: str, python: str, tests: Sequence[str], timeout: float,
-              stop_at_first: bool, test_timeout: float) -> Tuple[str, str, float]:
+def run_tests(
+  copy: str, python: str, tests: Sequence[str], timeout: float, stop_at_first: bool, test_timeout: float
+) -> Tuple[str, str, float]:
   """(verdict, detail, seconds): `passed`, `failed` (the failing tests), `error`
   (pytest could not run them: collection or usage error) or `timeout`."""
   # A mutation can turn a failure into a hang (a TLS error retried for the
   # whole budget): pytest-timeout ends each test sooner than the suite's limit.
-  command = [python, '-m', 'pytest', '-q', '-rfE', '-p', 'no:cacheprovider',
-             f'--timeout={test_timeout:g}', *tests]
+  command = [
+    python,
+    '-m',
+    'pytest',
+    '-q',
+    '-rfE',
+    '-p',
+    'no:cacheprovider',
+    f'--timeout={test_timeout:g}',
+    *tests,
+  ]
   if stop_at_first:
     command.insert(4, '-x')
   started = time.monotonic()
   # A session of its own, so that a timeout stops pytest and whatever it started.
-  process = subprocess.Popen(command, cwd=copy, env=test_environment(copy), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+  process = subprocess.Popen(
+    command,
+    cwd=copy,
+    env=test_environment(copy),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+  )
   try:
     stdout, stderr = process.communicate(timeout=timeout)
   except subprocess.TimeoutExpired:
@@ -231,14 +295,19 @@ def _summary_line(output: str) -> str:
   return lines[-1].strip('= ') if lines else ''
 
 
-def check(mutation: Mutation, copy: str, python: str, timeout: float,
-          stop_at_first: bool = True, test_timeout: float = 120.0) -> Result:
+def check(
+  mutation: Mutation,
+  copy: str,
+  python: str,
+  timeout: float,
+  stop_at_first: bool = True,
+  test_timeout: float = 120.0,
+) -> Result:
   original = apply(copy, mutation)
   if original is None:
     return Result(mutation.name, 'stale', f'the text to patch is not in {mutation.path} exactly once', 0.0)
   try:
-    outcome, detail, seconds = run_tests(copy, python, mutation.tests, timeout, stop_at_first,
-                                         test_timeout)
+    outcome, detail, seconds = run_tests(copy, python, mutation.tests, timeout, stop_at_first, test_timeout)
   finally:
     restore(copy, mutation, original)
   verdict = {'failed': 'caught', 'passed': 'survived'}.get(outcome, outcome)
@@ -247,7 +316,8 @@ def check(mutation: Mutation, copy: str, python: str, timeout: float,
 
 def table(results: Sequence[Result]) -> str:
   rows = [('mutation', 'result', 'seconds', 'failing test(s) / detail')] + [
-      (r.name, r.verdict, f'{r.seconds:.0f}', r.detail) for r in results]
+    (r.name, r.verdict, f'{r.seconds:.0f}', r.detail) for r in results
+  ]
   widths = [max(len(row[i]) for row in rows) for i in range(3)]
   return '\n'.join(f'{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}  {d}' for a, b, c, d in rows)
 
@@ -256,17 +326,26 @@ def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--only', nargs='+', metavar='NAME', help='run only these mutations')
   parser.add_argument('--list', action='store_true', help='list the mutations and exit')
-  parser.add_argument('--skip_baseline', action='store_true',
-                      help='do not first run the tests on the unpatched copy')
-  parser.add_argument('--timeout', type=float, default=900.0,
-                      help='seconds one mutation\'s tests may take in all (default 900)')
-  parser.add_argument('--test_timeout', type=float, default=120.0,
-                      help='seconds one test may take (pytest-timeout; default 120)')
-  parser.add_argument('--python', default=sys.executable,
-                      help='the interpreter that runs pytest (default: this one)')
-  parser.add_argument('--every_failure', action='store_true',
-                      help='run all of a mutation\'s tests and name every one that fails '
-                      '(default: stop at the first)')
+  parser.add_argument(
+    '--skip_baseline', action='store_true', help='do not first run the tests on the unpatched copy'
+  )
+  parser.add_argument(
+    '--timeout', type=float, default=900.0, help="seconds one mutation's tests may take in all (default 900)"
+  )
+  parser.add_argument(
+    '--test_timeout',
+    type=float,
+    default=120.0,
+    help='seconds one test may take (pytest-timeout; default 120)',
+  )
+  parser.add_argument(
+    '--python', default=sys.executable, help='the interpreter that runs pytest (default: this one)'
+  )
+  parser.add_argument(
+    '--every_failure',
+    action='store_true',
+    help="run all of a mutation's tests and name every one that fails (default: stop at the first)",
+  )
   parser.add_argument('--keep', action='store_true', help='keep the copy of the repository')
   return parser.parse_args(argv)
 
@@ -293,16 +372,16 @@ def main(argv=None) -> int:
     if not args.skip_baseline:
       tests = list(dict.fromkeys(t for m in chosen for t in m.tests))
       print(f'baseline: {" ".join(tests)}', flush=True)
-      outcome, detail, seconds = run_tests(copy, args.python, tests, 3 * args.timeout,
-                                           False, args.test_timeout)
+      outcome, detail, seconds = run_tests(
+        copy, args.python, tests, 3 * args.timeout, False, args.test_timeout
+      )
       print(f'baseline: {outcome} in {seconds:.0f} s: {detail}', flush=True)
       if outcome != 'passed':
         print('mutation_check: the tests fail without any mutation; fix them first', file=sys.stderr)
         return 1
     results = []
     for mutation in chosen:
-      result = check(mutation, copy, args.python, args.timeout, not args.every_failure,
-                     args.test_timeout)
+      result = check(mutation, copy, args.python, args.timeout, not args.every_failure, args.test_timeout)
       print(f'{result.name}: {result.verdict} ({result.seconds:.0f} s)', flush=True)
       results.append(result)
     print()

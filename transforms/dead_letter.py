@@ -139,7 +139,7 @@ def _remove_quietly(path: str) -> None:
       os.remove(path)
     else:
       FileSystems.delete([path])
-  except Exception:  # pylint: disable=broad-except
+  except Exception:  # noqa: BLE001
     pass  # never created, or already gone; a temporary name matches no pattern
 
 
@@ -151,8 +151,10 @@ def _describe(error: BaseException) -> str:
 
 # --- writing, in the pipeline -----------------------------------------------
 
+
 class _PendingLetters:
   """A kind's letters not yet written, as JSON lines."""
+
   def __init__(self):
     self.lines: List[bytes] = []
     self.size = 0
@@ -169,6 +171,7 @@ class _PendingLetters:
 class _WriteDeadLetterFiles(beam.DoFn):
   """Writes dead letters to new files, one per kind each time `chunk_bytes` of
   them are pending and at the end of the bundle."""
+
   def __init__(self, directory: str, chunk_bytes: int = CHUNK_BYTES):
     self._directory = directory
     self._chunk_bytes = chunk_bytes
@@ -215,8 +218,14 @@ def _log_unwritten(kind: str, pending: _PendingLetters, error: Exception) -> Non
   if kind == KIND_UNDELIVERED_WINDOW:
     for line in pending.lines:
       _LOG.error('dead letter not written: %s', line.decode('utf-8').rstrip('\n'))
-  _LOG.error('%d %s dead letter(s) not written (%s): inputs from %s to %s',
-             len(pending.lines), kind, error, pending.first_origin, pending.last_origin)
+  _LOG.error(
+    '%d %s dead letter(s) not written (%s): inputs from %s to %s',
+    len(pending.lines),
+    kind,
+    error,
+    pending.first_origin,
+    pending.last_origin,
+  )
 
 
 class WriteDeadLetters(beam.PTransform):
@@ -224,6 +233,7 @@ class WriteDeadLetters(beam.PTransform):
   filesystem: a local path, s3://, gs://). Applied to one PCollection, or to a
   dict of them by stage name: each is then written where it is made, with no
   Flatten, which would make the DirectRunner hold them all in memory."""
+
   def __init__(self, directory: str, chunk_bytes: int = CHUNK_BYTES):
     super().__init__()
     self._directory = directory
@@ -231,17 +241,20 @@ class WriteDeadLetters(beam.PTransform):
 
   def expand(self, letters):
     if isinstance(letters, dict):
-      return {stage: stage_letters | f'Write{stage}' >> beam.ParDo(
-          _WriteDeadLetterFiles(self._directory, self._chunk_bytes))
-              for stage, stage_letters in letters.items()}
-    return letters | 'WriteFiles' >> beam.ParDo(
-        _WriteDeadLetterFiles(self._directory, self._chunk_bytes))
+      return {
+        stage: stage_letters
+        | f'Write{stage}' >> beam.ParDo(_WriteDeadLetterFiles(self._directory, self._chunk_bytes))
+        for stage, stage_letters in letters.items()
+      }
+    return letters | 'WriteFiles' >> beam.ParDo(_WriteDeadLetterFiles(self._directory, self._chunk_bytes))
 
 
 # --- reading ------------------------------------------------------------------
 
+
 class LetterLine(NamedTuple):
   """One line of a dead-letter file: the parsed letter, or why it is damaged."""
+
   path: str
   number: int  # from 1
   letter: Optional[dict]
@@ -271,8 +284,11 @@ def remove_stale_temporary_files(directory: str, older_than_seconds: float = 360
     return []
   pattern = FileSystems.join(directory, f'.*{FILE_SUFFIX}.*{TEMP_SUFFIX}')
   cutoff = time.time() - older_than_seconds
-  stale = [m.path for m in FileSystems.match([pattern])[0].metadata_list
-           if m.last_updated_in_seconds and m.last_updated_in_seconds < cutoff]
+  stale = [
+    m.path
+    for m in FileSystems.match([pattern])[0].metadata_list
+    if m.last_updated_in_seconds and m.last_updated_in_seconds < cutoff
+  ]
   for path in stale:
     _remove_quietly(path)
   return stale
@@ -349,6 +365,7 @@ def rewrite_dead_letter_file(path: str, decisions: Dict[int, Optional[dict]]) ->
   line decided a dict is the letter on it updated with that dict's keys, every
   other non-blank line is copied byte for byte (damaged ones included). A file
   left with nothing is deleted; with no decisions it is not touched."""
+
   def pieces():
     with _open(path) as stream:
       number, start_of_line = 1, True
@@ -393,6 +410,7 @@ def _read_rest_of_line(first_piece: bytes, stream) -> bytes:
 
 # --- one replay at a time -------------------------------------------------------
 
+
 class DirectoryLocked(Exception):
   """Another replay holds the directory's lock; the message says who."""
 
@@ -402,14 +420,17 @@ class LockLost(Exception):
 
 
 def _holder_line() -> str:
-  return (f'pid {os.getpid()} on {socket.gethostname()} since '
-          f'{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}')
+  return (
+    f'pid {os.getpid()} on {socket.gethostname()} since '
+    f'{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}'
+  )
 
 
 class _LocalLock:
   """flock(2) on DIR/.replay.lock: the kernel releases it when its holder exits
   or is killed, so a lock is never stale. The file stays (removing it would let
   a third replay lock a new file while the second still holds the old one)."""
+
   def __init__(self, directory: str):
     self._path = os.path.join(directory, LOCK_NAME)
     self._fd: Optional[int] = None
@@ -421,7 +442,9 @@ class _LocalLock:
     except BlockingIOError:
       holder = os.pread(fd, 512, 0).decode('utf-8', 'replace').strip() or 'unknown holder'
       os.close(fd)
-      raise DirectoryLocked(f'another replay is working on {os.path.dirname(self._path)} ({holder})') from None
+      raise DirectoryLocked(
+        f'another replay is working on {os.path.dirname(self._path)} ({holder})'
+      ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, (_holder_line() + '\n').encode('utf-8'), 0)
     self._fd = fd
@@ -443,8 +466,9 @@ class S3Lock:
   seconds, by the store's clock, belongs to a dead replay and is deleted
   (If-Match: the ETag seen) and taken. A holder whose lock was taken stops
   before its next post (`check` raises LockLost)."""
+
   def __init__(self, directory: str, client, stale_after: float = 120.0):
-    self._bucket, _, prefix = directory[len('s3://'):].partition('/')
+    self._bucket, _, prefix = directory[len('s3://') :].partition('/')
     self._key = (prefix.rstrip('/') + '/' if prefix.strip('/') else '') + LOCK_NAME
     self._client = client
     self._stale_after = stale_after
@@ -455,8 +479,8 @@ class S3Lock:
 
   def _put(self, **condition) -> str:
     return self._client.put_object(
-        Bucket=self._bucket, Key=self._key, Body=(_holder_line() + '\n').encode('utf-8'),
-        **condition)['ETag']
+      Bucket=self._bucket, Key=self._key, Body=(_holder_line() + '\n').encode('utf-8'), **condition
+    )['ETag']
 
   def acquire(self) -> None:
     for _ in range(2):
@@ -469,16 +493,21 @@ class S3Lock:
       if not self._take_over_if_stale():
         break
     if self._etag is None:
-      raise DirectoryLocked(f'another replay is working on s3://{self._bucket}/{self._key} '
-                            f'({self._holder()})')
+      raise DirectoryLocked(
+        f'another replay is working on s3://{self._bucket}/{self._key} ({self._holder()})'
+      )
     self._renewer = threading.Thread(target=self._renew, daemon=True)
     self._renewer.start()
 
   def _holder(self) -> str:
     try:
-      return self._client.get_object(Bucket=self._bucket, Key=self._key)['Body'].read(512).decode(
-          'utf-8', 'replace').strip()
-    except Exception:  # pylint: disable=broad-except
+      return (
+        self._client.get_object(Bucket=self._bucket, Key=self._key)['Body']
+        .read(512)
+        .decode('utf-8', 'replace')
+        .strip()
+      )
+    except Exception:  # noqa: BLE001
       return 'unknown holder'
 
   def _take_over_if_stale(self) -> bool:
@@ -490,8 +519,9 @@ class S3Lock:
     age = (store_now - head['LastModified']).total_seconds() if store_now else 0
     if age < self._stale_after:
       return False
-    _LOG.warning('taking over the lock of a replay that stopped %d s ago: s3://%s/%s',
-                 age, self._bucket, self._key)
+    _LOG.warning(
+      'taking over the lock of a replay that stopped %d s ago: s3://%s/%s', age, self._bucket, self._key
+    )
     try:
       self._client.delete_object(Bucket=self._bucket, Key=self._key, IfMatch=head['ETag'])
     except self._client.exceptions.ClientError as e:
@@ -507,7 +537,7 @@ class S3Lock:
     """Rewrites the lock if it is still ours; False once it is not."""
     try:
       self._etag = self._put(IfMatch=self._etag)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # noqa: BLE001
       if _is_precondition_failure(e) or 'NoSuchKey' in str(e):
         self._lost = True
         return False
@@ -525,9 +555,8 @@ class S3Lock:
     if self._etag is not None and not self._lost:
       try:
         self._client.delete_object(Bucket=self._bucket, Key=self._key, IfMatch=self._etag)
-      except Exception as e:  # pylint: disable=broad-except
-        _LOG.warning('could not remove the replay lock (it goes stale in %d s): %s',
-                     self._stale_after, e)
+      except Exception as e:  # noqa: BLE001
+        _LOG.warning('could not remove the replay lock (it goes stale in %d s): %s', self._stale_after, e)
     self._etag = None
 
 
@@ -537,7 +566,8 @@ def _is_precondition_failure(error: Exception) -> bool:
 
 
 def _parse_http_date(value: Optional[str]):
-  from email.utils import parsedate_to_datetime  # pylint: disable=import-outside-toplevel
+  from email.utils import parsedate_to_datetime
+
   try:
     return parsedate_to_datetime(value) if value else None
   except (TypeError, ValueError):
@@ -548,6 +578,7 @@ class _NoLock:
   """Filesystems without conditional writes (gs://, ...): no lock. Two replays
   at once may post a window twice there; neither can lose one, since each
   rewrite keeps every line its replay did not deliver."""
+
   def __init__(self, directory: str):
     _LOG.warning('no replay lock on %s: do not run two replays of it at once', directory)
 
@@ -565,12 +596,14 @@ class DirectoryLock:
   """One replay at a time per dead-letter directory (a context manager);
   `DirectoryLocked` when another holds it. `pipeline_options` configure the S3
   client (Beam's S3Options) for an s3:// directory."""
+
   def __init__(self, directory: str, pipeline_options=None, stale_after: float = 120.0):
     if is_local(directory):
       self._lock = _LocalLock(directory)
     elif directory.startswith('s3://'):
-      from apache_beam.io.aws.clients.s3 import boto3_client  # pylint: disable=import-outside-toplevel
-      from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
+      from apache_beam.io.aws.clients.s3 import boto3_client
+      from apache_beam.options.pipeline_options import PipelineOptions
+
       client = boto3_client.Client(pipeline_options or PipelineOptions([])).client
       self._lock = S3Lock(directory, client, stale_after)
     else:

@@ -37,6 +37,7 @@ try:
   # ISA-L's inflate, as zlib's API: about twice as fast as zlib on flow log
   # files and Kinesis records (bench/results/speed.md), the same bytes out.
   from isal import isal_zlib as _inflate
+
   _GZIP_ERRORS = (zlib.error, _inflate.error)
 except ImportError:  # pragma: no cover (isal has wheels for the usual platforms)
   _inflate = zlib
@@ -69,6 +70,7 @@ def json_loads(data):
     return json.loads(data)
   except RecursionError:
     raise ValueError('JSON nested too deeply') from None
+
 
 _JSON_ERRORS = (ValueError, TypeError)  # orjson.JSONDecodeError is a ValueError
 _event_message = operator.itemgetter('message')
@@ -108,6 +110,7 @@ DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
 
 class InputLimits(NamedTuple):
   """The caps on what one input file may make the pipeline hold or read."""
+
   max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # decompressed content (Parquet: decoded columns)
   max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
   max_json_document_bytes: int = MAX_JSON_DOCUMENT_BYTES
@@ -116,8 +119,8 @@ class InputLimits(NamedTuple):
 class BadInput(ValueError):
   """Input that cannot be decoded. `raw` is the offending input (bytes or str),
   or only its start, in which case `raw_length` is the length of the whole."""
-  def __init__(self, reason: str, raw: Union[bytes, str, None] = None,
-               raw_length: Optional[int] = None):
+
+  def __init__(self, reason: str, raw: Union[bytes, str, None] = None, raw_length: Optional[int] = None):
     super().__init__(reason)
     self.reason = reason
     self.raw = raw
@@ -148,8 +151,9 @@ def gunzip_capped(data: bytes, limit: int = MAX_RECORD_DECOMPRESSED_BYTES) -> by
   return out
 
 
-def gunzip_members(data: bytes, limit: int = MAX_RECORD_DECOMPRESSED_BYTES
-                   ) -> Tuple[List[bytes], Optional[BadInput]]:
+def gunzip_members(
+  data: bytes, limit: int = MAX_RECORD_DECOMPRESSED_BYTES
+) -> Tuple[List[bytes], Optional[BadInput]]:
   """Decompresses gzip data member by member (concatenated members are valid
   gzip), all of them together under `limit` bytes.
 
@@ -182,8 +186,7 @@ def gunzip_members(data: bytes, limit: int = MAX_RECORD_DECOMPRESSED_BYTES
     if not rest:
       return members, None
     if not rest.startswith(GZIP_MAGIC):
-      return members, BadInput(
-          f'{len(rest)} byte(s) after gzip member {len(members) - 1} are not gzip', rest)
+      return members, BadInput(f'{len(rest)} byte(s) after gzip member {len(members) - 1} are not gzip', rest)
 
 
 def count_json_values(text: Union[bytes, str]) -> int:
@@ -200,8 +203,9 @@ def count_json_values(text: Union[bytes, str]) -> int:
 def _refuse_huge_json(text: Union[bytes, str], what: str) -> None:
   # count_json_values is at most 1 + 2 * len(text): shorter texts need no count.
   if 2 * len(text) + 1 > MAX_JSON_VALUES and count_json_values(text) > MAX_JSON_VALUES:
-    raise BadInput(f'{what} holds more than {MAX_JSON_VALUES} JSON values: not parsed',
-                   text[:4096], len(text))
+    raise BadInput(
+      f'{what} holds more than {MAX_JSON_VALUES} JSON values: not parsed', text[:4096], len(text)
+    )
 
 
 def decode_subscription_message(payload: bytes, origin: str) -> Iterator[Union[LogBatch, Skipped]]:
@@ -254,7 +258,7 @@ def read_subscription_message(message, origin: str, raw) -> Iterator[Union[LogBa
 
 def _event_timestamp(event: dict) -> int:
   timestamp = event.get('timestamp')
-  if type(timestamp) is int and 0 <= timestamp < 2**63:  # pylint: disable=unidiomatic-typecheck
+  if type(timestamp) is int and 0 <= timestamp < 2**63:
     return timestamp
   return NO_EVENT_TIME
 
@@ -337,13 +341,15 @@ def _decode_json_value(value, origin: str) -> Iterator[Union[LogBatch, Skipped, 
     except BadInput as e:
       yield e
   else:
-    yield BadInput('JSON value is neither a Kinesis record, an event with '
-                   'Records, nor a subscription message',
-                   json.dumps(value)[:4096])
+    yield BadInput(
+      'JSON value is neither a Kinesis record, an event with Records, nor a subscription message',
+      json.dumps(value)[:4096],
+    )
 
 
-def _text_lines(stream: IO[bytes], origin: str, first_number: int = 1,
-                max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Tuple[int, Union[str, BadInput]]]:
+def _text_lines(
+  stream: IO[bytes], origin: str, first_number: int = 1, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[Tuple[int, Union[str, BadInput]]]:
   """The stream's lines as text. A line that is not UTF-8, or longer than
   `max_line_bytes` (its rest is read and dropped, never held), comes as a
   BadInput; so does damage that ends the stream early (a truncated or corrupt
@@ -357,8 +363,10 @@ def _text_lines(stream: IO[bytes], origin: str, first_number: int = 1,
       number += 1
       if len(raw) > max_line_bytes and not raw.endswith(b'\n'):
         length = len(raw) + _skip_rest_of_line(stream)
-        yield number, BadInput(f'line {number} is longer than {max_line_bytes} bytes: not read',
-                               raw[:4096], length)
+        yield (
+          number,
+          BadInput(f'line {number} is longer than {max_line_bytes} bytes: not read', raw[:4096], length),
+        )
         continue
       try:
         yield number, raw.decode('utf-8')
@@ -380,8 +388,9 @@ def _skip_rest_of_line(stream: IO[bytes]) -> int:
       return skipped
 
 
-def _decode_json_lines(stream: IO[bytes], origin: str, first_number: int = 1,
-                       limits: InputLimits = InputLimits()):
+def _decode_json_lines(
+  stream: IO[bytes], origin: str, first_number: int = 1, limits: InputLimits = InputLimits()
+):
   for number, line in _text_lines(stream, origin, first_number, limits.max_line_bytes):
     if isinstance(line, BadInput):
       yield line
@@ -413,8 +422,9 @@ HEADER_WORD = 'srcaddr'
 _HEADER_WORD_BYTES = HEADER_WORD.encode()
 
 
-def _text_line_blocks(stream: IO[bytes], origin: str, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
-                      ) -> Iterator[Tuple[int, Union[List[str], List[Tuple[int, Union[str, BadInput]]]], bool]]:
+def _text_line_blocks(
+  stream: IO[bytes], origin: str, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[Tuple[int, Union[List[str], List[Tuple[int, Union[str, BadInput]]]], bool]]:
   """The stream's lines as _text_lines reads them, in blocks: (number of the
   block's first line, its lines without their line ends, True) for a block of
   plain lines (all UTF-8 and within `max_line_bytes`), else (that number,
@@ -432,8 +442,11 @@ def _text_line_blocks(stream: IO[bytes], origin: str, max_line_bytes: int = DEFA
       yield number + 1, [(number + 1, DamagedStream(f'{e}: not read past line {number}', origin))], False
       return
     except (OSError, EOFError) + _GZIP_ERRORS as e:
-      yield number + 1, [(number + 1, DamagedStream(f'file cannot be read past line {number}: {e}',
-                                                     origin))], False
+      yield (
+        number + 1,
+        [(number + 1, DamagedStream(f'file cannot be read past line {number}: {e}', origin))],
+        False,
+      )
       return
     if chunk:
       data = carry + chunk if carry else chunk
@@ -494,6 +507,7 @@ def _plain_lines(region: bytes, max_line_bytes: int) -> Optional[List[str]]:
 class _FlowLineBatcher:
   """The batches of _decode_flow_lines, from its lines one at a time or in
   blocks of plain lines."""
+
   def __init__(self, origin: str):
     self.origin = origin
     self.fields = None
@@ -543,7 +557,7 @@ class _FlowLineBatcher:
     taken = 0
     while taken < len(lines):
       room = FILE_BATCH_LINES - len(self.batch)
-      self.batch.extend(lines[taken:taken + room])
+      self.batch.extend(lines[taken : taken + room])
       taken += room
       if len(self.batch) >= FILE_BATCH_LINES:
         yield from self._flush()
@@ -591,14 +605,23 @@ def _first_byte(stream) -> bytes:
 # Formats a glob may catch that are none of the shapes read here, by their
 # first bytes, so that the dead letter can say what the file is.
 _OTHER_FORMATS = (
-    (b'PK\x03\x04', 'a zip archive'), (b'BZh', 'bzip2-compressed data'),
-    (b'\xfd7zXZ\x00', 'xz-compressed data'), (b'\x28\xb5\x2f\xfd', 'zstd-compressed data'),
-    (b'\x04\x22\x4d\x18', 'LZ4-compressed data'), (b'\xff\x06\x00\x00sNaPpY', 'snappy-framed data'),
-    (b'ORC', 'an ORC file'), (b'Obj\x01', 'an Avro file'), (b'\x89PNG', 'a PNG image'),
-    (b'%PDF', 'a PDF document'), (b'\x7fELF', 'an ELF executable'),
-    (GZIP_MAGIC, 'gzip-compressed data inside gzip'),
-    (PARQUET_MAGIC, 'a gzip-compressed Parquet file (Parquet is read uncompressed: '
-                    'its columns are compressed inside it)'))
+  (b'PK\x03\x04', 'a zip archive'),
+  (b'BZh', 'bzip2-compressed data'),
+  (b'\xfd7zXZ\x00', 'xz-compressed data'),
+  (b'\x28\xb5\x2f\xfd', 'zstd-compressed data'),
+  (b'\x04\x22\x4d\x18', 'LZ4-compressed data'),
+  (b'\xff\x06\x00\x00sNaPpY', 'snappy-framed data'),
+  (b'ORC', 'an ORC file'),
+  (b'Obj\x01', 'an Avro file'),
+  (b'\x89PNG', 'a PNG image'),
+  (b'%PDF', 'a PDF document'),
+  (b'\x7fELF', 'an ELF executable'),
+  (GZIP_MAGIC, 'gzip-compressed data inside gzip'),
+  (
+    PARQUET_MAGIC,
+    'a gzip-compressed Parquet file (Parquet is read uncompressed: its columns are compressed inside it)',
+  ),
+)
 # In text, control characters other than these are rare; in binary data common.
 _TEXT_CONTROLS = frozenset(b'\t\n\r\x0b\x0c\x1b')
 _SNIFF_BYTES = 4096
@@ -621,8 +644,9 @@ def what_binary_data_is(sample: bytes) -> Optional[str]:
   return None
 
 
-def decode_file(raw: IO[bytes], origin: str, limits: InputLimits = InputLimits()
-                ) -> Iterator[Union[LogBatch, Skipped, BadInput]]:
+def decode_file(
+  raw: IO[bytes], origin: str, limits: InputLimits = InputLimits()
+) -> Iterator[Union[LogBatch, Skipped, BadInput]]:
   """Reads a file of any supported shape, gzip-compressed or not, or Parquet.
 
   Yields LogBatches and Skipped records, and a BadInput for each part that
@@ -640,9 +664,10 @@ def decode_file(raw: IO[bytes], origin: str, limits: InputLimits = InputLimits()
 
 def _decode_content(raw: IO[bytes], origin: str, limits: InputLimits):
   stream = io.BufferedReader(raw, 1 << 20) if not hasattr(raw, 'peek') else raw
-  head = stream.peek(len(PARQUET_MAGIC))[:len(PARQUET_MAGIC)]
+  head = stream.peek(len(PARQUET_MAGIC))[: len(PARQUET_MAGIC)]
   if head == PARQUET_MAGIC:
-    from transforms.parquet import decode_parquet  # pylint: disable=import-outside-toplevel
+    from transforms.parquet import decode_parquet
+
     # Parquet is read at the offsets its footer names: straight from a
     # seekable source (each buffer in between would be refilled at each seek).
     yield from decode_parquet(raw if raw.seekable() else stream, origin, limits.max_file_bytes)
@@ -655,15 +680,19 @@ def _decode_content(raw: IO[bytes], origin: str, limits: InputLimits):
   what = what_binary_data_is(sample)
   if what is not None:
     compressed = ' (after gunzip)' if head[:2] == GZIP_MAGIC else ''
-    yield BadInput(f'file is {what}{compressed}: not a shape this pipeline reads '
-                   '(flow log text, JSON of Kinesis records, or Parquet)', sample[:64])
+    yield BadInput(
+      f'file is {what}{compressed}: not a shape this pipeline reads '
+      '(flow log text, JSON of Kinesis records, or Parquet)',
+      sample[:64],
+    )
     return
   first = _first_byte(content)
   if first == b'{':
     yield from _decode_json_file(content, origin, limits)
   elif first == b'[':
-    yield from _decode_json_document(content.read(limits.max_json_document_bytes + 1), origin,
-                                     limits.max_json_document_bytes)
+    yield from _decode_json_document(
+      content.read(limits.max_json_document_bytes + 1), origin, limits.max_json_document_bytes
+    )
   elif first:
     yield from _decode_flow_lines(content, origin, limits)
 
@@ -708,8 +737,11 @@ def _decode_json_file(stream, origin: str, limits: InputLimits):
       if len(content) > document_cap:
         yield BadInput(f'JSON document larger than {document_cap} bytes: not read', content[:4096])
       elif too_many_values:
-        yield BadInput(f'JSON document holds more than {MAX_JSON_VALUES} JSON values: not parsed',
-                       content[:4096], len(content))
+        yield BadInput(
+          f'JSON document holds more than {MAX_JSON_VALUES} JSON values: not parsed',
+          content[:4096],
+          len(content),
+        )
       else:
         yield BadInput('file is not JSON (neither one document nor JSON Lines)', content)
       return
@@ -742,6 +774,7 @@ def _decode_json_values(value, origin: str):
 
 class _CappedReader(io.RawIOBase):
   """Reads a stream, raising InputTooLarge once more than `limit` bytes came."""
+
   def __init__(self, stream: IO[bytes], limit: int):
     super().__init__()
     self._stream = stream
@@ -761,6 +794,7 @@ class _CappedReader(io.RawIOBase):
 
 class _ChainedReader(io.RawIOBase):
   """One stream after another, as one stream."""
+
   def __init__(self, *streams: IO[bytes]):
     super().__init__()
     self._streams = list(streams)
@@ -785,6 +819,7 @@ class _GunzipReader(io.RawIOBase):
   decompressed before damage (a truncated or corrupt file, data after the last
   member that is not gzip) and raises only on the read after that; past
   `limit` decompressed bytes it raises InputTooLarge."""
+
   _PIECE = 1 << 18
 
   def __init__(self, compressed: IO[bytes], limit: int = DEFAULT_MAX_FILE_BYTES):
@@ -807,7 +842,7 @@ class _GunzipReader(io.RawIOBase):
         return 0
       self._next_piece()
     n = min(len(buffer), len(self._piece) - self._offset)
-    buffer[:n] = self._piece[self._offset:self._offset + n]
+    buffer[:n] = self._piece[self._offset : self._offset + n]
     self._offset += n
     return n
 

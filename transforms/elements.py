@@ -22,6 +22,7 @@ class RawRecord(NamedTuple):
 
   `watermark` is the reading restriction's watermark (Unix seconds) when the
   record was read, or None if the source has none: see `LogBatch.watermark`."""
+
   origin: str
   data: bytes
   watermark: Optional[float] = None
@@ -53,6 +54,7 @@ class LogBatch(NamedTuple):
   event's `timestamp` (Unix milliseconds) as native int64s, one per line, -1
   where an event has none (`event_times_of` reads them): it windows the
   lines of a format without `start`. None for lines from files."""
+
   origin: str
   lines: Tuple[str, ...]
   fields: Optional[Tuple[str, ...]] = None
@@ -84,12 +86,14 @@ def read_event_times(event_times: bytes) -> Sequence[int]:
 
 class Skipped(NamedTuple):
   """A record that was read and deliberately not counted (a CONTROL_MESSAGE)."""
+
   origin: str
   reason: str
 
 
 class WindowCounts(NamedTuple):
   """One window's answer, ready for the sink."""
+
   bucket_time: int  # window start, Unix seconds
   window_end: int  # window end (exclusive), Unix seconds
   counts: Dict[str, int]  # address -> number of distinct peers
@@ -121,10 +125,12 @@ def cut_raw(raw: Union[bytes, str, None]) -> dict:
     try:
       # The cut may split a character: the incomplete end is dropped, so text
       # stays text; bytes that are not UTF-8 anywhere else go as base64.
-      text = codecs.getincrementaldecoder('utf-8')().decode(raw[:MAX_RAW_CHARS], final=len(raw) <= MAX_RAW_CHARS)
+      text = codecs.getincrementaldecoder('utf-8')().decode(
+        raw[:MAX_RAW_CHARS], final=len(raw) <= MAX_RAW_CHARS
+      )
       out = {'raw': text}
     except UnicodeDecodeError:
-      out = {'raw_base64': base64.b64encode(raw[:MAX_RAW_CHARS * 3 // 4]).decode()}
+      out = {'raw_base64': base64.b64encode(raw[: MAX_RAW_CHARS * 3 // 4]).decode()}
   else:
     out = {'raw': raw[:MAX_RAW_CHARS]}
   if len(raw) > MAX_RAW_CHARS:
@@ -134,6 +140,7 @@ def cut_raw(raw: Union[bytes, str, None]) -> dict:
 
 class DeadLetter(NamedTuple):
   """One thing the pipeline could not use. `details` must be JSON-serialisable."""
+
   kind: str
   reason: str
   origin: str
@@ -144,7 +151,6 @@ class DeadLetter(NamedTuple):
     return cls(KIND_BAD_INPUT, reason, origin, cut_raw(raw))
 
   def to_json(self) -> str:
-    return json.dumps({
-        'kind': self.kind, 'reason': self.reason, 'origin': self.origin,
-        **self.details
-    }, sort_keys=True)
+    return json.dumps(
+      {'kind': self.kind, 'reason': self.reason, 'origin': self.origin, **self.details}, sort_keys=True
+    )

@@ -42,13 +42,14 @@ def validate_endpoint_template(template: str, group_fields: Sequence[str] = ()) 
   unknown = [name for name in names if name not in allowed]
   if unknown:
     raise ValueError(
-        f'--endpoint names an unknown placeholder {{{unknown[0]}}}; it may hold '
-        + ', '.join(allowed.values()))
+      f'--endpoint names an unknown placeholder {{{unknown[0]}}}; it may hold ' + ', '.join(allowed.values())
+    )
   missing = [placeholder for name, placeholder in allowed.items() if name not in names]
   if missing:
     raise ValueError(
-        f'--endpoint must hold {", ".join(missing)} so that each window'
-        f'{" and group" if group_fields else ""} has its own URL, for example {EXAMPLE}')
+      f'--endpoint must hold {", ".join(missing)} so that each window'
+      f'{" and group" if group_fields else ""} has its own URL, for example {EXAMPLE}'
+    )
   parts = urllib.parse.urlsplit(_PLACEHOLDER.sub('0', template))
   if parts.scheme not in ('http', 'https') or not parts.netloc:
     raise ValueError(f'--endpoint must be an http:// or https:// URL template, for example {EXAMPLE}')
@@ -58,8 +59,7 @@ def endpoint_url(template: str, bucket_time: int, group: Sequence[Tuple[str, str
   """The URL of one (window, group): `group` is (field, value) pairs, each
   value percent-encoded so that it stays inside its path segment."""
   values = {BUCKET_TIME: str(bucket_time)}
-  values.update((placeholder_name(field), urllib.parse.quote(value, safe=''))
-                for field, value in group)
+  values.update((placeholder_name(field), urllib.parse.quote(value, safe='')) for field, value in group)
   return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
 
 

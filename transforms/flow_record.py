@@ -18,32 +18,79 @@ NO_VALUE = '-'
 
 # The default (version 2) format, in its order.
 DEFAULT_FIELDS = (
-    'version', 'account-id', 'interface-id', 'srcaddr', 'dstaddr', 'srcport',
-    'dstport', 'protocol', 'packets', 'bytes', 'start', 'end', 'action',
-    'log-status')
+  'version',
+  'account-id',
+  'interface-id',
+  'srcaddr',
+  'dstaddr',
+  'srcport',
+  'dstport',
+  'protocol',
+  'packets',
+  'bytes',
+  'start',
+  'end',
+  'action',
+  'log-status',
+)
 # Every field AWS documents for VPC flow logs (versions 2 to 11) and Transit
 # Gateway flow logs (version 6), by the version that added it. A format may
 # name fields beyond these (AWS adds some every year): they are accepted, and
 # the command line names them in a warning.
 FIELDS_BY_VERSION = {
-    2: DEFAULT_FIELDS,
-    3: ('vpc-id', 'subnet-id', 'instance-id', 'tcp-flags', 'type', 'pkt-srcaddr', 'pkt-dstaddr'),
-    4: ('region', 'az-id', 'sublocation-type', 'sublocation-id'),
-    5: ('pkt-src-aws-service', 'pkt-dst-aws-service', 'flow-direction', 'traffic-path'),
-    6: ('resource-type', 'tgw-id', 'tgw-attachment-id', 'tgw-src-vpc-account-id',
-        'tgw-dst-vpc-account-id', 'tgw-src-vpc-id', 'tgw-dst-vpc-id', 'tgw-src-subnet-id',
-        'tgw-dst-subnet-id', 'tgw-src-eni', 'tgw-dst-eni', 'tgw-src-az-id', 'tgw-dst-az-id',
-        'tgw-pair-attachment-id', 'packets-lost-no-route', 'packets-lost-blackhole',
-        'packets-lost-mtu-exceeded', 'packets-lost-ttl-expired'),
-    7: ('ecs-cluster-arn', 'ecs-cluster-name', 'ecs-container-instance-arn',
-        'ecs-container-instance-id', 'ecs-container-id', 'ecs-second-container-id',
-        'ecs-service-name', 'ecs-task-definition-arn', 'ecs-task-arn', 'ecs-task-id'),
-    8: ('reject-reason',),
-    9: ('resource-id',),
-    10: ('encryption-status',),
-    11: ('instance-tag', 'instance-tag-2', 'interface-tag', 'interface-tag-2', 'asg-tag',
-         'asg-tag-2', 'interface-type', 'next-hop-interface-id', 'next-hop-subnet-id',
-         'next-hop-az-id', 'next-hop-vpc-id', 'next-hop-interface-type'),
+  2: DEFAULT_FIELDS,
+  3: ('vpc-id', 'subnet-id', 'instance-id', 'tcp-flags', 'type', 'pkt-srcaddr', 'pkt-dstaddr'),
+  4: ('region', 'az-id', 'sublocation-type', 'sublocation-id'),
+  5: ('pkt-src-aws-service', 'pkt-dst-aws-service', 'flow-direction', 'traffic-path'),
+  6: (
+    'resource-type',
+    'tgw-id',
+    'tgw-attachment-id',
+    'tgw-src-vpc-account-id',
+    'tgw-dst-vpc-account-id',
+    'tgw-src-vpc-id',
+    'tgw-dst-vpc-id',
+    'tgw-src-subnet-id',
+    'tgw-dst-subnet-id',
+    'tgw-src-eni',
+    'tgw-dst-eni',
+    'tgw-src-az-id',
+    'tgw-dst-az-id',
+    'tgw-pair-attachment-id',
+    'packets-lost-no-route',
+    'packets-lost-blackhole',
+    'packets-lost-mtu-exceeded',
+    'packets-lost-ttl-expired',
+  ),
+  7: (
+    'ecs-cluster-arn',
+    'ecs-cluster-name',
+    'ecs-container-instance-arn',
+    'ecs-container-instance-id',
+    'ecs-container-id',
+    'ecs-second-container-id',
+    'ecs-service-name',
+    'ecs-task-definition-arn',
+    'ecs-task-arn',
+    'ecs-task-id',
+  ),
+  8: ('reject-reason',),
+  9: ('resource-id',),
+  10: ('encryption-status',),
+  11: (
+    'instance-tag',
+    'instance-tag-2',
+    'interface-tag',
+    'interface-tag-2',
+    'asg-tag',
+    'asg-tag-2',
+    'interface-type',
+    'next-hop-interface-id',
+    'next-hop-subnet-id',
+    'next-hop-az-id',
+    'next-hop-vpc-id',
+    'next-hop-interface-type',
+  ),
 }
 KNOWN_FIELDS = frozenset(name for names in FIELDS_BY_VERSION.values() for name in names)
 
@@ -67,6 +114,7 @@ def is_field_name(token: str) -> bool:
 
 class LogFormat:
   """The field order of a flow log."""
+
   def __init__(self, fields: Iterable[str]):
     self.fields: Tuple[str, ...] = tuple(fields)
     if not self.fields:
@@ -75,8 +123,9 @@ class LogFormat:
     if duplicated:
       raise ValueError(f'log format names a field twice: {duplicated[:10]}')
     if len(self.fields) > MAX_FORMAT_FIELDS:
-      raise ValueError(f'log format names {len(self.fields)} fields, more than the '
-                       f'{MAX_FORMAT_FIELDS} a flow log can have')
+      raise ValueError(
+        f'log format names {len(self.fields)} fields, more than the {MAX_FORMAT_FIELDS} a flow log can have'
+      )
     self._columns = {name: index for index, name in enumerate(self.fields)}
 
   @classmethod
@@ -89,8 +138,9 @@ class LogFormat:
     names AWS does not document (yet) are accepted: see `unknown_fields`."""
     tokens = text.split()
     if len(tokens) > MAX_FORMAT_FIELDS:
-      raise ValueError(f'log format names {len(tokens)} fields, more than the '
-                       f'{MAX_FORMAT_FIELDS} a flow log can have')
+      raise ValueError(
+        f'log format names {len(tokens)} fields, more than the {MAX_FORMAT_FIELDS} a flow log can have'
+      )
     fields = []
     for token in tokens:
       match = _FORMAT_TOKEN.match(token)

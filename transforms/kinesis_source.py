@@ -8,7 +8,6 @@ module, which hands over the same types from their new home; state written
 from now on names the new one. Import from `transforms.kinesis` instead.
 """
 
-from transforms.kinesis.restriction import (
-    KinesisShard, ShardCursor, ShardRestriction, StartPosition)
+from transforms.kinesis.restriction import KinesisShard, ShardCursor, ShardRestriction, StartPosition
 
 __all__ = ['KinesisShard', 'ShardCursor', 'ShardRestriction', 'StartPosition']

@@ -49,6 +49,7 @@ class _Source(NamedTuple):
   """Where one flow log field comes from in an OCSF file: the first of
   `paths` that the file has (and, row by row, the first of them that is not
   null), after `convert`."""
+
   paths: Tuple[str, ...]
   convert: str = 'text'  # text, millis (OCSF time: ms since the epoch), first_ip, action, direction
 
@@ -60,28 +61,28 @@ class _Source(NamedTuple):
 # Security Lake source version 1 (OCSF 1.0.0-rc.2) names the account
 # cloud.account_uid; version 2 (OCSF 1.1.0) cloud.account.uid.
 OCSF_FIELDS: Dict[str, _Source] = {
-    'version': _Source(('metadata.product.version',)),
-    'account-id': _Source(('cloud.account.uid', 'cloud.account_uid')),
-    'interface-id': _Source(('src_endpoint.interface_uid', 'dst_endpoint.interface_uid')),
-    'srcaddr': _Source(('src_endpoint.intermediate_ips', 'src_endpoint.ip'), 'first_ip'),
-    'dstaddr': _Source(('dst_endpoint.intermediate_ips', 'dst_endpoint.ip'), 'first_ip'),
-    'srcport': _Source(('src_endpoint.port',)),
-    'dstport': _Source(('dst_endpoint.port',)),
-    'protocol': _Source(('connection_info.protocol_num',)),
-    'packets': _Source(('traffic.packets',)),
-    'bytes': _Source(('traffic.bytes',)),
-    'start': _Source(('start_time', 'time'), 'millis'),
-    'end': _Source(('end_time',), 'millis'),
-    'action': _Source(('action_id', 'disposition_id'), 'action'),
-    'log-status': _Source(('status_code',)),
-    'vpc-id': _Source(('src_endpoint.vpc_uid', 'dst_endpoint.vpc_uid')),
-    'subnet-id': _Source(('src_endpoint.subnet_uid', 'dst_endpoint.subnet_uid')),
-    'instance-id': _Source(('src_endpoint.instance_uid', 'dst_endpoint.instance_uid')),
-    'pkt-srcaddr': _Source(('src_endpoint.ip',)),
-    'pkt-dstaddr': _Source(('dst_endpoint.ip',)),
-    'region': _Source(('cloud.region',)),
-    'az-id': _Source(('cloud.zone',)),
-    'flow-direction': _Source(('connection_info.direction_id',), 'direction'),
+  'version': _Source(('metadata.product.version',)),
+  'account-id': _Source(('cloud.account.uid', 'cloud.account_uid')),
+  'interface-id': _Source(('src_endpoint.interface_uid', 'dst_endpoint.interface_uid')),
+  'srcaddr': _Source(('src_endpoint.intermediate_ips', 'src_endpoint.ip'), 'first_ip'),
+  'dstaddr': _Source(('dst_endpoint.intermediate_ips', 'dst_endpoint.ip'), 'first_ip'),
+  'srcport': _Source(('src_endpoint.port',)),
+  'dstport': _Source(('dst_endpoint.port',)),
+  'protocol': _Source(('connection_info.protocol_num',)),
+  'packets': _Source(('traffic.packets',)),
+  'bytes': _Source(('traffic.bytes',)),
+  'start': _Source(('start_time', 'time'), 'millis'),
+  'end': _Source(('end_time',), 'millis'),
+  'action': _Source(('action_id', 'disposition_id'), 'action'),
+  'log-status': _Source(('status_code',)),
+  'vpc-id': _Source(('src_endpoint.vpc_uid', 'dst_endpoint.vpc_uid')),
+  'subnet-id': _Source(('src_endpoint.subnet_uid', 'dst_endpoint.subnet_uid')),
+  'instance-id': _Source(('src_endpoint.instance_uid', 'dst_endpoint.instance_uid')),
+  'pkt-srcaddr': _Source(('src_endpoint.ip',)),
+  'pkt-dstaddr': _Source(('dst_endpoint.ip',)),
+  'region': _Source(('cloud.region',)),
+  'az-id': _Source(('cloud.zone',)),
+  'flow-direction': _Source(('connection_info.direction_id',), 'direction'),
 }
 
 
@@ -93,9 +94,9 @@ def _pyarrow():
   """pyarrow and its parquet and compute modules, imported when a Parquet file
   is met (pyarrow comes with apache-beam)."""
   try:
-    import pyarrow  # pylint: disable=import-outside-toplevel
-    import pyarrow.compute  # pylint: disable=import-outside-toplevel
-    import pyarrow.parquet  # pylint: disable=import-outside-toplevel
+    import pyarrow
+    import pyarrow.compute
+    import pyarrow.parquet
   except ImportError as e:
     raise ParquetError(f'file is Parquet, but pyarrow cannot be imported: {e}') from None
   return pyarrow, pyarrow.parquet, pyarrow.compute
@@ -120,6 +121,7 @@ def _field_at(schema, path: str):
 class _Layout(NamedTuple):
   """How a file's columns become flow log lines: the fields, in order, and
   for each the columns (dotted paths) it is made of and how."""
+
   kind: str  # 'AWS flow log Parquet' or 'OCSF Network Activity'
   fields: Tuple[str, ...]
   sources: Tuple[_Source, ...]  # one per field, only paths the file has
@@ -142,17 +144,23 @@ def _is_scalar(pa, arrow_type) -> bool:
 def layout_of(schema, pa) -> _Layout:
   """The layout of a file with this arrow schema; raises ParquetError when the
   schema is neither AWS's nor OCSF's."""
-  aws_fields = [(name.replace('_', '-'), name) for name in schema.names
-                if name.replace('_', '-') in KNOWN_FIELDS]
+  aws_fields = [
+    (name.replace('_', '-'), name) for name in schema.names if name.replace('_', '-') in KNOWN_FIELDS
+  ]
   seen = set()
   aws_fields = [(f, n) for f, n in aws_fields if not (f in seen or seen.add(f))]
   if all(f in dict(aws_fields) for f in REQUIRED_FIELDS):
     for field, name in aws_fields:
       if not _is_scalar(pa, schema.field(name).type):
-        raise ParquetError(f'AWS flow log Parquet column {name} is of type '
-                           f'{schema.field(name).type}, not a scalar')
-    return _Layout('AWS flow log Parquet', tuple(f for f, _ in aws_fields),
-                   tuple(_Source((n,)) for _, n in aws_fields), None)
+        raise ParquetError(
+          f'AWS flow log Parquet column {name} is of type {schema.field(name).type}, not a scalar'
+        )
+    return _Layout(
+      'AWS flow log Parquet',
+      tuple(f for f, _ in aws_fields),
+      tuple(_Source((n,)) for _, n in aws_fields),
+      None,
+    )
   if _field_at(schema, 'src_endpoint.ip') is not None and _field_at(schema, 'dst_endpoint.ip') is not None:
     fields, sources = [], []
     for field, source in OCSF_FIELDS.items():
@@ -163,9 +171,9 @@ def layout_of(schema, pa) -> _Layout:
         arrow_type = _field_at(schema, path).type
         wanted_list = source.convert == 'first_ip' and path.endswith('intermediate_ips')
         if (pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)) != wanted_list or (
-            not wanted_list and not _is_scalar(pa, arrow_type)):
-          raise ParquetError(f'OCSF column {path} is of type {arrow_type}, which this '
-                             'mapping does not read')
+          not wanted_list and not _is_scalar(pa, arrow_type)
+        ):
+          raise ParquetError(f'OCSF column {path} is of type {arrow_type}, which this mapping does not read')
       fields.append(field)
       sources.append(source._replace(paths=present))
     if 'start' not in fields:
@@ -174,13 +182,15 @@ def layout_of(schema, pa) -> _Layout:
     return _Layout('OCSF Network Activity', tuple(fields), tuple(sources), class_column)
   names = ', '.join(schema.names)
   raise ParquetError(
-      'Parquet file in neither AWS\'s flow log schema (columns srcaddr, dstaddr, start) '
-      f'nor OCSF Network Activity (src_endpoint.ip, dst_endpoint.ip, start_time); its '
-      f'columns: {names[:500]}')
+    "Parquet file in neither AWS's flow log schema (columns srcaddr, dstaddr, start) "
+    f'nor OCSF Network Activity (src_endpoint.ip, dst_endpoint.ip, start_time); its '
+    f'columns: {names[:500]}'
+  )
 
 
 class _Converter:
   """Turns one batch of rows (a flattened arrow table) into text lines."""
+
   def __init__(self, layout: _Layout, pa, pc):
     self._layout = layout
     self._pa = pa
@@ -194,15 +204,19 @@ class _Converter:
       column = column.dictionary_decode()
     if pa.types.is_timestamp(column.type):
       column = pc.cast(pc.cast(column, pa.timestamp('s'), safe=False), pa.int64())
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or (
-        pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+    if (
+      pa.types.is_string(column.type)
+      or pa.types.is_large_string(column.type)
+      or (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type))
+    ):
       column = pc.cast(column, pa.string())  # binary: checked to be UTF-8
       return pc.if_else(pc.equal(column, ''), self._null_text, column)
     return pc.cast(column, pa.string())  # a number is never empty
 
   def _first_of_list(self, column):
     """The first element of each list (null for an empty or null list)."""
-    import numpy  # pylint: disable=import-outside-toplevel (comes with pyarrow)
+    import numpy  # comes with pyarrow
+
     pa, pc = self._pa, self._pc
     sliced = pc.list_slice(column, 0, 1)
     values = pc.list_flatten(sliced)
@@ -241,12 +255,12 @@ class _Converter:
     """(lines, rows of other OCSF classes, which are blank lines)."""
     pa, pc = self._pa, self._pc
     columns = [self.column(table, source) for source in self._layout.sources]
-    joined = pc.binary_join_element_wise(
-        *columns, ' ', null_handling='replace', null_replacement='-')
+    joined = pc.binary_join_element_wise(*columns, ' ', null_handling='replace', null_replacement='-')
     others = 0
     if self._layout.class_column:
-      keep = pc.fill_null(pc.equal(table.column(self._layout.class_column).combine_chunks(),
-                                   OCSF_NETWORK_ACTIVITY), False)
+      keep = pc.fill_null(
+        pc.equal(table.column(self._layout.class_column).combine_chunks(), OCSF_NETWORK_ACTIVITY), False
+      )
       others = len(keep) - pc.sum(keep).as_py() if len(keep) else 0
       joined = pc.if_else(keep, joined, pa.scalar('', pa.string()))
     return _as_lines(pa, pc, joined), others
@@ -257,14 +271,20 @@ def _as_lines(pa, pc, joined) -> Tuple[str, ...]:
   piece and split at the newlines ended to each (far cheaper than one str per
   element through to_pylist); when a value holds a newline itself, element by
   element."""
-  import numpy  # pylint: disable=import-outside-toplevel (comes with pyarrow)
-  ended = pc.binary_join_element_wise(joined, '', '\n').combine_chunks() if isinstance(
-      joined, pa.ChunkedArray) else pc.binary_join_element_wise(joined, '', '\n')
+  import numpy  # comes with pyarrow
+
+  ended = (
+    pc.binary_join_element_wise(joined, '', '\n').combine_chunks()
+    if isinstance(joined, pa.ChunkedArray)
+    else pc.binary_join_element_wise(joined, '', '\n')
+  )
   if len(ended) == 0:
     return ()
   offset_type = numpy.int64 if pa.types.is_large_string(ended.type) else numpy.int32
-  offsets = numpy.frombuffer(ended.buffers()[1], dtype=offset_type)[ended.offset:ended.offset + len(ended) + 1]
-  text = ended.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]].decode('utf-8')
+  offsets = numpy.frombuffer(ended.buffers()[1], dtype=offset_type)[
+    ended.offset : ended.offset + len(ended) + 1
+  ]
+  text = ended.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]].decode('utf-8')
   lines = text.split('\n')
   lines.pop()  # after the last newline
   if len(lines) != len(joined):
@@ -283,7 +303,8 @@ def decode_parquet(stream, origin: str, max_bytes: int) -> Iterator[Union[LogBat
   """A Parquet file of flow logs (AWS's schema or OCSF) as LogBatches, and a
   BadInput for what cannot be read: the whole file when its schema is neither,
   the rest of it past damage or past `max_bytes` of columns read."""
-  from transforms.decode import BadInput  # pylint: disable=import-outside-toplevel (a cycle)
+  from transforms.decode import BadInput  # a cycle
+
   try:
     pa, pq, pc = _pyarrow()
   except ParquetError as e:
@@ -304,7 +325,8 @@ def decode_parquet(stream, origin: str, max_bytes: int) -> Iterator[Union[LogBat
   decoded = 0
   other_classes = 0
   batches = parquet_file.iter_batches(
-      batch_size=PARQUET_BATCH_ROWS, columns=layout.columns, use_threads=False)
+    batch_size=PARQUET_BATCH_ROWS, columns=layout.columns, use_threads=False
+  )
   while True:
     try:
       batch = next(batches, None)
@@ -312,8 +334,9 @@ def decode_parquet(stream, origin: str, max_bytes: int) -> Iterator[Union[LogBat
         break
       decoded += batch.nbytes
       if decoded > max_bytes:
-        yield BadInput(f'Parquet file holds more than {max_bytes} bytes of columns read: '
-                       f'not read past row {row}', origin)
+        yield BadInput(
+          f'Parquet file holds more than {max_bytes} bytes of columns read: not read past row {row}', origin
+        )
         break
       lines, others = converter.lines(_flattened(pa, batch))
     except (pa.ArrowException, OSError, ValueError, TypeError, IndexError) as e:
@@ -324,5 +347,8 @@ def decode_parquet(stream, origin: str, max_bytes: int) -> Iterator[Union[LogBat
       yield LogBatch(origin, lines, layout.fields, False, row + 1)
     row += len(lines)
   if other_classes:
-    yield BadInput(f'{other_classes} row(s) of OCSF classes other than Network Activity '
-                   f'({OCSF_NETWORK_ACTIVITY}): not counted', origin)
+    yield BadInput(
+      f'{other_classes} row(s) of OCSF classes other than Network Activity '
+      f'({OCSF_NETWORK_ACTIVITY}): not counted',
+      origin,
+    )

@@ -37,8 +37,15 @@ def _duration(seconds: float) -> str:
 
 class Progress:
   """Totals reported by the stages, and their rendering. Thread-safe."""
-  def __init__(self, total_files: int, total_bytes: int, stream: IO[str] = sys.stderr,
-               interval: float = DEFAULT_INTERVAL_SECONDS, clock: Callable[[], float] = time.monotonic):
+
+  def __init__(
+    self,
+    total_files: int,
+    total_bytes: int,
+    stream: IO[str] = sys.stderr,
+    interval: float = DEFAULT_INTERVAL_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+  ):
     self.total_files = total_files
     self.total_bytes = total_bytes
     self.files = self.bytes_read = self.lines = self.windows = 0
@@ -62,11 +69,14 @@ class Progress:
       files, bytes_read, lines, windows = self.files, self.bytes_read, self.lines, self.windows
     elapsed = max(self._clock() - self._started, 1e-9)
     done = min(bytes_read, self.total_bytes)
-    parts = [f'{files}/{self.total_files} files',
-             f'{_size(done)} of {_size(self.total_bytes)}'
-             + (f' ({100 * done / self.total_bytes:.0f}%)' if self.total_bytes else ''),
-             f'{lines:,} lines', f'{windows} windows posted',
-             f'{lines / elapsed:,.0f} lines/s']
+    parts = [
+      f'{files}/{self.total_files} files',
+      f'{_size(done)} of {_size(self.total_bytes)}'
+      + (f' ({100 * done / self.total_bytes:.0f}%)' if self.total_bytes else ''),
+      f'{lines:,} lines',
+      f'{windows} windows posted',
+      f'{lines / elapsed:,.0f} lines/s',
+    ]
     if 0 < done < self.total_bytes:
       parts.append(f'about {_duration((self.total_bytes - done) * elapsed / done)} left')
     elif done >= self.total_bytes and files >= self.total_files:
@@ -81,14 +91,14 @@ class Progress:
       self.print_now()
 
   def __enter__(self) -> 'Progress':
-    global _active  # pylint: disable=global-statement
+    global _active  # noqa: PLW0603
     _active = self
     self._thread = threading.Thread(target=self._run, name='progress', daemon=True)
     self._thread.start()
     return self
 
   def __exit__(self, *exc) -> None:
-    global _active  # pylint: disable=global-statement
+    global _active  # noqa: PLW0603
     self._stop.set()
     if self._thread is not None:
       self._thread.join()

@@ -23,6 +23,7 @@ from transforms.elements import DEAD_LETTER_TAG, DeadLetter, LogBatch, RawRecord
 class _DecodeCounters:
   """Counts what decoding produced and routes it: batches to the main output,
   bad input to the dead-letter output, control messages to a counter."""
+
   def __init__(self):
     self.records = Metrics.counter(METRICS_NAMESPACE, 'records')
     self.control_messages = Metrics.counter(METRICS_NAMESPACE, 'control_messages')
@@ -50,9 +51,13 @@ class UnreadableFile(OSError):
   regular file, or reading it failed (an I/O error, not damaged content)."""
 
 
-_FILE_KINDS = ((stat.S_ISFIFO, 'a FIFO (named pipe)'), (stat.S_ISCHR, 'a character device'),
-               (stat.S_ISBLK, 'a block device'), (stat.S_ISSOCK, 'a socket'),
-               (stat.S_ISDIR, 'a directory'))
+_FILE_KINDS = (
+  (stat.S_ISFIFO, 'a FIFO (named pipe)'),
+  (stat.S_ISCHR, 'a character device'),
+  (stat.S_ISBLK, 'a block device'),
+  (stat.S_ISSOCK, 'a socket'),
+  (stat.S_ISDIR, 'a directory'),
+)
 
 
 def _not_regular(mode: int) -> str:
@@ -107,6 +112,7 @@ class _SourceReader(io.RawIOBase):
   """The bytes of a source file as the decoder reads them: counted for the
   progress report, and with I/O errors of the source (as opposed to damaged
   content) marked as such, so that the run can say the file was not read."""
+
   def __init__(self, stream):
     super().__init__()
     self._stream = stream
@@ -149,6 +155,7 @@ class DecodeFileDoFn(beam.DoFn):
   s3:// files are opened through one S3 client made for the DoFn instead of
   Beam's filesystem, which makes a boto3 client, a costly object, per file
   opened (bench/results/s3_backfill.md has what that cost)."""
+
   def __init__(self, limits: InputLimits = InputLimits(), s3_options: Optional[dict] = None):
     super().__init__()
     self._limits = limits
@@ -191,9 +198,9 @@ class DecodeFileDoFn(beam.DoFn):
     if isinstance(FileSystems.get_filesystem(path), LocalFileSystem):
       return open_local_regular_file(path)
     if path.startswith('s3://') and self._s3_options is not None:
-      # pylint: disable=import-outside-toplevel
       from apache_beam.io.aws.s3io import S3IO, S3Downloader
       from apache_beam.io.filesystemio import DownloaderStream
+
       if self._s3io is None:
         self._s3io = S3IO(options=self._s3_options)
       # Unbuffered: each read is one ranged GET of what was asked for. Beam's
@@ -203,7 +210,8 @@ class DecodeFileDoFn(beam.DoFn):
       # pieces by decode_file.
       return DownloaderStream(S3Downloader(self._s3io.client, path, READ_BYTES), mode='rb')
     return readable_file.open(
-        mime_type='application/octet-stream', compression_type=CompressionTypes.UNCOMPRESSED)
+      mime_type='application/octet-stream', compression_type=CompressionTypes.UNCOMPRESSED
+    )
 
 
 class ReadFlowLogFiles(beam.PTransform):
@@ -212,8 +220,10 @@ class ReadFlowLogFiles(beam.PTransform):
   `limits`.
 
   The file list is reshuffled so that files spread over all workers."""
-  def __init__(self, file_pattern: str, limits: InputLimits = InputLimits(),
-               s3_options: Optional[dict] = None):
+
+  def __init__(
+    self, file_pattern: str, limits: InputLimits = InputLimits(), s3_options: Optional[dict] = None
+  ):
     super().__init__()
     self._file_pattern = file_pattern
     self._limits = limits
@@ -221,17 +231,21 @@ class ReadFlowLogFiles(beam.PTransform):
 
   def expand(self, pbegin):
     decoded = (
-        pbegin
-        | 'MatchFiles' >> fileio.MatchFiles(self._file_pattern)
-        | 'SpreadFiles' >> beam.Reshuffle()
-        | 'ReadMatches' >> fileio.ReadMatches()
-        | 'DecodeFiles' >> beam.ParDo(DecodeFileDoFn(self._limits, self._s3_options)).with_outputs(
-            DEAD_LETTER_TAG, main='batches'))
+      pbegin
+      | 'MatchFiles' >> fileio.MatchFiles(self._file_pattern)
+      | 'SpreadFiles' >> beam.Reshuffle()
+      | 'ReadMatches' >> fileio.ReadMatches()
+      | 'DecodeFiles'
+      >> beam.ParDo(DecodeFileDoFn(self._limits, self._s3_options)).with_outputs(
+        DEAD_LETTER_TAG, main='batches'
+      )
+    )
     return {'batches': decoded.batches, 'dead_letters': decoded[DEAD_LETTER_TAG]}
 
 
 class DecodeRecordDoFn(beam.DoFn):
   """Decodes one Kinesis record (a RawRecord) into a LogBatch."""
+
   def setup(self):
     self._counters = _DecodeCounters()
 
@@ -250,15 +264,18 @@ class DecodeRecordDoFn(beam.DoFn):
 
 class DecodeKinesisRecords(beam.PTransform):
   """Kinesis records (RawRecords) to LogBatches, with dead letters."""
+
   def expand(self, records):
-    decoded = records | 'DecodeRecords' >> beam.ParDo(
-        DecodeRecordDoFn()).with_outputs(DEAD_LETTER_TAG, main='batches')
+    decoded = records | 'DecodeRecords' >> beam.ParDo(DecodeRecordDoFn()).with_outputs(
+      DEAD_LETTER_TAG, main='batches'
+    )
     return {'batches': decoded.batches, 'dead_letters': decoded[DEAD_LETTER_TAG]}
 
 
 class ReadRecordsFrom(beam.PTransform):
   """A source made of any transform producing RawRecords (beam.Create or
   TestStream in tests, the Kinesis reader in production), decoded."""
+
   def __init__(self, records_transform: beam.PTransform):
     super().__init__()
     self._records = records_transform

@@ -30,8 +30,9 @@ def parse_time(text: str, flag: str) -> int:
   try:
     moment = datetime.datetime.fromisoformat(text.replace('Z', '+00:00').replace('z', '+00:00'))
   except ValueError:
-    raise ValueError(f'{flag} must be Unix seconds or ISO 8601 UTC (2023-11-14T22:20:00Z), '
-                     f'not {text!r}') from None
+    raise ValueError(
+      f'{flag} must be Unix seconds or ISO 8601 UTC (2023-11-14T22:20:00Z), not {text!r}'
+    ) from None
   if moment.tzinfo is None:
     moment = moment.replace(tzinfo=datetime.timezone.utc)
   if moment.utcoffset() != datetime.timedelta(0):
@@ -56,8 +57,10 @@ class TimeRange(NamedTuple):
         continue
       value = parse_time(text, flag)
       if value % window_seconds:
-        raise ValueError(f'{flag} must be on a window boundary (a multiple of --window_seconds '
-                         f'from the epoch): {utc_text(value)} is not')
+        raise ValueError(
+          f'{flag} must be on a window boundary (a multiple of --window_seconds '
+          f'from the epoch): {utc_text(value)} is not'
+        )
       bounds[flag] = value
     time_range = cls(bounds.get('--since'), bounds.get('--until'))
     if time_range.since is not None and time_range.until is not None and time_range.since >= time_range.until:
@@ -81,6 +84,7 @@ class _KeepTimeRangeDoFn(beam.DoFn):
   flow nor bad input, and the others keep their line numbers for dead
   letters) and counts them. A line whose start does not read as a plausible
   time is left for the counting to judge."""
+
   def __init__(self, time_range: TimeRange, default_format: LogFormat):
     self._range = time_range
     self._default_format = default_format
@@ -96,8 +100,7 @@ class _KeepTimeRangeDoFn(beam.DoFn):
     if column is None:
       log_format = self._default_format if fields is None else LogFormat(fields)
       start = log_format.column('start')
-      column = self._start_columns[fields] = (-1 if start is None else start,
-                                              len(log_format.fields))
+      column = self._start_columns[fields] = (-1 if start is None else start, len(log_format.fields))
     return column
 
   def _starts(self, batch: LogBatch):
@@ -140,6 +143,7 @@ class _KeepTimeRangeDoFn(beam.DoFn):
 
 class KeepTimeRange(beam.PTransform):
   """LogBatches with the flows outside `time_range` blanked (and counted)."""
+
   def __init__(self, time_range: TimeRange, default_format: LogFormat):
     super().__init__()
     self._range = time_range

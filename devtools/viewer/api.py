@@ -29,8 +29,12 @@ from devtools.viewer.jumps import JumpRule
 from devtools.viewer.store import Store
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'static')
-STATIC_TYPES = {'.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8',
-                '.css': 'text/css; charset=utf-8', '.svg': 'image/svg+xml'}
+STATIC_TYPES = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.svg': 'image/svg+xml',
+}
 MAX_TOP = 1000
 MAX_JUMPS = 10_000
 CACHE_BYTES = 32 * 2**20
@@ -56,12 +60,18 @@ def error(status: int, message: str) -> Answer:
 
 class Api:
   """Answers GET requests from `store`, with `rule` as the default jump rule."""
+
   def __init__(self, store: Store, rule: JumpRule = JumpRule()):
     self.store = store
     self.rule = rule
     self._routes: Dict[str, Callable[[Dict[str, str]], Answer]] = {
-        '/api/rule': self.rule_info, '/api/groups': self.groups, '/api/windows': self.windows,
-        '/api/top': self.top, '/api/series': self.series, '/api/jumps': self.jumps}
+      '/api/rule': self.rule_info,
+      '/api/groups': self.groups,
+      '/api/windows': self.windows,
+      '/api/top': self.top,
+      '/api/series': self.series,
+      '/api/jumps': self.jumps,
+    }
     # Answers by request, while the store is unchanged: windows arrive every
     # few minutes, the page and an alerting system ask the same again and again.
     self._cache: 'collections.OrderedDict[str, Tuple[int, Answer]]' = collections.OrderedDict()
@@ -75,7 +85,7 @@ class Api:
     if path in ('/', '/index.html'):
       return static_file('index.html')
     if path.startswith('/static/'):
-      return static_file(path[len('/static/'):])
+      return static_file(path[len('/static/') :])
     route = self._routes.get(path.rstrip('/'))
     if route is None:
       return error(404, f'no such page: {path[:200]}')
@@ -129,17 +139,28 @@ class Api:
     return json_answer(self._rule_json(rule))
 
   def _rule_json(self, rule: JumpRule) -> dict:
-    return {'ratio': rule.ratio, 'min_count': rule.min_count, 'history': self.store.history,
-            'text': (f'at least {rule.min_count} distinct peers and at least {rule.ratio:g} times '
-                     f'the median of the previous {self.store.history} windows (0 where absent)')}
+    return {
+      'ratio': rule.ratio,
+      'min_count': rule.min_count,
+      'history': self.store.history,
+      'text': (
+        f'at least {rule.min_count} distinct peers and at least {rule.ratio:g} times '
+        f'the median of the previous {self.store.history} windows (0 where absent)'
+      ),
+    }
 
   def groups(self, query: Dict[str, str]) -> Answer:
     return json_answer({'groups': self.store.groups()})
 
   def windows(self, query: Dict[str, str]) -> Answer:
     rule = self.rule_of(query)
-    return json_answer({'group': query.get('group', ''), 'rule': self._rule_json(rule),
-                        'windows': self.store.windows(query.get('group', ''), rule)})
+    return json_answer(
+      {
+        'group': query.get('group', ''),
+        'rule': self._rule_json(rule),
+        'windows': self.store.windows(query.get('group', ''), rule),
+      }
+    )
 
   def top(self, query: Dict[str, str]) -> Answer:
     rule = self.rule_of(query)
@@ -160,8 +181,15 @@ class Api:
       raise BadRequest('give an address')
     group = query.get('group', '')
     points = self.store.series(group, address, rule)
-    return json_answer({'group': group, 'address': address, 'rule': self._rule_json(rule),
-                        'seen': any(p['present'] for p in points), 'series': points})
+    return json_answer(
+      {
+        'group': group,
+        'address': address,
+        'rule': self._rule_json(rule),
+        'seen': any(p['present'] for p in points),
+        'series': points,
+      }
+    )
 
   def jumps(self, query: Dict[str, str]) -> Answer:
     rule = self.rule_of(query)
@@ -173,8 +201,9 @@ class Api:
     if order not in ('asc', 'desc'):
       raise BadRequest(f'order must be asc (oldest window first) or desc, got {order[:20]!r}')
     found, truncated = self.store.jumps(rule, since, query.get('group'), limit, order == 'desc')
-    return json_answer({'rule': self._rule_json(rule), 'since': since, 'jumps': found,
-                        'truncated': truncated})
+    return json_answer(
+      {'rule': self._rule_json(rule), 'since': since, 'jumps': found, 'truncated': truncated}
+    )
 
 
 def parse_since(value: Optional[str]) -> int:
@@ -203,8 +232,9 @@ def _number(query: Dict[str, str], name: str, default, kind):
   try:
     return kind(value)
   except ValueError:
-    raise BadRequest(f'{name} must be a {"whole " if kind is int else ""}number, '
-                     f'got {value[:40]!r}') from None
+    raise BadRequest(
+      f'{name} must be a {"whole " if kind is int else ""}number, got {value[:40]!r}'
+    ) from None
 
 
 def static_file(name: str) -> Answer:

@@ -30,15 +30,25 @@ _WINDOW_IN_PATH = re.compile(r'([0-9]{1,15})/*$')
 _WHOLE_NUMBER = re.compile(r'[0-9]{1,15}')
 _CONTENT_TYPES = ('', 'application/json')
 # The headers read here (others, such as Authorization, are left alone).
-CONTRACT_HEADERS = ('content-type', 'content-encoding', 'x-window-start', 'x-window-end',
-                    'x-pane-index', 'x-pane-timing', 'idempotency-key', 'x-group',
-                    'x-part-index', 'x-part-count')
+CONTRACT_HEADERS = (
+  'content-type',
+  'content-encoding',
+  'x-window-start',
+  'x-window-end',
+  'x-pane-index',
+  'x-pane-timing',
+  'idempotency-key',
+  'x-group',
+  'x-part-index',
+  'x-part-count',
+)
 # Beam's pane timings; a batch run on Flink posts its one pane as UNKNOWN.
 PANE_TIMINGS = ('', 'EARLY', 'ON_TIME', 'LATE', 'UNKNOWN')
 
 
 class PostError(Exception):
   """A POST the receiver refuses: `status` is the HTTP answer (4xx)."""
+
   def __init__(self, status: int, message: str):
     super().__init__(message)
     self.status = status
@@ -47,6 +57,7 @@ class PostError(Exception):
 
 class Part(NamedTuple):
   """One POST: a part of one pane of one (window, group) document."""
+
   path: str
   window_start: int
   window_end: Optional[int]
@@ -64,8 +75,9 @@ class Part(NamedTuple):
     return self.window_start, self.group
 
 
-def read_part(path: str, headers: Mapping[str, str], body: bytes,
-              max_body_bytes: int = MAX_BODY_BYTES) -> Part:
+def read_part(
+  path: str, headers: Mapping[str, str], body: bytes, max_body_bytes: int = MAX_BODY_BYTES
+) -> Part:
   """The Part a POST of `body` to `path` with `headers` carries; raises
   PostError (400, 413, 415) when it breaks the contract."""
   headers = {name.lower(): value for name, value in headers.items()}
@@ -80,8 +92,9 @@ def read_part(path: str, headers: Mapping[str, str], body: bytes,
   if window_start is None:
     match = _WINDOW_IN_PATH.search(urllib.parse.urlsplit(path).path)
     if not match:
-      raise PostError(400, 'no X-Window-Start header and no window start (Unix seconds) '
-                           'at the end of the URL path')
+      raise PostError(
+        400, 'no X-Window-Start header and no window start (Unix seconds) at the end of the URL path'
+      )
     window_start = int(match.group(1))
   window_end = _int_header(headers, 'x-window-end', None)
   if window_end is not None and window_end <= window_start:
@@ -95,15 +108,26 @@ def read_part(path: str, headers: Mapping[str, str], body: bytes,
     raise PostError(400, f'X-Part-Index {part_index} is not below X-Part-Count {part_count}')
   pane_timing = headers.get('x-pane-timing', '').strip().upper()
   if pane_timing not in PANE_TIMINGS:
-    raise PostError(400, f'X-Pane-Timing must be EARLY, ON_TIME, LATE or UNKNOWN, '
-                         f'got {pane_timing!r}')
+    raise PostError(400, f'X-Pane-Timing must be EARLY, ON_TIME, LATE or UNKNOWN, got {pane_timing!r}')
   group = canonical_group(headers.get('x-group', ''))
   counts = parse_counts(document)
   digest = hashlib.sha256(document).hexdigest()
   key = headers.get('idempotency-key', '').strip() or (
-      f'{window_start}/{group}/{pane_index}/{part_index}of{part_count}/{digest[:32]}')
-  return Part(path, window_start, window_end, group, pane_index, pane_timing,
-              part_index, part_count, key, digest, counts)
+    f'{window_start}/{group}/{pane_index}/{part_index}of{part_count}/{digest[:32]}'
+  )
+  return Part(
+    path,
+    window_start,
+    window_end,
+    group,
+    pane_index,
+    pane_timing,
+    part_index,
+    part_count,
+    key,
+    digest,
+    counts,
+  )
 
 
 def decoded_body(body: bytes, content_encoding: str, max_body_bytes: int = MAX_BODY_BYTES) -> bytes:
@@ -156,15 +180,19 @@ def parse_counts(document: bytes) -> Dict[str, int]:
   except orjson.JSONDecodeError as e:
     raise PostError(400, f'body is not JSON: {e}') from None
   if not isinstance(counts, dict):
-    raise PostError(400, f'body must be a JSON object of address: distinct peers, '
-                         f'got a JSON {type(counts).__name__}')
+    raise PostError(
+      400, f'body must be a JSON object of address: distinct peers, got a JSON {type(counts).__name__}'
+    )
   for address, peers in counts.items():
     if not 0 < len(address) <= MAX_ADDRESS_CHARS:
-      raise PostError(400, f'address {address[:MAX_ADDRESS_CHARS]!r} must have 1 to '
-                           f'{MAX_ADDRESS_CHARS} characters')
-    if type(peers) is not int or not 0 <= peers <= MAX_PEERS:  # pylint: disable=unidiomatic-typecheck
-      raise PostError(400, f'distinct peers of {address!r} must be a whole number from 0 to '
-                           f'{MAX_PEERS}, got {str(peers)[:40]}')
+      raise PostError(
+        400, f'address {address[:MAX_ADDRESS_CHARS]!r} must have 1 to {MAX_ADDRESS_CHARS} characters'
+      )
+    if type(peers) is not int or not 0 <= peers <= MAX_PEERS:
+      raise PostError(
+        400,
+        f'distinct peers of {address!r} must be a whole number from 0 to {MAX_PEERS}, got {str(peers)[:40]}',
+      )
   return counts
 
 

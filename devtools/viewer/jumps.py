@@ -45,9 +45,11 @@ def is_jump(peers: int, baseline_: Optional[float], rule: JumpRule) -> bool:
   return baseline_ is not None and peers >= rule.min_count and peers >= rule.ratio * baseline_
 
 
-def series_jumps(series: Sequence[int], rule: JumpRule = JumpRule(),
-                 history: int = DEFAULT_HISTORY) -> List[int]:
+def series_jumps(
+  series: Sequence[int], rule: JumpRule = JumpRule(), history: int = DEFAULT_HISTORY
+) -> List[int]:
   """The indexes of the windows where an address with these counts (one per
   window of its group, in time order, 0 where absent) jumped."""
-  return [i for i, peers in enumerate(series)
-          if is_jump(peers, baseline(series[max(0, i - history):i]), rule)]
+  return [
+    i for i, peers in enumerate(series) if is_jump(peers, baseline(series[max(0, i - history) : i]), rule)
+  ]

@@ -39,13 +39,16 @@ def merged_counts(parts: List[Part]) -> Dict[str, int]:
     merged.update(part.counts)
     if len(merged) != before + len(part.counts):
       repeated = next(a for a in part.counts if any(a in p.counts for p in parts if p is not part))
-      raise conflict(f'parts of pane {part.pane_index} of window {part.window_start} both hold '
-                     f'address {repeated!r}; parts must hold disjoint addresses')
+      raise conflict(
+        f'parts of pane {part.pane_index} of window {part.window_start} both hold '
+        f'address {repeated!r}; parts must hold disjoint addresses'
+      )
   return merged
 
 
 class MemoryLedger:
   """The documents of every (window, group), kept in memory."""
+
   def __init__(self):
     self._lock = threading.Lock()
     self._digests: Dict[str, str] = {}  # Idempotency-Key -> digest
@@ -91,8 +94,12 @@ def check_pane(part: Part, others: List[Tuple[int, int]]) -> None:
   (part index, part count), disagree with it."""
   for index, count in others:
     if count != part.part_count:
-      raise conflict(f'pane {part.pane_index} of window {part.window_start} was sent in {count} '
-                     f'parts, this part says {part.part_count}')
+      raise conflict(
+        f'pane {part.pane_index} of window {part.window_start} was sent in {count} '
+        f'parts, this part says {part.part_count}'
+      )
     if index == part.part_index:
-      raise conflict(f'part {index} of pane {part.pane_index} of window {part.window_start} was '
-                     'already received with another body')
+      raise conflict(
+        f'part {index} of pane {part.pane_index} of window {part.window_start} was '
+        'already received with another body'
+      )

@@ -34,8 +34,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms import METRICS_NAMESPACE
 from transforms.counting import rules
 from transforms.counting.late import LateFlows, TooLate
-from transforms.counting.peers import (
-    PeerCounts, PeerPairs, PeerPairsCoder, ShardCountsCoder, counts_as_text)
+from transforms.counting.peers import PeerCounts, PeerPairs, PeerPairsCoder, ShardCountsCoder, counts_as_text
 from transforms.elements import DEAD_LETTER_TAG, DeadLetter, LogBatch, WindowCounts, read_event_times
 from transforms.flow_record import LogFormat
 
@@ -63,6 +62,7 @@ ShardKey = Tuple[GroupValues, int]
 class _LineTally:
   """Per-bundle tallies, added to Beam counters once per bundle (a counter
   update per line would cost more than reading the line)."""
+
   NAMES = ('flow_lines', 'counted_flows', 'bad_lines') + rules.SKIP_REASONS
 
   def __init__(self):
@@ -86,6 +86,7 @@ class _LineTally:
 
 class _Plans:
   """The scan plan of each format a worker meets, or why it cannot be counted."""
+
   def __init__(self, key: rules.CountingKey, window_seconds: int, default_format: LogFormat):
     self._key, self._window_seconds, self._default_format = key, window_seconds, default_format
     self._plans: Dict[tuple, Union[rules.ScanPlan, rules.UnusableFormat]] = {}
@@ -106,6 +107,7 @@ class _Plans:
 class _Bundle:
   """A bundle's peer pairs per (window start, group), its too-late ones and
   its tallies: the batches counted into it, and what it emits at its end."""
+
   def __init__(self, tally: _LineTally, known_addresses: Dict[str, int]):
     self.windows: Dict[Tuple[int, GroupValues], PeerPairs] = {}
     self.late = LateFlows()
@@ -167,18 +169,29 @@ class AccumulatePeersDoFn(beam.DoFn):
   of a format that cannot be counted and too-late flows (`too_late`) go to
   the dead-letter output. Lines are scanned by rules.scan (in C where it is
   built and `native` is true)."""
-  def __init__(self, key: rules.CountingKey, window_seconds: int, default_format: LogFormat,
-               too_late: Optional[TooLate] = None, shards: int = 1, native: bool = True):
+
+  def __init__(
+    self,
+    key: rules.CountingKey,
+    window_seconds: int,
+    default_format: LogFormat,
+    too_late: Optional[TooLate] = None,
+    shards: int = 1,
+    native: bool = True,
+  ):
     self._key, self._window_seconds, self._default_format = key, window_seconds, default_format
     self._too_late, self._shards, self._native = too_late, shards, native
 
   def setup(self):
     native = self._native and rules.native_scan is not None
     if self._native and not native:
-      _LOG.warning('transforms.counting._scan is not built (installed without a C compiler?): '
-                   'counting flow lines in Python, several times slower')
-    self._scan = (rules.native_scan if native and self._window_seconds < _NATIVE_WINDOW_LIMIT
-                  else rules.python_scan)
+      _LOG.warning(
+        'transforms.counting._scan is not built (installed without a C compiler?): '
+        'counting flow lines in Python, several times slower'
+      )
+    self._scan = (
+      rules.native_scan if native and self._window_seconds < _NATIVE_WINDOW_LIMIT else rules.python_scan
+    )
     self._plans = _Plans(self._key, self._window_seconds, self._default_format)
     self._known_addresses: Dict[str, int] = {}
     self._tally = _LineTally()
@@ -190,8 +203,12 @@ class AccumulatePeersDoFn(beam.DoFn):
     plan = self._plans(batch)
     if isinstance(plan, rules.UnusableFormat):
       self._tally.values['bad_lines'] += 1
-      yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter.bad_input(
-          f'{plan}; {len(batch.lines)} lines not counted', batch.line_origin(0), '\n'.join(batch.lines[:50])))
+      yield beam.pvalue.TaggedOutput(
+        DEAD_LETTER_TAG,
+        DeadLetter.bad_input(
+          f'{plan}; {len(batch.lines)} lines not counted', batch.line_origin(0), '\n'.join(batch.lines[:50])
+        ),
+      )
       return
     last_closed = self._too_late.last_closed_window(batch.watermark) if self._too_late else -math.inf
     for letter in self._bundle.count(batch, plan, self._scan, last_closed):
@@ -213,6 +230,7 @@ class AccumulatePeersDoFn(beam.DoFn):
 
 class MergePeerPairs(beam.CombineFn):
   """Merges one (window, group, shard)'s PeerPairs into its peer counts."""
+
   def create_accumulator(self) -> PeerPairs:
     return PeerPairs.empty()
 
@@ -240,6 +258,7 @@ class MergePeerPairs(beam.CombineFn):
 class _TagShardPane(beam.DoFn):
   """A shard's counts, keyed by their group and tagged with the shard and its
   pane index, so that the assembly keeps each shard's latest."""
+
   def process(self, keyed: Tuple[ShardKey, PeerCounts], pane=beam.DoFn.PaneInfoParam):
     (group, shard), counts = keyed
     if counts:  # a runner's closing pane can be empty (see _ToWindowCounts)
@@ -252,6 +271,7 @@ class LatestShardCounts(beam.CombineFn):
   far, the panes accumulating), joined. In a late pane only the shards that
   took late data fire again; the others' counts come from the accumulator,
   which the runner keeps in state per window and group."""
+
   def create_accumulator(self) -> Dict[int, Tuple[int, PeerCounts]]:
     return {}
 
@@ -284,6 +304,7 @@ class _ToWindowCounts(beam.DoFn):
   empty, pane when a window with allowed lateness expires. Posting it would
   replace the window's document with {}, so it is dropped here and counted
   (`empty_panes`)."""
+
   TIMINGS = {0: 'EARLY', 1: 'ON_TIME', 2: 'LATE'}
 
   def __init__(self, group_by: Tuple[str, ...]):
@@ -296,9 +317,13 @@ class _ToWindowCounts(beam.DoFn):
       self._empty_panes.inc()
       return
     yield WindowCounts(
-        bucket_time=int(win.start), window_end=int(win.end), counts=counts_as_text(counts),
-        pane_index=pane.index, pane_timing=self.TIMINGS.get(pane.timing, 'UNKNOWN'),
-        group=tuple(zip(self._group_by, group)))
+      bucket_time=int(win.start),
+      window_end=int(win.end),
+      counts=counts_as_text(counts),
+      pane_index=pane.index,
+      pane_timing=self.TIMINGS.get(pane.timing, 'UNKNOWN'),
+      group=tuple(zip(self._group_by, group)),
+    )
 
 
 class SkipUnchangedPanes(beam.DoFn):
@@ -312,6 +337,7 @@ class SkipUnchangedPanes(beam.DoFn):
   change. Such panes are counted (`unchanged_panes`) instead. Input is keyed
   by (window start, group); the state (a digest of the last counts) lives as
   long as the window and goes with it."""
+
   LAST = userstate.ReadModifyWriteStateSpec('last_counts_digest', coders.BytesCoder())
 
   def __init__(self):
@@ -338,10 +364,17 @@ class CountDistinctPeers(beam.PTransform):
   again, with the full accumulated counts, for each later arrival within
   `allowed_lateness_seconds` that changes them (SkipUnchangedPanes). Each
   window's merge is split in `merge_shards` shards."""
-  def __init__(self, window_seconds: int = DEFAULT_WINDOW_SECONDS,
-               log_format: Optional[LogFormat] = None, allowed_lateness_seconds: int = 0,
-               group_by: Tuple[str, ...] = (), address_fields: str = rules.INTERFACE_ADDRESSES,
-               merge_shards: int = DEFAULT_MERGE_SHARDS, native: bool = True):
+
+  def __init__(
+    self,
+    window_seconds: int = DEFAULT_WINDOW_SECONDS,
+    log_format: Optional[LogFormat] = None,
+    allowed_lateness_seconds: int = 0,
+    group_by: Tuple[str, ...] = (),
+    address_fields: str = rules.INTERFACE_ADDRESSES,
+    merge_shards: int = DEFAULT_MERGE_SHARDS,
+    native: bool = True,
+  ):
     super().__init__()
     self._window_seconds = window_seconds
     self._log_format = log_format or LogFormat.default()
@@ -352,34 +385,42 @@ class CountDistinctPeers(beam.PTransform):
 
   def expand(self, batches):
     if self._log_format.column('start') is None:
-      _LOG.warning('the log format has no start field: each record is windowed by its '
-                   'CloudWatch Logs event timestamp; plain flow lines in this format are refused')
+      _LOG.warning(
+        'the log format has no start field: each record is windowed by its '
+        'CloudWatch Logs event timestamp; plain flow lines in this format are refused'
+      )
     # Only a streaming run can have data behind the watermark: in a bounded
     # run the watermark moves to the end of time once all input is read, so
     # no window expires before its data is in.
     streaming = batches.pipeline.options.view_as(StandardOptions).streaming
     too_late = TooLate(self._window_seconds, self._allowed_lateness) if streaming else None
-    accumulated = batches | 'AccumulatePeers' >> beam.ParDo(AccumulatePeersDoFn(
-        self._key, self._window_seconds, self._log_format, too_late, self._shards,
-        self._native)).with_output_types(Tuple[ShardKey, PeerPairs]).with_outputs(
-            DEAD_LETTER_TAG, main='peers')
+    accumulated = batches | 'AccumulatePeers' >> beam.ParDo(
+      AccumulatePeersDoFn(
+        self._key, self._window_seconds, self._log_format, too_late, self._shards, self._native
+      )
+    ).with_output_types(Tuple[ShardKey, PeerPairs]).with_outputs(DEAD_LETTER_TAG, main='peers')
     documents = (
-        accumulated.peers
-        | 'FixedWindows' >> beam.WindowInto(
-            window.FixedWindows(self._window_seconds),
-            trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
-            accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-            allowed_lateness=Duration(seconds=self._allowed_lateness))
-        | 'MergeShards' >> beam.CombinePerKey(MergePeerPairs())
-        | 'TagShardPanes' >> beam.ParDo(_TagShardPane()).with_output_types(
-            Tuple[GroupValues, Tuple[int, int, PeerCounts]])
-        | 'AssembleShards' >> beam.CombinePerKey(LatestShardCounts())
-        | 'ToWindowCounts' >> beam.ParDo(_ToWindowCounts(self._key.group_by)))
+      accumulated.peers
+      | 'FixedWindows'
+      >> beam.WindowInto(
+        window.FixedWindows(self._window_seconds),
+        trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+        accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+        allowed_lateness=Duration(seconds=self._allowed_lateness),
+      )
+      | 'MergeShards' >> beam.CombinePerKey(MergePeerPairs())
+      | 'TagShardPanes'
+      >> beam.ParDo(_TagShardPane()).with_output_types(Tuple[GroupValues, Tuple[int, int, PeerCounts]])
+      | 'AssembleShards' >> beam.CombinePerKey(LatestShardCounts())
+      | 'ToWindowCounts' >> beam.ParDo(_ToWindowCounts(self._key.group_by))
+    )
     if streaming:
       documents = (
-          documents
-          | 'KeyByWindowAndGroup' >> beam.Map(
-              lambda counts: ((counts.bucket_time, counts.group), counts)).with_output_types(
-                  Tuple[Tuple[int, Tuple[Tuple[str, str], ...]], WindowCounts])
-          | 'SkipUnchangedGroupPanes' >> beam.ParDo(SkipUnchangedPanes()).with_output_types(WindowCounts))
+        documents
+        | 'KeyByWindowAndGroup'
+        >> beam.Map(lambda counts: ((counts.bucket_time, counts.group), counts)).with_output_types(
+          Tuple[Tuple[int, Tuple[Tuple[str, str], ...]], WindowCounts]
+        )
+        | 'SkipUnchangedGroupPanes' >> beam.ParDo(SkipUnchangedPanes()).with_output_types(WindowCounts)
+      )
     return {'documents': documents, 'dead_letters': accumulated[DEAD_LETTER_TAG]}

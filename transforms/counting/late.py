@@ -27,6 +27,7 @@ LATE_REASON = 'flows arrived after their window closed (allowed lateness passed)
 
 class TooLate:
   """Which windows a batch read at a given watermark is too late for."""
+
   def __init__(self, window_seconds: int, allowed_lateness_seconds: int):
     self._window_seconds = window_seconds
     self._allowed_lateness = allowed_lateness_seconds
@@ -45,6 +46,7 @@ class TooLate:
 class _LateWindow:
   """One (window, group)'s too-late pairs in a bundle, and the first batches
   they came from."""
+
   __slots__ = ('pairs', 'origins')
 
   def __init__(self):
@@ -54,6 +56,7 @@ class _LateWindow:
 
 class LateFlows:
   """A bundle's too-late pairs, per (window start, group values)."""
+
   def __init__(self):
     self._windows: Dict[Tuple[int, Tuple[str, ...]], _LateWindow] = {}
 
@@ -72,9 +75,12 @@ class LateFlows:
     windows, self._windows = self._windows, {}
     for (bucket, group), late in sorted(windows.items()):
       sample = counts_as_text(late.pairs.peer_counts())
-      details = {'bucket_time': bucket, 'peer_pairs': len(late.pairs),
-                 'sample_counts': dict(list(sample.items())[:MAX_LATE_SAMPLE]),
-                 'records': late.origins}
+      details = {
+        'bucket_time': bucket,
+        'peer_pairs': len(late.pairs),
+        'sample_counts': dict(list(sample.items())[:MAX_LATE_SAMPLE]),
+        'records': late.origins,
+      }
       if group_by:
         details['group'] = dict(zip(group_by, group))
       yield bucket, len(late.pairs), DeadLetter(KIND_LATE_DATA, LATE_REASON, f'window {bucket}', details)

@@ -56,6 +56,7 @@ def _shards_of(address_keys: np.ndarray, shards: int) -> np.ndarray:
 
 class PeerPairs:
   """The distinct directed pairs seen in one window (or part of one)."""
+
   __slots__ = ('_unique', '_pending', '_pending_count', '_singles', 'wide')
 
   def __init__(self, unique: Optional[np.ndarray] = None, wide: Optional[Set[int]] = None):
@@ -125,7 +126,7 @@ class PeerPairs:
     wide: List[Set[int]] = [set() for _ in range(shards)]
     for pair in self.wide:
       wide[shard_of(pair >> _WIDE_SHIFT, shards)].add(pair)
-    return [PeerPairs(ordered[bounds[s]:bounds[s + 1]], wide[s]) for s in range(shards)]
+    return [PeerPairs(ordered[bounds[s] : bounds[s + 1]], wide[s]) for s in range(shards)]
 
   def __len__(self):
     return len(self.narrow) + len(self.wide)
@@ -145,14 +146,16 @@ class PeerPairs:
     if ipv4:
       keys = np.concatenate([addresses, np.array(ipv4, dtype=np.uint64)])
       addresses, where = np.unique(keys, return_inverse=True)
-      counts = np.bincount(where, np.concatenate([counts, [wide.pop(k) for k in ipv4]]),
-                           len(addresses)).astype(np.int64)
+      counts = np.bincount(
+        where, np.concatenate([counts, [wide.pop(k) for k in ipv4]]), len(addresses)
+      ).astype(np.int64)
     return PeerCounts(addresses, counts, dict(wide))
 
 
 class PeerCounts:
   """Address key -> number of distinct peers: the IPv4 keys (sorted) and their
   counts as numpy arrays, the IPv6 keys in a dict."""
+
   __slots__ = ('addresses', 'counts', 'wide')
 
   def __init__(self, addresses: np.ndarray, counts: np.ndarray, wide: Dict[int, int]):
@@ -169,8 +172,11 @@ class PeerCounts:
       wide.update(part.wide)
     addresses = [p.addresses for p in parts]
     counts = [p.counts for p in parts]
-    return cls(np.concatenate(addresses) if addresses else np.empty(0, np.uint64),
-               np.concatenate(counts) if counts else np.empty(0, np.int64), wide)
+    return cls(
+      np.concatenate(addresses) if addresses else np.empty(0, np.uint64),
+      np.concatenate(counts) if counts else np.empty(0, np.int64),
+      wide,
+    )
 
   def as_dict(self) -> Dict[int, int]:
     return {**dict(zip(self.addresses.tolist(), self.counts.tolist())), **self.wide}
@@ -215,6 +221,7 @@ class PeerPairsCoder(coders.Coder):
   The header's top bit marks this format. Without it the pairs are the raw
   sorted uint64s the coder wrote before, which a Flink job restored from an
   older savepoint still holds in its open windows: they decode as before."""
+
   _HEADER = struct.Struct('<Q')
   _DEFLATED = 1 << 63
 
@@ -222,14 +229,13 @@ class PeerPairsCoder(coders.Coder):
     steps = np.diff(value.narrow, prepend=np.uint64(0)).astype('<u8', copy=False)
     planes = steps.view(np.uint8).reshape(-1, 8).T.tobytes()  # 8 byte planes
     packed = zlib.compress(planes, 1)
-    return (self._HEADER.pack(self._DEFLATED | len(packed)) + packed
-            + pickle.dumps(value.wide, protocol=5))
+    return self._HEADER.pack(self._DEFLATED | len(packed)) + packed + pickle.dumps(value.wide, protocol=5)
 
   def decode(self, encoded: bytes) -> PeerPairs:
     (header,) = self._HEADER.unpack_from(encoded)
     start, length = self._HEADER.size, header & ~self._DEFLATED
-    body = encoded[start:start + length]
-    wide = pickle.loads(encoded[start + length:])
+    body = encoded[start : start + length]
+    wide = pickle.loads(encoded[start + length :])
     if not header & self._DEFLATED:
       return PeerPairs(np.frombuffer(body, dtype='<u8').astype(np.uint64), wide)
     planes = np.frombuffer(zlib.decompress(body), dtype=np.uint8)
@@ -252,20 +258,23 @@ class PeerCountsCoder(coders.Coder):
   """Encodes PeerCounts: the IPv4 keys and counts as little-endian arrays
   (a shard's counts travel once per pane, to the step that assembles the
   window's document), the IPv6 ones pickled."""
+
   _HEADER = struct.Struct('<Q')
 
   def encode(self, value: PeerCounts) -> bytes:
-    return (self._HEADER.pack(len(value.addresses))
-            + value.addresses.astype('<u8', copy=False).tobytes()
-            + value.counts.astype('<i8', copy=False).tobytes()
-            + pickle.dumps(value.wide, protocol=5))
+    return (
+      self._HEADER.pack(len(value.addresses))
+      + value.addresses.astype('<u8', copy=False).tobytes()
+      + value.counts.astype('<i8', copy=False).tobytes()
+      + pickle.dumps(value.wide, protocol=5)
+    )
 
   def decode(self, encoded: bytes) -> PeerCounts:
     (n,) = self._HEADER.unpack_from(encoded)
     start = self._HEADER.size
     addresses = np.frombuffer(encoded, '<u8', n, start).astype(np.uint64)
     counts = np.frombuffer(encoded, '<i8', n, start + 8 * n).astype(np.int64)
-    return PeerCounts(addresses, counts, pickle.loads(encoded[start + 16 * n:]))
+    return PeerCounts(addresses, counts, pickle.loads(encoded[start + 16 * n :]))
 
   def estimate_size(self, value: PeerCounts, nested: bool = False) -> int:
     return self._HEADER.size + 16 * len(value.addresses) + 40 * len(value.wide)
@@ -280,6 +289,7 @@ class PeerCountsCoder(coders.Coder):
 class ShardCountsCoder(coders.Coder):
   """Encodes the assembly's accumulator: each shard's latest (pane index,
   PeerCounts)."""
+
   _ENTRY = struct.Struct('<IqQ')  # shard, pane index, encoded length
 
   def __init__(self):
@@ -298,7 +308,7 @@ class ShardCountsCoder(coders.Coder):
     while offset < len(encoded):
       shard, pane, length = self._ENTRY.unpack_from(encoded, offset)
       offset += self._ENTRY.size
-      value[shard] = (pane, self._counts.decode(encoded[offset:offset + length]))
+      value[shard] = (pane, self._counts.decode(encoded[offset : offset + length]))
       offset += length
     return value
 

@@ -58,8 +58,7 @@ SKIPPED_NO_ADDRESS = 'skipped_no_address'
 SKIPPED_OTHER_STATUS = 'skipped_other_status'  # log-status "-"
 SKIPPED_HEADER = 'header_lines'  # a header line repeated inside a file
 BLANK_LINE = 'blank_line'  # a blank line in a file: not a flow line at all
-SKIP_REASONS = (SKIPPED_NODATA, SKIPPED_SKIPDATA, SKIPPED_NO_ADDRESS, SKIPPED_OTHER_STATUS,
-                SKIPPED_HEADER)
+SKIP_REASONS = (SKIPPED_NODATA, SKIPPED_SKIPDATA, SKIPPED_NO_ADDRESS, SKIPPED_OTHER_STATUS, SKIPPED_HEADER)
 
 # A time of more digits than this is no time at all (and int() would refuse
 # thousands of them).
@@ -77,6 +76,7 @@ class UnusableFormat(ValueError):
 class CountingKey(NamedTuple):
   """What a flow is counted under: its group's fields (in `--group_by` order,
   none by default) and which fields are its addresses."""
+
   group_by: Tuple[str, ...] = ()
   address_fields: str = INTERFACE_ADDRESSES
 
@@ -87,6 +87,7 @@ class ScanPlan(NamedTuple):
   Columns are -1 for a field not used (an optional field the format lacks,
   the packet addresses when counting interface addresses, `start` when each
   line's time is its log event's)."""
+
   n_fields: int
   srcaddr: int
   dstaddr: int
@@ -102,8 +103,9 @@ class ScanPlan(NamedTuple):
   fields: Tuple[str, ...]
 
 
-def plan_for(log_format: LogFormat, key: CountingKey, window_seconds: int,
-             event_times: bool = False) -> ScanPlan:
+def plan_for(
+  log_format: LogFormat, key: CountingKey, window_seconds: int, event_times: bool = False
+) -> ScanPlan:
   """The plan of `log_format` under `key`; `event_times` says whether the
   lines come with their log events' timestamps (CloudWatch Logs). Raises
   UnusableFormat when its lines cannot be counted so."""
@@ -117,8 +119,9 @@ def plan_for(log_format: LogFormat, key: CountingKey, window_seconds: int,
     raise UnusableFormat('log format lacks the --group_by field ' + ', '.join(ungrouped))
   if column('start') is None and not event_times:
     raise UnusableFormat(
-        'log format has no start field: only lines from CloudWatch Logs events, which carry '
-        'a time of their own, can be windowed without it')
+      'log format has no start field: only lines from CloudWatch Logs events, which carry '
+      'a time of their own, can be windowed without it'
+    )
   packet = key.address_fields == PACKET_ADDRESSES
 
   def at(field: str, used: bool = True) -> int:
@@ -126,15 +129,25 @@ def plan_for(log_format: LogFormat, key: CountingKey, window_seconds: int,
     return -1 if position is None or not used else position
 
   return ScanPlan(
-      n_fields=len(log_format.fields), srcaddr=at('srcaddr'), dstaddr=at('dstaddr'),
-      pkt_srcaddr=at('pkt-srcaddr', packet), pkt_dstaddr=at('pkt-dstaddr', packet),
-      start=at('start'), end=at('end', column('start') is not None), log_status=at('log-status'),
-      window_seconds=window_seconds, min_time=MIN_FLOW_TIME, max_time=MAX_FLOW_TIME,
-      group=tuple(map(column, key.group_by)), fields=log_format.fields)
+    n_fields=len(log_format.fields),
+    srcaddr=at('srcaddr'),
+    dstaddr=at('dstaddr'),
+    pkt_srcaddr=at('pkt-srcaddr', packet),
+    pkt_dstaddr=at('pkt-dstaddr', packet),
+    start=at('start'),
+    end=at('end', column('start') is not None),
+    log_status=at('log-status'),
+    window_seconds=window_seconds,
+    min_time=MIN_FLOW_TIME,
+    max_time=MAX_FLOW_TIME,
+    group=tuple(map(column, key.group_by)),
+    fields=log_format.fields,
+  )
 
 
 class Flow(NamedTuple):
   """A counted line: its window's start, its group's values, its address keys."""
+
   bucket: int
   group: Tuple[str, ...]
   src: int
@@ -165,8 +178,9 @@ def event_time(timestamp: Optional[int], plan: ScanPlan) -> int:
   return seconds
 
 
-def read_line(line: str, plan: ScanPlan, known_addresses: Dict[str, int],
-              timestamp: Optional[int] = None) -> Union[Flow, str]:
+def read_line(
+  line: str, plan: ScanPlan, known_addresses: Dict[str, int], timestamp: Optional[int] = None
+) -> Union[Flow, str]:
   """One line's meaning: the Flow it counts, or why it is not counted (a
   SKIP_REASONS name, or BLANK_LINE). Raises FlowLineError for a line that is
   broken, not skipped by design. `timestamp` is the line's log event's,
@@ -221,8 +235,9 @@ def _address(values: Sequence[str], packet_column: int, interface_column: int) -
 ScanResult = Tuple[Dict[Tuple[int, Tuple[str, ...]], bytes], list, list, int]
 
 
-def scan(lines: Sequence[str], plan: ScanPlan, known_addresses: Dict[str, int],
-         event_times: Optional[bytes] = None) -> ScanResult:
+def scan(
+  lines: Sequence[str], plan: ScanPlan, known_addresses: Dict[str, int], event_times: Optional[bytes] = None
+) -> ScanResult:
   """Counts a batch of lines: returns (pairs_by_key, flows, rest, counted).
 
   pairs_by_key maps each (window start, group) to native uint64 bytes: both
@@ -243,7 +258,7 @@ def scan(lines: Sequence[str], plan: ScanPlan, known_addresses: Dict[str, int],
       flow = read_line(line, plan, known_addresses, None if times is None else times[index])
     except FlowLineError:
       flow = None
-    if type(flow) is not Flow:  # pylint: disable=unidiomatic-typecheck
+    if type(flow) is not Flow:
       rest.append(index)
     elif flow.src < NARROW_LIMIT and flow.dst < NARROW_LIMIT:
       pairs = pairs_by_key.get((flow.bucket, flow.group))
@@ -259,7 +274,8 @@ def scan(lines: Sequence[str], plan: ScanPlan, known_addresses: Dict[str, int],
 
 python_scan = scan
 try:
-  from transforms.counting._scan import scan  # pylint: disable=wrong-import-position
+  from transforms.counting._scan import scan
+
   native_scan = scan
 except ImportError:  # pragma: no cover (installed without a C compiler)
   native_scan = None

@@ -16,5 +16,14 @@ from transforms.delivery.poster import DeliveryConfig, RedeliveryPolicy, WindowP
 from transforms.delivery.redaction import DEFAULT_TOKEN_ENV
 from transforms.delivery.sink import PostWindows
 
-__all__ = ['BreakerPolicy', 'DEFAULT_TOKEN_ENV', 'Deliverer', 'DeliveryConfig', 'LetterReplayer',
-           'PostWindows', 'RedeliveryPolicy', 'WindowPoster', 'replay_letter']
+__all__ = [
+  'BreakerPolicy',
+  'DEFAULT_TOKEN_ENV',
+  'Deliverer',
+  'DeliveryConfig',
+  'LetterReplayer',
+  'PostWindows',
+  'RedeliveryPolicy',
+  'WindowPoster',
+  'replay_letter',
+]

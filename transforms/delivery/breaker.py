@@ -31,8 +31,8 @@ class BreakerPolicy(NamedTuple):
 
 class CircuitBreaker:
   """The health of one endpoint host, as its attempts show it."""
-  def __init__(self, policy: BreakerPolicy = BreakerPolicy(),
-               clock: Callable[[], float] = time.monotonic):
+
+  def __init__(self, policy: BreakerPolicy = BreakerPolicy(), clock: Callable[[], float] = time.monotonic):
     self._policy = policy
     self._clock = clock
     self._lock = threading.Lock()
@@ -110,8 +110,8 @@ class CircuitBreaker:
 
 class Breakers:
   """One CircuitBreaker per endpoint host (scheme://host:port)."""
-  def __init__(self, policy: BreakerPolicy = BreakerPolicy(),
-               clock: Callable[[], float] = time.monotonic):
+
+  def __init__(self, policy: BreakerPolicy = BreakerPolicy(), clock: Callable[[], float] = time.monotonic):
     self._policy = policy
     self._clock = clock
     self._by_host: Dict[str, CircuitBreaker] = {}

@@ -30,6 +30,7 @@ _LOG = logging.getLogger(__name__)
 
 class SinkCounters:
   """The sink's Beam counters (the run summary reads them)."""
+
   def __init__(self):
     counter = lambda name: Metrics.counter(METRICS_NAMESPACE, name)
     self.delivered = counter('windows_delivered')
@@ -44,6 +45,7 @@ class SinkCounters:
 class PaneOutcome(NamedTuple):
   """What became of a pane's parts: `delivered` holds the indexes of the
   parts the endpoint took; `last` is the outcome of the last part tried."""
+
   delivered: tuple
   part_count: int
   last: PostOutcome
@@ -55,8 +57,13 @@ class PaneOutcome(NamedTuple):
 
 class Deliverer:
   """Posts panes through a WindowPoster under the bounded or the streaming policy."""
-  def __init__(self, poster: WindowPoster, clock: Callable[[], float] = time.monotonic,
-               sleep: Callable[[float], None] = time.sleep):
+
+  def __init__(
+    self,
+    poster: WindowPoster,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+  ):
     self.poster = poster
     self._clock = clock
     self._sleep = sleep
@@ -70,10 +77,18 @@ class Deliverer:
     breaker = self.poster.breaker_for(part)
     host = origin_of(self.poster.url_of(part))
     last = self._last_failure.get(host)
-    reason = (f'not attempted: the endpoint has been failing for {breaker.down_for():.0f} s '
-              f'(circuit open; last failure: {last.reason if last else "unknown"})')
-    return PostOutcome(False, self.poster.scrub(redact_url(self.poster.url_of(part))),
-                       last.status if last else None, reason, 0, retryable=True)
+    reason = (
+      f'not attempted: the endpoint has been failing for {breaker.down_for():.0f} s '
+      f'(circuit open; last failure: {last.reason if last else "unknown"})'
+    )
+    return PostOutcome(
+      False,
+      self.poster.scrub(redact_url(self.poster.url_of(part))),
+      last.status if last else None,
+      reason,
+      0,
+      retryable=True,
+    )
 
   def _remember(self, part: DocumentPart, outcome: PostOutcome) -> PostOutcome:
     if not outcome.delivered and outcome.retryable:
@@ -129,9 +144,12 @@ class Deliverer:
     budget = min(self.config.max_retry_seconds, self.config.redelivery.inline_seconds)
     return self._remember(part, self.poster.post(part, now + budget, stop_when_open=True))
 
-  def deliver_pane(self, parts: Sequence[DocumentPart], skip: Sequence[int] = (),
-                   post: Optional[Callable[[DocumentPart], Optional[PostOutcome]]] = None
-                   ) -> Optional[PaneOutcome]:
+  def deliver_pane(
+    self,
+    parts: Sequence[DocumentPart],
+    skip: Sequence[int] = (),
+    post: Optional[Callable[[DocumentPart], Optional[PostOutcome]]] = None,
+  ) -> Optional[PaneOutcome]:
     """Posts the parts of one pane in order (those in `skip` were delivered
     before), stopping at the first that is not delivered. `post` is the
     policy (default: deliver_bounded); None from it (no attempt made) ends the
@@ -155,50 +173,71 @@ class Deliverer:
 def log_pane(parts: Sequence[DocumentPart], outcome: PaneOutcome, logger=_LOG) -> None:
   first = parts[0]
   if outcome.complete:
-    logger.info('delivered %s in %d part(s) to %s in %d attempt(s)', first.origin.split(' part')[0],
-                outcome.part_count, outcome.last.url if outcome.last else '-',
-                outcome.last.attempts if outcome.last else 0)
+    logger.info(
+      'delivered %s in %d part(s) to %s in %d attempt(s)',
+      first.origin.split(' part')[0],
+      outcome.part_count,
+      outcome.last.url if outcome.last else '-',
+      outcome.last.attempts if outcome.last else 0,
+    )
   else:
-    logger.error('%s not delivered to %s after %d attempt(s): %s', first.origin.split(' part')[0],
-                 outcome.last.url, outcome.last.attempts, outcome.last.reason)
+    logger.error(
+      '%s not delivered to %s after %d attempt(s): %s',
+      first.origin.split(' part')[0],
+      outcome.last.url,
+      outcome.last.attempts,
+      outcome.last.reason,
+    )
 
 
-def undelivered_letter(window_counts: WindowCounts, outcome: PaneOutcome, config,
-                       template_has_secrets: bool, extra: Optional[dict] = None) -> DeadLetter:
+def undelivered_letter(
+  window_counts: WindowCounts,
+  outcome: PaneOutcome,
+  config,
+  template_has_secrets: bool,
+  extra: Optional[dict] = None,
+) -> DeadLetter:
   """The dead letter of a pane not (wholly) delivered: everything replay
   needs to post the missing parts again, byte for byte, and why it failed."""
   last = outcome.last
   group = f' [{group_header(window_counts.group)}]' if window_counts.group else ''
   details = {
-      'url': last.url,
-      'url_redacted': template_has_secrets,
-      'endpoint_template': redact_url(config.endpoint_template),
-      'bucket_time': window_counts.bucket_time,
-      'window_end': window_counts.window_end,
-      'pane_index': window_counts.pane_index,
-      'pane_timing': window_counts.pane_timing,
-      'group': [list(pair) for pair in window_counts.group],
-      'body': document_body(window_counts.counts).decode('utf-8'),
-      'max_body_bytes': config.max_body_bytes,
-      'part_count': outcome.part_count,
-      'parts_delivered': list(outcome.delivered),
-      'last_status': last.status,
-      'last_error': last.error,
-      'attempts': last.attempts,
+    'url': last.url,
+    'url_redacted': template_has_secrets,
+    'endpoint_template': redact_url(config.endpoint_template),
+    'bucket_time': window_counts.bucket_time,
+    'window_end': window_counts.window_end,
+    'pane_index': window_counts.pane_index,
+    'pane_timing': window_counts.pane_timing,
+    'group': [list(pair) for pair in window_counts.group],
+    'body': document_body(window_counts.counts).decode('utf-8'),
+    'max_body_bytes': config.max_body_bytes,
+    'part_count': outcome.part_count,
+    'parts_delivered': list(outcome.delivered),
+    'last_status': last.status,
+    'last_error': last.error,
+    'attempts': last.attempts,
   }
   details.update(extra or {})
-  return DeadLetter(KIND_UNDELIVERED_WINDOW, f'window not delivered: {last.reason}',
-                    f'window {window_counts.bucket_time}{group}', details)
+  return DeadLetter(
+    KIND_UNDELIVERED_WINDOW,
+    f'window not delivered: {last.reason}',
+    f'window {window_counts.bucket_time}{group}',
+    details,
+  )
 
 
 def letter_window(letter: dict) -> WindowCounts:
   """The WindowCounts an undelivered-window dead letter holds (its body read
   in order, so that the parts are the same)."""
   return WindowCounts(
-      bucket_time=int(letter['bucket_time']), window_end=int(letter['window_end']),
-      counts=json.loads(letter['body']), pane_index=int(letter.get('pane_index', 0)),
-      pane_timing=letter.get('pane_timing', 'ON_TIME'),
-      group=tuple((str(f), str(v)) for f, v in letter.get('group') or ()))
+    bucket_time=int(letter['bucket_time']),
+    window_end=int(letter['window_end']),
+    counts=json.loads(letter['body']),
+    pane_index=int(letter.get('pane_index', 0)),
+    pane_timing=letter.get('pane_timing', 'ON_TIME'),
+    group=tuple((str(f), str(v)) for f, v in letter.get('group') or ()),
+  )
 
 
 class ReplayOutcome(NamedTuple):
@@ -208,8 +247,7 @@ class ReplayOutcome(NamedTuple):
   reason: Optional[str]
 
 
-def replay_letter(deliverer: Deliverer, letter: dict,
-                  max_body_bytes: Optional[int] = None) -> ReplayOutcome:
+def replay_letter(deliverer: Deliverer, letter: dict, max_body_bytes: Optional[int] = None) -> ReplayOutcome:
   """Posts again what an undelivered-window dead letter holds: the parts not
   yet delivered, with the headers and keys they had. With `max_body_bytes`
   other than the letter's (after a 413), the whole document is split anew
@@ -219,20 +257,31 @@ def replay_letter(deliverer: Deliverer, letter: dict,
   skip = list(letter.get('parts_delivered') or ())
   if max_body_bytes is not None and max_body_bytes != cap:
     cap, skip = max_body_bytes, []
-  parts = parts_of(window.bucket_time, window.window_end, window.pane_index, window.pane_timing,
-                   window.group, window.counts, cap)
+  parts = parts_of(
+    window.bucket_time,
+    window.window_end,
+    window.pane_index,
+    window.pane_timing,
+    window.group,
+    window.counts,
+    cap,
+  )
   outcome = deliverer.deliver_pane(parts, skip)
   if outcome.complete:
     url = outcome.last.url if outcome.last else letter.get('url', '')
     return ReplayOutcome(True, letter, url, None)
   kept = dict(letter)
-  kept.update({
-      'max_body_bytes': cap, 'part_count': outcome.part_count,
+  kept.update(
+    {
+      'max_body_bytes': cap,
+      'part_count': outcome.part_count,
       'parts_delivered': list(outcome.delivered),
       'attempts': int(letter.get('attempts', 0)) + outcome.last.attempts,
-      'last_status': outcome.last.status, 'last_error': outcome.last.error,
+      'last_status': outcome.last.status,
+      'last_error': outcome.last.error,
       'reason': f'window not delivered: {outcome.last.reason}',
-  })
+    }
+  )
   return ReplayOutcome(False, kept, outcome.last.url, outcome.last.reason)
 
 
@@ -247,6 +296,7 @@ class LetterReplayer:
   the template the letter recorded, under the bounded policy, with one
   circuit breaker per host for all of them, so that a dead endpoint costs one
   wait for the whole replay."""
+
   def __init__(self, config, endpoint: Optional[str] = None):
     self._config = config
     self._endpoint = endpoint
@@ -257,8 +307,11 @@ class LetterReplayer:
     if letter.get('url_redacted') and not self._endpoint:
       reason = 'its URL held secrets and was redacted: pass --endpoint'
       return ReplayOutcome(False, letter, letter.get('url', ''), reason)
-    template = self._endpoint or letter.get('endpoint_template') or template_from_url(
-        letter['url'], letter['bucket_time'])
+    template = (
+      self._endpoint
+      or letter.get('endpoint_template')
+      or template_from_url(letter['url'], letter['bucket_time'])
+    )
     deliverer = self._deliverers.get(template)
     if deliverer is None:
       poster = WindowPoster(self._config._replace(endpoint_template=template), self._breakers).open()

@@ -39,8 +39,9 @@ def document_body(counts: Dict[str, int]) -> bytes:
 def group_header(group: Sequence[Tuple[str, str]]) -> str:
   """The X-Group value: `field=value` pairs joined by `&`, each part
   percent-encoded as in a query string; '' without grouping."""
-  return '&'.join(f'{urllib.parse.quote_plus(field)}={urllib.parse.quote_plus(value)}'
-                  for field, value in group)
+  return '&'.join(
+    f'{urllib.parse.quote_plus(field)}={urllib.parse.quote_plus(value)}' for field, value in group
+  )
 
 
 def parse_group_header(text: str) -> Group:
@@ -48,8 +49,14 @@ def parse_group_header(text: str) -> Group:
   return tuple(tuple(pair) for pair in urllib.parse.parse_qsl(text, keep_blank_values=True))
 
 
-def idempotency_key(bucket_time: int, group: Sequence[Tuple[str, str]], pane_index: int,
-                    part_index: int, part_count: int, body: bytes) -> str:
+def idempotency_key(
+  bucket_time: int,
+  group: Sequence[Tuple[str, str]],
+  pane_index: int,
+  part_index: int,
+  part_count: int,
+  body: bytes,
+) -> str:
   """`<bucket>-<pane>-<part>of<count>-<digest>`, with the X-Group value after
   the bucket when there is a group; the digest (blake2b, 64 bits) covers the
   group and the uncompressed body."""
@@ -84,6 +91,7 @@ def split_counts(counts: Dict[str, int], max_body_bytes: Optional[int]) -> List[
 
 class DocumentPart(NamedTuple):
   """One POST: a part of one pane of one (window, group)."""
+
   bucket_time: int
   window_end: int
   pane_index: int
@@ -95,8 +103,9 @@ class DocumentPart(NamedTuple):
 
   @property
   def key(self) -> str:
-    return idempotency_key(self.bucket_time, self.group, self.pane_index, self.part_index,
-                           self.part_count, self.body)
+    return idempotency_key(
+      self.bucket_time, self.group, self.pane_index, self.part_index, self.part_count, self.body
+    )
 
   @property
   def origin(self) -> str:
@@ -107,14 +116,14 @@ class DocumentPart(NamedTuple):
 
   def headers(self, compress: bool = False) -> Dict[str, str]:
     headers = {
-        'Content-Type': 'application/json',
-        'X-Window-Start': str(self.bucket_time),
-        'X-Window-End': str(self.window_end),
-        'X-Pane-Index': str(self.pane_index),
-        'X-Pane-Timing': self.pane_timing,
-        'X-Part-Index': str(self.part_index),
-        'X-Part-Count': str(self.part_count),
-        'Idempotency-Key': self.key,
+      'Content-Type': 'application/json',
+      'X-Window-Start': str(self.bucket_time),
+      'X-Window-End': str(self.window_end),
+      'X-Pane-Index': str(self.pane_index),
+      'X-Pane-Timing': self.pane_timing,
+      'X-Part-Index': str(self.part_index),
+      'X-Part-Count': str(self.part_count),
+      'Idempotency-Key': self.key,
     }
     if self.group:
       headers['X-Group'] = group_header(self.group)
@@ -127,17 +136,31 @@ class DocumentPart(NamedTuple):
     return gzip.compress(self.body, compresslevel=6, mtime=0) if compress else self.body
 
 
-def parts_of(bucket_time: int, window_end: int, pane_index: int, pane_timing: str,
-             group: Sequence[Tuple[str, str]], counts: Dict[str, int],
-             max_body_bytes: Optional[int]) -> List[DocumentPart]:
+def parts_of(
+  bucket_time: int,
+  window_end: int,
+  pane_index: int,
+  pane_timing: str,
+  group: Sequence[Tuple[str, str]],
+  counts: Dict[str, int],
+  max_body_bytes: Optional[int],
+) -> List[DocumentPart]:
   bodies = split_counts(counts, max_body_bytes)
   group = tuple((str(f), str(v)) for f, v in group)
-  return [DocumentPart(bucket_time, window_end, pane_index, pane_timing, group, i, len(bodies), body)
-          for i, body in enumerate(bodies)]
+  return [
+    DocumentPart(bucket_time, window_end, pane_index, pane_timing, group, i, len(bodies), body)
+    for i, body in enumerate(bodies)
+  ]
 
 
 def window_parts(window_counts: WindowCounts, max_body_bytes: Optional[int]) -> List[DocumentPart]:
   """The parts a WindowCounts is posted as."""
-  return parts_of(window_counts.bucket_time, window_counts.window_end, window_counts.pane_index,
-                  window_counts.pane_timing, window_counts.group, window_counts.counts,
-                  max_body_bytes)
+  return parts_of(
+    window_counts.bucket_time,
+    window_counts.window_end,
+    window_counts.pane_index,
+    window_counts.pane_timing,
+    window_counts.group,
+    window_counts.counts,
+    max_body_bytes,
+  )

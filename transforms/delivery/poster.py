@@ -42,8 +42,15 @@ from urllib3.util.retry import Retry
 from transforms.delivery.breaker import CLOSED, Breakers, BreakerPolicy, CircuitBreaker
 from transforms.delivery.parts import DocumentPart
 from transforms.delivery.redaction import (
-    DEFAULT_TOKEN_ENV, LIBRARY_LOGGERS, ScrubLogRecords, Secrets, redact_url, read_token,
-    url_user_info, without_user_info)
+  DEFAULT_TOKEN_ENV,
+  LIBRARY_LOGGERS,
+  ScrubLogRecords,
+  Secrets,
+  redact_url,
+  read_token,
+  url_user_info,
+  without_user_info,
+)
 from transforms.endpoint_template import endpoint_url
 
 _LOG = logging.getLogger(__name__)
@@ -64,6 +71,7 @@ class RedeliveryPolicy(NamedTuple):
   `max_delay`, until delivered or `max_age` seconds after it was first held.
   A pane's first attempts, as it arrives, take at most `inline_seconds` (and
   end when the breaker opens): the stream waits for them."""
+
   max_age: float = 24 * 3600.0
   first_delay: float = 5.0
   max_delay: float = 30.0
@@ -73,6 +81,7 @@ class RedeliveryPolicy(NamedTuple):
 class DeliveryConfig(NamedTuple):
   """How to deliver windows; everything but the token itself, which is read
   from the environment variable `token_env` where the poster runs."""
+
   endpoint_template: str
   token_env: str = DEFAULT_TOKEN_ENV
   connect_timeout: float = 5.0
@@ -92,6 +101,7 @@ class DeliveryConfig(NamedTuple):
 
 class PostOutcome(NamedTuple):
   """What became of one part."""
+
   delivered: bool
   url: str  # redacted
   status: Optional[int]
@@ -127,6 +137,7 @@ def tls_verify(config: DeliveryConfig, environ=os.environ):
 class _AttemptWatchdog:
   """Ends an attempt that outlives its deadline: shuts down its socket, which
   wakes a read blocked on a server that trickles its answer."""
+
   def __init__(self, seconds: float):
     self._seconds = seconds
     self._timer: Optional[threading.Timer] = None
@@ -162,31 +173,35 @@ def _drain_capped(response) -> None:
   try:
     if response.read(MAX_ANSWER_BYTES, decode_content=False) and response.read(1, decode_content=False):
       response.close()
-  except Exception:  # pylint: disable=broad-except
+  except Exception:  # noqa: BLE001
     response.close()
 
 
 def _watched_pool(base, watchdog: _AttemptWatchdog):
   class WatchedPool(base):
     """A connection pool whose every attempt runs under the watchdog."""
-    def _make_request(self, conn, *args, **kwargs):  # pylint: disable=arguments-differ
+
+    def _make_request(self, conn, *args, **kwargs):
       watchdog.arm(conn)
       response = super()._make_request(conn, *args, **kwargs)
       response.drain_conn = functools.partial(_drain_capped, response)
       return response
+
   return WatchedPool
 
 
 class _WatchedAdapter(HTTPAdapter):
   """requests' adapter with WatchedPool connection pools."""
+
   def __init__(self, watchdog: _AttemptWatchdog, **kwargs):
     self._watchdog = watchdog
     super().__init__(**kwargs)
 
   def _watch(self, manager):
     manager.pool_classes_by_scheme = {
-        'http': _watched_pool(HTTPConnectionPool, self._watchdog),
-        'https': _watched_pool(HTTPSConnectionPool, self._watchdog)}
+      'http': _watched_pool(HTTPConnectionPool, self._watchdog),
+      'https': _watched_pool(HTTPSConnectionPool, self._watchdog),
+    }
     return manager
 
   def init_poolmanager(self, *args, **kwargs):
@@ -206,9 +221,17 @@ class DeadlineRetry(Retry):
   to the backoff when a Retry-After does not parse, stops when the breaker
   opens (with `stop_when_open`), and records each failed attempt in the
   breaker and in `log` (shared by the chain of Retry objects urllib3 derives)."""
-  def __init__(self, *args, deadline: Optional[float] = None,
-               breaker: Optional[CircuitBreaker] = None, outage_budget: Optional[float] = None,
-               stop_when_open: bool = False, log: Optional[dict] = None, **kwargs):
+
+  def __init__(
+    self,
+    *args,
+    deadline: Optional[float] = None,
+    breaker: Optional[CircuitBreaker] = None,
+    outage_budget: Optional[float] = None,
+    stop_when_open: bool = False,
+    log: Optional[dict] = None,
+    **kwargs,
+  ):
     super().__init__(*args, **kwargs)
     self.deadline = deadline
     self.breaker = breaker
@@ -241,10 +264,16 @@ class DeadlineRetry(Retry):
       new_retry = super().increment(method, url, response, error, _pool, _stacktrace)
       wait = new_retry.get_retry_after(response) if response is not None else None
       remaining = self._remaining()
-      if (remaining <= 0 or (wait is not None and wait > remaining)
-          or (self.stop_when_open and self.breaker is not None and self.breaker.state != CLOSED)):
-        raise MaxRetryError(_pool, url, error or ResponseError(
-            f'retry time exhausted (last status {getattr(response, "status", None)})'))
+      if (
+        remaining <= 0
+        or (wait is not None and wait > remaining)
+        or (self.stop_when_open and self.breaker is not None and self.breaker.state != CLOSED)
+      ):
+        raise MaxRetryError(
+          _pool,
+          url,
+          error or ResponseError(f'retry time exhausted (last status {getattr(response, "status", None)})'),
+        )
     except MaxRetryError:
       self.log['gave_up'] = True
       raise
@@ -258,8 +287,8 @@ class WindowPoster:
   """Posts document parts to the endpoint; see the module docstring.
 
   `breakers` may be shared by several posters (one per endpoint host)."""
-  def __init__(self, config: DeliveryConfig, breakers: Optional[Breakers] = None,
-               environ=None):
+
+  def __init__(self, config: DeliveryConfig, breakers: Optional[Breakers] = None, environ=None):
     self._config = config
     self._environ = os.environ if environ is None else environ
     self.breakers = breakers or Breakers(config.breaker)
@@ -285,7 +314,7 @@ class WindowPoster:
     else:
       user_info = url_user_info(self._config.endpoint_template)
       if user_info is not None:
-        self._authorization = requests.auth._basic_auth_str(*user_info)  # pylint: disable=protected-access
+        self._authorization = requests.auth._basic_auth_str(*user_info)
     self._session = requests.Session()
     self._session.trust_env = False
     self._session.verify = tls_verify(self._config, self._environ)
@@ -310,14 +339,25 @@ class WindowPoster:
   def __exit__(self, *exc):
     self.close()
 
-  def _retry(self, deadline, breaker, single: bool = False, outage_budget=None,
-             stop_when_open: bool = False) -> DeadlineRetry:
+  def _retry(
+    self, deadline, breaker, single: bool = False, outage_budget=None, stop_when_open: bool = False
+  ) -> DeadlineRetry:
     return DeadlineRetry(
-        total=0 if single else 1000, status_forcelist=RETRY_STATUSES, allowed_methods=['POST'],
-        backoff_factor=self._config.backoff_factor, backoff_max=self._config.backoff_max,
-        backoff_jitter=self._config.backoff_factor, respect_retry_after_header=True,
-        raise_on_status=False, raise_on_redirect=False, redirect=0, deadline=deadline,
-        breaker=breaker, outage_budget=outage_budget, stop_when_open=stop_when_open)
+      total=0 if single else 1000,
+      status_forcelist=RETRY_STATUSES,
+      allowed_methods=['POST'],
+      backoff_factor=self._config.backoff_factor,
+      backoff_max=self._config.backoff_max,
+      backoff_jitter=self._config.backoff_factor,
+      respect_retry_after_header=True,
+      raise_on_status=False,
+      raise_on_redirect=False,
+      redirect=0,
+      deadline=deadline,
+      breaker=breaker,
+      outage_budget=outage_budget,
+      stop_when_open=stop_when_open,
+    )
 
   def url_of(self, part: DocumentPart) -> str:
     """The URL a part goes to (without user info: that is the Authorization header)."""
@@ -329,8 +369,14 @@ class WindowPoster:
   def scrub(self, text: str) -> str:
     return self.secrets.scrub(text)
 
-  def post(self, part: DocumentPart, deadline: float, single: bool = False,
-           outage_budget: Optional[float] = None, stop_when_open: bool = False) -> PostOutcome:
+  def post(
+    self,
+    part: DocumentPart,
+    deadline: float,
+    single: bool = False,
+    outage_budget: Optional[float] = None,
+    stop_when_open: bool = False,
+  ) -> PostOutcome:
     """Posts one part, retrying until `deadline` (time.monotonic()); `single`:
     one attempt only (a probe); `outage_budget`: give up once the host has
     been failing this long; `stop_when_open`: give up when its breaker opens."""
@@ -342,19 +388,20 @@ class WindowPoster:
     payload = part.payload(self._config.compress)
     attempts = 0
     for _ in range(MAX_SAME_ORIGIN_REDIRECTS + 1):
-      outcome, location = self._post_once(url, payload, headers, deadline, breaker, single,
-                                          outage_budget, stop_when_open)
+      outcome, location = self._post_once(
+        url, payload, headers, deadline, breaker, single, outage_budget, stop_when_open
+      )
       attempts += outcome.attempts
       outcome = outcome._replace(attempts=attempts)
       if location is None:
         return outcome
       url = location
     return outcome._replace(
-        error=f'more than {MAX_SAME_ORIGIN_REDIRECTS} redirects in a row (the last to '
-        f'{redact_url(url)})', retryable=False)
+      error=f'more than {MAX_SAME_ORIGIN_REDIRECTS} redirects in a row (the last to {redact_url(url)})',
+      retryable=False,
+    )
 
-  def _post_once(self, url, payload, headers, deadline, breaker, single, outage_budget,
-                 stop_when_open):
+  def _post_once(self, url, payload, headers, deadline, breaker, single, outage_budget, stop_when_open):
     """One urllib3 chain of attempts; returns (outcome, a same-origin Location to post to next or None)."""
     shown = self.scrub(redact_url(url))
     retry = self._retry(deadline, breaker, single, outage_budget, stop_when_open)
@@ -362,14 +409,19 @@ class WindowPoster:
     status, error, response, unexpected = None, None, None, False
     try:
       response = self._session.post(
-          url, data=payload, headers=headers, allow_redirects=False, stream=True,
-          timeout=(self._config.connect_timeout, self._config.read_timeout),
-          proxies=requests.utils.get_environ_proxies(url))
+        url,
+        data=payload,
+        headers=headers,
+        allow_redirects=False,
+        stream=True,
+        timeout=(self._config.connect_timeout, self._config.read_timeout),
+        proxies=requests.utils.get_environ_proxies(url),
+      )
       status = response.status_code
       self._read_answer(response, shown)
     except requests.RequestException as e:
       error = self._describe(e)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # noqa: BLE001
       # Nothing the endpoint does may crash the sink: an error of ours is a
       # dead letter with its (scrubbed) reason, never a traceback with the URL.
       error, unexpected = self._describe(e), True
@@ -395,10 +447,17 @@ class WindowPoster:
     if status in REDIRECT_STATUSES:
       return self._redirect(url, shown, status, response.headers.get('Location'), attempts)
     if status == PAYLOAD_TOO_LARGE:
-      return PostOutcome(False, shown, status, (
+      return PostOutcome(
+        False,
+        shown,
+        status,
+        (
           f'HTTP 413: the endpoint refused a body of {len(payload)} bytes; set --max_body_bytes '
           f'below that (for example {max(len(payload) // 2, 256)}) or --http_compress, and '
-          'replay with the same flags'), attempts), None
+          'replay with the same flags'
+        ),
+        attempts,
+      ), None
     return PostOutcome(False, shown, status, None, attempts), None
 
   @staticmethod
@@ -414,8 +473,7 @@ class WindowPoster:
       return
     if len(answer) == MAX_ANSWER_BYTES:
       response.raw.close()  # there may be more than we read: the connection is not reused
-    _LOG.debug('%s answered HTTP %s (%d bytes of its body read)', shown, response.status_code,
-               len(answer))
+    _LOG.debug('%s answered HTTP %s (%d bytes of its body read)', shown, response.status_code, len(answer))
 
   def _redirect(self, url, shown, status, location, attempts):
     target = urllib.parse.urljoin(url, location or '')
@@ -427,13 +485,19 @@ class WindowPoster:
       why = 'to another origin, which would get the Authorization header'
     else:
       why = 'as a POST (it would become a GET without the document)'
-    return PostOutcome(False, shown, status, (
+    return PostOutcome(
+      False,
+      shown,
+      status,
+      (
         f'HTTP {status}: redirect to {shown_target} not followed {why}; set --endpoint to '
-        'the URL that takes the POST'), attempts), None
+        'the URL that takes the POST'
+      ),
+      attempts,
+    ), None
 
   def _describe(self, error: Exception) -> str:
     text = f'{type(error).__name__}: {error}'
     if self._watchdog.fired:
-      text = (f'attempt deadline of {self._config.attempt_timeout:g} s passed '
-              f'(--http_attempt_timeout): {text}')
+      text = f'attempt deadline of {self._config.attempt_timeout:g} s passed (--http_attempt_timeout): {text}'
     return self.scrub(text)

@@ -28,9 +28,26 @@ DEFAULT_TOKEN_ENV = 'VPC_FLOW_PEERS_TOKEN'
 
 # Query parameters whose values are shown in logs and dead letters; every
 # other value is redacted (a name cannot tell a secret: `code`, `pwd`, `sv`).
-HARMLESS_QUERY_NAMES = frozenset([
-    'region', 'format', 'version', 'v', 'api-version', 'api_version', 'lang', 'locale',
-    'stage', 'env', 'source', 'type', 'kind', 'dataset', 'window', 'bucket_time'])
+HARMLESS_QUERY_NAMES = frozenset(
+  [
+    'region',
+    'format',
+    'version',
+    'v',
+    'api-version',
+    'api_version',
+    'lang',
+    'locale',
+    'stage',
+    'env',
+    'source',
+    'type',
+    'kind',
+    'dataset',
+    'window',
+    'bucket_time',
+  ]
+)
 
 # A query value (or password) this short is redacted where it sits in a URL,
 # but not searched for in free text, where it would garble numbers and words.
@@ -59,11 +76,15 @@ def read_token(environ, name: str) -> Optional[str]:
     return None
   for position, char in enumerate(token):
     if not '\x21' <= char <= '\x7e':
-      what = 'a control character' if char < ' ' or char == '\x7f' else (
-          'a space' if char.isspace() else 'a character outside printable ASCII')
+      what = (
+        'a control character'
+        if char < ' ' or char == '\x7f'
+        else ('a space' if char.isspace() else 'a character outside printable ASCII')
+      )
       raise SecretError(
-          f'the token in ${name} holds {what} at position {position + 1} (of {len(token)}); '
-          'a bearer token is printable ASCII without spaces (the token is not shown)')
+        f'the token in ${name} holds {what} at position {position + 1} (of {len(token)}); '
+        'a bearer token is printable ASCII without spaces (the token is not shown)'
+      )
   return token
 
 
@@ -88,14 +109,15 @@ def split_authority(url: str, strict: bool = True) -> Tuple[str, Optional[str], 
     return scheme + '://', userinfo, hostport + tail
   if '@' in tail:
     raise SecretError(
-        "--endpoint has an '@' after its host: a password holding '/', '?', '#' or '@' must be "
-        'percent-encoded (%2F, %3F, %23, %40), and an @ in the path written %40')
+      "--endpoint has an '@' after its host: a password holding '/', '?', '#' or '@' must be "
+      'percent-encoded (%2F, %3F, %23, %40), and an @ in the path written %40'
+    )
   if userinfo is not None and not _USERINFO.match(userinfo):
     raise SecretError('--endpoint has user info with characters that must be percent-encoded')
   host, port = hostport, ''
   if hostport.startswith('['):
     close = hostport.find(']')
-    host, port = hostport[:close + 1], hostport[close + 1:]
+    host, port = hostport[: close + 1], hostport[close + 1 :]
     if port and not port.startswith(':'):
       raise SecretError('--endpoint has an authority that does not parse (after the IPv6 host)')
     port = port[1:]
@@ -103,8 +125,9 @@ def split_authority(url: str, strict: bool = True) -> Tuple[str, Optional[str], 
     host, _, port = hostport.rpartition(':')
   if not host or not _HOST.match(host) or (port and not (port.isdigit() and int(port) < 65536)):
     raise SecretError(
-        '--endpoint has an authority that does not parse as [user:password@]host[:port]; '
-        "characters such as '/', '?', '#' or '@' in a password must be percent-encoded")
+      '--endpoint has an authority that does not parse as [user:password@]host[:port]; '
+      "characters such as '/', '?', '#' or '@' in a password must be percent-encoded"
+    )
   return scheme + '://', userinfo, hostport + tail
 
 
@@ -131,8 +154,9 @@ def check_endpoint(template: str, token: Optional[str]) -> None:
   _, userinfo, _ = split_authority(concrete)
   if userinfo is not None and token:
     raise SecretError(
-        '--endpoint has user info (user:password@) and a bearer token is set: which of the '
-        'two should authenticate is ambiguous; give one of them')
+      '--endpoint has user info (user:password@) and a bearer token is set: which of the '
+      'two should authenticate is ambiguous; give one of them'
+    )
 
 
 def _redact_query(query: str) -> str:
@@ -141,6 +165,7 @@ def _redact_query(query: str) -> str:
     if urllib.parse.unquote_plus(name).lower() in HARMLESS_QUERY_NAMES or not value:
       return match.group(0)
     return f'{prefix}{name}={REDACTED}'
+
   return _QUERY_PAIR.sub(redact, '?' + query)[1:]
 
 
@@ -162,11 +187,13 @@ def redact_url(url: str) -> str:
 
 def redact_text(text: str) -> str:
   """Query values (not named in HARMLESS_QUERY_NAMES) in any text, redacted."""
+
   def redact(match):
     prefix, name, value = match.groups()
     if urllib.parse.unquote_plus(name).lower() in HARMLESS_QUERY_NAMES or not value:
       return match.group(0)
     return f'{prefix}{name}={REDACTED}'
+
   return _QUERY_PAIR.sub(redact, text)
 
 
@@ -175,15 +202,15 @@ def forms_of(secret: str) -> List[str]:
   JSON write it (str and bytes), percent-encoded (path and form style) and
   base64 (as in a Basic header)."""
   forms = {
-      secret,
-      repr(secret)[1:-1],
-      repr(secret.encode('utf-8', 'backslashreplace'))[2:-1],
-      json.dumps(secret)[1:-1],
-      json.dumps(secret, ensure_ascii=False)[1:-1],
-      urllib.parse.quote(secret, safe=''),
-      urllib.parse.quote_plus(secret),
-      urllib.parse.quote(secret),
-      base64.b64encode(secret.encode('utf-8')).decode('ascii'),
+    secret,
+    repr(secret)[1:-1],
+    repr(secret.encode('utf-8', 'backslashreplace'))[2:-1],
+    json.dumps(secret)[1:-1],
+    json.dumps(secret, ensure_ascii=False)[1:-1],
+    urllib.parse.quote(secret, safe=''),
+    urllib.parse.quote_plus(secret),
+    urllib.parse.quote(secret),
+    base64.b64encode(secret.encode('utf-8')).decode('ascii'),
   }
   return sorted((f for f in forms if f), key=len, reverse=True)
 
@@ -193,6 +220,7 @@ class Secrets:
 
   `token`: the bearer token, if any; `templates`: the endpoint URL templates
   (their user info and query values are secrets)."""
+
   def __init__(self, token: Optional[str] = None, templates: Iterable[str] = ()):
     literals = set()
     if token:
@@ -215,8 +243,11 @@ class Secrets:
       forms += forms_of(userinfo)
       forms += forms_of(f'{decoded_user}:{decoded_password}')
       if password:
-        forms += [f for f in forms_of(password) + forms_of(decoded_password)
-                  if len(f) >= _MIN_LITERAL_SCRUB or f in (password, decoded_password)]
+        forms += [
+          f
+          for f in forms_of(password) + forms_of(decoded_password)
+          if len(f) >= _MIN_LITERAL_SCRUB or f in (password, decoded_password)
+        ]
     query = rest.partition('?')[2].partition('#')[0]
     for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
       if name.lower() in HARMLESS_QUERY_NAMES or '{' in value or len(value) < _MIN_LITERAL_SCRUB:
@@ -234,6 +265,7 @@ class Secrets:
 
 class ScrubLogRecords(logging.Filter):
   """Scrubs log records (urllib3 logs each retry with the URL it requests)."""
+
   def __init__(self, secrets: Secrets):
     super().__init__()
     self.secrets = secrets
@@ -251,5 +283,11 @@ class ScrubLogRecords(logging.Filter):
 
 # The loggers of the libraries the poster uses, which write URLs and errors.
 # (A logger's filters see only the records logged to it, not its children's.)
-LIBRARY_LOGGERS = ('urllib3.connectionpool', 'urllib3.connection', 'urllib3.response',
-                   'urllib3.poolmanager', 'urllib3.util.retry', 'requests')
+LIBRARY_LOGGERS = (
+  'urllib3.connectionpool',
+  'urllib3.connection',
+  'urllib3.response',
+  'urllib3.poolmanager',
+  'urllib3.util.retry',
+  'requests',
+)

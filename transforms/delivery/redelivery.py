@@ -39,6 +39,7 @@ _LOG = logging.getLogger(__name__)
 
 class HeldPane(NamedTuple):
   """A pane waiting for the endpoint."""
+
   window: WindowCounts
   # Processing time (Unix seconds) since when it waits, within one backoff
   # delay: set at the first timer firing after it was held (a DoFn learns
@@ -58,8 +59,13 @@ class HeldPane(NamedTuple):
     last = outcome.last
     if last is None:
       return self._replace(parts_delivered=outcome.delivered)
-    return self._replace(attempts=self.attempts + last.attempts, parts_delivered=outcome.delivered,
-                         last_status=last.status, last_error=last.error, url=last.url)
+    return self._replace(
+      attempts=self.attempts + last.attempts,
+      parts_delivered=outcome.delivered,
+      last_status=last.status,
+      last_error=last.error,
+      url=last.url,
+    )
 
 
 def hold(held: Iterable[HeldPane], pane: HeldPane) -> Tuple[List[HeldPane], int]:
@@ -101,22 +107,44 @@ def since_when(panes: Iterable[HeldPane], since: float) -> List[HeldPane]:
 class HeldPaneCoder(coders.Coder):
   """HeldPane as JSON (orjson keeps the document's order), so that a checkpoint
   or savepoint does not depend on how Python pickles the classes."""
+
   def encode(self, pane: HeldPane) -> bytes:
     w = pane.window
-    return orjson.dumps({
-        'bucket_time': w.bucket_time, 'window_end': w.window_end, 'counts': w.counts,
-        'pane_index': w.pane_index, 'pane_timing': w.pane_timing,
-        'group': [list(p) for p in w.group], 'held_since': pane.held_since,
-        'attempts': pane.attempts, 'parts_delivered': list(pane.parts_delivered),
-        'last_status': pane.last_status, 'last_error': pane.last_error, 'url': pane.url})
+    return orjson.dumps(
+      {
+        'bucket_time': w.bucket_time,
+        'window_end': w.window_end,
+        'counts': w.counts,
+        'pane_index': w.pane_index,
+        'pane_timing': w.pane_timing,
+        'group': [list(p) for p in w.group],
+        'held_since': pane.held_since,
+        'attempts': pane.attempts,
+        'parts_delivered': list(pane.parts_delivered),
+        'last_status': pane.last_status,
+        'last_error': pane.last_error,
+        'url': pane.url,
+      }
+    )
 
   def decode(self, encoded: bytes) -> HeldPane:
     d = orjson.loads(encoded)
     return HeldPane(
-        WindowCounts(d['bucket_time'], d['window_end'], d['counts'], d['pane_index'],
-                     d['pane_timing'], tuple(tuple(p) for p in d['group'])),
-        d['held_since'], d['attempts'], tuple(d['parts_delivered']), d['last_status'],
-        d['last_error'], d['url'])
+      WindowCounts(
+        d['bucket_time'],
+        d['window_end'],
+        d['counts'],
+        d['pane_index'],
+        d['pane_timing'],
+        tuple(tuple(p) for p in d['group']),
+      ),
+      d['held_since'],
+      d['attempts'],
+      tuple(d['parts_delivered']),
+      d['last_status'],
+      d['last_error'],
+      d['url'],
+    )
 
   def is_deterministic(self) -> bool:
     return True
@@ -126,6 +154,7 @@ class RedeliverWindowsDoFn(beam.DoFn):
   """Posts (host, WindowCounts) panes, holding those the endpoint cannot take
   and posting them again on processing-time timers (see the module docstring).
   Outputs the delivered WindowCounts, and dead letters."""
+
   HELD = userstate.BagStateSpec('held_panes', HeldPaneCoder())
   FAILED_FIRINGS = userstate.ReadModifyWriteStateSpec('failed_firings', coders.VarIntCoder())
   REDELIVER = userstate.TimerSpec('redeliver', TimeDomain.REAL_TIME)
@@ -159,23 +188,33 @@ class RedeliverWindowsDoFn(beam.DoFn):
       self._counters.attempts.inc(outcome.last.attempts)
     return outcome
 
-  def _letter(self, pane: HeldPane, outcome: Optional[PaneOutcome], why: Optional[str] = None,
-              now: Optional[float] = None):
+  def _letter(
+    self,
+    pane: HeldPane,
+    outcome: Optional[PaneOutcome],
+    why: Optional[str] = None,
+    now: Optional[float] = None,
+  ):
     self._counters.dead_lettered.inc()
-    last = outcome.last if outcome is not None and outcome.last is not None else PostOutcome(
-        False, pane.url, pane.last_status, pane.last_error, 0, retryable=True)
+    last = (
+      outcome.last
+      if outcome is not None and outcome.last is not None
+      else PostOutcome(False, pane.url, pane.last_status, pane.last_error, 0, retryable=True)
+    )
     if why:
       last = last._replace(error=f'{why} (last: {last.reason})')
-    letter_outcome = PaneOutcome(pane.parts_delivered if outcome is None else outcome.delivered,
-                                 len(self._parts(pane.window)),
-                                 last._replace(attempts=pane.attempts + (
-                                     outcome.last.attempts if outcome and outcome.last else 0)))
-    _LOG.error('window %d (pane %d) not delivered: %s', pane.window.bucket_time,
-               pane.window.pane_index, last.reason)
-    held = {} if now is None or pane.held_since is None else {
-        'held_seconds': round(now - pane.held_since, 3)}
-    return beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, undelivered_letter(
-        pane.window, letter_outcome, self._config, self._has_secrets, held))
+    letter_outcome = PaneOutcome(
+      pane.parts_delivered if outcome is None else outcome.delivered,
+      len(self._parts(pane.window)),
+      last._replace(attempts=pane.attempts + (outcome.last.attempts if outcome and outcome.last else 0)),
+    )
+    _LOG.error(
+      'window %d (pane %d) not delivered: %s', pane.window.bucket_time, pane.window.pane_index, last.reason
+    )
+    held = {} if now is None or pane.held_since is None else {'held_seconds': round(now - pane.held_since, 3)}
+    return beam.pvalue.TaggedOutput(
+      DEAD_LETTER_TAG, undelivered_letter(pane.window, letter_outcome, self._config, self._has_secrets, held)
+    )
 
   def _delivered(self, pane: HeldPane, outcome: PaneOutcome):
     self._counters.delivered.inc()
@@ -183,10 +222,14 @@ class RedeliverWindowsDoFn(beam.DoFn):
     log_pane(self._parts(pane.window), outcome)
     return pane.window
 
-  def process(self, keyed: Tuple[str, WindowCounts], held=beam.DoFn.StateParam(HELD),
-              failed=beam.DoFn.StateParam(FAILED_FIRINGS),
-              redeliver=beam.DoFn.TimerParam(REDELIVER),
-              end_of_input=beam.DoFn.TimerParam(END_OF_INPUT)):
+  def process(
+    self,
+    keyed: Tuple[str, WindowCounts],
+    held=beam.DoFn.StateParam(HELD),
+    failed=beam.DoFn.StateParam(FAILED_FIRINGS),
+    redeliver=beam.DoFn.TimerParam(REDELIVER),
+    end_of_input=beam.DoFn.TimerParam(END_OF_INPUT),
+  ):
     _, window_counts = keyed
     end_of_input.set(window.GlobalWindow().max_timestamp())
     pane = HeldPane(window_counts)
@@ -208,8 +251,11 @@ class RedeliverWindowsDoFn(beam.DoFn):
       self._counters.held.inc()
       failed.write(0)
       redeliver.set(self._clock() + next_delay(self._policy, 0))
-      _LOG.warning('window %d held for redelivery: %s', window_counts.bucket_time,
-                   outcome.last.reason if outcome.last else 'the endpoint is failing')
+      _LOG.warning(
+        'window %d held for redelivery: %s',
+        window_counts.bucket_time,
+        outcome.last.reason if outcome.last else 'the endpoint is failing',
+      )
 
   @staticmethod
   def _rewrite(held, panes: List[HeldPane]) -> None:
@@ -218,9 +264,13 @@ class RedeliverWindowsDoFn(beam.DoFn):
       held.add(pane)
 
   @userstate.on_timer(REDELIVER)
-  def redeliver(self, fired=beam.DoFn.TimestampParam, held=beam.DoFn.StateParam(HELD),
-                failed=beam.DoFn.StateParam(FAILED_FIRINGS),
-                redeliver=beam.DoFn.TimerParam(REDELIVER)):
+  def redeliver(
+    self,
+    fired=beam.DoFn.TimestampParam,
+    held=beam.DoFn.StateParam(HELD),
+    failed=beam.DoFn.StateParam(FAILED_FIRINGS),
+    redeliver=beam.DoFn.TimerParam(REDELIVER),
+  ):
     taken = []  # whether the endpoint has taken a part in this firing
 
     def post(part):
@@ -247,8 +297,13 @@ class RedeliverWindowsDoFn(beam.DoFn):
         down = True
         pane = pane.after(outcome)
       if aged_out(pane, now, self._policy):
-        yield self._letter(pane, None, f'held for {now - pane.held_since:.0f} s, longer than '
-                           f'--max_redelivery_age ({self._policy.max_age:g} s)', now)
+        yield self._letter(
+          pane,
+          None,
+          f'held for {now - pane.held_since:.0f} s, longer than '
+          f'--max_redelivery_age ({self._policy.max_age:g} s)',
+          now,
+        )
         continue
       keep.append(pane)
     self._rewrite(held, keep)
@@ -259,9 +314,12 @@ class RedeliverWindowsDoFn(beam.DoFn):
       failed.clear()
 
   @userstate.on_timer(END_OF_INPUT)
-  def end_of_input(self, held=beam.DoFn.StateParam(HELD),
-                   failed=beam.DoFn.StateParam(FAILED_FIRINGS),
-                   redeliver=beam.DoFn.TimerParam(REDELIVER)):
+  def end_of_input(
+    self,
+    held=beam.DoFn.StateParam(HELD),
+    failed=beam.DoFn.StateParam(FAILED_FIRINGS),
+    redeliver=beam.DoFn.TimerParam(REDELIVER),
+  ):
     """The input has ended (a bounded streaming run): a last try under the
     bounded policy, then dead letters; nothing held is left behind."""
     for pane in oldest_first(held.read()):

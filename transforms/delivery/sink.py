@@ -35,6 +35,7 @@ def template_has_secrets(template: str) -> bool:
 class PostWindowsDoFn(beam.DoFn):
   """Posts each pane's parts (bounded policy); undeliverable ones go to the
   dead-letter output."""
+
   def __init__(self, config: DeliveryConfig):
     self._config = config
     self._counters = SinkCounters()
@@ -55,8 +56,9 @@ class PostWindowsDoFn(beam.DoFn):
       yield window_counts
     else:
       self._counters.dead_lettered.inc()
-      yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, undelivered_letter(
-          window_counts, outcome, self._config, self._has_secrets))
+      yield beam.pvalue.TaggedOutput(
+        DEAD_LETTER_TAG, undelivered_letter(window_counts, outcome, self._config, self._has_secrets)
+      )
 
   def teardown(self):
     poster = getattr(self, '_poster', None)
@@ -66,8 +68,7 @@ class PostWindowsDoFn(beam.DoFn):
 
 def endpoint_origin(template: str, window_counts: WindowCounts) -> str:
   """The endpoint host a window goes to: the key of its redelivery state."""
-  return origin_of(without_user_info(endpoint_url(template, window_counts.bucket_time,
-                                                  window_counts.group)))
+  return origin_of(without_user_info(endpoint_url(template, window_counts.bucket_time, window_counts.group)))
 
 
 class PostWindows(beam.PTransform):
@@ -75,6 +76,7 @@ class PostWindows(beam.PTransform):
 
   Streaming runs (the pipeline's option) hold and redeliver; bounded runs
   post each pane once, with retries. `clock`: see RedeliverWindowsDoFn."""
+
   def __init__(self, config: DeliveryConfig, clock=time.time):
     super().__init__()
     self._config = config
@@ -83,7 +85,8 @@ class PostWindows(beam.PTransform):
   def expand(self, windows):
     if not windows.pipeline.options.view_as(StandardOptions).streaming:
       posted = windows | 'Post' >> beam.ParDo(PostWindowsDoFn(self._config)).with_outputs(
-          DEAD_LETTER_TAG, main='delivered')
+        DEAD_LETTER_TAG, main='delivered'
+      )
       return {'delivered': posted.delivered, 'dead_letters': posted[DEAD_LETTER_TAG]}
     template = self._config.endpoint_template
     # Held panes outlive their event-time window (its state would go with
@@ -91,11 +94,15 @@ class PostWindows(beam.PTransform):
     # one state per endpoint host, so one outage holds one queue that goes
     # out oldest first.
     posted = (
-        windows
-        | 'HoldInGlobalWindow' >> beam.WindowInto(window.GlobalWindows())
-        | 'KeyByEndpointHost' >> beam.Map(
-            lambda counts: (endpoint_origin(template, counts), counts)).with_output_types(
-                Tuple[str, WindowCounts])
-        | 'Redeliver' >> beam.ParDo(RedeliverWindowsDoFn(self._config, self._clock)).with_outputs(
-            DEAD_LETTER_TAG, main='delivered'))
+      windows
+      | 'HoldInGlobalWindow' >> beam.WindowInto(window.GlobalWindows())
+      | 'KeyByEndpointHost'
+      >> beam.Map(lambda counts: (endpoint_origin(template, counts), counts)).with_output_types(
+        Tuple[str, WindowCounts]
+      )
+      | 'Redeliver'
+      >> beam.ParDo(RedeliverWindowsDoFn(self._config, self._clock)).with_outputs(
+        DEAD_LETTER_TAG, main='delivered'
+      )
+    )
     return {'delivered': posted.delivered, 'dead_letters': posted[DEAD_LETTER_TAG]}

@@ -11,15 +11,34 @@ watermark its reader had. Use it as `ReadRecordsFrom(ReadKinesisRecords(...))`.
 """
 
 from transforms.kinesis.config import (
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_DELIVERY_DELAY_SECONDS, KinesisConfig,
-    add_kinesis_args, config_from_options, parse_start_timestamp)
+  DEFAULT_MAX_ATTEMPTS,
+  DEFAULT_MAX_DELIVERY_DELAY_SECONDS,
+  KinesisConfig,
+  add_kinesis_args,
+  config_from_options,
+  parse_start_timestamp,
+)
 from transforms.kinesis.read import ReadKinesisRecords, kinesis_transform_from_options
 from transforms.kinesis.restriction import (
-    AFTER_SEQUENCE_NUMBER, AT_TIMESTAMP, INITIAL_POSITIONS, LATEST, TRIM_HORIZON)
+  AFTER_SEQUENCE_NUMBER,
+  AT_TIMESTAMP,
+  INITIAL_POSITIONS,
+  LATEST,
+  TRIM_HORIZON,
+)
 
 __all__ = [
-    'AFTER_SEQUENCE_NUMBER', 'AT_TIMESTAMP', 'DEFAULT_MAX_ATTEMPTS',
-    'DEFAULT_MAX_DELIVERY_DELAY_SECONDS', 'INITIAL_POSITIONS', 'LATEST', 'TRIM_HORIZON',
-    'KinesisConfig', 'ReadKinesisRecords', 'add_kinesis_args', 'config_from_options',
-    'kinesis_transform_from_options', 'parse_start_timestamp',
+  'AFTER_SEQUENCE_NUMBER',
+  'AT_TIMESTAMP',
+  'DEFAULT_MAX_ATTEMPTS',
+  'DEFAULT_MAX_DELIVERY_DELAY_SECONDS',
+  'INITIAL_POSITIONS',
+  'LATEST',
+  'TRIM_HORIZON',
+  'KinesisConfig',
+  'ReadKinesisRecords',
+  'add_kinesis_args',
+  'config_from_options',
+  'kinesis_transform_from_options',
+  'parse_start_timestamp',
 ]

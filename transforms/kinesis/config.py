@@ -12,8 +12,7 @@ from typing import Callable, Mapping, NamedTuple, Optional, Tuple
 import boto3
 from botocore.config import Config
 
-from transforms.kinesis.restriction import (
-    AT_TIMESTAMP, INITIAL_POSITIONS, TRIM_HORIZON, StartPosition)
+from transforms.kinesis.restriction import AT_TIMESTAMP, INITIAL_POSITIONS, TRIM_HORIZON, StartPosition
 
 # botocore retry attempts (first call included) for each API call.
 DEFAULT_MAX_ATTEMPTS = 10
@@ -23,17 +22,22 @@ DEFAULT_MAX_DELIVERY_DELAY_SECONDS = 20 * 60
 # What the checks call each setting: ReadKinesisRecords' parameters, or the
 # flags (add_kinesis_args) when the settings came from the command line.
 PARAMETER_NAMES = {
-    'stream_name': 'stream_name', 'initial_position': 'initial_position',
-    'start_timestamp': 'start_timestamp',
-    'max_delivery_delay_seconds': 'max_delivery_delay_seconds'}
+  'stream_name': 'stream_name',
+  'initial_position': 'initial_position',
+  'start_timestamp': 'start_timestamp',
+  'max_delivery_delay_seconds': 'max_delivery_delay_seconds',
+}
 FLAG_NAMES = {
-    'stream_name': '--kinesis_stream', 'initial_position': '--kinesis_initial_position',
-    'start_timestamp': '--kinesis_start_timestamp',
-    'max_delivery_delay_seconds': '--kinesis_max_delivery_delay'}
+  'stream_name': '--kinesis_stream',
+  'initial_position': '--kinesis_initial_position',
+  'start_timestamp': '--kinesis_start_timestamp',
+  'max_delivery_delay_seconds': '--kinesis_max_delivery_delay',
+}
 
 
 class KinesisConfig(NamedTuple):
   """Everything a worker needs to read the stream (credentials excepted)."""
+
   stream_name: str
   region: Optional[str] = None
   endpoint_url: Optional[str] = None
@@ -62,8 +66,9 @@ class KinesisConfig(NamedTuple):
       raise ValueError(f'{names["stream_name"]} is required')
     position = names['initial_position']
     if self.initial_position not in INITIAL_POSITIONS:
-      raise ValueError(f'{position} must be one of {", ".join(INITIAL_POSITIONS)}, '
-                       f'not {self.initial_position!r}')
+      raise ValueError(
+        f'{position} must be one of {", ".join(INITIAL_POSITIONS)}, not {self.initial_position!r}'
+      )
     if self.initial_position == AT_TIMESTAMP and self.start_timestamp is None:
       raise ValueError(f'{position}=AT_TIMESTAMP needs {names["start_timestamp"]}')
     if self.initial_position != AT_TIMESTAMP and self.start_timestamp is not None:
@@ -77,9 +82,15 @@ class KinesisConfig(NamedTuple):
     ...). Not 'adaptive': its client-side rate limiter is shared by all shards
     of a worker, so one hot shard would slow the others."""
     client = boto3.session.Session().client(
-        'kinesis', region_name=self.region, endpoint_url=self.endpoint_url,
-        config=Config(retries={'mode': 'standard', 'total_max_attempts': self.max_attempts},
-                      connect_timeout=10, read_timeout=30))
+      'kinesis',
+      region_name=self.region,
+      endpoint_url=self.endpoint_url,
+      config=Config(
+        retries={'mode': 'standard', 'total_max_attempts': self.max_attempts},
+        connect_timeout=10,
+        read_timeout=30,
+      ),
+    )
     for event_name, handler in self.client_event_hooks:
       client.meta.events.register(event_name, handler)
     return client
@@ -94,8 +105,9 @@ def parse_start_timestamp(text: str) -> float:
   try:
     parsed = datetime.datetime.fromisoformat(text.strip().replace('Z', '+00:00'))
   except ValueError:
-    raise ValueError(f'--kinesis_start_timestamp {text!r} is neither Unix seconds '
-                     'nor an ISO 8601 date and time') from None
+    raise ValueError(
+      f'--kinesis_start_timestamp {text!r} is neither Unix seconds nor an ISO 8601 date and time'
+    ) from None
   if parsed.tzinfo is None:
     parsed = parsed.replace(tzinfo=datetime.timezone.utc)
   return parsed.timestamp()
@@ -103,27 +115,28 @@ def parse_start_timestamp(text: str) -> float:
 
 def add_kinesis_args(parser) -> None:
   """Adds the Kinesis source's flags (for VpcFlowPeersOptions._add_argparse_args)."""
+  parser.add_argument('--kinesis_stream', help='Read this Kinesis stream instead of --input files.')
+  parser.add_argument('--kinesis_endpoint_url', help='Kinesis endpoint, for an emulator.')
+  parser.add_argument('--aws_region', help='AWS region of the stream.')
   parser.add_argument(
-      '--kinesis_stream',
-      help='Read this Kinesis stream instead of --input files.')
+    '--kinesis_initial_position',
+    default=TRIM_HORIZON,
+    choices=INITIAL_POSITIONS,
+    help='TRIM_HORIZON, LATEST or AT_TIMESTAMP.',
+  )
+  parser.add_argument('--kinesis_start_timestamp', help='With AT_TIMESTAMP: ISO 8601 or Unix seconds.')
   parser.add_argument(
-      '--kinesis_endpoint_url',
-      help='Kinesis endpoint, for an emulator.')
+    '--kinesis_stop_at_latest',
+    action='store_true',
+    default=False,
+    help='End the read once every shard has caught up.',
+  )
   parser.add_argument(
-      '--aws_region',
-      help='AWS region of the stream.')
-  parser.add_argument(
-      '--kinesis_initial_position', default=TRIM_HORIZON, choices=INITIAL_POSITIONS,
-      help='TRIM_HORIZON, LATEST or AT_TIMESTAMP.')
-  parser.add_argument(
-      '--kinesis_start_timestamp',
-      help='With AT_TIMESTAMP: ISO 8601 or Unix seconds.')
-  parser.add_argument(
-      '--kinesis_stop_at_latest', action='store_true', default=False,
-      help='End the read once every shard has caught up.')
-  parser.add_argument(
-      '--kinesis_max_delivery_delay', type=float, default=DEFAULT_MAX_DELIVERY_DELAY_SECONDS,
-      help='Seconds a flow may precede its arrival.')
+    '--kinesis_max_delivery_delay',
+    type=float,
+    default=DEFAULT_MAX_DELIVERY_DELAY_SECONDS,
+    help='Seconds a flow may precede its arrival.',
+  )
 
 
 def config_from_options(options) -> KinesisConfig:
@@ -131,12 +144,13 @@ def config_from_options(options) -> KinesisConfig:
   naming the wrong flag."""
   timestamp = options.kinesis_start_timestamp
   config = KinesisConfig(
-      stream_name=options.kinesis_stream,
-      region=options.aws_region,
-      endpoint_url=options.kinesis_endpoint_url,
-      initial_position=options.kinesis_initial_position,
-      start_timestamp=parse_start_timestamp(timestamp) if timestamp else None,
-      stop_at_latest=options.kinesis_stop_at_latest,
-      max_delivery_delay_seconds=options.kinesis_max_delivery_delay)
+    stream_name=options.kinesis_stream,
+    region=options.aws_region,
+    endpoint_url=options.kinesis_endpoint_url,
+    initial_position=options.kinesis_initial_position,
+    start_timestamp=parse_start_timestamp(timestamp) if timestamp else None,
+    stop_at_latest=options.kinesis_stop_at_latest,
+    max_delivery_delay_seconds=options.kinesis_max_delivery_delay,
+  )
   config.validate(FLAG_NAMES)
   return config

@@ -23,12 +23,13 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration
 
 from transforms.kinesis.config import (
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_DELIVERY_DELAY_SECONDS, KinesisConfig,
-    config_from_options)
-from transforms.kinesis.reader import (
-    DEFER, DONE, IteratorCache, ReaderMetrics, ShardReader)
-from transforms.kinesis.restriction import (
-    TRIM_HORIZON, KinesisShard, ShardRestrictionProvider)
+  DEFAULT_MAX_ATTEMPTS,
+  DEFAULT_MAX_DELIVERY_DELAY_SECONDS,
+  KinesisConfig,
+  config_from_options,
+)
+from transforms.kinesis.reader import DEFER, DONE, IteratorCache, ReaderMetrics, ShardReader
+from transforms.kinesis.restriction import TRIM_HORIZON, KinesisShard, ShardRestrictionProvider
 from transforms.kinesis.shards import lineage_roots, list_all_shards
 
 _LOG = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ _LOG = logging.getLogger(__name__)
 
 class _KinesisClientDoFn(beam.DoFn):
   """A DoFn holding one boto3 Kinesis client, made in setup(), closed in teardown()."""
+
   def __init__(self, config: KinesisConfig):
     self._config = config
 
@@ -51,15 +53,22 @@ class _KinesisClientDoFn(beam.DoFn):
 
 class ListShardsDoFn(_KinesisClientDoFn):
   """Lists the stream's shards and emits the root of each lineage to read."""
+
   def process(self, unused_impulse):
     config = self._config
     shards = list_all_shards(self._client, config.stream_name)
     roots = lineage_roots(shards, config.initial_position)
-    _LOG.info('stream %s: %d shards listed, reading from %s',
-              config.stream_name, len(shards), ', '.join(roots))
+    _LOG.info(
+      'stream %s: %d shards listed, reading from %s', config.stream_name, len(shards), ', '.join(roots)
+    )
     for shard_id in roots:
-      yield KinesisShard(config.stream_name, shard_id, config.start_position(),
-                         config.child_start_position(), config.stop_at_latest)
+      yield KinesisShard(
+        config.stream_name,
+        shard_id,
+        config.start_position(),
+        config.child_start_position(),
+        config.stop_at_latest,
+      )
 
 
 class _HeldWatermarkProvider(beam.transforms.core.WatermarkEstimatorProvider):
@@ -69,6 +78,7 @@ class _HeldWatermarkProvider(beam.transforms.core.WatermarkEstimatorProvider):
   end of time (the Impulse at the root of the read ends at once) before the
   first records are read: everything read after that is late. Held at the
   start, the watermark moves only as the reader moves it."""
+
   def initial_estimator_state(self, element, restriction):
     return MIN_TIMESTAMP
 
@@ -80,21 +90,30 @@ class ReadShardsDoFn(_KinesisClientDoFn):
   """Reads the shards of a ShardRestriction; emits RawRecords at arrival time.
 
   The bounded form (`stop_at_latest`); see `ReadShardsUnboundedDoFn`."""
+
   def setup(self):
     super().setup()
     self._iterators = IteratorCache()
     self._metrics = ReaderMetrics()
 
   def process(
-      self, shard: KinesisShard,
-      tracker=beam.DoFn.RestrictionParam(ShardRestrictionProvider()),
-      watermark=beam.DoFn.WatermarkEstimatorParam(_HeldWatermarkProvider())):
+    self,
+    shard: KinesisShard,
+    tracker=beam.DoFn.RestrictionParam(ShardRestrictionProvider()),
+    watermark=beam.DoFn.WatermarkEstimatorParam(_HeldWatermarkProvider()),
+  ):
     yield from self._read(shard, tracker, watermark)
 
   def _read(self, shard: KinesisShard, tracker, watermark):
-    reader = ShardReader(self._client, self._config, shard.stream_name, tracker,
-                         watermark.current_watermark(), iterators=self._iterators,
-                         metrics=self._metrics)
+    reader = ShardReader(
+      self._client,
+      self._config,
+      shard.stream_name,
+      tracker,
+      watermark.current_watermark(),
+      iterators=self._iterators,
+      metrics=self._metrics,
+    )
     while True:
       polled = reader.poll()
       yield from polled.records
@@ -109,11 +128,14 @@ class ReadShardsDoFn(_KinesisClientDoFn):
 
 class ReadShardsUnboundedDoFn(ReadShardsDoFn):
   """The unbounded form: reads until the job is stopped (Flink streaming)."""
+
   @beam.DoFn.unbounded_per_element()
   def process(
-      self, shard: KinesisShard,
-      tracker=beam.DoFn.RestrictionParam(ShardRestrictionProvider()),
-      watermark=beam.DoFn.WatermarkEstimatorParam(_HeldWatermarkProvider())):
+    self,
+    shard: KinesisShard,
+    tracker=beam.DoFn.RestrictionParam(ShardRestrictionProvider()),
+    watermark=beam.DoFn.WatermarkEstimatorParam(_HeldWatermarkProvider()),
+  ):
     yield from self._read(shard, tracker, watermark)
 
 
@@ -122,16 +144,31 @@ class ReadKinesisRecords(beam.PTransform):
 
   Unbounded unless `stop_at_latest`, which ends the read once every shard has
   caught up. Use as `ReadRecordsFrom(ReadKinesisRecords(...))`."""
-  def __init__(self, stream_name: str, region: Optional[str] = None,
-               endpoint_url: Optional[str] = None, initial_position: str = TRIM_HORIZON,
-               start_timestamp: Optional[float] = None, stop_at_latest: bool = False,
-               max_delivery_delay_seconds: float = DEFAULT_MAX_DELIVERY_DELAY_SECONDS,
-               max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-               client_event_hooks: Sequence[Tuple[str, Callable]] = ()):
+
+  def __init__(
+    self,
+    stream_name: str,
+    region: Optional[str] = None,
+    endpoint_url: Optional[str] = None,
+    initial_position: str = TRIM_HORIZON,
+    start_timestamp: Optional[float] = None,
+    stop_at_latest: bool = False,
+    max_delivery_delay_seconds: float = DEFAULT_MAX_DELIVERY_DELAY_SECONDS,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    client_event_hooks: Sequence[Tuple[str, Callable]] = (),
+  ):
     super().__init__()
     self._config = KinesisConfig(
-        stream_name, region, endpoint_url, initial_position, start_timestamp,
-        stop_at_latest, max_delivery_delay_seconds, max_attempts, tuple(client_event_hooks))
+      stream_name,
+      region,
+      endpoint_url,
+      initial_position,
+      start_timestamp,
+      stop_at_latest,
+      max_delivery_delay_seconds,
+      max_attempts,
+      tuple(client_event_hooks),
+    )
     self._config.validate()
 
   @classmethod
@@ -147,11 +184,12 @@ class ReadKinesisRecords(beam.PTransform):
     # a savepoint.
     reader = ReadShardsDoFn if self._config.stop_at_latest else ReadShardsUnboundedDoFn
     return (
-        pbegin
-        | 'Start' >> beam.Impulse()
-        | 'ListShards' >> beam.ParDo(ListShardsDoFn(self._config))
-        | 'SpreadShards' >> beam.Reshuffle()
-        | 'ReadShards' >> beam.ParDo(reader(self._config)))
+      pbegin
+      | 'Start' >> beam.Impulse()
+      | 'ListShards' >> beam.ParDo(ListShardsDoFn(self._config))
+      | 'SpreadShards' >> beam.Reshuffle()
+      | 'ReadShards' >> beam.ParDo(reader(self._config))
+    )
 
 
 def kinesis_transform_from_options(options) -> ReadKinesisRecords:

@@ -52,16 +52,28 @@ from transforms import METRICS_NAMESPACE
 from transforms.elements import RawRecord
 from transforms.kinesis.config import KinesisConfig
 from transforms.kinesis.restriction import (
-    RecordClaim, ShardCaughtUp, ShardClosed, ShardCursor, StartPosition, sequence_number)
+  RecordClaim,
+  ShardCaughtUp,
+  ShardClosed,
+  ShardCursor,
+  StartPosition,
+  sequence_number,
+)
 from transforms.kinesis.shards import is_open, list_all_shards, owned_children
 
 _LOG = logging.getLogger(__name__)
 
 # Error codes meaning "slow down". botocore's standard retry mode already
 # retries these; the reader only sees them once botocore has given up.
-THROTTLING_ERRORS = frozenset([
-    'ProvisionedThroughputExceededException', 'LimitExceededException',
-    'ThrottlingException', 'KMSThrottlingException', 'RequestLimitExceeded'])
+THROTTLING_ERRORS = frozenset(
+  [
+    'ProvisionedThroughputExceededException',
+    'LimitExceededException',
+    'ThrottlingException',
+    'KMSThrottlingException',
+    'RequestLimitExceeded',
+  ]
+)
 # A shard iterator is valid for 5 minutes after GetShardIterator or GetRecords.
 EXPIRED_ITERATOR = 'ExpiredIteratorException'
 ITERATOR_REUSE_SECONDS = 240
@@ -100,6 +112,7 @@ class Poll(NamedTuple):
 
   The caller emits `records`, then sets `watermark` if there is one (the round
   ended and the restriction's watermark moved), then does `then`."""
+
   shard_id: Optional[str]
   outcome: str
   records: Tuple[TimestampedValue, ...] = ()
@@ -113,8 +126,10 @@ class ShardPacer:
   process (`PACER`): a restriction resumed by another DoFn instance, or at once,
   still keeps GetRecords >= 0.2 s apart on a shard, and a throttled shard backs
   off."""
-  def __init__(self, clock: Callable[[], float] = time.monotonic,
-               sleep: Callable[[float], None] = time.sleep):
+
+  def __init__(
+    self, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
+  ):
     self._clock = clock
     self._sleep = sleep
     self._lock = threading.Lock()
@@ -135,7 +150,8 @@ class ShardPacer:
       if len(self._next_call_at) > 10 * MAX_CACHED_ITERATORS:
         self._next_call_at = {k: t for k, t in self._next_call_at.items() if t > now}
       self._next_call_at[shard_key] = max(
-          now + MIN_GET_RECORDS_INTERVAL_SECONDS, self._next_call_at.get(shard_key, 0.0))
+        now + MIN_GET_RECORDS_INTERVAL_SECONDS, self._next_call_at.get(shard_key, 0.0)
+      )
 
   def hold(self, shard_key: tuple, seconds: float) -> None:
     """No call to the shard for `seconds` from now."""
@@ -149,6 +165,7 @@ PACER = ShardPacer()
 class IteratorCache:
   """Shard iterators by (shard, position), so that a restriction resumed in the
   same worker goes on with the iterator its last GetRecords returned."""
+
   def __init__(self, clock: Callable[[], float] = time.monotonic):
     self._clock = clock
     self._iterators: Dict[Tuple[str, StartPosition], Tuple[str, float]] = {}
@@ -170,6 +187,7 @@ class IteratorCache:
 
 class ReaderMetrics:
   """The reader's Beam metrics (they count only where a runner collects them)."""
+
   def __init__(self):
     self.records_read = Metrics.counter(METRICS_NAMESPACE, 'kinesis_records_read')
     self.get_records_calls = Metrics.counter(METRICS_NAMESPACE, 'kinesis_get_records_calls')
@@ -178,7 +196,8 @@ class ReaderMetrics:
     self.closed = Metrics.counter(METRICS_NAMESPACE, 'kinesis_shards_closed')
     self.behind = Metrics.gauge(METRICS_NAMESPACE, 'kinesis_millis_behind_latest')
     self.behind_distribution = Metrics.distribution(
-        METRICS_NAMESPACE, 'kinesis_millis_behind_latest_distribution')
+      METRICS_NAMESPACE, 'kinesis_millis_behind_latest_distribution'
+    )
 
 
 class ShardReader:
@@ -186,11 +205,21 @@ class ShardReader:
   at a time, claiming each record through `tracker` before returning it.
 
   `watermark` is the restriction's watermark when the read starts."""
-  def __init__(self, client, config: KinesisConfig, stream_name: str, tracker,
-               watermark: Optional[Timestamp] = None, *, iterators: Optional[IteratorCache] = None,
-               pacer: ShardPacer = PACER, metrics: Optional[ReaderMetrics] = None,
-               clock: Callable[[], float] = time.monotonic,
-               wall_clock: Callable[[], float] = time.time):
+
+  def __init__(
+    self,
+    client,
+    config: KinesisConfig,
+    stream_name: str,
+    tracker,
+    watermark: Optional[Timestamp] = None,
+    *,
+    iterators: Optional[IteratorCache] = None,
+    pacer: ShardPacer = PACER,
+    metrics: Optional[ReaderMetrics] = None,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+  ):
     self._client = client
     self._config = config
     self._stream = stream_name
@@ -247,8 +276,12 @@ class ShardReader:
         return Poll(shard_id, EXPIRED)
       if code in THROTTLING_ERRORS:
         self._metrics.throttled.inc()
-        _LOG.warning('%s/%s throttled after botocore retries; backing off %.1f s',
-                     self._stream, shard_id, THROTTLED_BACKOFF_SECONDS)
+        _LOG.warning(
+          '%s/%s throttled after botocore retries; backing off %.1f s',
+          self._stream,
+          shard_id,
+          THROTTLED_BACKOFF_SECONDS,
+        )
         self._pacer.hold(self._shard_key(shard_id), THROTTLED_BACKOFF_SECONDS)
         return Poll(shard_id, THROTTLED, then=DEFER, resume_in=THROTTLED_BACKOFF_SECONDS)
       raise
@@ -292,8 +325,11 @@ class ShardReader:
         break
       arrival = record['ApproximateArrivalTimestamp'].timestamp()
       self._allowed[shard_id] = arrival - self._config.max_delivery_delay_seconds
-      claimed.append(TimestampedValue(
-          RawRecord(f'{self._stream}/{shard_id}/{number}', record['Data'], self._read_at), arrival))
+      claimed.append(
+        TimestampedValue(
+          RawRecord(f'{self._stream}/{shard_id}/{number}', record['Data'], self._read_at), arrival
+        )
+      )
     self._metrics.records_read.inc(len(claimed))
     return tuple(claimed)
 
@@ -305,8 +341,12 @@ class ShardReader:
 
   def _closed(self, shard_id: str, claimed: Tuple[TimestampedValue, ...]) -> Poll:
     children = owned_children(list_all_shards(self._client, self._stream), shard_id)
-    _LOG.info('%s/%s is closed and drained; its children %s follow',
-              self._stream, shard_id, [c.shard_id for c in children])
+    _LOG.info(
+      '%s/%s is closed and drained; its children %s follow',
+      self._stream,
+      shard_id,
+      [c.shard_id for c in children],
+    )
     if not self._tracker.try_claim(ShardClosed(shard_id, children)):
       return self._taken(shard_id, claimed)
     self._metrics.closed.inc()
@@ -349,8 +389,8 @@ class ShardReader:
     iterator = self._iterators.take(cursor)
     if iterator is None:
       iterator = self._client.get_shard_iterator(
-          StreamName=self._stream, ShardId=cursor.shard_id,
-          **cursor.position.shard_iterator_args())['ShardIterator']
+        StreamName=self._stream, ShardId=cursor.shard_id, **cursor.position.shard_iterator_args()
+      )['ShardIterator']
     shard_key = self._shard_key(cursor.shard_id)
     self._pacer.wait_turn(shard_key)
     self._metrics.get_records_calls.inc()

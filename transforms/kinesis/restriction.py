@@ -47,6 +47,7 @@ INITIAL_POSITIONS = (TRIM_HORIZON, LATEST, AT_TIMESTAMP)
 
 class StartPosition(NamedTuple):
   """Where reading a shard starts: a ShardIteratorType and its argument."""
+
   iterator_type: str
   sequence_number: Optional[int] = None  # AFTER_SEQUENCE_NUMBER: the last record read
   timestamp: Optional[float] = None  # AT_TIMESTAMP: Unix seconds
@@ -68,6 +69,7 @@ class ShardCursor(NamedTuple):
 
 class KinesisShard(NamedTuple):
   """The element the reader gets: the root of one shard lineage."""
+
   stream_name: str
   shard_id: str
   start: StartPosition
@@ -80,6 +82,7 @@ class ShardRestriction(NamedTuple):
   split until the runner splits them apart), each with its position, and the
   children of a merge waiting for their other parent, also in this
   restriction, to be drained: (child, parents still to drain)."""
+
   cursors: Tuple[ShardCursor, ...]
   child_start: StartPosition
   stop_at_latest: bool
@@ -89,6 +92,7 @@ class ShardRestriction(NamedTuple):
 # What ShardRestrictionTracker.try_claim accepts.
 class RecordClaim(NamedTuple):
   """Claims one record; its shard's position moves after it."""
+
   shard_id: str
   sequence_number: int
 
@@ -100,12 +104,14 @@ class ChildShard(NamedTuple):
 
 class ShardClosed(NamedTuple):
   """The shard is drained; `children` (those whose ParentShardId it is) follow."""
+
   shard_id: str
   children: Tuple[ChildShard, ...]
 
 
 class ShardCaughtUp(NamedTuple):
   """In a bounded read, the shard has nothing more to read: it ends here."""
+
   shard_id: str
 
 
@@ -117,6 +123,7 @@ def sequence_number(text: str) -> int:
 
 class ShardRestrictionTracker(RestrictionTracker):
   """Tracks the shards of a ShardRestriction and their positions."""
+
   def __init__(self, restriction: ShardRestriction):
     self._restriction = restriction
     self._cursors: Dict[str, ShardCursor] = {c.shard_id: c for c in restriction.cursors}
@@ -126,7 +133,8 @@ class ShardRestrictionTracker(RestrictionTracker):
 
   def current_restriction(self) -> ShardRestriction:
     return self._restriction._replace(
-        cursors=tuple(self._cursors.values()), waiting=tuple(self._waiting.items()))
+      cursors=tuple(self._cursors.values()), waiting=tuple(self._waiting.items())
+    )
 
   def try_claim(self, position) -> bool:
     if self._checkpointed or position.shard_id not in self._cursors:
@@ -135,10 +143,13 @@ class ShardRestrictionTracker(RestrictionTracker):
     if isinstance(position, RecordClaim):
       last = cursor.position.sequence_number
       if cursor.position.iterator_type == AFTER_SEQUENCE_NUMBER and position.sequence_number <= last:
-        raise ValueError(f'{position.shard_id}: sequence number {position.sequence_number} '
-                         f'is not after {last}, the last one claimed')
+        raise ValueError(
+          f'{position.shard_id}: sequence number {position.sequence_number} '
+          f'is not after {last}, the last one claimed'
+        )
       self._cursors[position.shard_id] = cursor._replace(
-          position=StartPosition(AFTER_SEQUENCE_NUMBER, position.sequence_number))
+        position=StartPosition(AFTER_SEQUENCE_NUMBER, position.sequence_number)
+      )
       self._claimed_records += 1
     elif isinstance(position, ShardClosed):
       self._drained(position.shard_id, position.children)
@@ -203,8 +214,9 @@ class ShardRestrictionTracker(RestrictionTracker):
 
   def check_done(self):
     if (self._cursors or self._waiting) and not self._checkpointed:
-      raise ValueError('shards not read to their end: ' +
-                       ', '.join(list(self._cursors) + list(self._waiting)))
+      raise ValueError(
+        'shards not read to their end: ' + ', '.join(list(self._cursors) + list(self._waiting))
+      )
 
   def current_progress(self) -> RestrictionProgress:
     remaining = float(len(self._cursors))
@@ -221,7 +233,8 @@ class ShardRestrictionTracker(RestrictionTracker):
 class ShardRestrictionProvider(RestrictionProvider):
   def initial_restriction(self, shard: KinesisShard) -> ShardRestriction:
     return ShardRestriction(
-        (ShardCursor(shard.shard_id, shard.start),), shard.child_start, shard.stop_at_latest)
+      (ShardCursor(shard.shard_id, shard.start),), shard.child_start, shard.stop_at_latest
+    )
 
   def create_tracker(self, restriction: ShardRestriction) -> ShardRestrictionTracker:
     return ShardRestrictionTracker(restriction)

@@ -34,9 +34,10 @@ def owned_children(shards: Iterable[dict], shard_id: str) -> Tuple[ChildShard, .
   the child of a merge whose first parent it is. (A merge's child is read by
   its ParentShardId's lineage only, so by exactly one.)"""
   return tuple(
-      ChildShard(s['ShardId'], tuple(
-          p for p in (s.get('ParentShardId'), s.get('AdjacentParentShardId')) if p))
-      for s in shards if s.get('ParentShardId') == shard_id)
+    ChildShard(s['ShardId'], tuple(p for p in (s.get('ParentShardId'), s.get('AdjacentParentShardId')) if p))
+    for s in shards
+    if s.get('ParentShardId') == shard_id
+  )
 
 
 def lineage_roots(shards: Sequence[dict], initial_position: str) -> List[str]:
