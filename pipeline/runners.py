@@ -444,17 +444,19 @@ def ensure_prism() -> str:
 
 def apply_direct_defaults(options: PipelineOptions) -> None:
   """A bounded run on the DirectRunner (Beam runs it on its FnApiRunner) gets
-  one worker per core, as threads of this process sharing its memory
-  (direct_running_mode in_memory): each stage's input is split between them
-  (the files, after the read's Reshuffle; the shards of each window's merge).
-  The work of a file is mostly done without the GIL (ISA-L's inflate, the C
-  counting scan, numpy's sorts), so threads use the cores without a process
-  per worker to start and feed; multi_processing would start a Python with
-  Beam per worker (about a second each) and multi_threading passes every
-  element through gRPC, whose timed flush can cut an element in two
-  (bench/results/speed.md). --direct_num_workers or --direct_running_mode
-  given on the command line win."""
-  if _given(options, 'direct_num_workers') or _given(options, 'direct_running_mode'):
+  one worker per core: threads of this process sharing its memory (Beam's
+  default direct_running_mode, in_memory) unless the command line names
+  another mode. Each stage's input is split between them (the files, after the
+  read's Reshuffle; the shards of each window's merge). Threads are the
+  default because everything the command does stays in one process: the
+  progress line, and each endpoint's circuit breaker and outage budget, which
+  worker processes (multi_processing) would each keep for themselves. Threads
+  share the GIL, which the Python parts of decoding hold, so on a large input
+  processes are faster (docs/performance.md has both); multi_threading passes
+  every element through gRPC with a timed flush from another thread, which can
+  cut an element in two (bench/results/speed.md). --direct_num_workers given
+  on the command line wins."""
+  if _given(options, 'direct_num_workers'):
     return
   direct = options.view_as(DirectOptions)
   direct.direct_num_workers = max(1, min(os.cpu_count() or 1, MAX_DIRECT_WORKERS))
