@@ -50,4 +50,43 @@ start_build out/build-prism.log deploy/prism/build-prism.sh
 start_build out/build-job-server.log deploy/flink/build-job-server.sh
 # The viewer's page is tested in a real headless Chromium (Debian's package).
 tools/ensure_chromium.sh
-.venv/bin/python -m pytest -q "$@" tests
+if [[ $# -gt 0 ]]; then
+  exec .venv/bin/python -m pytest -q "$@" tests
+fi
+# The whole suite runs in two lanes at once: the `runner_lane` tests (the
+# Flink cluster's, and the Prism run with an endpoint down for minutes) spend
+# most of their time waiting on a runner, so they run in a second pytest beside
+# the others; its report follows the first lane's. Each lane's own time limits
+# and leak guards apply as in a single run.
+lane_log=out/tests-runner-lane.log
+# In a session of its own (the terminal's Ctrl-C reaches only the first lane),
+# stopped on exit with SIGINT, as Ctrl-C would: pytest then stops the Flink
+# cluster it started.
+setsid .venv/bin/python -m pytest -q -p no:cacheprovider --basetemp=out/pytest-runner-lane \
+  -m runner_lane -rfE --durations=10 tests >"$lane_log" 2>&1 &
+runner_lane=$!
+stop_runner_lane() {
+  local tries
+  for tries in $(seq 50); do
+    kill -INT -- "-$runner_lane" 2>/dev/null && break
+    kill -0 "$runner_lane" 2>/dev/null || break
+    sleep 0.1
+  done
+  (sleep 120 && kill -KILL -- "-$runner_lane" 2>/dev/null) &
+  local timer=$!
+  wait "$runner_lane" 2>/dev/null || true
+  kill "$timer" 2>/dev/null || true
+}
+trap 'stop_runner_lane; stop_builds' EXIT
+status=0
+.venv/bin/python -m pytest -q -m 'not runner_lane' -rfE --durations=10 tests || status=$?
+lane_status=0
+wait "$runner_lane" || lane_status=$?
+trap stop_builds EXIT
+echo
+echo "=== the runner lane (Flink and long streaming tests; $lane_log) ==="
+cat "$lane_log"
+if ((status == 0)); then
+  status=$lane_status
+fi
+exit "$status"

@@ -75,6 +75,11 @@ def pytest_configure(config):
   config.addinivalue_line(
     'markers', 'quick: pure and composite tests that start nothing (./run_tests.sh --quick)'
   )
+  config.addinivalue_line(
+    'markers',
+    'runner_lane: tests that use the Flink cluster or wait minutes on a streaming runner; '
+    'a whole ./run_tests.sh runs them in a second pytest beside the others',
+  )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -82,6 +87,8 @@ def pytest_collection_modifyitems(config, items):
     is_property_test = getattr(getattr(item, 'obj', None), 'is_hypothesis_test', False)
     if item.path.stem in QUICK_MODULES and not is_property_test:
       item.add_marker(pytest.mark.quick)
+    if 'flink_cluster' in item.fixturenames:
+      item.add_marker(pytest.mark.runner_lane)
 
 
 def pytest_ignore_collect(collection_path, config):

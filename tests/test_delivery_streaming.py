@@ -28,6 +28,10 @@ from pipeline.runners import ensure_prism
 from tests.builders import flow_line
 from transforms.dead_letter import read_dead_letters
 from transforms.delivery.parts import idempotency_key
+
+# Minutes of waiting on Prism with an endpoint down: beside the Flink tests,
+# in the second lane of ./run_tests.sh, so the two waits overlap the others.
+pytestmark = pytest.mark.runner_lane
 from transforms.elements import KIND_LATE_DATA, KIND_UNDELIVERED_WINDOW
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
