@@ -11,7 +11,9 @@ source tools/ensure_venv.sh
 .venv/bin/ruff check --quiet .
 if [[ "${1:-}" == --quick ]]; then
   shift
-  exec .venv/bin/python -m pytest -q -m quick "$@" tests
+  # They start nothing and share nothing, so they spread over one pytest
+  # worker process per core (pytest-xdist).
+  exec .venv/bin/python -m pytest -q -m quick -n auto "$@" tests
 fi
 # The runners some tests need are built once into ~/.cache/vpc-flow-peers
 # (minutes on a fresh machine): start both builds now, beside the quick tests.
