@@ -53,7 +53,8 @@ start_build out/build-job-server.log deploy/flink/build-job-server.sh
 # The viewer's page is tested in a real headless Chromium (Debian's package).
 tools/ensure_chromium.sh
 if [[ $# -gt 0 ]]; then
-  exec .venv/bin/python -m pytest -q "$@" tests
+  .venv/bin/python -m pytest -q "$@" tests  # not exec: the EXIT trap stops the builds
+  exit
 fi
 # The whole suite runs in two lanes at once: the `runner_lane` tests (the
 # Flink cluster's, and the Prism run with an endpoint down for minutes) spend

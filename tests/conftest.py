@@ -72,6 +72,13 @@ QUICK_MODULES = frozenset(
 
 
 def pytest_configure(config):
+  # A shell without job control starts a background command with SIGINT
+  # ignored (POSIX), and an ignored signal stays ignored across exec: every
+  # `python -m pipeline` a test starts would then be deaf to the Ctrl-C the
+  # test sends. Python's own handler, unlike SIG_IGN, is not inherited, so
+  # the processes the tests start get the default again.
+  if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
   config.addinivalue_line(
     'markers', 'quick: pure and composite tests that start nothing (./run_tests.sh --quick)'
   )
