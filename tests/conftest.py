@@ -7,11 +7,11 @@ next (environment, working directory, logging handlers, SIGINT handler)."""
 import logging
 import os
 import signal
-import socket
 import threading
 
 import pytest
 
+from devtools.aws_emulator import free_port
 from tests.endpoint import ScriptedEndpoint
 
 
@@ -41,9 +41,7 @@ def start_receiver():
 @pytest.fixture
 def closed_port() -> int:
   """A loopback port with nothing listening on it (bound, then released)."""
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
+  return free_port()
 
 
 # --- The quick lane ---------------------------------------------------------

@@ -10,7 +10,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
@@ -18,6 +17,7 @@ import requests
 from conftest import servers_started_by
 from devtools.receiver import Receiver
 from receiver_posts import contract_post, send
+from tests.waiting import wait_for, while_running
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 W = 1767225600
@@ -386,10 +386,12 @@ def test_the_command_keeps_its_documents_across_a_restart(tmp_path):
       stderr=subprocess.PIPE,
       text=True,
     )
-    deadline = time.monotonic() + 60
-    while not port_file.exists():
-      assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
-      time.sleep(0.05)
+    wait_for(
+      while_running(process, port_file.exists, process.stderr.read),
+      60,
+      'the receiver to write its port',
+      interval=0.05,
+    )
     return process, f'http://127.0.0.1:{port_file.read_text()}'
 
   process, url = start()

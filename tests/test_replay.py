@@ -33,6 +33,7 @@ from replay_helpers import (
 )
 from transforms.dead_letter import LOCK_NAME, DirectoryLock, S3Lock
 from transforms.elements import KIND_UNDELIVERED_WINDOW
+from tests.waiting import wait_for, while_running
 
 
 @pytest.fixture
@@ -324,11 +325,12 @@ def test_a_window_on_two_lines_that_fails_is_posted_once_and_both_copies_stay(en
 
 
 def wait_for_posts(receiver, count, process, timeout=60):
-  deadline = time.monotonic() + timeout
-  while len(receiver.attempts) < count:
-    assert process.poll() is None, process.communicate()
-    assert time.monotonic() < deadline, 'the replay posted too little'
-    time.sleep(0.01)
+  wait_for(
+    while_running(process, lambda: len(receiver.attempts) >= count, lambda: str(process.communicate())),
+    timeout,
+    f'the replay to post {count} windows',
+    interval=0.01,
+  )
 
 
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM], ids=['ctrl_c', 'sigterm'])
