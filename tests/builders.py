@@ -6,7 +6,9 @@ base64-encoded in several shapes (a Lambda test event, JSON Lines of records wit
 `kinesis.data` or `Data`, `aws kinesis get-records` output). These functions build
 each layer from plain flow lines, deterministically (gzip mtime 0), so that a test
 states its input in a few readable lines and the golden files can be made again
-byte for byte by `tests/data/make_golden.py`.
+byte for byte by `tests/data/make_golden.py`. The subscription's messages are
+`devtools.sample_data`'s (the benchmark's and the demo's data), with fixed ids
+and timestamps.
 """
 
 import base64
@@ -14,9 +16,12 @@ import gzip
 import json
 from typing import Iterable, List, Optional, Sequence
 
-ACCOUNT_ID = '123456789012'
-LOG_GROUP = '/vpc/flow-logs'
+from devtools import sample_data
+from devtools.sample_data import ACCOUNT_ID, LOG_GROUP, record_data  # noqa: F401 (tests use them from here)
+
 ENI = 'eni-0a1b2c3d4e5f60718'
+TIMESTAMP_MS = 1700000000000  # every log event's
+FIRST_EVENT_ID = 36000000000000000000000000
 
 
 def flow_line(
@@ -52,48 +57,21 @@ def custom_line(fields: Sequence[str], **values) -> str:
 def data_message(
   lines: Iterable[str], log_stream: str = ENI, first_id: int = 0, ids_as_int: bool = False, **extra
 ) -> dict:
-  """A CloudWatch Logs subscription DATA_MESSAGE holding `lines` as log events."""
-  events = []
-  for i, line in enumerate(lines):
-    event_id = first_id + i if ids_as_int else str(36000000000000000000000000 + first_id + i)
-    events.append({'id': event_id, 'timestamp': 1700000000000, 'message': line})
-  return {
-    'messageType': 'DATA_MESSAGE',
-    'owner': ACCOUNT_ID,
-    'logGroup': LOG_GROUP,
-    'logStream': log_stream,
-    'subscriptionFilters': ['flow-peers'],
-    'logEvents': events,
-    **extra,
-  }
+  """A CloudWatch Logs subscription DATA_MESSAGE holding `lines` as log events
+  (event ids as AWS writes them, long decimal strings, or `ids_as_int`)."""
+  if ids_as_int:
+    return sample_data.data_message(lines, log_stream, first_id, TIMESTAMP_MS, int, **extra)
+  return sample_data.data_message(lines, log_stream, FIRST_EVENT_ID + first_id, TIMESTAMP_MS, **extra)
 
 
 def control_message() -> dict:
   """The health check CloudWatch Logs sends when a subscription is created."""
-  return {
-    'messageType': 'CONTROL_MESSAGE',
-    'owner': 'CloudwatchLogs',
-    'logGroup': '',
-    'logStream': '',
-    'subscriptionFilters': [],
-    'logEvents': [
-      {
-        'id': '',
-        'timestamp': 1700000000000,
-        'message': 'CWL CONTROL MESSAGE: Checking health of destination Kinesis stream.',
-      }
-    ],
-  }
+  return sample_data.control_message(TIMESTAMP_MS)
 
 
 def gz(data: bytes) -> bytes:
   """gzip with a fixed mtime, so the same input gives the same bytes."""
   return gzip.compress(data, mtime=0)
-
-
-def record_data(message) -> bytes:
-  """A Kinesis record's data (what boto3 hands over): the gzip-compressed JSON."""
-  return gz(json.dumps(message, separators=(',', ':')).encode('utf-8'))
 
 
 def b64(data: bytes) -> str:
