@@ -12,14 +12,16 @@ and timestamps.
 """
 
 import base64
+import collections
 import gzip
 import json
-from typing import Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from devtools import sample_data
 from devtools.sample_data import ACCOUNT_ID, LOG_GROUP, record_data  # noqa: F401 (tests use them from here)
 
 ENI = 'eni-0a1b2c3d4e5f60718'
+NO_VALUE = '-'
 TIMESTAMP_MS = 1700000000000  # every log event's
 FIRST_EVENT_ID = 36000000000000000000000000
 
@@ -40,6 +42,29 @@ def flow_line(
   return (
     f'2 {ACCOUNT_ID} {interface_id} {srcaddr} {dstaddr} {srcport} {dstport} 6 '
     f'10 8400 {start} {end} {action} {log_status}'
+  )
+
+
+def peer_counts(flows: Iterable[Tuple[str, str, int]], window_seconds: int) -> Dict[int, Dict[str, int]]:
+  """MISSION.md's answer, the plain way, for (srcaddr, dstaddr, start) flows
+  that all count: per window start, each address's number of distinct peers."""
+  peers = collections.defaultdict(lambda: collections.defaultdict(set))
+  for srcaddr, dstaddr, start in flows:
+    bucket = start - start % window_seconds
+    peers[bucket][srcaddr].add(dstaddr)
+    peers[bucket][dstaddr].add(srcaddr)
+  return {
+    bucket: {address: len(p) for address, p in by_address.items()} for bucket, by_address in peers.items()
+  }
+
+
+def reference_answer(lines: Iterable[str], window_seconds: int = 600) -> Dict[int, Dict[str, int]]:
+  """MISSION.md's answer, the plain way, for default-format lines: those with
+  log-status OK and both addresses count."""
+  fields = (line.split() for line in lines)
+  return peer_counts(
+    ((f[3], f[4], int(f[10])) for f in fields if f[13] == 'OK' and f[3] != NO_VALUE and f[4] != NO_VALUE),
+    window_seconds,
   )
 
 

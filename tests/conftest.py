@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from devtools.aws_emulator import free_port
+from devtools.aws_emulator import FAKE_AWS_ENV, free_port
 from tests.endpoint import ScriptedEndpoint
 
 
@@ -36,6 +36,15 @@ def start_receiver():
   """Starts `tests.endpoint.ScriptedEndpoint`s (same arguments) and stops them
   all when the test ends."""
   yield from servers_started_by(ScriptedEndpoint)
+
+
+@pytest.fixture
+def fake_aws_credentials(monkeypatch):
+  """The AWS emulators' fake credentials in the environment (boto3's default
+  chain finds these, and only these, in the test and in the processes it
+  starts), taken out again when the test ends."""
+  for name, value in FAKE_AWS_ENV.items():
+    monkeypatch.setenv(name, value)
 
 
 @pytest.fixture

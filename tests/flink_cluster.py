@@ -86,6 +86,12 @@ class FlinkCluster(NamedTuple):
   def job_named(self, name: str) -> Optional[dict]:
     return next((job for job in self.jobs() if job['name'] == name), None)
 
+  def cancel_job_named(self, name: str) -> None:
+    """Cancels the job of that name if it is not finished yet."""
+    job = self.job_named(name)
+    if job and job['state'] in UNFINISHED_STATES:
+      self.rest(f'/jobs/{job["jid"]}?mode=cancel', 'PATCH')
+
   def cancel_running_jobs(self) -> List[str]:
     """Cancels every job not yet finished (a streaming test that failed half-way
     leaves one behind, and with one slot per TaskManager it holds them)."""

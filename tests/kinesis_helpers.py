@@ -33,6 +33,7 @@ from devtools.aws_emulator import (  # noqa: F401 (re-exported: tests use kh.cre
   moto_server,
   put_flow_lines,
   subscribe_log_group,
+  subscribed_stream,
   wait_until_active,
 )
 from devtools.sample_data import control_message, record_data

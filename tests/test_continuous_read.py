@@ -152,16 +152,11 @@ def prism_binary():
 
 
 @pytest.fixture
-def flow_logs(monkeypatch):
+def flow_logs(fake_aws_credentials):
   """moto server with a 2-shard stream fed by a log group's subscription;
   yields (url, put) where put(lines) writes one put_log_events call."""
-  for name, value in aws_emulator.FAKE_AWS_ENV.items():
-    monkeypatch.setenv(name, value)
   with aws_emulator.moto_server() as moto:
-    kinesis = aws_emulator.client('kinesis', moto.url)
-    logs = aws_emulator.client('logs', moto.url)
-    arn = aws_emulator.create_stream(kinesis, 'flows', 2)
-    aws_emulator.subscribe_log_group(logs, LOG_GROUP, LOG_STREAM, arn)
+    _, logs = aws_emulator.subscribed_stream(moto.url, 'flows', 2, (LOG_GROUP, LOG_STREAM))
     yield moto.url, lambda lines: aws_emulator.put_flow_lines(logs, LOG_GROUP, LOG_STREAM, [lines])
 
 

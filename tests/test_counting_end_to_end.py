@@ -50,19 +50,14 @@ EXPECTED = {
 
 
 @pytest.fixture
-def two_accounts_stream(monkeypatch):
+def two_accounts_stream(fake_aws_credentials):
   """moto server with a 2-shard stream fed by the subscriptions of two
   accounts' flow log groups."""
-  for name, value in kh.FAKE_AWS_ENV.items():
-    monkeypatch.setenv(name, value)
+  log_streams = {account: (f'/vpc/flow-logs/{account}', f'eni-{account}-all') for account in FLOWS}
   with kh.moto_server() as moto:
-    kinesis = kh.client('kinesis', moto.url)
-    logs = kh.client('logs', moto.url)
-    arn = kh.create_stream(kinesis, 'org-flow-logs', 2)
+    _, logs = kh.subscribed_stream(moto.url, 'org-flow-logs', 2, *log_streams.values())
     for account, batches in FLOWS.items():
-      log_group, log_stream = f'/vpc/flow-logs/{account}', f'eni-{account}-all'
-      kh.subscribe_log_group(logs, log_group, log_stream, arn)
-      kh.put_flow_lines(logs, log_group, log_stream, batches)
+      kh.put_flow_lines(logs, *log_streams[account], batches)
     yield moto.url
 
 

@@ -6,36 +6,21 @@ import os
 import re
 import signal
 import subprocess
-from collections import defaultdict
 
 import requests
 
-from devtools import aws_emulator, demo, report
+from devtools import demo, report
 from devtools.sample_data import SampleVpc
+from tests.builders import reference_answer
 from tests.waiting import wait_for, while_running
 
 START = 1700000400
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def reference_answer(lines):
-  """MISSION.md's answer, computed the plain way."""
-  buckets = defaultdict(lambda: defaultdict(set))
-  for line in lines:
-    fields = line.split()
-    src, dst, start, status = fields[3], fields[4], int(fields[10]), fields[13]
-    if status == 'OK' and src != '-' and dst != '-':
-      bucket = start // 600 * 600
-      buckets[bucket][src].add(dst)
-      buckets[bucket][dst].add(src)
-  return {b: {ip: len(peers) for ip, peers in by_ip.items()} for b, by_ip in buckets.items()}
-
-
-def test_demo_delivers_the_exact_answer(tmp_path, capsys, monkeypatch):
+def test_demo_delivers_the_exact_answer(tmp_path, capsys, fake_aws_credentials):
   # The demo puts fake AWS credentials into its process's environment; set
-  # through monkeypatch first, they are taken out again when the test ends.
-  for name, value in aws_emulator.FAKE_AWS_ENV.items():
-    monkeypatch.setenv(name, value)
+  # by the fixture first, they are taken out again when the test ends.
   assert demo.main(['--dir', str(tmp_path), '--lines', '3000', '--start', str(START)]) == 0
   expected = reference_answer(SampleVpc().flow_lines(3000, START))
   assert report.load_windows(str(tmp_path / demo.STORE)) == expected
