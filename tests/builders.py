@@ -21,6 +21,25 @@ from devtools import sample_data
 from devtools.sample_data import ACCOUNT_ID, LOG_GROUP, record_data  # noqa: F401 (tests use them from here)
 
 ENI = 'eni-0a1b2c3d4e5f60718'
+# The default (version 2) format, in its order, as AWS documents it: the tests'
+# own statement of it, apart from transforms.flow_record's (which
+# tests/test_flow_record.py checks against this one). flow_line writes it.
+DEFAULT_FORMAT_FIELDS = (
+  'version',
+  'account-id',
+  'interface-id',
+  'srcaddr',
+  'dstaddr',
+  'srcport',
+  'dstport',
+  'protocol',
+  'packets',
+  'bytes',
+  'start',
+  'end',
+  'action',
+  'log-status',
+)
 NO_VALUE = '-'
 TIMESTAMP_MS = 1700000000000  # every log event's
 FIRST_EVENT_ID = 36000000000000000000000000

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.builders import DEFAULT_FORMAT_FIELDS
 from transforms.counting import rules
 from transforms.counting.addresses import address_key, address_text
 from transforms.counting.count import AccumulatePeersDoFn
@@ -553,25 +554,7 @@ def test_the_c_scan_leaves_what_is_not_text_to_the_rules():
 
 # --- property tests: both scans against an independent oracle ---------------
 
-RICH = (
-  'version',
-  'account-id',
-  'interface-id',
-  'srcaddr',
-  'dstaddr',
-  'srcport',
-  'dstport',
-  'protocol',
-  'packets',
-  'bytes',
-  'start',
-  'end',
-  'action',
-  'log-status',
-  'vpc-id',
-  'pkt-srcaddr',
-  'pkt-dstaddr',
-)
+RICH = DEFAULT_FORMAT_FIELDS + ('vpc-id', 'pkt-srcaddr', 'pkt-dstaddr')
 IPV4 = [f'10.0.{a}.{b}' for a in range(3) for b in range(6)] + ['198.51.100.7', '203.0.113.9', '0.0.0.0']
 IPV6 = ['2001:db8::1', '2001:DB8:0:0:0:0:0:2', '::10.0.0.1', 'fe80::a', '::ffff:10.0.0.1']
 ACCOUNTS = ['111122223333', '444455556666', '-']

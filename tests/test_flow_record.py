@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from builders import flow_line, no_traffic_line
+from builders import DEFAULT_FORMAT_FIELDS, flow_line, no_traffic_line
 from transforms.flow_record import (
   DEFAULT_FIELDS,
   FIELDS_BY_VERSION,
@@ -16,10 +16,7 @@ from transforms.flow_record import (
   LogFormat,
 )
 
-V2 = (
-  'version account-id interface-id srcaddr dstaddr srcport dstport protocol '
-  'packets bytes start end action log-status'
-).split()
+V2 = list(DEFAULT_FORMAT_FIELDS)
 V3_ADDED = 'vpc-id subnet-id instance-id tcp-flags type pkt-srcaddr pkt-dstaddr'.split()
 V4_ADDED = 'region az-id sublocation-type sublocation-id'.split()
 V5_ADDED = 'pkt-src-aws-service pkt-dst-aws-service flow-direction traffic-path'.split()
