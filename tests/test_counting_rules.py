@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tests.builders import DEFAULT_FORMAT_FIELDS
+from tests.builders import DEFAULT_FORMAT_FIELDS, NAT_FORMAT_FIELDS
 from transforms.counting import rules
 from transforms.counting.addresses import address_key, address_text
 from transforms.counting.count import AccumulatePeersDoFn
@@ -43,19 +43,9 @@ def test_the_c_scan_is_built_and_chosen():
 # --- the rules, one table ---------------------------------------------------
 
 V2 = DEFAULT_FIELDS
-# A custom format with the packet addresses, after the NAT gateway example of
-# AWS's flow log record examples (with times and log-status added).
-NAT = (
-  'instance-id',
-  'interface-id',
-  'srcaddr',
-  'dstaddr',
-  'pkt-srcaddr',
-  'pkt-dstaddr',
-  'start',
-  'end',
-  'log-status',
-)
+# The NAT gateway example's format (tests/builders.py), the instance's id in
+# place of the version.
+NAT = ('instance-id',) + NAT_FORMAT_FIELDS[1:]
 TGW = (
   'version resource-type account-id tgw-id tgw-attachment-id tgw-src-vpc-account-id '
   'tgw-dst-vpc-account-id tgw-src-vpc-id tgw-dst-vpc-id tgw-src-subnet-id tgw-dst-subnet-id '
