@@ -253,6 +253,19 @@ class FlinkJobWatch:
     metrics = self.cluster.rest(f'/jobs/{self.jid}/metrics?get=numRestarts')
     return int(float(metrics[0]['value'])) if metrics else 0
 
+  def wait_restarted(self, timeout: float) -> None:
+    """Until the job has restarted (a TaskManager was lost) and runs all its tasks again."""
+    wait_for(
+      lambda: self.restarts() >= 1 and self.all_tasks_running(),
+      timeout,
+      f'job {self.name} to restart on the new TaskManager',
+      self.explain,
+    )
+
+  def wait_restored(self, timeout: float) -> dict:
+    """Until the job says what it restored; returns that."""
+    return wait_for(self.restored, timeout, f'job {self.name} to report what it restored', self.explain)
+
   def stop_with_savepoint(self) -> str:
     """Stop-with-savepoint (no drain) into the cluster's default directory
     (s3://vpc-flow-peers-flink/savepoints); returns the savepoint's location."""

@@ -16,7 +16,6 @@ from tests.streaming_helpers import (
   assert_each_key_delivered_once_for_its_body,
   flink_streaming_flags,
 )
-from tests.waiting import wait_for
 from transforms.dead_letter import read_dead_letters
 from transforms.elements import KIND_LATE_DATA, KIND_UNDELIVERED_WINDOW
 
@@ -58,15 +57,8 @@ def test_a_taskmanager_killed_during_an_outage_loses_no_held_window(
     job.wait_checkpoints(2, 90, 'with windows held')
     flink_cluster.kill_taskmanager_and_pool()
     flink_cluster.add_taskmanager()
-    wait_for(
-      lambda: job.restarts() >= 1 and job.all_tasks_running(),
-      RESTORE_SECONDS,
-      'the job to restart on the new TaskManager',
-      job.explain,
-    )
-    restored = wait_for(
-      job.restored, RESTORE_SECONDS, 'the job to report the checkpoint it restored', job.explain
-    )
+    job.wait_restarted(RESTORE_SECONDS)
+    restored = job.wait_restored(RESTORE_SECONDS)
     time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down_at)))  # two minutes at least
     endpoint.start()
     up_at, up_wall = time.monotonic(), time.time()

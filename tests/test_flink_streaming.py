@@ -187,6 +187,11 @@ def posted_paths(receiver) -> set:
   return {post.path for post in receiver.posts}
 
 
+def wait_posted(receiver, documents, what: str, job) -> None:
+  """Until every window of `documents` has been posted (at least once)."""
+  wait_for(lambda: posted_paths(receiver) >= set(documents), WINDOW_SECONDS_TO_POST, what, job.explain)
+
+
 def assert_first_panes_on_time(receiver, paths) -> None:
   first = {}
   for post in receiver.posts:
@@ -252,12 +257,7 @@ def test_streaming_posts_exact_windows_and_a_savepoint_on_s3_carries_on_exactly(
   jobs.append(first)
   first.wait_running()
   running = time.monotonic()
-  wait_for(
-    lambda: posted_paths(receiver) >= set(expected_past),
-    WINDOW_SECONDS_TO_POST,
-    'the windows of the flows written before the start',
-    first.explain,
-  )
+  wait_posted(receiver, expected_past, 'the windows of the flows written before the start', first)
   first_windows = time.monotonic()
   assert receiver.latest_by_path() == expected_past
   early = wait_for(first.latest_checkpoint, CHECKPOINT_SECONDS, 'a completed checkpoint', first.explain)
@@ -296,16 +296,13 @@ def test_streaming_posts_exact_windows_and_a_savepoint_on_s3_carries_on_exactly(
   second = Submitter(flink_cluster, flags + [f'--savepoint_path={location}'], tmp_path)
   jobs.append(second)
   second.wait_running()
-  restored = wait_for(second.restored, RESTORE_SECONDS, 'the job to report what it restored', second.explain)
+  restored = second.wait_restored(RESTORE_SECONDS)
   assert (restored['is_savepoint'], restored['external_path']) == (True, location)
   live = live_batch(time.time(), net='10.1.0')
   flow_log_stream.put(live)
   expected = expected_documents(flows_of(past + open_window + live))
-  wait_for(
-    lambda: posted_paths(receiver) >= set(expected),
-    WINDOW_SECONDS_TO_POST,
-    'the open window and the window of the flows written after the resubmission',
-    second.explain,
+  wait_posted(
+    receiver, expected, 'the open window and the window of the flows written after the resubmission', second
   )
   resumed = time.monotonic()
   assert second.signal(signal.SIGINT) == 0, second.stderr()[-3000:]
@@ -358,12 +355,7 @@ def test_a_killed_taskmanager_and_its_worker_pool_lose_no_window_and_count_nothi
   )
   jobs.append(job)
   job.wait_running()
-  wait_for(
-    lambda: posted_paths(receiver) >= set(expected_past),
-    WINDOW_SECONDS_TO_POST,
-    'the windows of the first batch',
-    job.explain,
-  )
+  wait_posted(receiver, expected_past, 'the windows of the first batch', job)
   # Flows of a window still open at the kill: read by the job (the checkpoints
   # awaited here may or may not hold them; both must work), not yet posted.
   in_flight = open_batch(time.time(), net='10.2.0')
@@ -377,16 +369,9 @@ def test_a_killed_taskmanager_and_its_worker_pool_lose_no_window_and_count_nothi
   killed_at = time.monotonic()
   flink_cluster.kill_taskmanager_and_pool()
   flink_cluster.add_taskmanager()
-  wait_for(
-    lambda: job.restarts() >= 1 and job.all_tasks_running(),
-    RESTORE_SECONDS,
-    'the job to restart on the new TaskManager',
-    job.explain,
-  )
+  job.wait_restarted(RESTORE_SECONDS)
   restored_in = time.monotonic() - killed_at
-  restored = wait_for(
-    job.restored, RESTORE_SECONDS, 'the job to report the checkpoint it restored', job.explain
-  )
+  restored = job.wait_restored(RESTORE_SECONDS)
   assert restored['is_savepoint'] is False
   assert restored['external_path'].startswith(f's3://{S3_BUCKET}/checkpoints/{job.jid}/chk-')
 
@@ -399,11 +384,8 @@ def test_a_killed_taskmanager_and_its_worker_pool_lose_no_window_and_count_nothi
     'a window posted after the restore',
     job.explain,
   )
-  wait_for(
-    lambda: posted_paths(receiver) >= set(expected),
-    WINDOW_SECONDS_TO_POST,
-    'the windows of the flows in flight and of those written after the restart',
-    job.explain,
+  wait_posted(
+    receiver, expected, 'the windows of the flows in flight and of those written after the restart', job
   )
   restarts = job.restarts()
 
