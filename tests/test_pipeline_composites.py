@@ -269,17 +269,24 @@ def test_count_distinct_peers_with_a_custom_log_format():
 
 def test_count_distinct_peers_sends_bad_lines_to_dead_letters():
   good = flow_line('10.0.0.1', '10.0.0.2', W0 + 1)
-  lines = [
-    good,
-    good.rsplit(' ', 1)[0],
-    flow_line('10.0.0.1', '10.0.0.300', W0 + 2),
-    flow_line('10.0.0.1', 'not-an-address', W0 + 2),
-    flow_line('10.0.0.1', '10.0.0.2', 'abc', W0 + 2),
-    flow_line('10.0.0.1', '10.0.0.2', 99, W0 + 2),
-    flow_line('10.0.0.1', '10.0.0.2', W0 + 50, W0 + 10),
-    flow_line('10.0.0.1', '10.0.0.2', W0 + 3, log_status='WEIRD'),
-    flow_line('10.0.0.1', '10.0.0.2', '-', '-'),
+  # Each bad line, and the reason its dead letter gives.
+  bad = [
+    (good.rsplit(' ', 1)[0], 'expected 14 fields, found 13'),
+    (
+      flow_line('10.0.0.1', '10.0.0.300', W0 + 2),
+      "invalid address: '10.0.0.300' does not appear to be an IPv4 or IPv6 address",
+    ),
+    (
+      flow_line('10.0.0.1', 'not-an-address', W0 + 2),
+      "invalid address: 'not-an-address' does not appear to be an IPv4 or IPv6 address",
+    ),
+    (flow_line('10.0.0.1', '10.0.0.2', 'abc', W0 + 2), "start is not a number: 'abc'"),
+    (flow_line('10.0.0.1', '10.0.0.2', 99, W0 + 2), 'start is not a plausible Unix time: 99'),
+    (flow_line('10.0.0.1', '10.0.0.2', W0 + 50, W0 + 10), f'end {W0 + 10} is before start {W0 + 50}'),
+    (flow_line('10.0.0.1', '10.0.0.2', W0 + 3, log_status='WEIRD'), "unknown log-status 'WEIRD'"),
+    (flow_line('10.0.0.1', '10.0.0.2', '-', '-'), 'flow with addresses but no start time'),
   ]
+  lines = [good] + [line for line, _ in bad]
   with TestPipeline() as p:
     counted = p | beam.Create([records_batch('shard-0/7', *lines)]) | 'Count' >> CountDistinctPeers()
     assert_that(
@@ -290,39 +297,8 @@ def test_count_distinct_peers_sends_bad_lines_to_dead_letters():
       reasons,
       equal_to(
         [
-          (KIND_BAD_INPUT, 'expected 14 fields, found 13', 'shard-0/7 logEvents[1]', {'raw': lines[1]}),
-          (
-            KIND_BAD_INPUT,
-            "invalid address: '10.0.0.300' does not appear to be an IPv4 or IPv6 address",
-            'shard-0/7 logEvents[2]',
-            {'raw': lines[2]},
-          ),
-          (
-            KIND_BAD_INPUT,
-            "invalid address: 'not-an-address' does not appear to be an IPv4 or IPv6 address",
-            'shard-0/7 logEvents[3]',
-            {'raw': lines[3]},
-          ),
-          (KIND_BAD_INPUT, "start is not a number: 'abc'", 'shard-0/7 logEvents[4]', {'raw': lines[4]}),
-          (
-            KIND_BAD_INPUT,
-            'start is not a plausible Unix time: 99',
-            'shard-0/7 logEvents[5]',
-            {'raw': lines[5]},
-          ),
-          (
-            KIND_BAD_INPUT,
-            f'end {W0 + 10} is before start {W0 + 50}',
-            'shard-0/7 logEvents[6]',
-            {'raw': lines[6]},
-          ),
-          (KIND_BAD_INPUT, "unknown log-status 'WEIRD'", 'shard-0/7 logEvents[7]', {'raw': lines[7]}),
-          (
-            KIND_BAD_INPUT,
-            'flow with addresses but no start time',
-            'shard-0/7 logEvents[8]',
-            {'raw': lines[8]},
-          ),
+          (KIND_BAD_INPUT, reason, f'shard-0/7 logEvents[{i}]', {'raw': line})
+          for i, (line, reason) in enumerate(bad, start=1)
         ]
       ),
       label='CheckDeadLetters',

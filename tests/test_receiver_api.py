@@ -262,38 +262,25 @@ def test_series_gives_an_address_s_count_in_every_window(loaded):
   assert (unknown['seen'], [p['peers'] for p in unknown['series']]) == (False, [0] * 6)
 
 
+def jump(window_start, address, peers, baseline, group=''):
+  """One jump as /api/jumps lists it (of a 600 s window)."""
+  return {
+    'group': group,
+    'window_start': window_start,
+    'window_end': window_start + 600,
+    'address': address,
+    'peers': peers,
+    'baseline': baseline,
+  }
+
+
 def test_jumps_since_a_time_for_an_alerting_system(loaded):
   answer = get(loaded, '/api/jumps?since=0')
   assert answer == {
     'rule': RULE,
     'since': 0,
     'truncated': False,
-    'jumps': [
-      {
-        'group': '',
-        'window_start': W + 1800,
-        'window_end': W + 2400,
-        'address': X,
-        'peers': 40,
-        'baseline': 3.0,
-      },
-      {
-        'group': '',
-        'window_start': W + 2400,
-        'window_end': W + 3000,
-        'address': X,
-        'peers': 40,
-        'baseline': 3.0,
-      },
-      {
-        'group': '',
-        'window_start': W + 2400,
-        'window_end': W + 3000,
-        'address': Z,
-        'peers': 25,
-        'baseline': 0.0,
-      },
-    ],
+    'jumps': [jump(W + 1800, X, 40, 3.0), jump(W + 2400, X, 40, 3.0), jump(W + 2400, Z, 25, 0.0)],
   }
   since = get(loaded, f'/api/jumps?since={W + 2400}')
   assert [(j['window_start'], j['address']) for j in since['jumps']] == [(W + 2400, X), (W + 2400, Z)]
@@ -304,16 +291,7 @@ def test_jumps_since_a_time_for_an_alerting_system(loaded):
     [(W + 2400, X)],
     True,
   )
-  assert get(loaded, '/api/jumps?ratio=14')['jumps'] == [
-    {
-      'group': '',
-      'window_start': W + 2400,
-      'window_end': W + 3000,
-      'address': Z,
-      'peers': 25,
-      'baseline': 0.0,
-    }
-  ]
+  assert get(loaded, '/api/jumps?ratio=14')['jumps'] == [jump(W + 2400, Z, 25, 0.0)]
   assert get(loaded, f'/api/jumps?group={GROUP.replace("&", "%26")}')['jumps'] == []
 
 
