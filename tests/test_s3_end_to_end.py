@@ -18,7 +18,7 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from builders import custom_line
+from builders import DEFAULT_FORMAT_FIELDS, custom_line
 from devtools.aws_emulator import FAKE_AWS_ENV, REGION, client, moto_server
 from parquet_builders import aws_row, aws_table, ocsf_row, ocsf_table, parquet_bytes
 from pipeline.cli import main
@@ -38,10 +38,8 @@ HIVE_PREFIX = (
 LAKE_PREFIX = f'aws/VPC_FLOW/2.0/region=eu-west-1/accountId={ACCOUNT}/eventDay=20231114/'
 
 A, B, C, D = '10.0.0.1', '10.0.0.2', '198.51.100.7', '10.0.0.4'
-HEADER = (
-  'version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes '
-  'start end action log-status vpc-id flow-direction'
-).split()
+HEADER = DEFAULT_FORMAT_FIELDS + ('vpc-id', 'flow-direction')
+INTERFACE = dict(version=5, account_id=ACCOUNT, interface_id='eni-1', vpc_id='vpc-1')  # both lines'
 
 OBJECTS = {
   # Text, as AWS delivers it: gzip, a header line naming a custom format.
@@ -51,9 +49,7 @@ OBJECTS = {
       + '\n'
       + custom_line(
         HEADER,
-        version=5,
-        account_id=ACCOUNT,
-        interface_id='eni-1',
+        **INTERFACE,
         srcaddr=A,
         dstaddr=B,
         srcport=49152,
@@ -65,20 +61,10 @@ OBJECTS = {
         end=1700000440,
         action='ACCEPT',
         log_status='OK',
-        vpc_id='vpc-1',
         flow_direction='egress',
       )
       + '\n'
-      + custom_line(
-        HEADER,
-        version=5,
-        account_id=ACCOUNT,
-        interface_id='eni-1',
-        start=1700000400,
-        end=1700000460,
-        log_status='NODATA',
-        vpc_id='vpc-1',
-      )
+      + custom_line(HEADER, **INTERFACE, start=1700000400, end=1700000460, log_status='NODATA')
       + '\n'
     ).encode(),
     mtime=0,
