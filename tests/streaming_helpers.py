@@ -23,7 +23,9 @@ from devtools.aws_emulator import REGION, put_flow_lines
 from pipeline.cli import run
 from tests.builders import flow_line, peer_counts
 from tests.waiting import wait_for
+from transforms.dead_letter import read_dead_letters
 from transforms.delivery.parts import idempotency_key
+from transforms.elements import KIND_LATE_DATA, KIND_UNDELIVERED_WINDOW
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -110,6 +112,12 @@ def assert_each_key_delivered_once_for_its_body(endpoint) -> None:
     assert a.headers['Idempotency-Key'] == idempotency_key(
       int(a.headers['X-Window-Start']), (), int(a.headers['X-Pane-Index']), 0, 1, a.body
     )
+
+
+def assert_nothing_late_or_undelivered(dead_letter_dir) -> None:
+  """No window was dead-lettered as undelivered, and no flow as too late."""
+  assert list(read_dead_letters(str(dead_letter_dir), KIND_UNDELIVERED_WINDOW)) == []
+  assert list(read_dead_letters(str(dead_letter_dir), KIND_LATE_DATA)) == []
 
 
 class PipelineProcess:

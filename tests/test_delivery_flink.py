@@ -14,10 +14,9 @@ from tests.streaming_helpers import (
   FlowFeed,
   ThreadedJob,
   assert_each_key_delivered_once_for_its_body,
+  assert_nothing_late_or_undelivered,
   flink_streaming_flags,
 )
-from transforms.dead_letter import read_dead_letters
-from transforms.elements import KIND_LATE_DATA, KIND_UNDELIVERED_WINDOW
 
 pytest_plugins = ['flink_cluster']
 
@@ -82,8 +81,7 @@ def test_a_taskmanager_killed_during_an_outage_loses_no_held_window(
   held = {path for path in expected if down_wall < int(path.rsplit('/', 1)[1]) + WINDOW < up_wall - 5}
   assert len(held) >= 3, held
   assert all(a.at >= up_at for a in endpoint.posts if a.path in held)
-  assert list(read_dead_letters(str(dead), KIND_UNDELIVERED_WINDOW)) == []
-  assert list(read_dead_letters(str(dead), KIND_LATE_DATA)) == []
+  assert_nothing_late_or_undelivered(dead)
   print(
     f'\n{len(expected)} windows exact after a {outage:.0f} s outage with a TaskManager killed '
     f'(restored checkpoint {restored["id"]}); {len(held)} windows held and delivered after the '

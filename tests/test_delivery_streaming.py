@@ -21,9 +21,13 @@ import pytest
 
 from devtools import aws_emulator
 from pipeline.runners import ensure_prism
-from tests.streaming_helpers import FlowFeed, PipelineProcess, assert_each_key_delivered_once_for_its_body
+from tests.streaming_helpers import (
+  FlowFeed,
+  PipelineProcess,
+  assert_each_key_delivered_once_for_its_body,
+  assert_nothing_late_or_undelivered,
+)
 from transforms.dead_letter import read_dead_letters
-from transforms.elements import KIND_LATE_DATA, KIND_UNDELIVERED_WINDOW
 
 WINDOW = 10
 LOG_GROUP, LOG_STREAM = '/vpc/flow-logs', 'eni-1'
@@ -142,8 +146,7 @@ def test_an_endpoint_down_two_minutes_gets_every_window_back_by_itself(
   # Oldest first: the held windows arrived in window order.
   held_buckets = [int(a.headers['X-Window-Start']) for a in held]
   assert held_buckets == sorted(held_buckets)
-  assert list(read_dead_letters(str(dead), KIND_UNDELIVERED_WINDOW)) == []
-  assert list(read_dead_letters(str(dead), KIND_LATE_DATA)) == []
+  assert_nothing_late_or_undelivered(dead)
   print(
     f'\n{len(expected)} windows; {attempts_before} attempts before the outage; '
     f'{len(outage_windows)} windows held and delivered after it; the last '

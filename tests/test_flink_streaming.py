@@ -46,10 +46,17 @@ from flink_cluster import S3_BUCKET
 from tests import kinesis_helpers as kh
 from tests.builders import flow_line, no_traffic_line
 from tests import streaming_helpers
-from tests.streaming_helpers import Flow, FlowFeed, Submitter, ThreadedJob, flink_streaming_flags
+from tests.streaming_helpers import (
+  Flow,
+  FlowFeed,
+  Submitter,
+  ThreadedJob,
+  assert_nothing_late_or_undelivered,
+  flink_streaming_flags,
+)
 from tests.waiting import wait_for
 from transforms.dead_letter import read_dead_letters
-from transforms.elements import KIND_BAD_INPUT, KIND_LATE_DATA, KIND_UNDELIVERED_WINDOW
+from transforms.elements import KIND_BAD_INPUT
 
 pytest_plugins = ['flink_cluster']
 
@@ -399,8 +406,7 @@ def test_a_killed_taskmanager_and_its_worker_pool_lose_no_window_and_count_nothi
   repeats = assert_repeats_identical(receiver)
   assert_one_key_per_window(receiver)
   assert dead_letter_kinds(tmp_path) == {}
-  assert not list(read_dead_letters(str(tmp_path), KIND_UNDELIVERED_WINDOW))
-  assert not list(read_dead_letters(str(tmp_path), KIND_LATE_DATA))
+  assert_nothing_late_or_undelivered(tmp_path)
   print(
     f'\n{len(expected)} windows exact; {len(receiver.posts)} POSTs ({posts_before_kill} '
     f'before the kill, {repeats} repeated); {restarts} restart(s), restored checkpoint '
