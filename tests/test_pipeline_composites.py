@@ -328,6 +328,15 @@ def streaming_test_pipeline() -> TestPipeline:
   return TestPipeline(options=options)
 
 
+def assert_counts_an_hour_late(stream, documents, dead_letters) -> None:
+  """Counting `stream` in a streaming run with an hour of allowed lateness
+  gives exactly these documents (every pane) and dead letters."""
+  with streaming_test_pipeline() as p:
+    counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
+    assert_that(counted['documents'], equal_to(documents), label='CheckDocuments')
+    assert_that(counted['dead_letters'], equal_to(dead_letters), label='CheckDeadLetters')
+
+
 def test_count_distinct_peers_on_time_late_and_dropped_data():
   """A window fires when the watermark passes its end; a flow arriving later,
   within the allowed lateness, fires it again with the complete counts; a flow
@@ -340,28 +349,15 @@ def test_count_distinct_peers_on_time_late_and_dropped_data():
     (W1 + 3600 - 0.001, 'r3', '10.0.0.1', '10.0.0.5', W0 + 25),
     (W1 + 3600, 'r4', '10.0.0.1', '10.0.0.4', W0 + 30),
   )
-  with streaming_test_pipeline() as p:
-    counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
-    assert_that(
-      counted['documents'],
-      equal_to(
-        [
-          WindowCounts(W0, W1, {'10.0.0.1': 1, '10.0.0.2': 1}, 0, 'ON_TIME'),
-          WindowCounts(W0, W1, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.3': 1}, 1, 'LATE'),
-          WindowCounts(W0, W1, {'10.0.0.1': 3, '10.0.0.2': 1, '10.0.0.3': 1, '10.0.0.5': 1}, 2, 'LATE'),
-        ]
-      ),
-      label='CheckDocuments',
-    )
-    assert_that(
-      counted['dead_letters'],
-      equal_to(
-        [
-          too_late(W0, {'10.0.0.1': 1, '10.0.0.4': 1}, ['r4']),
-        ]
-      ),
-      label='CheckDeadLetters',
-    )
+  assert_counts_an_hour_late(
+    stream,
+    [
+      WindowCounts(W0, W1, {'10.0.0.1': 1, '10.0.0.2': 1}, 0, 'ON_TIME'),
+      WindowCounts(W0, W1, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.3': 1}, 1, 'LATE'),
+      WindowCounts(W0, W1, {'10.0.0.1': 3, '10.0.0.2': 1, '10.0.0.3': 1, '10.0.0.5': 1}, 2, 'LATE'),
+    ],
+    [too_late(W0, {'10.0.0.1': 1, '10.0.0.4': 1}, ['r4'])],
+  )
 
 
 def test_a_late_pane_that_changes_no_count_is_not_posted_again():
@@ -373,19 +369,14 @@ def test_a_late_pane_that_changes_no_count_is_not_posted_again():
     (W1 + 100, 'r1-again', '10.0.0.2', '10.0.0.1', W0 + 10),  # on time pane
     (W1 + 200, 'r2', '10.0.0.1', '10.0.0.3', W0 + 20),
   )  # the repeat's late pane is not posted
-  with streaming_test_pipeline() as p:
-    counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
-    assert_that(
-      counted['documents'],
-      equal_to(
-        [
-          WindowCounts(W0, W1, {'10.0.0.1': 1, '10.0.0.2': 1}, 0, 'ON_TIME'),
-          WindowCounts(W0, W1, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.3': 1}, 2, 'LATE'),
-        ]
-      ),
-      label='CheckDocuments',
-    )
-    assert_that(counted['dead_letters'], equal_to([]), label='CheckDeadLetters')
+  assert_counts_an_hour_late(
+    stream,
+    [
+      WindowCounts(W0, W1, {'10.0.0.1': 1, '10.0.0.2': 1}, 0, 'ON_TIME'),
+      WindowCounts(W0, W1, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.3': 1}, 2, 'LATE'),
+    ],
+    [],
+  )
 
 
 # --- build_pipeline -----------------------------------------------------------
@@ -532,23 +523,14 @@ def test_the_first_flows_ever_read_can_be_too_late():
     )  # one bundle: one dead letter per window
     .advance_watermark_to_infinity()
   )
-  with streaming_test_pipeline() as p:
-    counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
-    assert_that(
-      counted['documents'],
-      equal_to(
-        [
-          WindowCounts(W1, W1 + 600, {'10.0.0.1': 1, '10.0.0.3': 1}, 0, 'LATE'),
-          WindowCounts(later, later + 600, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.4': 1}, 0, 'ON_TIME'),
-        ]
-      ),
-      label='CheckDocuments',
-    )
-    assert_that(
-      counted['dead_letters'],
-      equal_to([too_late(W0, {'10.0.0.7': 2, '10.0.0.8': 1, '10.0.0.9': 1}, ['r1', 'r2'])]),
-      label='CheckDeadLetters',
-    )
+  assert_counts_an_hour_late(
+    stream,
+    [
+      WindowCounts(W1, W1 + 600, {'10.0.0.1': 1, '10.0.0.3': 1}, 0, 'LATE'),
+      WindowCounts(later, later + 600, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.4': 1}, 0, 'ON_TIME'),
+    ],
+    [too_late(W0, {'10.0.0.7': 2, '10.0.0.8': 1, '10.0.0.9': 1}, ['r1', 'r2'])],
+  )
 
 
 def test_a_bounded_run_counts_every_flow_whatever_its_batch_watermark():
