@@ -26,7 +26,6 @@ while the stream is read; the windows posted once it is are checked against a
 reference count of the same lines.
 """
 
-import collections
 import json
 import os
 import signal
@@ -44,6 +43,8 @@ sys.path.insert(0, ROOT)
 from devtools import aws_emulator
 from devtools.receiver import Receiver
 from devtools.sample_data import SampleVpc, subscription_record
+from tests.builders import reference_answer
+from tests.streaming_helpers import PipelineProcess
 
 PYTHON = sys.executable
 LOCAL_CLUSTER = os.path.join(ROOT, 'deploy', 'flink', 'local-cluster.sh')
@@ -174,16 +175,7 @@ def stream_lines(count: int, first_start: int) -> List[str]:
 
 def reference_windows(lines: List[str]) -> Dict[str, Dict[str, int]]:
   """The original algorithm on 10-s windows: distinct peers per address."""
-  peers = collections.defaultdict(lambda: collections.defaultdict(set))
-  for line in lines:
-    fields = line.split()
-    src, dst, start, status = fields[3], fields[4], int(fields[10]), fields[13]
-    if status != 'OK' or src == '-' or dst == '-':
-      continue
-    bucket = start - start % STREAM_WINDOW_SECONDS
-    peers[bucket][src].add(dst)
-    peers[bucket][dst].add(src)
-  return {str(b): {a: len(p) for a, p in by.items()} for b, by in peers.items()}
+  return {str(b): doc for b, doc in reference_answer(lines, STREAM_WINDOW_SECONDS).items()}
 
 
 def fill_stream(kinesis, lines: List[str]) -> int:
@@ -236,12 +228,8 @@ def run_streaming(count: int, parallelism: int, out_dir: str) -> dict:
     lines = stream_lines(count, int(time.time()) + 60)
     expected = reference_windows(lines)
     records = fill_stream(kinesis, lines)
-    stderr = open(os.path.join(out_dir, f'{name}.stderr'), 'wb')
-    submitter = subprocess.Popen(
+    submitter = PipelineProcess(
       [
-        PYTHON,
-        '-m',
-        'pipeline',
         *flink_flags(parallelism, name),
         '--streaming',
         '--checkpointing_interval=10000',
@@ -254,14 +242,13 @@ def run_streaming(count: int, parallelism: int, out_dir: str) -> dict:
         f'--endpoint={receiver.url("/windows/{bucket_time}")}',
         f'--dead_letter_dir={os.path.join(out_dir, "dead_letters")}',
       ],
-      cwd=ROOT,
-      stdout=subprocess.DEVNULL,
-      stderr=stderr,
+      out_dir,
+      name,
     )
     try:
       deadline = time.monotonic() + 600
       while not (job_named(name) or {}).get('state') == 'RUNNING':
-        assert submitter.poll() is None and time.monotonic() < deadline, f'see {stderr.name}'
+        assert submitter.alive() and time.monotonic() < deadline, f'see {out_dir}/{name}.stderr'
         time.sleep(0.5)
       jid = job_named(name)['jid']
       running = time.monotonic()
@@ -280,12 +267,7 @@ def run_streaming(count: int, parallelism: int, out_dir: str) -> dict:
         time.sleep(1)
       got = {path.rsplit('/', 1)[1]: doc for path, doc in receiver.latest_by_path().items()}
     finally:
-      submitter.send_signal(signal.SIGINT)  # cancels the job
-      try:
-        submitter.wait(120)
-      except subprocess.TimeoutExpired:
-        submitter.kill()
-      stderr.close()
+      submitter.signal(signal.SIGINT, 120)  # cancels the job (killed if it does not exit)
   with open(os.path.join(out_dir, f'{name}.samples.csv'), 'w', encoding='utf-8') as f:
     f.write('seconds_since_tasks_running,flow_lines\n')
     f.writelines(f'{t - tasks_running:.2f},{n}\n' for t, n in samples)

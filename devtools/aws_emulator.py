@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, Tuple
 
 import boto3
 from botocore.config import Config
@@ -160,6 +160,17 @@ def subscribe_log_group(logs, log_group: str, log_stream: str, stream_arn: str) 
     destinationArn=stream_arn,
     roleArn=SUBSCRIPTION_ROLE_ARN,
   )
+
+
+def subscribed_stream(endpoint_url: str, stream_name: str, shard_count: int, *log_streams: Tuple[str, str]):
+  """A stream of `shard_count` shards on the emulator at `endpoint_url`, fed
+  by the subscription of each (log group, log stream) in `log_streams`;
+  returns the (kinesis, logs) clients."""
+  kinesis, logs = client('kinesis', endpoint_url), client('logs', endpoint_url)
+  arn = create_stream(kinesis, stream_name, shard_count)
+  for log_group, log_stream in log_streams:
+    subscribe_log_group(logs, log_group, log_stream, arn)
+  return kinesis, logs
 
 
 def put_flow_lines(logs, log_group: str, log_stream: str, batches: Iterable[Sequence[str]]) -> int:

@@ -80,10 +80,7 @@ def run_pipeline(args, receiver: Receiver, hour_start: int) -> int:
   `receiver`; the pipeline's exit status."""
   with aws_emulator.moto_server() as moto:
     print(f'== moto server on {moto.url}, receiver on {receiver.url()}')
-    kinesis = aws_emulator.client('kinesis', moto.url)
-    logs = aws_emulator.client('logs', moto.url)
-    arn = aws_emulator.create_stream(kinesis, STREAM, args.shards)
-    aws_emulator.subscribe_log_group(logs, LOG_GROUP, LOG_STREAM, arn)
+    kinesis, logs = aws_emulator.subscribed_stream(moto.url, STREAM, args.shards, (LOG_GROUP, LOG_STREAM))
     # CloudWatch Logs checks a new subscription's destination with a
     # CONTROL_MESSAGE; moto does not, so the demo writes one.
     kinesis.put_record(StreamName=STREAM, Data=control_record(), PartitionKey='control')

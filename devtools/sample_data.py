@@ -7,7 +7,9 @@ A small VPC (web, app and database tiers in 10.0.0.0/16 with some IPv6 on
 then scans two subnets (its fan-out jumps); some interfaces log
 NODATA and SKIPDATA. Lines are wrapped as CloudWatch Logs subscription messages
 in Kinesis records, hundreds of lines a record, the way a Kinesis stream
-subscribed to the flow log group carries them. Same arguments, same bytes.
+subscribed to the flow log group carries them (`data_message`,
+`control_message`, `record_data`: the tests build their records with these
+too). Same arguments, same bytes.
 
     python -m devtools.sample_data --out DIR [--lines N] [--start UNIX_SECONDS]
 """
@@ -20,7 +22,7 @@ import itertools
 import json
 import os
 import random
-from typing import Iterator, List, Optional
+from typing import Callable, Iterable, Iterator, List, Optional
 
 ACCOUNT_ID = '123456789012'
 LOG_GROUP = '/vpc/flow-logs'
@@ -96,37 +98,64 @@ class SampleVpc:
       )
 
 
-def subscription_record(lines: List[str], log_stream: str, first_id: int, timestamp_ms: int) -> bytes:
-  """A Kinesis record's data as a CloudWatch Logs subscription delivers it."""
-  message = {
+# The one message of a CONTROL_MESSAGE (what CloudWatch Logs writes to check a
+# new subscription's destination).
+CONTROL_MESSAGE = 'CWL CONTROL MESSAGE: Checking health of destination Kinesis stream.'
+
+
+def data_message(
+  lines: Iterable[str],
+  log_stream: str,
+  first_id: int = 0,
+  timestamp_ms: int = 0,
+  event_id: Callable[[int], object] = str,
+  **extra,
+) -> dict:
+  """A CloudWatch Logs subscription DATA_MESSAGE holding `lines` as log
+  events numbered from `first_id` (`event_id` writes a number as the event's
+  id: AWS writes strings); `extra` adds or replaces keys."""
+  return {
     'messageType': 'DATA_MESSAGE',
     'owner': ACCOUNT_ID,
     'logGroup': LOG_GROUP,
     'logStream': log_stream,
     'subscriptionFilters': ['flow-peers'],
     'logEvents': [
-      {'id': str(first_id + i), 'timestamp': timestamp_ms, 'message': line} for i, line in enumerate(lines)
+      {'id': event_id(first_id + i), 'timestamp': timestamp_ms, 'message': line}
+      for i, line in enumerate(lines)
     ],
+    **extra,
   }
-  return gzip.compress(json.dumps(message, separators=(',', ':')).encode(), compresslevel=6, mtime=0)
 
 
-def control_record() -> bytes:
-  message = {
+def control_message(timestamp_ms: int = 0) -> dict:
+  """The health check CloudWatch Logs writes when a subscription is created."""
+  return {
     'messageType': 'CONTROL_MESSAGE',
     'owner': 'CloudwatchLogs',
     'logGroup': '',
     'logStream': '',
     'subscriptionFilters': [],
-    'logEvents': [
-      {
-        'id': '',
-        'timestamp': 0,
-        'message': 'CWL CONTROL MESSAGE: Checking health of destination Kinesis stream.',
-      }
-    ],
+    'logEvents': [{'id': '', 'timestamp': timestamp_ms, 'message': CONTROL_MESSAGE}],
   }
-  return gzip.compress(json.dumps(message).encode(), mtime=0)
+
+
+def record_data(message, compresslevel: int = 9) -> bytes:
+  """A Kinesis record's data as a subscription writes it (and boto3 hands it
+  over): the message as compact JSON, gzip-compressed with mtime 0, so the same
+  message gives the same bytes."""
+  return gzip.compress(
+    json.dumps(message, separators=(',', ':')).encode('utf-8'), compresslevel=compresslevel, mtime=0
+  )
+
+
+def subscription_record(lines: List[str], log_stream: str, first_id: int, timestamp_ms: int) -> bytes:
+  """A Kinesis record's data as a CloudWatch Logs subscription delivers it."""
+  return record_data(data_message(lines, log_stream, first_id, timestamp_ms), compresslevel=6)
+
+
+def control_record() -> bytes:
+  return record_data(control_message())
 
 
 def write_kinesis_jsonl(

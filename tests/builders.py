@@ -6,17 +6,43 @@ base64-encoded in several shapes (a Lambda test event, JSON Lines of records wit
 `kinesis.data` or `Data`, `aws kinesis get-records` output). These functions build
 each layer from plain flow lines, deterministically (gzip mtime 0), so that a test
 states its input in a few readable lines and the golden files can be made again
-byte for byte by `tests/data/make_golden.py`.
+byte for byte by `tests/data/make_golden.py`. The subscription's messages are
+`devtools.sample_data`'s (the benchmark's and the demo's data), with fixed ids
+and timestamps.
 """
 
 import base64
+import collections
 import gzip
 import json
-from typing import Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-ACCOUNT_ID = '123456789012'
-LOG_GROUP = '/vpc/flow-logs'
+from devtools import sample_data
+from devtools.sample_data import ACCOUNT_ID, LOG_GROUP, record_data  # noqa: F401 (tests use them from here)
+
 ENI = 'eni-0a1b2c3d4e5f60718'
+# The default (version 2) format, in its order, as AWS documents it: the tests'
+# own statement of it, apart from transforms.flow_record's (which
+# tests/test_flow_record.py checks against this one). flow_line writes it.
+DEFAULT_FORMAT_FIELDS = (
+  'version',
+  'account-id',
+  'interface-id',
+  'srcaddr',
+  'dstaddr',
+  'srcport',
+  'dstport',
+  'protocol',
+  'packets',
+  'bytes',
+  'start',
+  'end',
+  'action',
+  'log-status',
+)
+NO_VALUE = '-'
+TIMESTAMP_MS = 1700000000000  # every log event's
+FIRST_EVENT_ID = 36000000000000000000000000
 
 
 def flow_line(
@@ -38,6 +64,29 @@ def flow_line(
   )
 
 
+def peer_counts(flows: Iterable[Tuple[str, str, int]], window_seconds: int) -> Dict[int, Dict[str, int]]:
+  """MISSION.md's answer, the plain way, for (srcaddr, dstaddr, start) flows
+  that all count: per window start, each address's number of distinct peers."""
+  peers = collections.defaultdict(lambda: collections.defaultdict(set))
+  for srcaddr, dstaddr, start in flows:
+    bucket = start - start % window_seconds
+    peers[bucket][srcaddr].add(dstaddr)
+    peers[bucket][dstaddr].add(srcaddr)
+  return {
+    bucket: {address: len(p) for address, p in by_address.items()} for bucket, by_address in peers.items()
+  }
+
+
+def reference_answer(lines: Iterable[str], window_seconds: int = 600) -> Dict[int, Dict[str, int]]:
+  """MISSION.md's answer, the plain way, for default-format lines: those with
+  log-status OK and both addresses count."""
+  fields = (line.split() for line in lines)
+  return peer_counts(
+    ((f[3], f[4], int(f[10])) for f in fields if f[13] == 'OK' and f[3] != NO_VALUE and f[4] != NO_VALUE),
+    window_seconds,
+  )
+
+
 def no_traffic_line(start: int, log_status: str = 'NODATA', interface_id: str = ENI) -> str:
   """A version 2 NODATA or SKIPDATA line: no addresses, ports or action."""
   return f'2 {ACCOUNT_ID} {interface_id} - - - - - - - {start} {start + 60} - {log_status}'
@@ -49,51 +98,59 @@ def custom_line(fields: Sequence[str], **values) -> str:
   return ' '.join(str(values.get(f.replace('-', '_'), '-')) for f in fields)
 
 
+# A custom format with the packet addresses, after the NAT gateway example of
+# AWS's flow log record examples (with times and log-status added): an
+# instance (10.0.1.5) in a private subnet talks to 203.0.113.5 on the internet
+# through the NAT gateway (10.0.0.220).
+NAT_FORMAT_FIELDS = (
+  'version',
+  'interface-id',
+  'srcaddr',
+  'dstaddr',
+  'pkt-srcaddr',
+  'pkt-dstaddr',
+  'start',
+  'end',
+  'log-status',
+)
+
+
+def nat_line(
+  interface_id: str, srcaddr: str, dstaddr: str, pkt_srcaddr: str, pkt_dstaddr: str, start: int
+) -> str:
+  """A version 3 line of NAT_FORMAT_FIELDS, a minute long, log-status OK."""
+  return custom_line(
+    NAT_FORMAT_FIELDS,
+    version=3,
+    interface_id=interface_id,
+    srcaddr=srcaddr,
+    dstaddr=dstaddr,
+    pkt_srcaddr=pkt_srcaddr,
+    pkt_dstaddr=pkt_dstaddr,
+    start=start,
+    end=start + 60,
+    log_status='OK',
+  )
+
+
 def data_message(
   lines: Iterable[str], log_stream: str = ENI, first_id: int = 0, ids_as_int: bool = False, **extra
 ) -> dict:
-  """A CloudWatch Logs subscription DATA_MESSAGE holding `lines` as log events."""
-  events = []
-  for i, line in enumerate(lines):
-    event_id = first_id + i if ids_as_int else str(36000000000000000000000000 + first_id + i)
-    events.append({'id': event_id, 'timestamp': 1700000000000, 'message': line})
-  return {
-    'messageType': 'DATA_MESSAGE',
-    'owner': ACCOUNT_ID,
-    'logGroup': LOG_GROUP,
-    'logStream': log_stream,
-    'subscriptionFilters': ['flow-peers'],
-    'logEvents': events,
-    **extra,
-  }
+  """A CloudWatch Logs subscription DATA_MESSAGE holding `lines` as log events
+  (event ids as AWS writes them, long decimal strings, or `ids_as_int`)."""
+  if ids_as_int:
+    return sample_data.data_message(lines, log_stream, first_id, TIMESTAMP_MS, int, **extra)
+  return sample_data.data_message(lines, log_stream, FIRST_EVENT_ID + first_id, TIMESTAMP_MS, **extra)
 
 
 def control_message() -> dict:
   """The health check CloudWatch Logs sends when a subscription is created."""
-  return {
-    'messageType': 'CONTROL_MESSAGE',
-    'owner': 'CloudwatchLogs',
-    'logGroup': '',
-    'logStream': '',
-    'subscriptionFilters': [],
-    'logEvents': [
-      {
-        'id': '',
-        'timestamp': 1700000000000,
-        'message': 'CWL CONTROL MESSAGE: Checking health of destination Kinesis stream.',
-      }
-    ],
-  }
+  return sample_data.control_message(TIMESTAMP_MS)
 
 
 def gz(data: bytes) -> bytes:
   """gzip with a fixed mtime, so the same input gives the same bytes."""
   return gzip.compress(data, mtime=0)
-
-
-def record_data(message) -> bytes:
-  """A Kinesis record's data (what boto3 hands over): the gzip-compressed JSON."""
-  return gz(json.dumps(message, separators=(',', ':')).encode('utf-8'))
 
 
 def b64(data: bytes) -> str:

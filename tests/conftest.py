@@ -7,11 +7,11 @@ next (environment, working directory, logging handlers, SIGINT handler)."""
 import logging
 import os
 import signal
-import socket
 import threading
 
 import pytest
 
+from devtools.aws_emulator import FAKE_AWS_ENV, free_port
 from tests.endpoint import ScriptedEndpoint
 
 
@@ -39,11 +39,18 @@ def start_receiver():
 
 
 @pytest.fixture
+def fake_aws_credentials(monkeypatch):
+  """The AWS emulators' fake credentials in the environment (boto3's default
+  chain finds these, and only these, in the test and in the processes it
+  starts), taken out again when the test ends."""
+  for name, value in FAKE_AWS_ENV.items():
+    monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
 def closed_port() -> int:
   """A loopback port with nothing listening on it (bound, then released)."""
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
+  return free_port()
 
 
 # --- The quick lane ---------------------------------------------------------

@@ -21,6 +21,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Dict, List, NamedTuple, Optional
 
+from tests.waiting import wait_for
+
 
 class Attempt(NamedTuple):
   """One request as it arrived, and what it was answered."""
@@ -114,16 +116,15 @@ class ScriptedEndpoint:
   ):
     """Waits until `condition(self)` holds (checked on every attempt); fails
     saying what, and what `explain()` says."""
-    deadline = time.monotonic() + timeout
     with self._changed:
-      while not condition(self):
-        left = deadline - time.monotonic()
-        if left <= 0:
-          raise AssertionError(
-            f'timed out after {timeout:.0f} s waiting for {what}; '
-            f'{len(self.requests)} attempts so far\n{explain()}'
-          )
-        self._changed.wait(min(left, 1.0))
+      return wait_for(
+        lambda: condition(self),
+        timeout,
+        what,
+        lambda: f'{len(self.requests)} attempts so far\n{explain()}',
+        interval=1.0,
+        sleep=self._changed.wait,
+      )
 
   # --- answering -----------------------------------------------------------
 
@@ -263,10 +264,3 @@ class ScriptedEndpoint:
 
   def __exit__(self, *exc):
     self.stop()
-
-
-def free_port() -> int:
-  """A loopback port nothing listens on (bound, then released)."""
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]

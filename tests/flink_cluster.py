@@ -37,6 +37,7 @@ from typing import List, NamedTuple, Optional
 import pytest
 
 from devtools.aws_emulator import FAKE_AWS_ENV, client, free_port
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_CLUSTER = REPO / 'deploy' / 'flink' / 'local-cluster.sh'
@@ -85,6 +86,12 @@ class FlinkCluster(NamedTuple):
   def job_named(self, name: str) -> Optional[dict]:
     return next((job for job in self.jobs() if job['name'] == name), None)
 
+  def cancel_job_named(self, name: str) -> None:
+    """Cancels the job of that name if it is not finished yet."""
+    job = self.job_named(name)
+    if job and job['state'] in UNFINISHED_STATES:
+      self.rest(f'/jobs/{job["jid"]}?mode=cancel', 'PATCH')
+
   def cancel_running_jobs(self) -> List[str]:
     """Cancels every job not yet finished (a streaming test that failed half-way
     leaves one behind, and with one slot per TaskManager it holds them)."""
@@ -97,14 +104,12 @@ class FlinkCluster(NamedTuple):
 
   def wait_idle(self, timeout: float = 60) -> None:
     """Until no job runs and every slot is free again."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def idle():
       overview = self.rest('/overview')
-      if overview['jobs-running'] == 0 and overview['slots-available'] == overview['slots-total']:
-        return
-      if time.monotonic() > deadline:
-        pytest.fail(f'the cluster is not idle {timeout:.0f}s later: {overview}')
-      time.sleep(0.5)
+      return overview['jobs-running'] == 0 and overview['slots-available'] == overview['slots-total']
+
+    wait_for(idle, timeout, 'the cluster to be idle', lambda: str(self.rest('/overview')))
 
   def _pid(self, role: str, number: int) -> Optional[int]:
     record = self.state_dir / 'pids' / f'{role}-{number}.pid'
@@ -139,11 +144,12 @@ class FlinkCluster(NamedTuple):
     os.kill(tm, signal.SIGKILL)
     if pool:
       os.killpg(pool, signal.SIGKILL)
-    deadline = time.monotonic() + timeout
-    while _is_cluster_jvm(tm, self.state_dir) or (pool and _alive(pool)):
-      if time.monotonic() > deadline:
-        pytest.fail(f'TaskManager {number} still alive {timeout}s after SIGKILL')
-      time.sleep(0.1)
+    wait_for(
+      lambda: not (_is_cluster_jvm(tm, self.state_dir) or (pool and _alive(pool))),
+      timeout,
+      f'TaskManager {number} and its worker pool to end after SIGKILL',
+      interval=0.1,
+    )
     return number
 
   def add_taskmanager(self, timeout: float = 180) -> None:

@@ -1,17 +1,16 @@
 """AWS emulators for the Kinesis tests: moto server and kinesalite, started as
-subprocesses on 127.0.0.1 and stopped again, plus builders for what a
+subprocesses on 127.0.0.1 and stopped again, the CONTROL_MESSAGE a
 CloudWatch Logs subscription writes into a stream, and botocore event hooks
 that inject faults.
 
 moto server and the AWS set-up live in `devtools.aws_emulator` (the demo uses
-them too) and are re-exported here. moto never
+them too) and are re-exported here; the subscription's messages are built by
+`devtools.sample_data` (the benchmark's and the demo's data). moto never
 throttles, never expires iterators, and never closes a shard's iterator chain
 after a split: kinesalite (a Node.js emulator) and the fault hooks cover that.
 """
 
 import base64
-import gzip
-import io
 import json
 import os
 import shutil
@@ -34,8 +33,10 @@ from devtools.aws_emulator import (  # noqa: F401 (re-exported: tests use kh.cre
   moto_server,
   put_flow_lines,
   subscribe_log_group,
+  subscribed_stream,
   wait_until_active,
 )
+from devtools.sample_data import control_message, record_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINESALITE_DIR = os.path.join(ROOT, 'tools', 'kinesalite')
@@ -80,53 +81,11 @@ def kinesalite_server(command: str) -> EmulatorProcess:
   )
 
 
-def gzip_json(document) -> bytes:
-  out = io.BytesIO()
-  with gzip.GzipFile(fileobj=out, mode='wb') as f:
-    f.write(json.dumps(document, separators=(',', ':')).encode('utf-8'))
-  return out.getvalue()
-
-
-def subscription_data(
-  lines: Sequence[str], log_group: str = 'vpc-flow-logs', log_stream: str = 'eni-0'
-) -> bytes:
-  """Kinesis record data as CloudWatch Logs writes it for these flow lines."""
-  return gzip_json(
-    {
-      'messageType': 'DATA_MESSAGE',
-      'owner': ACCOUNT_ID,
-      'logGroup': log_group,
-      'logStream': log_stream,
-      'subscriptionFilters': ['to-kinesis'],
-      'logEvents': [
-        {'id': str(i), 'timestamp': int(time.time() * 1000), 'message': line} for i, line in enumerate(lines)
-      ],
-    }
-  )
-
-
-def control_message_data() -> bytes:
-  """The health check CloudWatch Logs writes when a subscription is created."""
-  return gzip_json(
-    {
-      'messageType': 'CONTROL_MESSAGE',
-      'owner': 'CloudwatchLogs',
-      'logGroup': '',
-      'logStream': '',
-      'subscriptionFilters': [],
-      'logEvents': [
-        {
-          'id': '',
-          'timestamp': int(time.time() * 1000),
-          'message': 'CWL CONTROL MESSAGE: Checking health of destination Kinesis stream.',
-        }
-      ],
-    }
-  )
-
-
 def put_control_message(kinesis, stream_name: str) -> None:
-  kinesis.put_record(StreamName=stream_name, Data=control_message_data(), PartitionKey='control')
+  """The health check CloudWatch Logs writes when a subscription is created
+  (moto writes none)."""
+  data = record_data(control_message(int(time.time() * 1000)))
+  kinesis.put_record(StreamName=stream_name, Data=data, PartitionKey='control')
 
 
 # Fault injection. The reader's client is made on the worker from a pickled

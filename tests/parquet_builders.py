@@ -8,6 +8,8 @@ from typing import Dict, Iterable, Optional, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from builders import DEFAULT_FORMAT_FIELDS
+
 # AWS's Parquet types of the flow log fields (the VPC user guide, "Available
 # fields"): INT_32, INT_64 or STRING.
 AWS_PARQUET_TYPES: Dict[str, pa.DataType] = {
@@ -41,22 +43,7 @@ AWS_PARQUET_TYPES: Dict[str, pa.DataType] = {
   'flow_direction': pa.string(),
   'traffic_path': pa.int32(),
 }
-DEFAULT_COLUMNS = (
-  'version',
-  'account_id',
-  'interface_id',
-  'srcaddr',
-  'dstaddr',
-  'srcport',
-  'dstport',
-  'protocol',
-  'packets',
-  'bytes',
-  'start',
-  'end',
-  'action',
-  'log_status',
-)
+DEFAULT_COLUMNS = tuple(field.replace('-', '_') for field in DEFAULT_FORMAT_FIELDS)
 
 
 def aws_row(

@@ -11,7 +11,6 @@ as each spends seconds importing Beam."""
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.aws_emulator import ACCOUNT_ID, REGION, client, moto_server
+from devtools.aws_emulator import ACCOUNT_ID, REGION, client, free_port, moto_server
 from pipeline import runners
 from pipeline.options import FLINK_JAVA_FLAGS
 
@@ -209,12 +208,6 @@ MESSAGES = {
 }
 
 
-def free_closed_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def kinesis_command(endpoint_url, dead_letters, stream='flow-logs', region=True):
   return [
     f'--kinesis_stream={stream}',
@@ -260,7 +253,7 @@ def aws_runs(tmp_path_factory):
   refusals = ThreadingHTTPServer(('127.0.0.1', 0), KinesisRefusals)
   threading.Thread(target=refusals.serve_forever, daemon=True).start()
   refusing = f'http://127.0.0.1:{refusals.server_address[1]}'
-  unreachable = f'http://127.0.0.1:{free_closed_port()}'
+  unreachable = f'http://127.0.0.1:{free_port()}'
   try:
     with moto_server() as moto:
       client('kinesis', moto.url).create_stream(StreamName='flow-logs', ShardCount=1)

@@ -30,6 +30,7 @@ from pipeline.cli import source_from
 from pipeline.options import VpcFlowPeersOptions, delivery_config
 from pipeline.runners import apply_runner_defaults, ensure_prism
 from tests.builders import flow_line
+from tests.waiting import listening, wait_for
 from transforms import METRICS_NAMESPACE
 from transforms.dead_letter import read_dead_letters
 from transforms.elements import KIND_LATE_DATA
@@ -48,15 +49,6 @@ COMMIT_SECONDS = 2
 # Prism's start and the first window (a minute or more on a loaded machine).
 STARTUP_SECONDS = 300
 WINDOW_SECONDS_TO_POST = 120
-
-
-def wait_for(condition, timeout, what, explain=lambda: ''):
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    if condition():
-      return
-    time.sleep(0.25)
-  raise AssertionError(f'timed out after {timeout} s waiting for {what}\n{explain()}')
 
 
 def next_window_start() -> int:
@@ -98,14 +90,6 @@ def stop_session(process: subprocess.Popen, timeout: float = 30) -> List[int]:
         pass
     time.sleep(0.05)
   return session_processes(process.pid)
-
-
-def port_open(port: int) -> bool:
-  try:
-    socket.create_connection(('127.0.0.1', port), timeout=1).close()
-    return True
-  except OSError:
-    return False
 
 
 @pytest.fixture
@@ -168,16 +152,11 @@ def prism_binary():
 
 
 @pytest.fixture
-def flow_logs(monkeypatch):
+def flow_logs(fake_aws_credentials):
   """moto server with a 2-shard stream fed by a log group's subscription;
   yields (url, put) where put(lines) writes one put_log_events call."""
-  for name, value in aws_emulator.FAKE_AWS_ENV.items():
-    monkeypatch.setenv(name, value)
   with aws_emulator.moto_server() as moto:
-    kinesis = aws_emulator.client('kinesis', moto.url)
-    logs = aws_emulator.client('logs', moto.url)
-    arn = aws_emulator.create_stream(kinesis, 'flows', 2)
-    aws_emulator.subscribe_log_group(logs, LOG_GROUP, LOG_STREAM, arn)
+    _, logs = aws_emulator.subscribed_stream(moto.url, 'flows', 2, (LOG_GROUP, LOG_STREAM))
     yield moto.url, lambda lines: aws_emulator.put_flow_lines(logs, LOG_GROUP, LOG_STREAM, [lines])
 
 
@@ -306,7 +285,7 @@ def test_the_metrics_of_a_continuous_read(prism_binary, flow_logs, start_receive
   receiver = start_receiver()
   port = aws_emulator.free_port()
   command_session([prism_binary, '--job_port', str(port), '--serve_http=false'], name='prism')
-  wait_for(lambda: port_open(port), STARTUP_SECONDS, f'Prism to listen on port {port}')
+  wait_for(lambda: listening(port), STARTUP_SECONDS, f'Prism to listen on port {port}')
   options = PipelineOptions(
     [
       *streaming_flags(moto_url, prism_binary, receiver, tmp_path / 'dead'),

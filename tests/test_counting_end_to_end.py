@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.cli import main, run
 from tests import kinesis_helpers as kh
-from tests.builders import custom_line, flow_line, no_traffic_line
+from tests.builders import NAT_FORMAT_FIELDS, flow_line, nat_line, no_traffic_line
 
 W0, W1 = 1700000400, 1700001000
 ALICE, BOB = '111122223333', '444455556666'
@@ -50,19 +50,14 @@ EXPECTED = {
 
 
 @pytest.fixture
-def two_accounts_stream(monkeypatch):
+def two_accounts_stream(fake_aws_credentials):
   """moto server with a 2-shard stream fed by the subscriptions of two
   accounts' flow log groups."""
-  for name, value in kh.FAKE_AWS_ENV.items():
-    monkeypatch.setenv(name, value)
+  log_streams = {account: (f'/vpc/flow-logs/{account}', f'eni-{account}-all') for account in FLOWS}
   with kh.moto_server() as moto:
-    kinesis = kh.client('kinesis', moto.url)
-    logs = kh.client('logs', moto.url)
-    arn = kh.create_stream(kinesis, 'org-flow-logs', 2)
+    _, logs = kh.subscribed_stream(moto.url, 'org-flow-logs', 2, *log_streams.values())
     for account, batches in FLOWS.items():
-      log_group, log_stream = f'/vpc/flow-logs/{account}', f'eni-{account}-all'
-      kh.subscribe_log_group(logs, log_group, log_stream, arn)
-      kh.put_flow_lines(logs, log_group, log_stream, batches)
+      kh.put_flow_lines(logs, *log_streams[account], batches)
     yield moto.url
 
 
@@ -100,33 +95,9 @@ def test_two_accounts_in_one_stream_are_counted_apart_and_posted_to_their_own_ur
   ) == (4, 8, 7, 1, 0, 3)
 
 
-NAT_FIELDS = (
-  'version',
-  'interface-id',
-  'srcaddr',
-  'dstaddr',
-  'pkt-srcaddr',
-  'pkt-dstaddr',
-  'start',
-  'end',
-  'log-status',
-)
-
-
 def test_packet_addresses_by_the_command_line(start_receiver, tmp_path):
-  lines = [' '.join(NAT_FIELDS)] + [
-    custom_line(
-      NAT_FIELDS,
-      version=3,
-      interface_id='eni-nat',
-      srcaddr=s,
-      dstaddr=d,
-      pkt_srcaddr=ps,
-      pkt_dstaddr=pd,
-      start=W0 + 10,
-      end=W0 + 70,
-      log_status='OK',
-    )
+  lines = [' '.join(NAT_FORMAT_FIELDS)] + [
+    nat_line('eni-nat', s, d, ps, pd, W0 + 10)
     for s, d, ps, pd in [
       ('10.0.1.5', '10.0.0.220', '10.0.1.5', '203.0.113.5'),
       ('10.0.0.220', '10.0.1.5', '203.0.113.5', '10.0.1.5'),

@@ -15,7 +15,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from builders import custom_line, data_message, flow_line, record_data
+from builders import NAT_FORMAT_FIELDS, data_message, flow_line, nat_line, record_data
 from pipeline.builder import build_pipeline
 from pipeline.options import VpcFlowPeersOptions
 from transforms import METRICS_NAMESPACE
@@ -171,32 +171,8 @@ def test_a_header_without_the_group_field_is_one_dead_letter_per_batch():
 
 # --- packet addresses -----------------------------------------------------------
 
-# After AWS's NAT gateway example: an instance (10.0.1.5) in a private subnet
-# talks to 203.0.113.5 on the internet through the NAT gateway (10.0.0.220).
-NAT_FIELDS = (
-  'version',
-  'interface-id',
-  'srcaddr',
-  'dstaddr',
-  'pkt-srcaddr',
-  'pkt-dstaddr',
-  'start',
-  'end',
-  'log-status',
-)
 NAT_LINES = [
-  custom_line(
-    NAT_FIELDS,
-    version=3,
-    interface_id=eni,
-    srcaddr=src,
-    dstaddr=dst,
-    pkt_srcaddr=psrc,
-    pkt_dstaddr=pdst,
-    start=W0 + 10,
-    end=W0 + 70,
-    log_status='OK',
-  )
+  nat_line(eni, src, dst, psrc, pdst, W0 + 10)
   for eni, src, dst, psrc, pdst in [
     ('eni-nat', '10.0.1.5', '10.0.0.220', '10.0.1.5', '203.0.113.5'),
     ('eni-nat', '10.0.0.220', '203.0.113.5', '10.0.0.220', '203.0.113.5'),
@@ -219,7 +195,7 @@ def test_packet_addresses_count_the_hosts_behind_the_nat_gateway(address_fields,
   with TestPipeline() as p:
     counted = (
       p
-      | beam.Create([batch('r1', *NAT_LINES, fields=NAT_FIELDS)])
+      | beam.Create([batch('r1', *NAT_LINES, fields=NAT_FORMAT_FIELDS)])
       | 'Count' >> CountDistinctPeers(address_fields=address_fields)
     )
     assert_that(counted['documents'], equal_to([document(W0, expected)]))

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.builders import DEFAULT_FORMAT_FIELDS, NAT_FORMAT_FIELDS
 from transforms.counting import rules
 from transforms.counting.addresses import address_key, address_text
 from transforms.counting.count import AccumulatePeersDoFn
@@ -42,19 +43,9 @@ def test_the_c_scan_is_built_and_chosen():
 # --- the rules, one table ---------------------------------------------------
 
 V2 = DEFAULT_FIELDS
-# A custom format with the packet addresses, after the NAT gateway example of
-# AWS's flow log record examples (with times and log-status added).
-NAT = (
-  'instance-id',
-  'interface-id',
-  'srcaddr',
-  'dstaddr',
-  'pkt-srcaddr',
-  'pkt-dstaddr',
-  'start',
-  'end',
-  'log-status',
-)
+# The NAT gateway example's format (tests/builders.py), the instance's id in
+# place of the version.
+NAT = ('instance-id',) + NAT_FORMAT_FIELDS[1:]
 TGW = (
   'version resource-type account-id tgw-id tgw-attachment-id tgw-src-vpc-account-id '
   'tgw-dst-vpc-account-id tgw-src-vpc-id tgw-dst-vpc-id tgw-src-subnet-id tgw-dst-subnet-id '
@@ -553,25 +544,7 @@ def test_the_c_scan_leaves_what_is_not_text_to_the_rules():
 
 # --- property tests: both scans against an independent oracle ---------------
 
-RICH = (
-  'version',
-  'account-id',
-  'interface-id',
-  'srcaddr',
-  'dstaddr',
-  'srcport',
-  'dstport',
-  'protocol',
-  'packets',
-  'bytes',
-  'start',
-  'end',
-  'action',
-  'log-status',
-  'vpc-id',
-  'pkt-srcaddr',
-  'pkt-dstaddr',
-)
+RICH = DEFAULT_FORMAT_FIELDS + ('vpc-id', 'pkt-srcaddr', 'pkt-dstaddr')
 IPV4 = [f'10.0.{a}.{b}' for a in range(3) for b in range(6)] + ['198.51.100.7', '203.0.113.9', '0.0.0.0']
 IPV6 = ['2001:db8::1', '2001:DB8:0:0:0:0:0:2', '::10.0.0.1', 'fe80::a', '::ffff:10.0.0.1']
 ACCOUNTS = ['111122223333', '444455556666', '-']

@@ -295,35 +295,26 @@ S3_FIELDS = (
   'account-id action bytes dstaddr dstport end flow-direction interface-id '
   'log-status packets protocol srcaddr srcport start version vpc-id'
 ).split()
+# The interface's fields, in both lines.
+S3_INTERFACE = dict(
+  version=5, account_id='123456789012', interface_id='eni-1', vpc_id='vpc-0a1b2c3d', start=1700001700
+)
 S3_LINE_1 = custom_line(
   S3_FIELDS,
-  version=5,
-  account_id='123456789012',
+  **S3_INTERFACE,
   action='ACCEPT',
   bytes=840,
   dstaddr='10.0.0.3',
   dstport=443,
   end=1700001730,
   flow_direction='ingress',
-  interface_id='eni-1',
   log_status='OK',
   packets=10,
   protocol=6,
   srcaddr='198.51.100.7',
   srcport=49152,
-  start=1700001700,
-  vpc_id='vpc-0a1b2c3d',
 )
-S3_LINE_2 = custom_line(
-  S3_FIELDS,
-  version=5,
-  account_id='123456789012',
-  interface_id='eni-1',
-  log_status='NODATA',
-  start=1700001700,
-  end=1700001760,
-  vpc_id='vpc-0a1b2c3d',
-)
+S3_LINE_2 = custom_line(S3_FIELDS, **S3_INTERFACE, log_status='NODATA', end=1700001760)
 S3_FILE = (' '.join(S3_FIELDS) + '\n' + S3_LINE_1 + '\n' + S3_LINE_2 + '\n').encode()
 
 FILE_SHAPES = {

@@ -11,11 +11,12 @@ import time
 import pytest
 
 from tests.endpoint import Answer
-from tests.tls_certs import self_signed
 from transforms.delivery.breaker import BreakerPolicy
 from transforms.delivery.parts import DocumentPart, document_body, idempotency_key, window_parts
 from transforms.delivery.poster import MAX_ANSWER_BYTES, DeliveryConfig, PostOutcome, WindowPoster
 from transforms.elements import WindowCounts
+
+pytest_plugins = ['tests.tls_certs']
 
 BUCKET = 1700000400
 COUNTS = {'10.0.0.1': 2, '2001:db8::1': 1, '10.0.0.2': 1}
@@ -298,17 +299,6 @@ def test_url_user_info_is_sent_as_basic_auth_and_never_in_the_request_line(start
 # --- TLS -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope='module')
-def certificates(tmp_path_factory):
-  directory = tmp_path_factory.mktemp('tls')
-  return self_signed(directory, 'endpoint'), self_signed(directory, 'other-ca')
-
-
-@pytest.fixture
-def tls_endpoint(certificates, start_receiver):
-  return start_receiver(tls=certificates[0].server_context())
-
-
 def test_tls_default_rejects_a_self_signed_server(tls_endpoint, open_poster):
   outcome = post(open_poster(tls_endpoint.url(), max_retry_seconds=1))
   assert (outcome.delivered, outcome.status) == (False, None)
@@ -379,34 +369,6 @@ def test_parts_go_out_with_their_own_headers_and_keys(start_receiver, open_poste
   assert [a.headers['Idempotency-Key'] for a in endpoint.posts] == [p.key for p in parts]
   assert all(len(a.body) <= 256 for a in endpoint.posts)
   assert {k: v for a in endpoint.posts for k, v in json.loads(a.body).items()} == counts
-
-
-def test_tls_ca_bundle_flag_wins_over_the_machines_requests_ca_bundle(
-  tls_endpoint, certificates, tmp_path, monkeypatch
-):
-  """Through the command line, with REQUESTS_CA_BUNDLE naming another bundle
-  (as these machines set it): requests used to let the variable replace the
-  session's verify, so --ca_bundle did not pin trust."""
-  from pipeline.cli import main
-  from tests.builders import flow_line
-
-  monkeypatch.setenv('REQUESTS_CA_BUNDLE', str(certificates[1].cert))
-  monkeypatch.setenv('CURL_CA_BUNDLE', str(certificates[1].cert))
-  flows = tmp_path / 'flows.log'
-  flows.write_text(flow_line('10.0.0.1', '10.0.0.2', BUCKET + 1) + '\n')
-  assert (
-    main(
-      [
-        f'--input={flows}',
-        f'--endpoint={tls_endpoint.url()}',
-        f'--ca_bundle={certificates[0].cert}',
-        '--max_retry_seconds=5',
-        f'--dead_letter_dir={tmp_path / "dead"}',
-      ]
-    )
-    == 0
-  )
-  assert tls_endpoint.latest_by_path() == {f'/connection_sets/{BUCKET}': {'10.0.0.1': 1, '10.0.0.2': 1}}
 
 
 def test_proxies_from_the_environment_are_honoured_explicitly(

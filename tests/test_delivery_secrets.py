@@ -22,7 +22,7 @@ ENCODED_PASSWORD = 'p%40ss%2Fw0rd%3F%23'
 QUERY_SECRETS = {'code': 'c0de-s3cr3t-42', 'sig': 'sig/n+t=ure'}
 
 
-def run_command(module, args, tmp_path, env=None):
+def run_command(module, args, env=None):
   environment = {k: v for k, v in os.environ.items() if k != 'VPC_FLOW_PEERS_TOKEN'}
   environment.update(env or {})
   return subprocess.run(
@@ -36,10 +36,13 @@ def run_command(module, args, tmp_path, env=None):
   )
 
 
-def flows_file(tmp_path):
-  path = tmp_path / 'flows.log'
-  path.write_text(flow_line('10.0.0.1', '10.0.0.2', BUCKET + 10) + '\n')
-  return path
+def run_pipeline(tmp_path, endpoint_url, *flags, env=None):
+  """`python -m pipeline` on one flow, posting to `endpoint_url`, its dead
+  letters in tmp_path/dead."""
+  flows = tmp_path / 'flows.log'
+  flows.write_text(flow_line('10.0.0.1', '10.0.0.2', BUCKET + 10) + '\n')
+  args = [f'--input={flows}', f'--endpoint={endpoint_url}', f'--dead_letter_dir={tmp_path / "dead"}', *flags]
+  return run_command('pipeline', args, env)
 
 
 def everything_written(finished, dead_dir):
@@ -60,16 +63,8 @@ def test_token_with_a_trailing_newline_is_stripped_sent_and_never_written(start_
   refuse the header and print repr() of the token."""
   endpoint = start_receiver(always_status=500)
   dead = tmp_path / 'dead'
-  finished = run_command(
-    'pipeline',
-    [
-      f'--input={flows_file(tmp_path)}',
-      f'--endpoint={endpoint.url()}',
-      f'--dead_letter_dir={dead}',
-      '--max_retry_seconds=1',
-    ],
-    tmp_path,
-    {'VPC_FLOW_PEERS_TOKEN': TOKEN + '\n'},
+  finished = run_pipeline(
+    tmp_path, endpoint.url(), '--max_retry_seconds=1', env={'VPC_FLOW_PEERS_TOKEN': TOKEN + '\n'}
   )
   assert finished.returncode == 2, finished.stderr[-3000:]
   assert {a.headers['Authorization'] for a in endpoint.requests} == {f'Bearer {TOKEN}'}
@@ -87,16 +82,7 @@ def test_token_with_a_control_character_is_a_usage_error_that_does_not_print_it(
   start_receiver, tmp_path, token
 ):
   endpoint = start_receiver()
-  finished = run_command(
-    'pipeline',
-    [
-      f'--input={flows_file(tmp_path)}',
-      f'--endpoint={endpoint.url()}',
-      f'--dead_letter_dir={tmp_path / "dead"}',
-    ],
-    tmp_path,
-    {'VPC_FLOW_PEERS_TOKEN': token},
-  )
+  finished = run_pipeline(tmp_path, endpoint.url(), env={'VPC_FLOW_PEERS_TOKEN': token})
   assert finished.returncode == 1
   assert finished.stderr.strip().splitlines()[-1] == (
     'error: the token in $VPC_FLOW_PEERS_TOKEN holds a control character at position 9 (of 25); '
@@ -109,14 +95,8 @@ def test_token_with_a_control_character_is_a_usage_error_that_does_not_print_it(
 
 def test_url_password_with_unencoded_slash_is_refused_at_start_up(start_receiver, tmp_path):
   endpoint = start_receiver()
-  finished = run_command(
-    'pipeline',
-    [
-      f'--input={flows_file(tmp_path)}',
-      f'--endpoint=http://svc:{PASSWORD}@127.0.0.1:{endpoint.port}/connection_sets/{{bucket_time}}',
-      f'--dead_letter_dir={tmp_path / "dead"}',
-    ],
-    tmp_path,
+  finished = run_pipeline(
+    tmp_path, f'http://svc:{PASSWORD}@127.0.0.1:{endpoint.port}/connection_sets/{{bucket_time}}'
   )
   assert finished.returncode == 1
   assert finished.stderr.strip().splitlines()[-1].startswith('error: --endpoint has ')
@@ -127,15 +107,10 @@ def test_url_password_with_unencoded_slash_is_refused_at_start_up(start_receiver
 
 def test_user_info_together_with_a_token_is_refused_as_ambiguous(start_receiver, tmp_path):
   endpoint = start_receiver()
-  finished = run_command(
-    'pipeline',
-    [
-      f'--input={flows_file(tmp_path)}',
-      f'--endpoint=http://svc:{ENCODED_PASSWORD}@127.0.0.1:{endpoint.port}/connection_sets/{{bucket_time}}',
-      f'--dead_letter_dir={tmp_path / "dead"}',
-    ],
+  finished = run_pipeline(
     tmp_path,
-    {'VPC_FLOW_PEERS_TOKEN': TOKEN},
+    f'http://svc:{ENCODED_PASSWORD}@127.0.0.1:{endpoint.port}/connection_sets/{{bucket_time}}',
+    env={'VPC_FLOW_PEERS_TOKEN': TOKEN},
   )
   assert finished.returncode == 1
   assert finished.stderr.strip().splitlines()[-1] == (
@@ -175,18 +150,7 @@ def test_secrets_never_reach_logs_or_dead_letters(start_receiver, closed_port, t
   template = f'http://{userinfo}127.0.0.1:{port}/connection_sets/{{bucket_time}}?{query}&region=eu'
   env = {'VPC_FLOW_PEERS_TOKEN': TOKEN} if auth == 'bearer_token' else {}
   dead = tmp_path / 'dead'
-  finished = run_command(
-    'pipeline',
-    [
-      f'--input={flows_file(tmp_path)}',
-      f'--endpoint={template}',
-      f'--dead_letter_dir={dead}',
-      '--max_retry_seconds=1',
-      '--http_connect_timeout=0.5',
-    ],
-    tmp_path,
-    env,
-  )
+  finished = run_pipeline(tmp_path, template, '--max_retry_seconds=1', '--http_connect_timeout=0.5', env=env)
   assert finished.returncode == 2, finished.stderr[-3000:]
   written = everything_written(finished, dead)
   assert 'window not delivered' in written  # the failure was told ...
@@ -203,17 +167,7 @@ def test_netrc_is_not_consulted(start_receiver, tmp_path):
   (home / '.netrc').chmod(0o600)
   endpoint = start_receiver(always_status=500)
   dead = tmp_path / 'dead'
-  finished = run_command(
-    'pipeline',
-    [
-      f'--input={flows_file(tmp_path)}',
-      f'--endpoint={endpoint.url()}',
-      f'--dead_letter_dir={dead}',
-      '--max_retry_seconds=1',
-    ],
-    tmp_path,
-    {'HOME': str(home)},
-  )
+  finished = run_pipeline(tmp_path, endpoint.url(), '--max_retry_seconds=1', env={'HOME': str(home)})
   assert finished.returncode == 2
   assert [a.headers.get('Authorization') for a in endpoint.requests] == [None] * endpoint.attempts
   assert_no_form_of(['netrc-s3cret', 'someone:netrc-s3cret'], everything_written(finished, dead))
@@ -222,27 +176,16 @@ def test_netrc_is_not_consulted(start_receiver, tmp_path):
 def test_replay_strips_the_token_and_never_writes_it(start_receiver, tmp_path):
   failing = start_receiver(always_status=503)
   dead = tmp_path / 'dead'
-  first = run_command(
-    'pipeline',
-    [
-      f'--input={flows_file(tmp_path)}',
-      f'--endpoint={failing.url()}',
-      f'--dead_letter_dir={dead}',
-      '--max_retry_seconds=1',
-    ],
-    tmp_path,
-    {'VPC_FLOW_PEERS_TOKEN': TOKEN},
-  )
+  first = run_pipeline(tmp_path, failing.url(), '--max_retry_seconds=1', env={'VPC_FLOW_PEERS_TOKEN': TOKEN})
   assert first.returncode == 2
   still = run_command(
     'pipeline.replay',
     [str(dead), '--max_retry_seconds=1'],
-    tmp_path,
     {'VPC_FLOW_PEERS_TOKEN': f'  {TOKEN}\n'},
   )
   assert still.returncode == 2
   assert {a.headers['Authorization'] for a in failing.requests} == {f'Bearer {TOKEN}'}
   assert_no_form_of([TOKEN], everything_written(first, dead) + everything_written(still, dead))
-  refused = run_command('pipeline.replay', [str(dead)], tmp_path, {'VPC_FLOW_PEERS_TOKEN': f'{TOKEN}\x07x'})
+  refused = run_command('pipeline.replay', [str(dead)], {'VPC_FLOW_PEERS_TOKEN': f'{TOKEN}\x07x'})
   assert refused.returncode == 1
   assert_no_form_of([TOKEN], refused.stdout + refused.stderr)

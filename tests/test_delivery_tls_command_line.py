@@ -1,30 +1,21 @@
 """TLS through the command line, against a self-signed endpoint on 127.0.0.1,
 with REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE set as these machines set them
 (requests lets them replace a session's `verify`): the default rejects the
-server, `--no_verify_tls` accepts it whatever the variables name
-(`--ca_bundle` winning over them: test_delivery_poster.py)."""
+server, `--no_verify_tls` accepts it whatever the variables name, and
+`--ca_bundle` wins over them (the poster's own TLS tests:
+test_delivery_poster.py)."""
 
 import pytest
 
 from pipeline.cli import main
 from tests.builders import flow_line
-from tests.tls_certs import self_signed
 from transforms.dead_letter import read_dead_letters
 from transforms.elements import KIND_UNDELIVERED_WINDOW
 
+pytest_plugins = ['tests.tls_certs']
+
 BUCKET = 1700000400
 DOCUMENT = {'10.0.0.1': 1, '10.0.0.2': 1}
-
-
-@pytest.fixture(scope='module')
-def certificates(tmp_path_factory):
-  directory = tmp_path_factory.mktemp('tls')
-  return self_signed(directory, 'endpoint'), self_signed(directory, 'other-ca')
-
-
-@pytest.fixture
-def tls_endpoint(certificates, start_receiver):
-  return start_receiver(tls=certificates[0].server_context())
 
 
 def run(tls_endpoint, tmp_path, *flags):
@@ -61,3 +52,15 @@ def test_no_verify_tls_accepts_it_though_the_environment_names_another_ca(
   assert run(tls_endpoint, tmp_path, '--no_verify_tls') == 0
   assert tls_endpoint.latest_by_path() == {f'/connection_sets/{BUCKET}': DOCUMENT}
   assert list(read_dead_letters(str(tmp_path / 'dead'), KIND_UNDELIVERED_WINDOW)) == []
+
+
+def test_the_ca_bundle_flag_wins_over_the_machines_requests_ca_bundle(
+  tls_endpoint, certificates, tmp_path, monkeypatch
+):
+  """With REQUESTS_CA_BUNDLE naming another bundle (as these machines set it):
+  requests used to let the variable replace the session's verify, so
+  --ca_bundle did not pin trust."""
+  monkeypatch.setenv('REQUESTS_CA_BUNDLE', str(certificates[1].cert))
+  monkeypatch.setenv('CURL_CA_BUNDLE', str(certificates[1].cert))
+  assert run(tls_endpoint, tmp_path, f'--ca_bundle={certificates[0].cert}') == 0
+  assert tls_endpoint.latest_by_path() == {f'/connection_sets/{BUCKET}': DOCUMENT}

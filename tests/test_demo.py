@@ -6,36 +6,21 @@ import os
 import re
 import signal
 import subprocess
-import time
-from collections import defaultdict
 
 import requests
 
-from devtools import aws_emulator, demo, report
+from devtools import demo, report
 from devtools.sample_data import SampleVpc
+from tests.builders import reference_answer
+from tests.waiting import wait_for, while_running
 
 START = 1700000400
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def reference_answer(lines):
-  """MISSION.md's answer, computed the plain way."""
-  buckets = defaultdict(lambda: defaultdict(set))
-  for line in lines:
-    fields = line.split()
-    src, dst, start, status = fields[3], fields[4], int(fields[10]), fields[13]
-    if status == 'OK' and src != '-' and dst != '-':
-      bucket = start // 600 * 600
-      buckets[bucket][src].add(dst)
-      buckets[bucket][dst].add(src)
-  return {b: {ip: len(peers) for ip, peers in by_ip.items()} for b, by_ip in buckets.items()}
-
-
-def test_demo_delivers_the_exact_answer(tmp_path, capsys, monkeypatch):
+def test_demo_delivers_the_exact_answer(tmp_path, capsys, fake_aws_credentials):
   # The demo puts fake AWS credentials into its process's environment; set
-  # through monkeypatch first, they are taken out again when the test ends.
-  for name, value in aws_emulator.FAKE_AWS_ENV.items():
-    monkeypatch.setenv(name, value)
+  # by the fixture first, they are taken out again when the test ends.
   assert demo.main(['--dir', str(tmp_path), '--lines', '3000', '--start', str(START)]) == 0
   expected = reference_answer(SampleVpc().flow_lines(3000, START))
   assert report.load_windows(str(tmp_path / demo.STORE)) == expected
@@ -59,13 +44,16 @@ def test_run_local_view_keeps_the_viewer_up_until_ctrl_c(tmp_path):
       stdin=subprocess.DEVNULL,
     )
   try:
-    deadline = time.monotonic() + 300
-    match = None
-    while not match:
-      assert process.poll() is None, err.read_text()[-3000:]
-      assert time.monotonic() < deadline, 'the demo took too long'
-      time.sleep(0.2)
-      match = re.search(r'^== the viewer: (http://127\.0\.0\.1:\d+/) ', out.read_text(), re.M)
+    match = wait_for(
+      while_running(
+        process,
+        lambda: re.search(r'^== the viewer: (http://127\.0\.0\.1:\d+/) ', out.read_text(), re.M),
+        lambda: err.read_text()[-3000:],
+      ),
+      300,
+      'the demo to print the viewer URL',
+      interval=0.2,
+    )
     url = match.group(1)
     windows = requests.get(url + 'api/windows', timeout=30).json()['windows']
     assert [w['start'] for w in windows] == [START + 600 * i for i in range(6)]

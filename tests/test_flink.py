@@ -14,7 +14,6 @@ harness start), so the cluster tests are few.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from test_worker_pool import python_without_beam
 from pipeline.cli import main
 from pipeline.summary import RunSummary
 from test_golden_end_to_end import EXPECTED, assert_expected_dead_letters, assert_expected_posts, command_line
+from tests.waiting import wait_for, wait_listening
 from transforms.dead_letter import read_dead_letters
 from transforms.elements import KIND_BAD_INPUT, KIND_UNDELIVERED_WINDOW
 
@@ -363,15 +363,7 @@ def pool_whose_python_lacks_beam(tmp_path):
     stdout=log,
     stderr=log,
   )
-  deadline = time.monotonic() + 60
-  while True:
-    assert pool.poll() is None, (tmp_path / 'worker-pool.log').read_text()
-    try:
-      socket.create_connection(('127.0.0.1', port), 0.5).close()
-      break
-    except OSError:
-      assert time.monotonic() < deadline, 'the pool did not listen'
-      time.sleep(0.2)
+  wait_listening(pool, port, 'the pool', (tmp_path / 'worker-pool.log').read_text)
   yield f'127.0.0.1:{port}'
   pool.terminate()
   pool.wait(30)
@@ -402,8 +394,10 @@ def test_a_job_whose_sdk_harness_cannot_start_fails_the_submission_within_a_minu
     'exited with status 1 before it connected:' in finished.stderr
     and "ModuleNotFoundError: No module named 'apache_beam'" in finished.stderr
   ), finished.stderr[-3000:]
-  deadline = time.monotonic() + 30
-  while flink_cluster.job_named(name)['state'] != 'CANCELED':
-    assert time.monotonic() < deadline, flink_cluster.job_named(name)
-    time.sleep(0.5)
+  wait_for(
+    lambda: flink_cluster.job_named(name)['state'] == 'CANCELED',
+    30,
+    'the job to be CANCELED',
+    lambda: str(flink_cluster.job_named(name)),
+  )
   assert receiver.posts == []

@@ -34,25 +34,29 @@ future than the longest wait before that moment.
 """
 
 import collections
-import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 import uuid
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import pytest
 
-from flink_cluster import S3_BUCKET, UNFINISHED_STATES
-from pipeline.cli import run
+from flink_cluster import S3_BUCKET
 from tests import kinesis_helpers as kh
 from tests.builders import flow_line, no_traffic_line
+from tests import streaming_helpers
+from tests.streaming_helpers import (
+  Flow,
+  FlowFeed,
+  Submitter,
+  ThreadedJob,
+  assert_nothing_late_or_undelivered,
+  flink_streaming_flags,
+)
+from tests.waiting import wait_for
 from transforms.dead_letter import read_dead_letters
-from transforms.elements import KIND_BAD_INPUT, KIND_LATE_DATA, KIND_UNDELIVERED_WINDOW
+from transforms.elements import KIND_BAD_INPUT
 
 pytest_plugins = ['flink_cluster']
 
@@ -61,11 +65,9 @@ STREAM, SHARDS = 'flow-logs', 4
 LOG_GROUP, LOG_STREAM = '/vpc/flow-logs', 'eni-0a1b2c3d4e5f60718-all'
 
 # Bounded waits, generous: the machine is small and shared.
-SUBMIT_SECONDS = 240  # uber-jar upload and scheduling
 WINDOW_SECONDS_TO_POST = 120
 CHECKPOINT_SECONDS = 90
 RESTORE_SECONDS = 240
-STOP_SECONDS = 120
 # Before a kill or a stop, the test waits for two checkpoints after the flows
 # of the window that must still be open then were written, at most this long;
 # that window starts OPEN_WINDOW_LEAD_SECONDS after they are written, so it is
@@ -82,31 +84,13 @@ GROWTH_SPAN_SECONDS = 20
 MAX_CHECKPOINT_GROWTH = 100_000
 
 
-class Flow(NamedTuple):
-  srcaddr: str
-  dstaddr: str
-  start: int
-
-
 def expected_documents(flows: Sequence[Flow]) -> Dict[str, Dict[str, int]]:
   """The reference answer: per window, each address's number of distinct peers."""
-  peers: Dict[int, Dict[str, set]] = collections.defaultdict(lambda: collections.defaultdict(set))
-  for flow in flows:
-    bucket = flow.start - flow.start % WINDOW_SECONDS
-    peers[bucket][flow.srcaddr].add(flow.dstaddr)
-    peers[bucket][flow.dstaddr].add(flow.srcaddr)
-  return {
-    f'/connection_sets/{bucket}': {address: len(p) for address, p in by_address.items()}
-    for bucket, by_address in peers.items()
-  }
+  return streaming_helpers.expected_documents(flows, WINDOW_SECONDS)
 
 
 def flows_of(batches: Sequence[Sequence[Flow]]) -> List[Flow]:
   return [f for b in batches for f in b]
-
-
-def lines(flows: Sequence[Flow]) -> List[str]:
-  return [flow_line(f.srcaddr, f.dstaddr, f.start) for f in flows]
 
 
 def past_batch(now: float) -> List[List[Flow]]:
@@ -157,239 +141,16 @@ def assert_still_open(batch: Sequence[Sequence[Flow]], moment: str) -> None:
   )
 
 
-def wait_for(
-  condition: Callable[[], object],
-  timeout: float,
-  what: str,
-  explain: Callable[[], str] = lambda: '',
-  interval: float = 0.5,
-):
-  """Polls `condition` until it is truthy and returns its value; fails the
-  test after `timeout` seconds, saying what was awaited."""
-  deadline = time.monotonic() + timeout
-  while True:
-    value = condition()
-    if value:
-      return value
-    if time.monotonic() > deadline:
-      pytest.fail(f'timed out after {timeout:.0f}s waiting for {what}\n{explain()}')
-    time.sleep(interval)
-
-
-class FlowLogStream(NamedTuple):
-  url: str
-  logs: object
-  records_written: List[int]  # one cell: Kinesis records written so far
-
-  def put(self, batch: Sequence[Sequence[Flow]]) -> None:
-    self.put_lines([lines(b) for b in batch])
-
-  def put_lines(self, batches: Sequence[Sequence[str]]) -> None:
-    self.records_written[0] += kh.put_flow_lines(self.logs, LOG_GROUP, LOG_STREAM, batches)
-
-
 @pytest.fixture
-def flow_log_stream(monkeypatch):
+def flow_log_stream(fake_aws_credentials):
   """moto server with a 4-shard stream fed by a log group's subscription, and
   the fake credentials the submitter needs (the worker pools have their own)."""
-  for name, value in kh.FAKE_AWS_ENV.items():
-    monkeypatch.setenv(name, value)
   with kh.moto_server() as moto:
-    kinesis = kh.client('kinesis', moto.url)
-    logs = kh.client('logs', moto.url)
-    arn = kh.create_stream(kinesis, STREAM, SHARDS)
-    kh.subscribe_log_group(logs, LOG_GROUP, LOG_STREAM, arn)
+    kinesis, logs = kh.subscribed_stream(moto.url, STREAM, SHARDS, (LOG_GROUP, LOG_STREAM))
     kh.put_control_message(kinesis, STREAM)
-    yield FlowLogStream(moto.url, logs, [1])
-
-
-class FlinkJobWatch:
-  """A Flink job of a test, seen through the REST API, found by its name."""
-
-  def __init__(self, cluster, name: str, failed: Callable[[], Optional[str]]):
-    self.cluster = cluster
-    self.name = name
-    self.jid: Optional[str] = None
-    self._failed = failed
-
-  def _find(self) -> Optional[str]:
-    failure = self._failed()
-    if failure:
-      pytest.fail(f'the pipeline failed before its job ran: {failure}')
-    job = self.cluster.job_named(self.name)
-    return job['jid'] if job else None
-
-  def wait_running(self) -> None:
-    self.jid = wait_for(self._find, SUBMIT_SECONDS, f'job {self.name} to be submitted', self.explain)
-    wait_for(self.all_tasks_running, SUBMIT_SECONDS, f'job {self.name} to run', self.explain)
-
-  def details(self) -> dict:
-    return self.cluster.rest(f'/jobs/{self.jid}')
-
-  def state(self) -> str:
-    return self.details()['state']
-
-  def wait_state(self, state: str, timeout: float = STOP_SECONDS) -> None:
-    wait_for(lambda: self.state() == state, timeout, f'job {self.name} to be {state}', self.explain)
-
-  def all_tasks_running(self) -> bool:
-    details = self.details()
-    return details['state'] == 'RUNNING' and all(v['status'] == 'RUNNING' for v in details['vertices'])
-
-  def checkpoints(self) -> dict:
-    return self.cluster.rest(f'/jobs/{self.jid}/checkpoints')
-
-  def completed_checkpoints(self) -> int:
-    return self.checkpoints()['counts']['completed']
-
-  def wait_checkpoints(self, count: int, timeout: float, what: str) -> None:
-    first = self.completed_checkpoints()
-    wait_for(
-      lambda: self.completed_checkpoints() >= first + count,
-      timeout,
-      f'{count} checkpoints {what}',
-      self.explain,
-    )
-
-  def latest_checkpoint(self) -> Optional[dict]:
-    """The latest completed checkpoint (id, trigger_timestamp in ms, state_size
-    in bytes, external_path, ...), or None."""
-    return (self.checkpoints()['latest'] or {}).get('completed')
-
-  def checkpoint_after(self, timestamp_ms: int) -> Optional[dict]:
-    """The latest completed checkpoint if it was triggered after `timestamp_ms`."""
-    latest = self.latest_checkpoint()
-    return latest if latest and latest['trigger_timestamp'] > timestamp_ms else None
-
-  def restored(self) -> Optional[dict]:
-    """What the job restored (a checkpoint or a savepoint), once it says."""
-    return (self.checkpoints()['latest'] or {}).get('restored')
-
-  def restarts(self) -> int:
-    metrics = self.cluster.rest(f'/jobs/{self.jid}/metrics?get=numRestarts')
-    return int(float(metrics[0]['value'])) if metrics else 0
-
-  def stop_with_savepoint(self) -> str:
-    """Stop-with-savepoint (no drain) into the cluster's default directory
-    (s3://vpc-flow-peers-flink/savepoints); returns the savepoint's location."""
-    trigger = self.cluster.rest(f'/jobs/{self.jid}/stop', 'POST', {'drain': False})
-
-    def savepoint_done():
-      status = self.cluster.rest(f'/jobs/{self.jid}/savepoints/{trigger["request-id"]}')
-      return status if status['status']['id'] == 'COMPLETED' else None
-
-    status = wait_for(savepoint_done, STOP_SECONDS, 'the stop savepoint', self.explain)
-    operation = status['operation']
-    assert 'failure-cause' not in operation, operation['failure-cause']
-    self.wait_state('FINISHED')
-    return operation['location']
-
-  def cancel_if_running(self) -> None:
-    try:
-      job = self.cluster.job_named(self.name)
-      if job and job['state'] in UNFINISHED_STATES:
-        self.cluster.rest(f'/jobs/{job["jid"]}?mode=cancel', 'PATCH')
-    except OSError:
-      pass
-
-  def vertices(self) -> str:
-    """Each task's records in and out and its input watermark (ms), to tell
-    where a stream stalls."""
-    if self.jid is None:
-      return ''
-    out = []
-    try:
-      for vertex in self.details()['vertices']:
-        watermarks = self.cluster.rest(f'/jobs/{self.jid}/vertices/{vertex["id"]}/watermarks')
-        metrics = vertex.get('metrics', {})
-        out.append(
-          f'{vertex["name"][:90]}: {vertex["status"]} in={metrics.get("read-records")} '
-          f'out={metrics.get("write-records")} watermarks={[w["value"] for w in watermarks]}'
-        )
-    except OSError as e:
-      out.append(f'REST failed: {e}')
-    return '\n'.join(out)
-
-  def explain(self) -> str:
-    try:
-      jobs = self.cluster.jobs()
-      exceptions = self.cluster.rest(f'/jobs/{self.jid}/exceptions?maxExceptions=3') if self.jid else {}
-    except OSError as e:
-      jobs, exceptions = f'REST failed: {e}', {}
-    return (
-      f'jobs: {jobs}\nfailure: {self._failed()}\n{self.vertices()}\n'
-      f'exceptions: {json.dumps(exceptions)[:3000]}\n{self.cluster.log_tail(40)}'
-    )
-
-
-class ThreadedJob(FlinkJobWatch):
-  """`pipeline.cli.run` on the cluster in a background thread, and its job."""
-
-  def __init__(self, cluster, argv: List[str]):
-    super().__init__(
-      cluster,
-      f'vfp-streaming-{uuid.uuid4().hex[:8]}',
-      lambda: repr(self.error) if self.error is not None else None,
-    )
-    self._argv = argv + [f'--job_name={self.name}']
-    self.summary = None
-    self.error: Optional[BaseException] = None
-    self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-    self._thread.start()
-
-  def _run(self):
-    try:
-      self.summary = run(self._argv)
-    except BaseException as e:  # noqa: BLE001
-      self.error = e
-
-  def join(self, timeout: float = STOP_SECONDS) -> None:
-    self._thread.join(timeout)
-    assert not self._thread.is_alive(), f'run() did not return {timeout}s after the job ended'
-
-
-class Submitter(FlinkJobWatch):
-  """`python -m pipeline` on the cluster as a real subprocess, and its job."""
-
-  def __init__(self, cluster, argv: List[str], out_dir):
-    super().__init__(cluster, f'vfp-streaming-{uuid.uuid4().hex[:8]}', self._exited)
-    self._stdout = out_dir / f'{self.name}.stdout'
-    self._stderr = out_dir / f'{self.name}.stderr'
-    with open(self._stdout, 'wb') as stdout, open(self._stderr, 'wb') as stderr:
-      self.process = subprocess.Popen(
-        [sys.executable, '-m', 'pipeline', *argv, f'--job_name={self.name}'],
-        stdout=stdout,
-        stderr=stderr,
-        env=dict(os.environ),
-      )
-
-  def _exited(self) -> Optional[str]:
-    if self.process.poll() is None:
-      return None
-    return f'exit status {self.process.returncode}: {self.stderr()[-3000:]}'
-
-  def stdout(self) -> str:
-    return self._stdout.read_text(errors='replace')
-
-  def stderr(self) -> str:
-    return self._stderr.read_text(errors='replace')
-
-  def signal(self, signum: int, timeout: float = STOP_SECONDS) -> int:
-    """Sends `signum` and waits for the process to exit; returns its status."""
-    self.process.send_signal(signum)
-    try:
-      return self.process.wait(timeout)
-    except subprocess.TimeoutExpired:
-      self.process.kill()
-      pytest.fail(
-        f'the submitter did not exit {timeout}s after {signal.Signals(signum).name}:\n'
-        f'{self.stderr()[-3000:]}\n{self.explain()}'
-      )
-
-  def kill(self) -> None:
-    if self.process.poll() is None:
-      self.process.kill()
-      self.process.wait()
+    feed = FlowFeed(moto.url, logs, LOG_GROUP, LOG_STREAM, WINDOW_SECONDS)
+    feed.records_written += 1  # the CONTROL_MESSAGE
+    yield feed
 
 
 SUMMARY_COUNTS = {
@@ -415,41 +176,27 @@ def printed_summary(stdout: str) -> Dict[str, int]:
 
 
 def streaming_command_line(cluster, stream_url: str, receiver, dead_letters) -> List[str]:
-  """The flags of deploy/k8s/submit-job.yaml, on the test's scales."""
-  return [
-    '--runner=FlinkRunner',
-    f'--flink_master={cluster.master}',
-    *cluster.external_flags(),
-    '--streaming',
-    '--checkpointing_interval=2000',
-    '--parallelism=2',
-    f'--kinesis_stream={STREAM}',
-    f'--kinesis_endpoint_url={stream_url}',
-    f'--aws_region={kh.REGION}',
-    '--kinesis_initial_position=TRIM_HORIZON',
-    '--kinesis_max_delivery_delay=2',
-    f'--window_seconds={WINDOW_SECONDS}',
-    '--allowed_lateness=5',
-    f'--endpoint={receiver.url()}',
-    f'--dead_letter_dir={dead_letters}',
-  ]
+  return flink_streaming_flags(cluster, STREAM, stream_url, receiver, dead_letters, WINDOW_SECONDS)
 
 
 @pytest.fixture
 def jobs(flink_cluster):
   """Collects the test's jobs; cancels any still running at the end, and
   waits for the slots to be free again."""
-  started: List[FlinkJobWatch] = []
+  started = []
   yield started
   for job in started:
-    if isinstance(job, Submitter):
-      job.kill()
     job.cancel_if_running()
   flink_cluster.wait_idle()
 
 
 def posted_paths(receiver) -> set:
   return {post.path for post in receiver.posts}
+
+
+def wait_posted(receiver, documents, what: str, job) -> None:
+  """Until every window of `documents` has been posted (at least once)."""
+  wait_for(lambda: posted_paths(receiver) >= set(documents), WINDOW_SECONDS_TO_POST, what, job.explain)
 
 
 def assert_first_panes_on_time(receiver, paths) -> None:
@@ -517,12 +264,7 @@ def test_streaming_posts_exact_windows_and_a_savepoint_on_s3_carries_on_exactly(
   jobs.append(first)
   first.wait_running()
   running = time.monotonic()
-  wait_for(
-    lambda: posted_paths(receiver) >= set(expected_past),
-    WINDOW_SECONDS_TO_POST,
-    'the windows of the flows written before the start',
-    first.explain,
-  )
+  wait_posted(receiver, expected_past, 'the windows of the flows written before the start', first)
   first_windows = time.monotonic()
   assert receiver.latest_by_path() == expected_past
   early = wait_for(first.latest_checkpoint, CHECKPOINT_SECONDS, 'a completed checkpoint', first.explain)
@@ -561,16 +303,13 @@ def test_streaming_posts_exact_windows_and_a_savepoint_on_s3_carries_on_exactly(
   second = Submitter(flink_cluster, flags + [f'--savepoint_path={location}'], tmp_path)
   jobs.append(second)
   second.wait_running()
-  restored = wait_for(second.restored, RESTORE_SECONDS, 'the job to report what it restored', second.explain)
+  restored = second.wait_restored(RESTORE_SECONDS)
   assert (restored['is_savepoint'], restored['external_path']) == (True, location)
   live = live_batch(time.time(), net='10.1.0')
   flow_log_stream.put(live)
   expected = expected_documents(flows_of(past + open_window + live))
-  wait_for(
-    lambda: posted_paths(receiver) >= set(expected),
-    WINDOW_SECONDS_TO_POST,
-    'the open window and the window of the flows written after the resubmission',
-    second.explain,
+  wait_posted(
+    receiver, expected, 'the open window and the window of the flows written after the resubmission', second
   )
   resumed = time.monotonic()
   assert second.signal(signal.SIGINT) == 0, second.stderr()[-3000:]
@@ -596,7 +335,7 @@ def test_streaming_posts_exact_windows_and_a_savepoint_on_s3_carries_on_exactly(
   # Every record was read once, by one job or the other.
   total = {name: first_summary[name] + second_summary[name] for name in SUMMARY_COUNTS}
   assert total == {
-    'records': flow_log_stream.records_written[0],
+    'records': flow_log_stream.records_written,
     'flow_lines': len(flows_of(past + open_window + live)) + 2,
     'counted_flows': len(flows_of(past + open_window + live)),
     'bad_inputs': 1,
@@ -623,12 +362,7 @@ def test_a_killed_taskmanager_and_its_worker_pool_lose_no_window_and_count_nothi
   )
   jobs.append(job)
   job.wait_running()
-  wait_for(
-    lambda: posted_paths(receiver) >= set(expected_past),
-    WINDOW_SECONDS_TO_POST,
-    'the windows of the first batch',
-    job.explain,
-  )
+  wait_posted(receiver, expected_past, 'the windows of the first batch', job)
   # Flows of a window still open at the kill: read by the job (the checkpoints
   # awaited here may or may not hold them; both must work), not yet posted.
   in_flight = open_batch(time.time(), net='10.2.0')
@@ -642,16 +376,9 @@ def test_a_killed_taskmanager_and_its_worker_pool_lose_no_window_and_count_nothi
   killed_at = time.monotonic()
   flink_cluster.kill_taskmanager_and_pool()
   flink_cluster.add_taskmanager()
-  wait_for(
-    lambda: job.restarts() >= 1 and job.all_tasks_running(),
-    RESTORE_SECONDS,
-    'the job to restart on the new TaskManager',
-    job.explain,
-  )
+  job.wait_restarted(RESTORE_SECONDS)
   restored_in = time.monotonic() - killed_at
-  restored = wait_for(
-    job.restored, RESTORE_SECONDS, 'the job to report the checkpoint it restored', job.explain
-  )
+  restored = job.wait_restored(RESTORE_SECONDS)
   assert restored['is_savepoint'] is False
   assert restored['external_path'].startswith(f's3://{S3_BUCKET}/checkpoints/{job.jid}/chk-')
 
@@ -664,11 +391,8 @@ def test_a_killed_taskmanager_and_its_worker_pool_lose_no_window_and_count_nothi
     'a window posted after the restore',
     job.explain,
   )
-  wait_for(
-    lambda: posted_paths(receiver) >= set(expected),
-    WINDOW_SECONDS_TO_POST,
-    'the windows of the flows in flight and of those written after the restart',
-    job.explain,
+  wait_posted(
+    receiver, expected, 'the windows of the flows in flight and of those written after the restart', job
   )
   restarts = job.restarts()
 
@@ -682,8 +406,7 @@ def test_a_killed_taskmanager_and_its_worker_pool_lose_no_window_and_count_nothi
   repeats = assert_repeats_identical(receiver)
   assert_one_key_per_window(receiver)
   assert dead_letter_kinds(tmp_path) == {}
-  assert not list(read_dead_letters(str(tmp_path), KIND_UNDELIVERED_WINDOW))
-  assert not list(read_dead_letters(str(tmp_path), KIND_LATE_DATA))
+  assert_nothing_late_or_undelivered(tmp_path)
   print(
     f'\n{len(expected)} windows exact; {len(receiver.posts)} POSTs ({posts_before_kill} '
     f'before the kill, {repeats} repeated); {restarts} restart(s), restored checkpoint '

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from builders import flow_line, no_traffic_line
+from builders import DEFAULT_FORMAT_FIELDS, flow_line, no_traffic_line
 from transforms.flow_record import (
   DEFAULT_FIELDS,
   FIELDS_BY_VERSION,
@@ -16,10 +16,7 @@ from transforms.flow_record import (
   LogFormat,
 )
 
-V2 = (
-  'version account-id interface-id srcaddr dstaddr srcport dstport protocol '
-  'packets bytes start end action log-status'
-).split()
+V2 = list(DEFAULT_FORMAT_FIELDS)
 V3_ADDED = 'vpc-id subnet-id instance-id tcp-flags type pkt-srcaddr pkt-dstaddr'.split()
 V4_ADDED = 'region az-id sublocation-type sublocation-id'.split()
 V5_ADDED = 'pkt-src-aws-service pkt-dst-aws-service flow-direction traffic-path'.split()
@@ -45,6 +42,8 @@ V9_TO_V11_ADDED = [
   'next-hop-vpc-id',
   'next-hop-interface-type',
 ]
+# Every VPC flow log field to version 11, in AWS's order.
+VPC_TO_V11 = V2 + V3_ADDED + V4_ADDED + V5_ADDED + V7_ADDED + V8_ADDED + V9_TO_V11_ADDED
 # Transit Gateway flow logs (version 6): no interface-id and no action.
 V6_TRANSIT_GATEWAY = (
   'version resource-type account-id tgw-id tgw-attachment-id tgw-src-vpc-account-id '
@@ -76,8 +75,8 @@ def test_default_format_is_version_2_in_aws_order():
     ('${srcaddr} ${dstaddr} ${start}', ['srcaddr', 'dstaddr', 'start']),
     ('  ${vpc-id}\t${start}  ${dstaddr} ${srcaddr}\n', ['vpc-id', 'start', 'dstaddr', 'srcaddr']),
     (
-      aws_format(V2 + V3_ADDED + V4_ADDED + V5_ADDED + V7_ADDED + V8_ADDED + V9_TO_V11_ADDED),
-      V2 + V3_ADDED + V4_ADDED + V5_ADDED + V7_ADDED + V8_ADDED + V9_TO_V11_ADDED,
+      aws_format(VPC_TO_V11),
+      VPC_TO_V11,
     ),
     (aws_format(V6_TRANSIT_GATEWAY), V6_TRANSIT_GATEWAY),
     ('${srcaddr} ${dstaddr}', ['srcaddr', 'dstaddr']),
@@ -97,11 +96,10 @@ def test_from_aws_format_reads_field_order(text, fields):
 
 
 def test_every_documented_field_is_known_and_unknown_ones_are_named():
-  vpc = V2 + V3_ADDED + V4_ADDED + V5_ADDED + V7_ADDED + V8_ADDED + V9_TO_V11_ADDED
-  assert len(vpc) == 54  # AWS's version 11 format names all 54
-  assert KNOWN_FIELDS == set(vpc) | set(V6_TRANSIT_GATEWAY)
+  assert len(VPC_TO_V11) == 54  # AWS's version 11 format names all 54
+  assert KNOWN_FIELDS == set(VPC_TO_V11) | set(V6_TRANSIT_GATEWAY)
   assert sum(map(len, FIELDS_BY_VERSION.values())) == len(KNOWN_FIELDS)  # each field in one version
-  assert LogFormat.from_aws_format(aws_format(vpc)).unknown_fields == ()
+  assert LogFormat.from_aws_format(aws_format(VPC_TO_V11)).unknown_fields == ()
   assert LogFormat.from_aws_format(aws_format(V6_TRANSIT_GATEWAY)).unknown_fields == ()
   log_format = LogFormat.from_aws_format('${srcaddr} ${next-gen-field} ${dstaddr} ${start} ${x2}')
   assert log_format.fields == ('srcaddr', 'next-gen-field', 'dstaddr', 'start', 'x2')

@@ -98,16 +98,21 @@ def test_golden_run_summary_counts(start_receiver, tmp_path):
   assert counts == EXPECTED['summary']
 
 
-def test_golden_python_dash_m_pipeline(start_receiver, tmp_path):
-  receiver = start_receiver()
-  finished = subprocess.run(
-    [sys.executable, '-m', 'pipeline', *command_line(receiver, tmp_path)],
+def run_golden_process(receiver, tmp_path, *python_args) -> subprocess.CompletedProcess:
+  """`python <python_args> <the golden command line>`, run to its end."""
+  return subprocess.run(
+    [sys.executable, *python_args, *command_line(receiver, tmp_path)],
     cwd=REPO,
     capture_output=True,
     text=True,
     timeout=300,
     check=False,
   )
+
+
+def test_golden_python_dash_m_pipeline(start_receiver, tmp_path):
+  receiver = start_receiver()
+  finished = run_golden_process(receiver, tmp_path, '-m', 'pipeline')
   assert finished.returncode == 0, finished.stderr[-3000:]
   assert 'vpc-flow-peers summary' in finished.stdout
   assert 'flow lines:             28 (21 counted)' in finished.stdout
@@ -128,14 +133,7 @@ def test_golden_without_the_c_fast_paths(start_receiver, tmp_path):
     "sys.modules['transforms.counting._scan'] = None; "
     "runpy.run_module('pipeline', run_name='__main__', alter_sys=True)"
   )
-  finished = subprocess.run(
-    [sys.executable, '-c', without_c, *command_line(receiver, tmp_path)],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
-  )
+  finished = run_golden_process(receiver, tmp_path, '-c', without_c)
   assert finished.returncode == 0, finished.stderr[-3000:]
   assert 'transforms.counting._scan is not built' in finished.stderr
   assert 'flow lines:             28 (21 counted)' in finished.stdout

@@ -52,16 +52,11 @@ EXPECTED_BODIES = {
 
 
 @pytest.fixture
-def flow_log_stream(monkeypatch):
+def flow_log_stream(fake_aws_credentials):
   """moto server with a 3-shard stream fed by a log group's subscription,
   holding FLOWS and one CONTROL_MESSAGE."""
-  for name, value in kh.FAKE_AWS_ENV.items():
-    monkeypatch.setenv(name, value)
   with kh.moto_server() as moto:
-    kinesis = kh.client('kinesis', moto.url)
-    logs = kh.client('logs', moto.url)
-    arn = kh.create_stream(kinesis, 'flow-logs', 3)
-    kh.subscribe_log_group(logs, LOG_GROUP, LOG_STREAM, arn)
+    kinesis, logs = kh.subscribed_stream(moto.url, 'flow-logs', 3, (LOG_GROUP, LOG_STREAM))
     kh.put_control_message(kinesis, 'flow-logs')
     kh.put_flow_lines(logs, LOG_GROUP, LOG_STREAM, FLOWS)
     yield moto.url

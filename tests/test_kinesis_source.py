@@ -66,11 +66,8 @@ LONG_SEQUENCE = '49590338271490256608559692538361571095921575989136588898'
 _stream_numbers = itertools.count()
 
 
-@pytest.fixture(autouse=True)
-def fake_aws_credentials(monkeypatch):
-  """boto3's default chain finds these, and only these, in the tests."""
-  for name, value in kh.FAKE_AWS_ENV.items():
-    monkeypatch.setenv(name, value)
+# boto3's default chain finds the emulators' fake credentials, and only these, in the tests.
+pytestmark = pytest.mark.usefixtures('fake_aws_credentials')
 
 
 @pytest.fixture(scope='module')

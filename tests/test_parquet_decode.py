@@ -10,6 +10,7 @@ from typing import NamedTuple, Optional
 import pyarrow as pa
 import pytest
 
+from builders import DEFAULT_FORMAT_FIELDS
 from parquet_builders import (
   AWS_PARQUET_TYPES,
   DEFAULT_COLUMNS,
@@ -27,22 +28,7 @@ from transforms.flow_record import LogFormat
 from transforms.parquet import PARQUET_BATCH_ROWS
 
 ORIGIN = 's3://bucket/AWSLogs/aws-account-id=123456789012/x.log.parquet'
-V2_FIELDS = (
-  'version',
-  'account-id',
-  'interface-id',
-  'srcaddr',
-  'dstaddr',
-  'srcport',
-  'dstport',
-  'protocol',
-  'packets',
-  'bytes',
-  'start',
-  'end',
-  'action',
-  'log-status',
-)
+V2_FIELDS = DEFAULT_FORMAT_FIELDS
 OCSF_FIELDS = V2_FIELDS + (
   'vpc-id',
   'subnet-id',
@@ -312,28 +298,9 @@ def test_ocsf_1_0_rc2_security_lake_source_version_1():
     'class_uid': 4001,
   }
   items = decoded(parquet_bytes(ocsf_table([row], OCSF_1_0_RC2_SCHEMA)))
+  # The default fields but `version` (a 1.0 row has none), and what 1.0 holds of version 3 to 5.
   assert [i.fields for i in items] == [
-    (
-      'account-id',
-      'interface-id',
-      'srcaddr',
-      'dstaddr',
-      'srcport',
-      'dstport',
-      'protocol',
-      'packets',
-      'bytes',
-      'start',
-      'end',
-      'action',
-      'log-status',
-      'vpc-id',
-      'pkt-srcaddr',
-      'pkt-dstaddr',
-      'region',
-      'az-id',
-      'flow-direction',
-    )
+    V2_FIELDS[1:] + ('vpc-id', 'pkt-srcaddr', 'pkt-dstaddr', 'region', 'az-id', 'flow-direction')
   ]
   assert records(items) == [
     FlowRecord(None, '111122223333', ENI, '192.0.2.1', '10.0.0.8', 1700000410, 1700000470, 'REJECT', 'OK')

@@ -269,17 +269,24 @@ def test_count_distinct_peers_with_a_custom_log_format():
 
 def test_count_distinct_peers_sends_bad_lines_to_dead_letters():
   good = flow_line('10.0.0.1', '10.0.0.2', W0 + 1)
-  lines = [
-    good,
-    good.rsplit(' ', 1)[0],
-    flow_line('10.0.0.1', '10.0.0.300', W0 + 2),
-    flow_line('10.0.0.1', 'not-an-address', W0 + 2),
-    flow_line('10.0.0.1', '10.0.0.2', 'abc', W0 + 2),
-    flow_line('10.0.0.1', '10.0.0.2', 99, W0 + 2),
-    flow_line('10.0.0.1', '10.0.0.2', W0 + 50, W0 + 10),
-    flow_line('10.0.0.1', '10.0.0.2', W0 + 3, log_status='WEIRD'),
-    flow_line('10.0.0.1', '10.0.0.2', '-', '-'),
+  # Each bad line, and the reason its dead letter gives.
+  bad = [
+    (good.rsplit(' ', 1)[0], 'expected 14 fields, found 13'),
+    (
+      flow_line('10.0.0.1', '10.0.0.300', W0 + 2),
+      "invalid address: '10.0.0.300' does not appear to be an IPv4 or IPv6 address",
+    ),
+    (
+      flow_line('10.0.0.1', 'not-an-address', W0 + 2),
+      "invalid address: 'not-an-address' does not appear to be an IPv4 or IPv6 address",
+    ),
+    (flow_line('10.0.0.1', '10.0.0.2', 'abc', W0 + 2), "start is not a number: 'abc'"),
+    (flow_line('10.0.0.1', '10.0.0.2', 99, W0 + 2), 'start is not a plausible Unix time: 99'),
+    (flow_line('10.0.0.1', '10.0.0.2', W0 + 50, W0 + 10), f'end {W0 + 10} is before start {W0 + 50}'),
+    (flow_line('10.0.0.1', '10.0.0.2', W0 + 3, log_status='WEIRD'), "unknown log-status 'WEIRD'"),
+    (flow_line('10.0.0.1', '10.0.0.2', '-', '-'), 'flow with addresses but no start time'),
   ]
+  lines = [good] + [line for line, _ in bad]
   with TestPipeline() as p:
     counted = p | beam.Create([records_batch('shard-0/7', *lines)]) | 'Count' >> CountDistinctPeers()
     assert_that(
@@ -290,39 +297,8 @@ def test_count_distinct_peers_sends_bad_lines_to_dead_letters():
       reasons,
       equal_to(
         [
-          (KIND_BAD_INPUT, 'expected 14 fields, found 13', 'shard-0/7 logEvents[1]', {'raw': lines[1]}),
-          (
-            KIND_BAD_INPUT,
-            "invalid address: '10.0.0.300' does not appear to be an IPv4 or IPv6 address",
-            'shard-0/7 logEvents[2]',
-            {'raw': lines[2]},
-          ),
-          (
-            KIND_BAD_INPUT,
-            "invalid address: 'not-an-address' does not appear to be an IPv4 or IPv6 address",
-            'shard-0/7 logEvents[3]',
-            {'raw': lines[3]},
-          ),
-          (KIND_BAD_INPUT, "start is not a number: 'abc'", 'shard-0/7 logEvents[4]', {'raw': lines[4]}),
-          (
-            KIND_BAD_INPUT,
-            'start is not a plausible Unix time: 99',
-            'shard-0/7 logEvents[5]',
-            {'raw': lines[5]},
-          ),
-          (
-            KIND_BAD_INPUT,
-            f'end {W0 + 10} is before start {W0 + 50}',
-            'shard-0/7 logEvents[6]',
-            {'raw': lines[6]},
-          ),
-          (KIND_BAD_INPUT, "unknown log-status 'WEIRD'", 'shard-0/7 logEvents[7]', {'raw': lines[7]}),
-          (
-            KIND_BAD_INPUT,
-            'flow with addresses but no start time',
-            'shard-0/7 logEvents[8]',
-            {'raw': lines[8]},
-          ),
+          (KIND_BAD_INPUT, reason, f'shard-0/7 logEvents[{i}]', {'raw': line})
+          for i, (line, reason) in enumerate(bad, start=1)
         ]
       ),
       label='CheckDeadLetters',
@@ -352,6 +328,15 @@ def streaming_test_pipeline() -> TestPipeline:
   return TestPipeline(options=options)
 
 
+def assert_counts_an_hour_late(stream, documents, dead_letters) -> None:
+  """Counting `stream` in a streaming run with an hour of allowed lateness
+  gives exactly these documents (every pane) and dead letters."""
+  with streaming_test_pipeline() as p:
+    counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
+    assert_that(counted['documents'], equal_to(documents), label='CheckDocuments')
+    assert_that(counted['dead_letters'], equal_to(dead_letters), label='CheckDeadLetters')
+
+
 def test_count_distinct_peers_on_time_late_and_dropped_data():
   """A window fires when the watermark passes its end; a flow arriving later,
   within the allowed lateness, fires it again with the complete counts; a flow
@@ -364,28 +349,15 @@ def test_count_distinct_peers_on_time_late_and_dropped_data():
     (W1 + 3600 - 0.001, 'r3', '10.0.0.1', '10.0.0.5', W0 + 25),
     (W1 + 3600, 'r4', '10.0.0.1', '10.0.0.4', W0 + 30),
   )
-  with streaming_test_pipeline() as p:
-    counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
-    assert_that(
-      counted['documents'],
-      equal_to(
-        [
-          WindowCounts(W0, W1, {'10.0.0.1': 1, '10.0.0.2': 1}, 0, 'ON_TIME'),
-          WindowCounts(W0, W1, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.3': 1}, 1, 'LATE'),
-          WindowCounts(W0, W1, {'10.0.0.1': 3, '10.0.0.2': 1, '10.0.0.3': 1, '10.0.0.5': 1}, 2, 'LATE'),
-        ]
-      ),
-      label='CheckDocuments',
-    )
-    assert_that(
-      counted['dead_letters'],
-      equal_to(
-        [
-          too_late(W0, {'10.0.0.1': 1, '10.0.0.4': 1}, ['r4']),
-        ]
-      ),
-      label='CheckDeadLetters',
-    )
+  assert_counts_an_hour_late(
+    stream,
+    [
+      WindowCounts(W0, W1, {'10.0.0.1': 1, '10.0.0.2': 1}, 0, 'ON_TIME'),
+      WindowCounts(W0, W1, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.3': 1}, 1, 'LATE'),
+      WindowCounts(W0, W1, {'10.0.0.1': 3, '10.0.0.2': 1, '10.0.0.3': 1, '10.0.0.5': 1}, 2, 'LATE'),
+    ],
+    [too_late(W0, {'10.0.0.1': 1, '10.0.0.4': 1}, ['r4'])],
+  )
 
 
 def test_a_late_pane_that_changes_no_count_is_not_posted_again():
@@ -397,19 +369,14 @@ def test_a_late_pane_that_changes_no_count_is_not_posted_again():
     (W1 + 100, 'r1-again', '10.0.0.2', '10.0.0.1', W0 + 10),  # on time pane
     (W1 + 200, 'r2', '10.0.0.1', '10.0.0.3', W0 + 20),
   )  # the repeat's late pane is not posted
-  with streaming_test_pipeline() as p:
-    counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
-    assert_that(
-      counted['documents'],
-      equal_to(
-        [
-          WindowCounts(W0, W1, {'10.0.0.1': 1, '10.0.0.2': 1}, 0, 'ON_TIME'),
-          WindowCounts(W0, W1, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.3': 1}, 2, 'LATE'),
-        ]
-      ),
-      label='CheckDocuments',
-    )
-    assert_that(counted['dead_letters'], equal_to([]), label='CheckDeadLetters')
+  assert_counts_an_hour_late(
+    stream,
+    [
+      WindowCounts(W0, W1, {'10.0.0.1': 1, '10.0.0.2': 1}, 0, 'ON_TIME'),
+      WindowCounts(W0, W1, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.3': 1}, 2, 'LATE'),
+    ],
+    [],
+  )
 
 
 # --- build_pipeline -----------------------------------------------------------
@@ -435,30 +402,17 @@ def test_build_pipeline_with_a_recording_sink(tmp_path):
     RawRecord('shard-0/4', record_data(data_message([flow_line('2001:db8::5', '10.0.0.1', W1 + 7)]))),
   ]
   options = VpcFlowPeersOptions(['--window_seconds=600'])
+  expected = [
+    window(W0, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.3': 1}),
+    window(W1, {'10.0.0.1': 1, '2001:db8::5': 1}),
+  ]
   with TestPipeline() as p:
     outputs = build_pipeline(
       p, ReadRecordsFrom(beam.Create(records)), RecordingSink(), options, dead_letter_dir=str(tmp_path)
     )
-    assert_that(
-      outputs.documents,
-      equal_to(
-        [
-          window(W0, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.3': 1}),
-          window(W1, {'10.0.0.1': 1, '2001:db8::5': 1}),
-        ]
-      ),
-      label='CheckDocuments',
-    )
-    assert_that(
-      outputs.delivered,
-      equal_to(
-        [
-          window(W0, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.3': 1}),
-          window(W1, {'10.0.0.1': 1, '2001:db8::5': 1}),
-        ]
-      ),
-      label='CheckDelivered',
-    )
+    # Every document counted is delivered (the recording sink takes them all).
+    assert_that(outputs.documents, equal_to(expected), label='CheckDocuments')
+    assert_that(outputs.delivered, equal_to(expected), label='CheckDelivered')
     assert_that(
       outputs.all_dead_letters(),
       equal_to(
@@ -569,23 +523,14 @@ def test_the_first_flows_ever_read_can_be_too_late():
     )  # one bundle: one dead letter per window
     .advance_watermark_to_infinity()
   )
-  with streaming_test_pipeline() as p:
-    counted = p | stream | 'Count' >> CountDistinctPeers(allowed_lateness_seconds=3600)
-    assert_that(
-      counted['documents'],
-      equal_to(
-        [
-          WindowCounts(W1, W1 + 600, {'10.0.0.1': 1, '10.0.0.3': 1}, 0, 'LATE'),
-          WindowCounts(later, later + 600, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.4': 1}, 0, 'ON_TIME'),
-        ]
-      ),
-      label='CheckDocuments',
-    )
-    assert_that(
-      counted['dead_letters'],
-      equal_to([too_late(W0, {'10.0.0.7': 2, '10.0.0.8': 1, '10.0.0.9': 1}, ['r1', 'r2'])]),
-      label='CheckDeadLetters',
-    )
+  assert_counts_an_hour_late(
+    stream,
+    [
+      WindowCounts(W1, W1 + 600, {'10.0.0.1': 1, '10.0.0.3': 1}, 0, 'LATE'),
+      WindowCounts(later, later + 600, {'10.0.0.1': 2, '10.0.0.2': 1, '10.0.0.4': 1}, 0, 'ON_TIME'),
+    ],
+    [too_late(W0, {'10.0.0.7': 2, '10.0.0.8': 1, '10.0.0.9': 1}, ['r1', 'r2'])],
+  )
 
 
 def test_a_bounded_run_counts_every_flow_whatever_its_batch_watermark():

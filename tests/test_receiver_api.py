@@ -10,7 +10,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
@@ -18,6 +17,7 @@ import requests
 from conftest import servers_started_by
 from devtools.receiver import Receiver
 from receiver_posts import contract_post, send
+from tests.waiting import wait_for, while_running
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 W = 1767225600
@@ -262,38 +262,25 @@ def test_series_gives_an_address_s_count_in_every_window(loaded):
   assert (unknown['seen'], [p['peers'] for p in unknown['series']]) == (False, [0] * 6)
 
 
+def jump(window_start, address, peers, baseline, group=''):
+  """One jump as /api/jumps lists it (of a 600 s window)."""
+  return {
+    'group': group,
+    'window_start': window_start,
+    'window_end': window_start + 600,
+    'address': address,
+    'peers': peers,
+    'baseline': baseline,
+  }
+
+
 def test_jumps_since_a_time_for_an_alerting_system(loaded):
   answer = get(loaded, '/api/jumps?since=0')
   assert answer == {
     'rule': RULE,
     'since': 0,
     'truncated': False,
-    'jumps': [
-      {
-        'group': '',
-        'window_start': W + 1800,
-        'window_end': W + 2400,
-        'address': X,
-        'peers': 40,
-        'baseline': 3.0,
-      },
-      {
-        'group': '',
-        'window_start': W + 2400,
-        'window_end': W + 3000,
-        'address': X,
-        'peers': 40,
-        'baseline': 3.0,
-      },
-      {
-        'group': '',
-        'window_start': W + 2400,
-        'window_end': W + 3000,
-        'address': Z,
-        'peers': 25,
-        'baseline': 0.0,
-      },
-    ],
+    'jumps': [jump(W + 1800, X, 40, 3.0), jump(W + 2400, X, 40, 3.0), jump(W + 2400, Z, 25, 0.0)],
   }
   since = get(loaded, f'/api/jumps?since={W + 2400}')
   assert [(j['window_start'], j['address']) for j in since['jumps']] == [(W + 2400, X), (W + 2400, Z)]
@@ -304,16 +291,7 @@ def test_jumps_since_a_time_for_an_alerting_system(loaded):
     [(W + 2400, X)],
     True,
   )
-  assert get(loaded, '/api/jumps?ratio=14')['jumps'] == [
-    {
-      'group': '',
-      'window_start': W + 2400,
-      'window_end': W + 3000,
-      'address': Z,
-      'peers': 25,
-      'baseline': 0.0,
-    }
-  ]
+  assert get(loaded, '/api/jumps?ratio=14')['jumps'] == [jump(W + 2400, Z, 25, 0.0)]
   assert get(loaded, f'/api/jumps?group={GROUP.replace("&", "%26")}')['jumps'] == []
 
 
@@ -386,10 +364,12 @@ def test_the_command_keeps_its_documents_across_a_restart(tmp_path):
       stderr=subprocess.PIPE,
       text=True,
     )
-    deadline = time.monotonic() + 60
-    while not port_file.exists():
-      assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
-      time.sleep(0.05)
+    wait_for(
+      while_running(process, port_file.exists, process.stderr.read),
+      60,
+      'the receiver to write its port',
+      interval=0.05,
+    )
     return process, f'http://127.0.0.1:{port_file.read_text()}'
 
   process, url = start()

@@ -9,10 +9,9 @@ import signal
 import subprocess
 import time
 
-import boto3
 import pytest
 
-from devtools.aws_emulator import FAKE_AWS_ENV, REGION, moto_server
+from devtools.aws_emulator import FAKE_AWS_ENV, client, moto_server
 from pipeline import replay
 from transforms.delivery.parts import idempotency_key
 from replay_helpers import (
@@ -33,6 +32,7 @@ from replay_helpers import (
 )
 from transforms.dead_letter import LOCK_NAME, DirectoryLock, S3Lock
 from transforms.elements import KIND_UNDELIVERED_WINDOW
+from tests.waiting import wait_for, while_running
 
 
 @pytest.fixture
@@ -50,6 +50,19 @@ def endpoint():
 
 def run_replay(directory, *flags):
   return replay.main([str(directory), '--max_retry_seconds=0', *flags])
+
+
+def replay_in_a_process(directory, *flags) -> subprocess.CompletedProcess:
+  """`python -m pipeline.replay` on `directory` (a path or an s3:// URL) as a
+  process of its own, with the emulators' credentials, run to its end."""
+  return subprocess.run(
+    replay_command(directory, *flags),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, **FAKE_AWS_ENV),
+    timeout=120,
+  )
 
 
 def files_in(directory):
@@ -180,14 +193,7 @@ def test_replay_while_another_holds_the_directory_posts_nothing_and_exits_1(endp
 
 
 def test_replay_of_an_s3_bucket_that_does_not_exist_is_one_line_and_exit_1(moto):
-  result = subprocess.run(
-    replay_command('s3://no-such-bucket/dead', f'--s3_endpoint_url={moto.url}'),
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    env=dict(os.environ, **FAKE_AWS_ENV),
-    timeout=120,
-  )
+  result = replay_in_a_process('s3://no-such-bucket/dead', f'--s3_endpoint_url={moto.url}')
   assert result.returncode == 1
   [line] = [l for l in result.stderr.splitlines() if not l.startswith('WARNING:root:crcmod')]
   assert line.startswith('error: replay of s3://no-such-bucket/dead failed: ')
@@ -324,11 +330,12 @@ def test_a_window_on_two_lines_that_fails_is_posted_once_and_both_copies_stay(en
 
 
 def wait_for_posts(receiver, count, process, timeout=60):
-  deadline = time.monotonic() + timeout
-  while len(receiver.attempts) < count:
-    assert process.poll() is None, process.communicate()
-    assert time.monotonic() < deadline, 'the replay posted too little'
-    time.sleep(0.01)
+  wait_for(
+    while_running(process, lambda: len(receiver.attempts) >= count, lambda: str(process.communicate())),
+    timeout,
+    f'the replay to post {count} windows',
+    interval=0.01,
+  )
 
 
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM], ids=['ctrl_c', 'sigterm'])
@@ -374,7 +381,7 @@ def test_sigkill_of_a_replay_loses_no_window_and_leaves_no_stale_lock(endpoint, 
   assert buckets_on_disk(tmp_path) == [window_bucket(i) for i in range(28)]
   receiver.delay = 0
   # The kernel released the killed replay's lock: the next one runs at once.
-  result = subprocess.run(replay_command(tmp_path), cwd=REPO, capture_output=True, text=True, timeout=120)
+  result = replay_in_a_process(tmp_path)
   assert result.returncode == 0, result.stderr
   assert buckets_on_disk(tmp_path) == []
   assert set(receiver.posts_by_bucket(200)) == {window_bucket(i) for i in range(28)}
@@ -424,18 +431,8 @@ def moto():
     yield server
 
 
-def s3_client(moto_url):
-  return boto3.session.Session().client(
-    's3',
-    region_name=REGION,
-    endpoint_url=moto_url,
-    aws_access_key_id=FAKE_AWS_ENV['AWS_ACCESS_KEY_ID'],
-    aws_secret_access_key=FAKE_AWS_ENV['AWS_SECRET_ACCESS_KEY'],
-  )
-
-
 def test_replay_of_a_directory_on_s3_removes_delivered_and_keeps_undelivered(endpoint, moto):
-  s3 = s3_client(moto.url)
+  s3 = client('s3', moto.url)
   s3.create_bucket(Bucket='dl-replay')
   healthy, failing = endpoint(), endpoint(failing=[window_bucket(1)])
   letters = [letter(0, healthy.url()), letter(1, failing.url()), letter(2, healthy.url())]
@@ -445,14 +442,7 @@ def test_replay_of_a_directory_on_s3_removes_delivered_and_keeps_undelivered(end
     Bucket='dl-replay', Key=f'run-1/{KIND_UNDELIVERED_WINDOW}-b.jsonl', Body=line_of(letter(3, healthy.url()))
   )
 
-  result = subprocess.run(
-    replay_command('s3://dl-replay/run-1', f'--s3_endpoint_url={moto.url}'),
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    env=dict(os.environ, **FAKE_AWS_ENV),
-    timeout=120,
-  )
+  result = replay_in_a_process('s3://dl-replay/run-1', f'--s3_endpoint_url={moto.url}')
 
   assert result.returncode == 2, result.stderr
   keys = [o['Key'] for o in s3.list_objects_v2(Bucket='dl-replay')['Contents']]
@@ -473,23 +463,16 @@ def test_replay_of_a_directory_on_s3_removes_delivered_and_keeps_undelivered(end
 
 
 def test_replay_of_an_empty_s3_prefix_says_so_in_one_line_and_exits_0(moto):
-  s3 = s3_client(moto.url)
+  s3 = client('s3', moto.url)
   s3.create_bucket(Bucket='dl-empty')
-  result = subprocess.run(
-    replay_command('s3://dl-empty/never-written', f'--s3_endpoint_url={moto.url}'),
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    env=dict(os.environ, **FAKE_AWS_ENV),
-    timeout=120,
-  )
+  result = replay_in_a_process('s3://dl-empty/never-written', f'--s3_endpoint_url={moto.url}')
   assert result.returncode == 0, result.stderr
   assert result.stdout == 'replay: no undelivered windows under s3://dl-empty/never-written\n'
   assert s3.list_objects_v2(Bucket='dl-empty').get('Contents') is None  # its lock removed
 
 
 def test_a_second_replay_on_s3_is_refused_while_the_lock_is_held(moto):
-  s3 = s3_client(moto.url)
+  s3 = client('s3', moto.url)
   s3.create_bucket(Bucket='dl-second')
   first = S3Lock('s3://dl-second/run-1', s3, stale_after=60)
   first.acquire()
@@ -509,7 +492,7 @@ def test_a_second_replay_on_s3_is_refused_while_the_lock_is_held(moto):
 
 
 def test_the_s3_lock_of_a_killed_replay_is_taken_over_once_stale(moto):
-  s3 = s3_client(moto.url)
+  s3 = client('s3', moto.url)
   s3.create_bucket(Bucket='dl-stale')
   # A killed replay's lock: nobody renews it.
   s3.put_object(Bucket='dl-stale', Key='run-1/.replay.lock', Body=b'pid 1 on gone since then\n')
@@ -529,7 +512,7 @@ def test_the_s3_lock_of_a_killed_replay_is_taken_over_once_stale(moto):
 
 
 def test_an_s3_replay_whose_lock_was_taken_over_stops_before_its_next_post(moto):
-  s3 = s3_client(moto.url)
+  s3 = client('s3', moto.url)
   s3.create_bucket(Bucket='dl-taken')
   lock = S3Lock('s3://dl-taken/run-1', s3, stale_after=0.4)
   lock.acquire()

@@ -18,7 +18,7 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from builders import custom_line
+from builders import DEFAULT_FORMAT_FIELDS, custom_line
 from devtools.aws_emulator import FAKE_AWS_ENV, REGION, client, moto_server
 from parquet_builders import aws_row, aws_table, ocsf_row, ocsf_table, parquet_bytes
 from pipeline.cli import main
@@ -38,10 +38,8 @@ HIVE_PREFIX = (
 LAKE_PREFIX = f'aws/VPC_FLOW/2.0/region=eu-west-1/accountId={ACCOUNT}/eventDay=20231114/'
 
 A, B, C, D = '10.0.0.1', '10.0.0.2', '198.51.100.7', '10.0.0.4'
-HEADER = (
-  'version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes '
-  'start end action log-status vpc-id flow-direction'
-).split()
+HEADER = DEFAULT_FORMAT_FIELDS + ('vpc-id', 'flow-direction')
+INTERFACE = dict(version=5, account_id=ACCOUNT, interface_id='eni-1', vpc_id='vpc-1')  # both lines'
 
 OBJECTS = {
   # Text, as AWS delivers it: gzip, a header line naming a custom format.
@@ -51,9 +49,7 @@ OBJECTS = {
       + '\n'
       + custom_line(
         HEADER,
-        version=5,
-        account_id=ACCOUNT,
-        interface_id='eni-1',
+        **INTERFACE,
         srcaddr=A,
         dstaddr=B,
         srcport=49152,
@@ -65,20 +61,10 @@ OBJECTS = {
         end=1700000440,
         action='ACCEPT',
         log_status='OK',
-        vpc_id='vpc-1',
         flow_direction='egress',
       )
       + '\n'
-      + custom_line(
-        HEADER,
-        version=5,
-        account_id=ACCOUNT,
-        interface_id='eni-1',
-        start=1700000400,
-        end=1700000460,
-        log_status='NODATA',
-        vpc_id='vpc-1',
-      )
+      + custom_line(HEADER, **INTERFACE, start=1700000400, end=1700000460, log_status='NODATA')
       + '\n'
     ).encode(),
     mtime=0,
@@ -139,10 +125,8 @@ def letters(s3_client, key):
   return [json.loads(line) for line in body.splitlines() if line]
 
 
-def test_beam_s3_globs_match_each_aws_key_layout(s3, monkeypatch):
+def test_beam_s3_globs_match_each_aws_key_layout(s3, fake_aws_credentials):
   server, _ = s3
-  for name, value in FAKE_AWS_ENV.items():
-    monkeypatch.setenv(name, value)
   configure_filesystems(PipelineOptions(s3_flags(server)))
   matched = lambda pattern: sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
   assert matched(f's3://{BUCKET}/AWSLogs/{ACCOUNT}/vpcflowlogs/eu-west-1/2023/11/1[45]/*.log.gz') == [
@@ -203,10 +187,8 @@ def test_backfill_from_s3_dead_letters_to_s3_and_replay_from_s3(s3, start_receiv
   assert [k for k in left if 'bad_input' in k] == [k for k in written if 'bad_input' in k]
 
 
-def test_input_glob_on_a_missing_bucket_is_one_line_and_exit_1(s3, monkeypatch, capsys):
+def test_input_glob_on_a_missing_bucket_is_one_line_and_exit_1(s3, fake_aws_credentials, capsys):
   server, _ = s3
-  for name, value in FAKE_AWS_ENV.items():
-    monkeypatch.setenv(name, value)
   assert (
     main(
       [
@@ -221,13 +203,11 @@ def test_input_glob_on_a_missing_bucket_is_one_line_and_exit_1(s3, monkeypatch, 
   assert err.startswith('error: --input ') and err.count('\n') == 1, err
 
 
-def test_backfill_from_s3_on_flink(s3, flink_cluster, start_receiver, monkeypatch, capsys):
+def test_backfill_from_s3_on_flink(s3, flink_cluster, start_receiver, fake_aws_credentials, capsys):
   """The same glob on the Flink session cluster (LOOPBACK: the SDK harness in
   this process gets the S3 options with the job): the same windows, and the
   bad input's dead letter written to S3."""
   server, s3_client = s3
-  for name, value in FAKE_AWS_ENV.items():
-    monkeypatch.setenv(name, value)
   receiver = start_receiver()
   code = main(
     [
@@ -249,14 +229,12 @@ def test_backfill_from_s3_on_flink(s3, flink_cluster, start_receiver, monkeypatc
   assert [job['state'] for job in flink_cluster.jobs()].count('FINISHED') >= 1
 
 
-def test_s3_object_gone_between_listing_and_reading_is_a_dead_letter_not_a_crash(s3, monkeypatch):
+def test_s3_object_gone_between_listing_and_reading_is_a_dead_letter_not_a_crash(s3, fake_aws_credentials):
   from apache_beam.io.filesystem import FileMetadata
   from apache_beam.io.fileio import ReadableFile
   from transforms.sources import DecodeFileDoFn
 
   server, _ = s3
-  for name, value in FAKE_AWS_ENV.items():
-    monkeypatch.setenv(name, value)
   decode = DecodeFileDoFn(s3_options={'s3_endpoint_url': server.url, 's3_region_name': REGION})
   decode.setup()
   try:

@@ -12,10 +12,11 @@ import xml.etree.ElementTree as ElementTree
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 BUILDS = ('deploy/prism/build-prism.sh', 'deploy/flink/build-job-server.sh')
@@ -92,10 +93,14 @@ def test_background_builds_end_with_the_test_run(scripts_copy, tmp_path, selecte
   assert finished.returncode == status, finished.stdout + finished.stderr
   pids = [int(pid) for notes in pids_dir.iterdir() for pid in notes.read_text().split()]
   assert len(pids) == 4  # two builds, each with a child
-  deadline = time.monotonic() + 10  # SIGTERM delivered; the kernel may take a moment
-  while any(map(alive, pids)) and time.monotonic() < deadline:
-    time.sleep(0.05)
-  assert [pid for pid in pids if alive(pid)] == []
+  # SIGTERM delivered; the kernel may take a moment.
+  wait_for(
+    lambda: [pid for pid in pids if alive(pid)] == [],
+    10,
+    'the builds to end',
+    lambda: f'alive: {[pid for pid in pids if alive(pid)]}',
+    interval=0.05,
+  )
 
 
 GUARDED_TESTS = """

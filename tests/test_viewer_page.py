@@ -6,7 +6,6 @@ chosen, follows a changed rule, lets a group be chosen, and leaves a
 screenshot under out/ that is checked not to be blank."""
 
 import os
-from collections import defaultdict
 
 import pytest
 from PIL import Image, ImageStat
@@ -20,6 +19,7 @@ from devtools.sample_data import DEFAULT_START, SCANNER, SampleVpc, write_sample
 from devtools.viewer.jumps import JumpRule, series_jumps
 from pipeline.cli import main
 from receiver_posts import contract_post, send
+from tests.builders import reference_answer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCREENSHOT = os.path.join(REPO, 'out', 'viewer', 'viewer.png')
@@ -27,18 +27,6 @@ LINES = 12_000
 WINDOWS = [DEFAULT_START + 600 * i for i in range(6)]
 SCAN_STARTS = DEFAULT_START + 1800  # half way through the sample hour
 JUMP_ORANGE = (0xD9, 0x48, 0x0F)  # --jump in viewer.css
-
-
-def exact_answer(lines):
-  """MISSION.md's answer, the plain way."""
-  buckets = defaultdict(lambda: defaultdict(set))
-  for line in lines:
-    fields = line.split()
-    src, dst, start, status = fields[3], fields[4], int(fields[10]), fields[13]
-    if status == 'OK' and src != '-' and dst != '-':
-      buckets[start // 600 * 600][src].add(dst)
-      buckets[start // 600 * 600][dst].add(src)
-  return {b: {ip: len(peers) for ip, peers in by_ip.items()} for b, by_ip in buckets.items()}
 
 
 @pytest.fixture(scope='module')
@@ -58,7 +46,7 @@ def viewer(tmp_path_factory):
       )
       == 0
     )
-    answer = exact_answer(SampleVpc().flow_lines(LINES, DEFAULT_START))
+    answer = reference_answer(SampleVpc().flow_lines(LINES, DEFAULT_START))
     assert sorted(answer) == WINDOWS
     assert receiver.documents() == {(start, ''): counts for start, counts in answer.items()}
     jumps = {

@@ -15,6 +15,7 @@ from apache_beam.portability.api import beam_fn_api_pb2, endpoints_pb2
 
 from devtools.aws_emulator import free_port
 from pipeline import worker_pool
+from tests.waiting import wait_listening
 
 
 def start_request(control_url: str, worker_id: str = 'w1') -> beam_fn_api_pb2.StartWorkerRequest:
@@ -81,24 +82,12 @@ def test_a_missing_interpreter_is_an_error():
   assert response.error.startswith("could not start the SDK harness ('/nonexistent/python'): ")
 
 
-def wait_listening(address, port, process, timeout=30):
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    assert process.poll() is None, process.communicate()
-    try:
-      socket.create_connection((address, port), 0.5).close()
-      return
-    except OSError:
-      time.sleep(0.1)
-  pytest.fail(f'the pool did not listen on {address}:{port}')
-
-
 def test_the_pool_listens_on_its_address_only_and_never_shares_its_port():
   port = free_port()
   command = [sys.executable, '-m', 'pipeline.worker_pool', f'--service_port={port}']
   first = subprocess.Popen(command + ['--bind_address=127.0.1.1'], stderr=subprocess.PIPE, text=True)
   try:
-    wait_listening('127.0.1.1', port, first)
+    wait_listening(first, port, 'the pool', lambda: first.communicate()[1], timeout=30, address='127.0.1.1')
     with pytest.raises(OSError):
       socket.create_connection(('127.0.0.1', port), 2).close()
     second = subprocess.run(

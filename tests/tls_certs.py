@@ -1,11 +1,16 @@
 """Self-signed certificates for TLS tests, made with `cryptography` (a dependency
-already installed) at test time: nothing secret is kept in the repository."""
+already installed) at test time: nothing secret is kept in the repository.
+Also a pytest plugin (`pytest_plugins = ['tests.tls_certs']` in a TLS test
+module) with the fixtures those modules share: two certificates, and an
+endpoint on 127.0.0.1 serving the first."""
 
 import datetime
 import ipaddress
 import ssl
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Tuple
+
+import pytest
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -54,3 +59,16 @@ def self_signed(directory: Path, name: str = 'endpoint') -> Certificate:
     )
   )
   return Certificate(cert_path, key_path)
+
+
+@pytest.fixture(scope='module')
+def certificates(tmp_path_factory) -> Tuple[Certificate, Certificate]:
+  """The endpoint's certificate, and another CA's (which does not trust it)."""
+  directory = tmp_path_factory.mktemp('tls')
+  return self_signed(directory, 'endpoint'), self_signed(directory, 'other-ca')
+
+
+@pytest.fixture
+def tls_endpoint(certificates, start_receiver):
+  """A tests.endpoint.ScriptedEndpoint serving TLS with the endpoint's certificate."""
+  return start_receiver(tls=certificates[0].server_context())

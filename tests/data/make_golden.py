@@ -25,7 +25,8 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))  # tests/, for builders
+sys.path.insert(1, os.path.dirname(os.path.dirname(HERE)))  # the repository, for devtools
 
 from builders import (
   b64,
