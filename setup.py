@@ -32,12 +32,22 @@ setuptools.setup(
   # compiler the package still installs and gives the same answers in
   # Python, slower (with a warning when a pipeline starts). The images build
   # them in a stage with a compiler.
+  # Both include transforms/_ascii_text.h (what they share): a change to it
+  # rebuilds both.
   ext_modules=[
     setuptools.Extension(
-      'transforms._flowscan', ['transforms/_flowscan.c'], optional=True, extra_compile_args=['-O3']
+      'transforms._flowscan',
+      ['transforms/_flowscan.c'],
+      depends=['transforms/_ascii_text.h'],
+      optional=True,
+      extra_compile_args=['-O3'],
     ),
     setuptools.Extension(
-      'transforms.counting._scan', ['transforms/counting/_scan.c'], optional=True, extra_compile_args=['-O3']
+      'transforms.counting._scan',
+      ['transforms/counting/_scan.c'],
+      depends=['transforms/_ascii_text.h'],
+      optional=True,
+      extra_compile_args=['-O3'],
     ),
   ],
   extras_require={

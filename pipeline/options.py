@@ -65,6 +65,12 @@ def true_or_false(text: str) -> bool:
   raise argparse.ArgumentTypeError(f'expected true or false, not {text!r}')
 
 
+def add_true_or_false_flag(parser, name: str, help: str) -> None:
+  """A flag of a Boolean option of the Flink runner (Java): `--name` alone is
+  true, `--name=false` false, and unset it is None (the runner's default)."""
+  parser.add_argument(name, type=true_or_false, nargs='?', const=True, default=None, help=help)
+
+
 def add_delivery_args(parser) -> None:
   """The flags of delivery to the endpoint, shared by the pipeline and by
   `python -m pipeline.replay` (one definition, the same defaults)."""
@@ -360,13 +366,6 @@ class FlinkJavaOptions(PipelineOptions):
   def _add_argparse_args(cls, parser):
     for name, kind in FLINK_JAVA_FLAGS.items():
       if kind is bool:
-        parser.add_argument(
-          f'--{name}',
-          type=true_or_false,
-          nargs='?',
-          const=True,
-          default=None,
-          help='Flink runner (Java) option.',
-        )
+        add_true_or_false_flag(parser, f'--{name}', 'Flink runner (Java) option.')
       else:
         parser.add_argument(f'--{name}', type=kind, default=None, help='Flink runner (Java) option.')

@@ -38,6 +38,8 @@ from apache_beam.portability.api import beam_job_api_pb2
 from apache_beam.runners.portability import flink_runner, flink_uber_jar_job_server
 from apache_beam.version import __version__ as BEAM_VERSION
 
+from pipeline.options import add_true_or_false_flag
+
 _LOG = logging.getLogger(__name__)
 
 # The Flink minor version the job-server jar and the clusters run; it must be the
@@ -61,14 +63,6 @@ LOOPBACK_HOSTS = frozenset(['localhost', '127.0.0.1', '::1'])
 MAGIC_FLINK_MASTERS = frozenset(['[local]', '[auto]'])
 
 
-def _true_or_false(text: str) -> bool:
-  if text.lower() in ('true', '1', 'yes'):
-    return True
-  if text.lower() in ('false', '0', 'no'):
-    return False
-  raise ValueError(f'expected true or false, not {text!r}')
-
-
 class FlinkCheckpointOptions(PipelineOptions):
   """A flag of Beam's Flink runner (Java FlinkPipelineOptions) that Beam's
   Python SDK does not declare, declared here so that the FlinkRunner defaults
@@ -87,13 +81,10 @@ class FlinkCheckpointOptions(PipelineOptions):
 
   @classmethod
   def _add_argparse_args(cls, parser):
-    parser.add_argument(
+    add_true_or_false_flag(
+      parser,
       '--finish_bundle_before_checkpointing',
-      type=_true_or_false,
-      nargs='?',
-      const=True,
-      default=None,
-      help='Flink: finish the open bundle before each checkpoint (default true with '
+      'Flink: finish the open bundle before each checkpoint (default true with '
       'the FlinkRunner: see pipeline/runners.py).',
     )
     parser.add_argument(
@@ -101,13 +92,10 @@ class FlinkCheckpointOptions(PipelineOptions):
       default=None,
       help='Flink: start the job from this savepoint (or retained checkpoint), as an upgrade does.',
     )
-    parser.add_argument(
+    add_true_or_false_flag(
+      parser,
       '--allow_non_restored_state',
-      type=_true_or_false,
-      nargs='?',
-      const=True,
-      default=None,
-      help='Flink: with --savepoint_path, skip savepoint state no step of the job claims.',
+      'Flink: with --savepoint_path, skip savepoint state no step of the job claims.',
     )
 
 

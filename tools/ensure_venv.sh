@@ -13,7 +13,8 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 # The C fast paths are compiled by the install (editable: next to their sources).
 if [[ ! -f "$STAMP" || "$ROOT/setup.py" -nt "$STAMP" || "$ROOT/requirements-dev.txt" -nt "$STAMP"
-      || "$ROOT/transforms/_flowscan.c" -nt "$STAMP" || "$ROOT/transforms/counting/_scan.c" -nt "$STAMP" ]]; then
+      || "$ROOT/transforms/_flowscan.c" -nt "$STAMP" || "$ROOT/transforms/counting/_scan.c" -nt "$STAMP"
+      || "$ROOT/transforms/_ascii_text.h" -nt "$STAMP" ]]; then
   "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
   "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]" -r "$ROOT/requirements-dev.txt" >&2
   touch "$STAMP"

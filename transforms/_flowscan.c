@@ -1,12 +1,10 @@
 /* The decoding fast path in C: CloudWatch Logs subscription messages to
    flow log lines and their log events' timestamps (data_message_events,
-   below). The counting fast path is transforms/counting/_scan.c. */
+   below). The counting fast path is transforms/counting/_scan.c; what the
+   two share (spans of ASCII text, digits, str) is in _ascii_text.h. */
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
+#include "_ascii_text.h"
 #include <stdlib.h>
-#include <string.h>
 
 /* ---- data_message_events: a CloudWatch Logs subscription message's events ----
 
@@ -33,11 +31,6 @@ typedef struct {
   const unsigned char *p, *end;
   int depth;
 } Json;
-
-typedef struct {
-  const char *text;
-  Py_ssize_t length;
-} Span;
 
 static inline void json_space(Json *j) {
   while (j->p < j->end && (*j->p == ' ' || *j->p == '\n' || *j->p == '\r' || *j->p == '\t')) j->p++;
@@ -68,8 +61,6 @@ static int json_string(Json *j, Span *span) {
   j->p = close + 1;
   return 1;
 }
-
-static inline int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 
 /* Python reads an integer of more than 4300 digits (PYTHONINTMAXSTRDIGITS,
    640 at least) as an error, and orjson none beyond 64 bits: an integer
@@ -188,11 +179,9 @@ static int json_timestamp(Json *j, LastTimestamp *last, int64_t *out) {
   Py_ssize_t length = p - digits;
   if (length > 18 || (p < e && (*p == '.' || *p == 'e' || *p == 'E'))) return 0;
   if (length != last->text.length || memcmp(digits, last->text.text, (size_t)length) != 0) {
-    int64_t value = 0;
-    for (const unsigned char *d = digits; d < p; d++) value = value * 10 + (*d - '0');
+    if (!decimal_value((const char *)digits, length, &last->value)) return 0;
     last->text.text = (const char *)digits;
     last->text.length = length;
-    last->value = value;
   }
   j->p = p;
   *out = last->value;
@@ -253,7 +242,7 @@ static int json_data_message(Json *j, Events *events) {
   return j->p == j->end && types == 1 && event_lists == 1;
 }
 
-static PyObject *data_message_events(PyObject *module, PyObject *payload) {
+static PyObject *data_message_events(PyObject *Py_UNUSED(module), PyObject *payload) {
   if (!PyBytes_Check(payload)) Py_RETURN_NONE;
   Json j = {(const unsigned char *)PyBytes_AS_STRING(payload),
             (const unsigned char *)PyBytes_AS_STRING(payload) + PyBytes_GET_SIZE(payload), 0};
@@ -269,13 +258,11 @@ static PyObject *data_message_events(PyObject *module, PyObject *payload) {
   PyObject *lines = PyTuple_New(events.count);
   PyObject *timestamps = lines ? PyBytes_FromStringAndSize(NULL, events.count * (Py_ssize_t)sizeof(int64_t)) : NULL;
   for (Py_ssize_t i = 0; timestamps != NULL && i < events.count; i++) {
-    Span message = events.items[i].message;
-    PyObject *line = PyUnicode_New(message.length, 127);
+    PyObject *line = ascii_str(events.items[i].message.text, events.items[i].message.length);
     if (line == NULL) {
       Py_CLEAR(timestamps);
       break;
     }
-    memcpy(PyUnicode_DATA(line), message.text, (size_t)message.length);
     PyTuple_SET_ITEM(lines, i, line);
     ((int64_t *)PyBytes_AS_STRING(timestamps))[i] = events.items[i].timestamp;
   }
@@ -294,8 +281,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_flowscan",
-    "The decoding fast path in C (transforms/_flowscan.c).", -1, methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_flowscan",
+    .m_doc = "The decoding fast path in C (transforms/_flowscan.c).",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC PyInit__flowscan(void) { return PyModule_Create(&module); }

@@ -208,6 +208,16 @@ def _refuse_huge_json(text: Union[bytes, str], what: str) -> None:
     )
 
 
+def _parse_json(text: Union[bytes, str], what: str, not_json_what: Optional[str] = None):
+  """The JSON value of `text`; BadInput when it holds too many values to parse
+  (`what` names it) or is not JSON (`not_json_what`, or `what`, names it)."""
+  _refuse_huge_json(text, what)
+  try:
+    return json_loads(text)
+  except _JSON_ERRORS as e:
+    raise BadInput(f'{not_json_what or what} is not JSON: {e}', text) from None
+
+
 def decode_subscription_message(payload: bytes, origin: str) -> Iterator[Union[LogBatch, Skipped]]:
   """Reads one decompressed CloudWatch Logs subscription message.
 
@@ -222,11 +232,7 @@ def decode_subscription_message(payload: bytes, origin: str) -> Iterator[Union[L
       lines, timestamps = events
       yield LogBatch(origin, lines, None, True, event_times=timestamps)
       return
-  _refuse_huge_json(payload, 'subscription message')
-  try:
-    message = json_loads(payload)
-  except _JSON_ERRORS as e:
-    raise BadInput(f'subscription message is not JSON: {e}', payload) from None
+  message = _parse_json(payload, 'subscription message')
   yield from read_subscription_message(message, origin, payload)
 
 
@@ -398,13 +404,9 @@ def _decode_json_lines(
     if not line.strip():
       continue
     try:
-      _refuse_huge_json(line, f'line {number}')
-      value = json_loads(line)
+      value = _parse_json(line, f'line {number}')
     except BadInput as e:
       yield e
-      continue
-    except _JSON_ERRORS as e:
-      yield BadInput(f'line {number} is not JSON: {e}', line)
       continue
     yield from _decode_json_value(value, f'{origin}:{number}')
 
@@ -885,12 +887,8 @@ def _decode_json_document(document: bytes, origin: str, cap: int = MAX_JSON_DOCU
     yield BadInput(f'JSON document larger than {cap} bytes: not read', document[:4096])
     return
   try:
-    _refuse_huge_json(document, 'JSON document')
-    value = json_loads(document)
+    value = _parse_json(document, 'JSON document', 'file')
   except BadInput as e:
     yield e
-    return
-  except _JSON_ERRORS as e:
-    yield BadInput(f'file is not JSON: {e}', document)
     return
   yield from _decode_json_values(value, origin)

@@ -21,20 +21,27 @@ from transforms.elements import LogBatch, read_event_times
 from transforms.flow_record import LogFormat
 
 
+def read_iso_8601(text: str) -> Optional[datetime.datetime]:
+  """`text` as an ISO 8601 date and time, aware: 'Z' (or 'z') is UTC, and so
+  is a time without an offset; None when it is not one. The one reading of a
+  date and time on the command line (--since, --until,
+  --kinesis_start_timestamp)."""
+  try:
+    moment = datetime.datetime.fromisoformat(text.strip().replace('Z', '+00:00').replace('z', '+00:00'))
+  except ValueError:
+    return None
+  return moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.timezone.utc)
+
+
 def parse_time(text: str, flag: str) -> int:
   """Unix seconds from `text`: an integer, or ISO 8601 in UTC ('Z', '+00:00'
   or no offset). Raises ValueError saying what to write."""
   text = text.strip()
   if text.lstrip('-').isdigit():
     return int(text)
-  try:
-    moment = datetime.datetime.fromisoformat(text.replace('Z', '+00:00').replace('z', '+00:00'))
-  except ValueError:
-    raise ValueError(
-      f'{flag} must be Unix seconds or ISO 8601 UTC (2023-11-14T22:20:00Z), not {text!r}'
-    ) from None
-  if moment.tzinfo is None:
-    moment = moment.replace(tzinfo=datetime.timezone.utc)
+  moment = read_iso_8601(text)
+  if moment is None:
+    raise ValueError(f'{flag} must be Unix seconds or ISO 8601 UTC (2023-11-14T22:20:00Z), not {text!r}')
   if moment.utcoffset() != datetime.timedelta(0):
     raise ValueError(f'{flag} must be in UTC (Z or +00:00): {text!r}')
   return int(moment.timestamp())

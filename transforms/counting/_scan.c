@@ -27,18 +27,12 @@
    lines, anything unusual) is returned in `rest`, by index, for read_line.
 
    The lines are scanned with the GIL released: str objects are immutable and
-   a tuple of them (made of `lines` if it is a list) holds them. */
+   a tuple of them (made of `lines` if it is a list) holds them. Spans of
+   ASCII text, their digits and the str made of them come from
+   transforms/_ascii_text.h, shared with the decoding fast path. */
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
+#include "../_ascii_text.h"
 #include <stdlib.h>
-#include <string.h>
-
-typedef struct {
-  const char *text;
-  Py_ssize_t length;
-} Span;
 
 enum { REST, DOTTED_QUADS, CACHED_ADDRESS };
 
@@ -73,7 +67,7 @@ static int parse_ipv4(Span s, uint32_t *out) {
     }
     Py_ssize_t begin = i;
     unsigned octet = 0;
-    while (i < s.length && s.text[i] >= '0' && s.text[i] <= '9') {
+    while (i < s.length && is_digit((unsigned char)s.text[i])) {
       if (i - begin == 3) return 0;
       octet = octet * 10 + (unsigned)(s.text[i] - '0');
       i++;
@@ -88,12 +82,8 @@ static int parse_ipv4(Span s, uint32_t *out) {
 
 /* A plausible time in seconds, from seconds or milliseconds (rules.flow_time). */
 static int flow_seconds(Span s, const Plan *plan, int64_t *out) {
-  if (s.length < 1 || s.length > 15) return 0;
-  int64_t value = 0;
-  for (Py_ssize_t i = 0; i < s.length; i++) {
-    if (s.text[i] < '0' || s.text[i] > '9') return 0;
-    value = value * 10 + (s.text[i] - '0');
-  }
+  int64_t value;
+  if (s.length < 1 || s.length > 15 || !decimal_value(s.text, s.length, &value)) return 0;
   if (value >= plan->min_time && value < plan->max_time) {
     *out = value;
     return 1;
@@ -169,12 +159,11 @@ static void scan_line(Span line, int64_t event_time, const Plan *plan, Py_ssize_
 static PyObject *group_tuple(const Flow *flow) {
   PyObject *values = PyTuple_New(flow->n_group);
   for (Py_ssize_t g = 0; values != NULL && g < flow->n_group; g++) {
-    PyObject *value = PyUnicode_New(flow->group[g].length, 127);
+    PyObject *value = ascii_str(flow->group[g].text, flow->group[g].length);
     if (value == NULL) {
       Py_CLEAR(values);
       break;
     }
-    memcpy(PyUnicode_DATA(value), flow->group[g].text, (size_t)flow->group[g].length);
     PyTuple_SET_ITEM(values, g, value);
   }
   return values;
@@ -362,7 +351,7 @@ static int read_event_times(PyObject *event_times, Py_ssize_t n, int64_t *out) {
   return ok;
 }
 
-static PyObject *scan(PyObject *module, PyObject *args) {
+static PyObject *scan(PyObject *Py_UNUSED(module), PyObject *args) {
   PyObject *sequence, *plan_object, *known, *event_times = Py_None;
   Plan plan;
   if (!PyArg_ParseTuple(args, "OOO!|O:scan", &sequence, &plan_object, &PyDict_Type, &known,
@@ -438,7 +427,7 @@ done:
 
 /* dotted_quads(keys) -> list: each IPv4 address key (an int below 2**32) as
    inet_ntoa writes it; None for any other key. */
-static PyObject *dotted_quads(PyObject *module, PyObject *sequence) {
+static PyObject *dotted_quads(PyObject *Py_UNUSED(module), PyObject *sequence) {
   PyObject *keys = PySequence_Fast(sequence, "dotted_quads: keys must be a sequence");
   if (keys == NULL) return NULL;
   Py_ssize_t n = PySequence_Fast_GET_SIZE(keys);
@@ -466,12 +455,11 @@ static PyObject *dotted_quads(PyObject *module, PyObject *sequence) {
         *end++ = (char)('0' + octet % 10);
         if (shift) *end++ = '.';
       }
-      text = PyUnicode_New(end - buffer, 127);
+      text = ascii_str(buffer, end - buffer);
       if (text == NULL) {
         Py_CLEAR(result);
         break;
       }
-      memcpy(PyUnicode_DATA(text), buffer, (size_t)(end - buffer));
     }
     PyList_SET_ITEM(result, i, text);
   }
@@ -489,8 +477,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_scan",
-    "The counting scan in C (transforms/counting/_scan.c), twin of rules.scan.", -1, methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_scan",
+    .m_doc = "The counting scan in C (transforms/counting/_scan.c), twin of rules.scan.",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC PyInit__scan(void) { return PyModule_Create(&module); }

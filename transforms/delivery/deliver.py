@@ -16,12 +16,13 @@ import logging
 import time
 from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
+import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import METRICS_NAMESPACE
 from transforms.delivery.breaker import CLOSED, HALF_OPEN, Breakers
 from transforms.delivery.parts import DocumentPart, document_body, group_header, parts_of
-from transforms.delivery.poster import PostOutcome, WindowPoster, origin_of
+from transforms.delivery.poster import DeliveryConfig, PostOutcome, WindowPoster, origin_of
 from transforms.delivery.redaction import redact_url
 from transforms.elements import KIND_UNDELIVERED_WINDOW, DeadLetter, WindowCounts
 
@@ -40,6 +41,27 @@ class SinkCounters:
     self.attempts = counter('delivery_attempts')
     # The first and last window posted (min and max), for the summary.
     self.window_start = Metrics.distribution(METRICS_NAMESPACE, 'window_start')
+
+
+class DeliveringDoFn(beam.DoFn):
+  """What the sink's DoFns (the bounded PostWindowsDoFn, the streaming
+  RedeliverWindowsDoFn) share: a WindowPoster opened in setup() and closed in
+  teardown(), the Deliverer posting through it, and the sink's counters."""
+
+  def __init__(self, config: DeliveryConfig):
+    self._config = config
+    self._counters = SinkCounters()
+
+  def setup(self):
+    self._poster = WindowPoster(self._config, Breakers(self._config.breaker)).open()
+    self._deliverer = Deliverer(self._poster)
+    # Whether a dead letter's url had secrets redacted (replay needs the real one).
+    self._has_secrets = redact_url(self._config.endpoint_template) != self._config.endpoint_template
+
+  def teardown(self):
+    poster = getattr(self, '_poster', None)
+    if poster is not None:
+      poster.close()
 
 
 class PaneOutcome(NamedTuple):

@@ -159,14 +159,16 @@ def check_endpoint(template: str, token: Optional[str]) -> None:
     )
 
 
-def _redact_query(query: str) -> str:
-  def redact(match):
-    prefix, name, value = match.groups()
-    if urllib.parse.unquote_plus(name).lower() in HARMLESS_QUERY_NAMES or not value:
-      return match.group(0)
-    return f'{prefix}{name}={REDACTED}'
+def _redact_pair(match) -> str:
+  """A _QUERY_PAIR match, its value redacted unless its name is harmless."""
+  prefix, name, value = match.groups()
+  if urllib.parse.unquote_plus(name).lower() in HARMLESS_QUERY_NAMES or not value:
+    return match.group(0)
+  return f'{prefix}{name}={REDACTED}'
 
-  return _QUERY_PAIR.sub(redact, '?' + query)[1:]
+
+def _redact_query(query: str) -> str:
+  return _QUERY_PAIR.sub(_redact_pair, '?' + query)[1:]
 
 
 def redact_url(url: str) -> str:
@@ -187,14 +189,7 @@ def redact_url(url: str) -> str:
 
 def redact_text(text: str) -> str:
   """Query values (not named in HARMLESS_QUERY_NAMES) in any text, redacted."""
-
-  def redact(match):
-    prefix, name, value = match.groups()
-    if urllib.parse.unquote_plus(name).lower() in HARMLESS_QUERY_NAMES or not value:
-      return match.group(0)
-    return f'{prefix}{name}={REDACTED}'
-
-  return _QUERY_PAIR.sub(redact, text)
+  return _QUERY_PAIR.sub(_redact_pair, text)
 
 
 def forms_of(secret: str) -> List[str]:

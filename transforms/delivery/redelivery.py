@@ -27,11 +27,9 @@ from apache_beam import coders
 from apache_beam.transforms import userstate, window
 from apache_beam.transforms.timeutil import TimeDomain
 
-from transforms.delivery.breaker import Breakers
-from transforms.delivery.deliver import Deliverer, PaneOutcome, SinkCounters, log_pane, undelivered_letter
+from transforms.delivery.deliver import DeliveringDoFn, PaneOutcome, log_pane, undelivered_letter
 from transforms.delivery.parts import window_parts
-from transforms.delivery.poster import DeliveryConfig, PostOutcome, RedeliveryPolicy, WindowPoster
-from transforms.delivery.redaction import redact_url
+from transforms.delivery.poster import DeliveryConfig, PostOutcome, RedeliveryPolicy
 from transforms.elements import DEAD_LETTER_TAG, WindowCounts
 
 _LOG = logging.getLogger(__name__)
@@ -150,7 +148,7 @@ class HeldPaneCoder(coders.Coder):
     return True
 
 
-class RedeliverWindowsDoFn(beam.DoFn):
+class RedeliverWindowsDoFn(DeliveringDoFn):
   """Posts (host, WindowCounts) panes, holding those the endpoint cannot take
   and posting them again on processing-time timers (see the module docstring).
   Outputs the delivered WindowCounts, and dead letters."""
@@ -163,20 +161,9 @@ class RedeliverWindowsDoFn(beam.DoFn):
   def __init__(self, config: DeliveryConfig, clock=time.time):
     """`clock`: the processing time where a pane is first held (the timer is
     set from it); a test on a runner's test clock passes that clock's."""
-    self._config = config
+    super().__init__(config)
     self._policy = config.redelivery
     self._clock = clock
-    self._counters = SinkCounters()
-
-  def setup(self):
-    self._poster = WindowPoster(self._config, Breakers(self._config.breaker)).open()
-    self._deliverer = Deliverer(self._poster)
-    self._has_secrets = redact_url(self._config.endpoint_template) != self._config.endpoint_template
-
-  def teardown(self):
-    poster = getattr(self, '_poster', None)
-    if poster is not None:
-      poster.close()
 
   def _parts(self, window_counts: WindowCounts):
     return window_parts(window_counts, self._config.max_body_bytes)

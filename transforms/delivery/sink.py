@@ -16,11 +16,10 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import window
 
-from transforms.delivery.breaker import Breakers
-from transforms.delivery.deliver import Deliverer, SinkCounters, log_pane, undelivered_letter
+from transforms.delivery.deliver import DeliveringDoFn, log_pane, undelivered_letter
 from transforms.delivery.parts import window_parts
-from transforms.delivery.poster import DeliveryConfig, WindowPoster, origin_of
-from transforms.delivery.redaction import redact_url, without_user_info
+from transforms.delivery.poster import DeliveryConfig, origin_of
+from transforms.delivery.redaction import without_user_info
 from transforms.delivery.redelivery import RedeliverWindowsDoFn
 from transforms.elements import DEAD_LETTER_TAG, WindowCounts
 from transforms.endpoint_template import endpoint_url
@@ -28,22 +27,9 @@ from transforms.endpoint_template import endpoint_url
 _LOG = logging.getLogger(__name__)
 
 
-def template_has_secrets(template: str) -> bool:
-  return redact_url(template) != template
-
-
-class PostWindowsDoFn(beam.DoFn):
+class PostWindowsDoFn(DeliveringDoFn):
   """Posts each pane's parts (bounded policy); undeliverable ones go to the
   dead-letter output."""
-
-  def __init__(self, config: DeliveryConfig):
-    self._config = config
-    self._counters = SinkCounters()
-
-  def setup(self):
-    self._poster = WindowPoster(self._config, Breakers(self._config.breaker)).open()
-    self._deliverer = Deliverer(self._poster)
-    self._has_secrets = template_has_secrets(self._config.endpoint_template)
 
   def process(self, window_counts: WindowCounts):
     parts = window_parts(window_counts, self._config.max_body_bytes)
@@ -59,11 +45,6 @@ class PostWindowsDoFn(beam.DoFn):
       yield beam.pvalue.TaggedOutput(
         DEAD_LETTER_TAG, undelivered_letter(window_counts, outcome, self._config, self._has_secrets)
       )
-
-  def teardown(self):
-    poster = getattr(self, '_poster', None)
-    if poster is not None:
-      poster.close()
 
 
 def endpoint_origin(template: str, window_counts: WindowCounts) -> str:

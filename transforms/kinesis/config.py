@@ -6,13 +6,13 @@ Credentials are never part of it: they come from boto3's default chain
 (environment, profile, instance or pod role) where the worker runs.
 """
 
-import datetime
 from typing import Callable, Mapping, NamedTuple, Optional, Tuple
 
 import boto3
 from botocore.config import Config
 
 from transforms.kinesis.restriction import AT_TIMESTAMP, INITIAL_POSITIONS, TRIM_HORIZON, StartPosition
+from transforms.time_range import read_iso_8601
 
 # botocore retry attempts (first call included) for each API call.
 DEFAULT_MAX_ATTEMPTS = 10
@@ -102,15 +102,12 @@ def parse_start_timestamp(text: str) -> float:
     return float(text)
   except ValueError:
     pass
-  try:
-    parsed = datetime.datetime.fromisoformat(text.strip().replace('Z', '+00:00'))
-  except ValueError:
+  moment = read_iso_8601(text)
+  if moment is None:
     raise ValueError(
       f'--kinesis_start_timestamp {text!r} is neither Unix seconds nor an ISO 8601 date and time'
-    ) from None
-  if parsed.tzinfo is None:
-    parsed = parsed.replace(tzinfo=datetime.timezone.utc)
-  return parsed.timestamp()
+    )
+  return moment.timestamp()
 
 
 def add_kinesis_args(parser) -> None:
