@@ -110,7 +110,10 @@ def add_delivery_args(parser) -> None:
   )
 
   parser.add_argument(
-    '--http_attempt_timeout', type=float, default=60.0, help='Total seconds one POST attempt may take.'
+    '--http_attempt_timeout',
+    type=positive_seconds,
+    default=60.0,
+    help='Total seconds one POST attempt may take.',
   )
 
   parser.add_argument(
@@ -286,7 +289,7 @@ class VpcFlowPeersOptions(PipelineOptions):
 
     parser.add_argument(
       '--max_redelivery_age',
-      type=float,
+      type=positive_seconds,
       default=RedeliveryPolicy().max_age,
       help='Streaming: hold and re-post a window this long.',
     )

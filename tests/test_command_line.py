@@ -103,6 +103,27 @@ USAGE_ERRORS = {
     ],
     "--kinesis_start_timestamp 'yesterday' is neither Unix seconds nor an ISO 8601 date and time",
   ),
+  'attempt timeout not a number': (
+    [FLOWS, ENDPOINT, '--http_attempt_timeout=nan'],
+    "--http_attempt_timeout: expected a number of seconds above 0, not 'nan'",
+  ),
+  'endless redelivery': (
+    [FLOWS, ENDPOINT, '--max_redelivery_age=inf'],
+    "--max_redelivery_age: expected a number of seconds above 0, not 'inf'",
+  ),
+  'timestamp not a number': (
+    [
+      '--kinesis_stream=flow-logs',
+      ENDPOINT,
+      '--kinesis_initial_position=AT_TIMESTAMP',
+      '--kinesis_start_timestamp=nan',
+    ],
+    "--kinesis_start_timestamp 'nan' is neither Unix seconds nor an ISO 8601 date and time",
+  ),
+  'delivery delay not a number': (
+    ['--kinesis_stream=flow-logs', ENDPOINT, '--kinesis_max_delivery_delay=nan'],
+    '--kinesis_max_delivery_delay must be a number of seconds',
+  ),
   'negative delivery delay': (
     ['--kinesis_stream=flow-logs', ENDPOINT, '--kinesis_max_delivery_delay=-5'],
     '--kinesis_max_delivery_delay must not be negative',

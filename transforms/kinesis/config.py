@@ -6,6 +6,7 @@ Credentials are never part of it: they come from boto3's default chain
 (environment, profile, instance or pod role) where the worker runs.
 """
 
+import math
 from typing import Callable, Mapping, NamedTuple, Optional, Tuple
 
 import boto3
@@ -73,6 +74,8 @@ class KinesisConfig(NamedTuple):
       raise ValueError(f'{position}=AT_TIMESTAMP needs {names["start_timestamp"]}')
     if self.initial_position != AT_TIMESTAMP and self.start_timestamp is not None:
       raise ValueError(f'{names["start_timestamp"]} goes with {position}=AT_TIMESTAMP')
+    if not math.isfinite(self.max_delivery_delay_seconds):
+      raise ValueError(f'{names["max_delivery_delay_seconds"]} must be a number of seconds')
     if self.max_delivery_delay_seconds < 0:
       raise ValueError(f'{names["max_delivery_delay_seconds"]} must not be negative')
 
@@ -99,10 +102,12 @@ class KinesisConfig(NamedTuple):
 def parse_start_timestamp(text: str) -> float:
   """`--kinesis_start_timestamp`: Unix seconds, or ISO 8601 (UTC if no offset)."""
   try:
-    return float(text)
+    seconds = float(text)
   except ValueError:
-    pass
-  moment = read_iso_8601(text)
+    seconds = None
+  if seconds is not None and math.isfinite(seconds):
+    return seconds
+  moment = None if seconds is not None else read_iso_8601(text)
   if moment is None:
     raise ValueError(
       f'--kinesis_start_timestamp {text!r} is neither Unix seconds nor an ISO 8601 date and time'
