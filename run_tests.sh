@@ -28,17 +28,20 @@ start_build() {  # LOG COMMAND...
   setsid "$@" >"$log" 2>&1 &
   background_builds+=("$!")
 }
+signal_group() {  # SIGNAL PID
+  # A process started a moment ago may not lead its group yet (setsid has not
+  # run): signal the group once it exists, or stop when the process is gone.
+  local tries
+  for tries in $(seq 50); do
+    kill "-$1" -- "-$2" 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || return 0
+    sleep 0.1
+  done
+}
 stop_builds() {
   local pid
-  local tries
   for pid in "${background_builds[@]}"; do
-    # A build started a moment ago may not lead its group yet (setsid has not
-    # run): signal the group once it exists, or stop when the build is gone.
-    for tries in $(seq 50); do
-      kill -TERM -- "-$pid" 2>/dev/null && break
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
+    signal_group TERM "$pid"
   done
   for pid in "${background_builds[@]}"; do
     wait "$pid" 2>/dev/null || true
@@ -69,12 +72,7 @@ setsid .venv/bin/python -m pytest -q -p no:cacheprovider --basetemp=out/pytest-r
   -m runner_lane -rfE --durations=10 tests >"$lane_log" 2>&1 &
 runner_lane=$!
 stop_runner_lane() {
-  local tries
-  for tries in $(seq 50); do
-    kill -INT -- "-$runner_lane" 2>/dev/null && break
-    kill -0 "$runner_lane" 2>/dev/null || break
-    sleep 0.1
-  done
+  signal_group INT "$runner_lane"
   (sleep 120 && kill -KILL -- "-$runner_lane" 2>/dev/null) &
   local timer=$!
   wait "$runner_lane" 2>/dev/null || true
