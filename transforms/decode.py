@@ -28,10 +28,11 @@ from typing import IO, Iterator, List, NamedTuple, Optional, Tuple, Union
 from transforms.elements import NO_EVENT_TIME, LogBatch, Skipped, event_times_of
 from transforms.flow_record import LogFormat
 
-try:
-  from transforms._flowscan import data_message_events as _data_message_events  # setup.py builds it
+try:  # setup.py builds them
+  from transforms._flowscan import data_message_events as _data_message_events
+  from transforms._flowscan import plain_ascii_lines as _plain_ascii_lines
 except ImportError:  # pragma: no cover (installed without a C compiler)
-  _data_message_events = None
+  _data_message_events = _plain_ascii_lines = None
 
 try:
   # ISA-L's inflate, as zlib's API: about twice as fast as zlib on flow log
@@ -463,7 +464,7 @@ def _text_line_blocks(
       yield 1, items, False
       number, region = 1, region[first_end:]
     if region:
-      lines = None if _HEADER_WORD_BYTES in region else _plain_lines(region, max_line_bytes)
+      lines = _block_lines(region, max_line_bytes)
       if lines is not None:
         yield number + 1, lines, True
         number += len(lines)
@@ -484,6 +485,17 @@ def _text_line_blocks(
 
 def _lines_one_by_one(region: bytes, origin: str, first_number: int, max_line_bytes: int):
   return list(_text_lines(io.BufferedReader(io.BytesIO(region)), origin, first_number, max_line_bytes))
+
+
+def _block_lines(region: bytes, max_line_bytes: int) -> Optional[List[str]]:
+  """_plain_lines of a region without a header line, else None. The C path
+  (transforms/_flowscan.c) reads the usual block, ASCII, with the GIL released
+  for all but making the lines' str objects; it declines anything else."""
+  if _plain_ascii_lines is not None:
+    lines = _plain_ascii_lines(region, max_line_bytes, _HEADER_WORD_BYTES)
+    if lines is not None:
+      return lines
+  return None if _HEADER_WORD_BYTES in region else _plain_lines(region, max_line_bytes)
 
 
 def _plain_lines(region: bytes, max_line_bytes: int) -> Optional[List[str]]:
