@@ -258,9 +258,15 @@ def _skip_reason() -> Optional[str]:
   return None
 
 
+def _xdist_worker() -> bool:
+  """True in a pytest-xdist worker: each collects every test, so each would
+  start its own cluster on the same ports and state directory."""
+  return bool(os.environ.get('PYTEST_XDIST_WORKER'))
+
+
 def pytest_collection_finish(session):
   """Starts the cluster in the background when a collected test needs it."""
-  if _skip_reason() or not shutil.which('java'):
+  if _skip_reason() or not shutil.which('java') or _xdist_worker():
     return
   if not any('flink_cluster' in getattr(item, 'fixturenames', ()) for item in session.items):
     return
@@ -314,6 +320,8 @@ def flink_cluster():
     )
   if 'cluster' not in _SESSION:
     cluster = _cluster_from_environment()
+    if _xdist_worker() and not _rest_answers(cluster.rest_url):
+      pytest.fail('the Flink tests start one cluster per pytest session: run them without -n (pytest-xdist)')
     if not (os.environ.get('FLINK_WORKER_POOL_PORT') and os.environ.get('FLINK_S3_PORT')):
       pytest.fail(
         f'a Flink cluster already answers on {cluster.rest_url}, and FLINK_WORKER_POOL_PORT '
