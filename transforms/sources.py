@@ -4,10 +4,12 @@ which is what `pipeline.builder.build_pipeline` expects of any source."""
 
 import io
 import os
+import pickle
 import stat
 from typing import Optional
 
 import apache_beam as beam
+from apache_beam import coders
 from apache_beam.io import fileio
 from apache_beam.io.aws.clients.s3.messages import S3ClientError
 from apache_beam.io.filesystem import CompressionTypes
@@ -18,6 +20,32 @@ from apache_beam.metrics import Metrics
 from transforms import METRICS_NAMESPACE, progress
 from transforms.decode import BadInput, InputLimits, decode_file, decode_kinesis_data
 from transforms.elements import DEAD_LETTER_TAG, DeadLetter, LogBatch, RawRecord, Skipped
+
+
+class LogBatchCoder(coders.Coder):
+  """A LogBatch pickled, as Beam's default coder does it, but with an estimate
+  of its size that does not pickle it. Beam samples the elements each step
+  outputs for a size metric, and by default it takes that size by encoding
+  the element: the whole text of most batches pickled only to be measured
+  (about 0.3 ms a batch of 5,000 lines, with the GIL held)."""
+
+  def encode(self, batch: LogBatch) -> bytes:
+    return pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)
+
+  def decode(self, encoded: bytes) -> LogBatch:
+    return pickle.loads(encoded)
+
+  def estimate_size(self, batch: LogBatch) -> int:
+    return sum(map(len, batch.lines)) + len(batch.lines) * 5 + len(batch.origin) + 64
+
+  def is_deterministic(self) -> bool:
+    return False
+
+  def to_type_hint(self):
+    return LogBatch
+
+
+coders.registry.register_coder(LogBatch, LogBatchCoder)
 
 
 class _DecodeCounters:
@@ -236,9 +264,9 @@ class ReadFlowLogFiles(beam.PTransform):
       | 'SpreadFiles' >> beam.Reshuffle()
       | 'ReadMatches' >> fileio.ReadMatches()
       | 'DecodeFiles'
-      >> beam.ParDo(DecodeFileDoFn(self._limits, self._s3_options)).with_outputs(
-        DEAD_LETTER_TAG, main='batches'
-      )
+      >> beam.ParDo(DecodeFileDoFn(self._limits, self._s3_options))
+      .with_output_types(LogBatch)
+      .with_outputs(DEAD_LETTER_TAG, main='batches')
     )
     return {'batches': decoded.batches, 'dead_letters': decoded[DEAD_LETTER_TAG]}
 
@@ -266,9 +294,9 @@ class DecodeKinesisRecords(beam.PTransform):
   """Kinesis records (RawRecords) to LogBatches, with dead letters."""
 
   def expand(self, records):
-    decoded = records | 'DecodeRecords' >> beam.ParDo(DecodeRecordDoFn()).with_outputs(
-      DEAD_LETTER_TAG, main='batches'
-    )
+    decoded = records | 'DecodeRecords' >> beam.ParDo(DecodeRecordDoFn()).with_output_types(
+      LogBatch
+    ).with_outputs(DEAD_LETTER_TAG, main='batches')
     return {'batches': decoded.batches, 'dead_letters': decoded[DEAD_LETTER_TAG]}
 
 
