@@ -217,6 +217,15 @@ io.tmp.dirs: $STATE_DIR/tmp
 jobmanager.memory.process.size: $JM_PROCESS_SIZE
 taskmanager.memory.process.size: $TM_PROCESS_SIZE
 taskmanager.numberOfTaskSlots: $TM_SLOTS
+# Each Beam job loads the uber jar's classes into a class loader of its own,
+# and Beam's classes keep it alive after the job ends: a TaskManager's
+# metaspace grows by about 50 MB a job (18,000 classes loaded after one job,
+# 40,000 after five), and at the default 256 MB the fifth job on one
+# TaskManager died of "OutOfMemoryError: Metaspace", leaving that TaskManager
+# unable to run any Beam task again. 768 MB holds a dozen jobs or more; a
+# long-lived session cluster still needs its TaskManagers restarted now and
+# then (docs/flink.md).
+taskmanager.memory.jvm-metaspace.size: 768m
 parallelism.default: 1
 # A job's subtasks go to different TaskManagers while there are free slots: on
 # the production topology, each has its own worker pool and so its own CPU.
