@@ -1,7 +1,8 @@
 /* The decoding fast paths in C: CloudWatch Logs subscription messages to
    flow log lines and their log events' timestamps (data_message_events),
-   and a block of a flow log file's text to its lines (plain_ascii_lines). The counting fast path is transforms/counting/_scan.c; what the
-   two share (spans of ASCII text, digits, str) is in _ascii_text.h. */
+   and a block of a flow log file's text to its lines (plain_ascii_lines).
+   The counting fast path is transforms/counting/_scan.c; what the two share
+   (spans of ASCII text, digits, str) is in _ascii_text.h. */
 
 #include "_ascii_text.h"
 #include <stdlib.h>
@@ -299,25 +300,20 @@ static int split_plain(const char *text, Py_ssize_t size, Py_ssize_t max_line_by
   *no_memory = 0;
   if (word_length > 0 && memmem(text, (size_t)size, word, (size_t)word_length) != NULL) return 0;
   unsigned char high = 0; /* branch-free, so that the compiler vectorises it */
-  for (Py_ssize_t i = 0; i < size; i++) high |= (unsigned char)text[i];
-  if (high & 0x80) return 0;
-  /* An empty region is one empty line, as ''.split('\n') is. */
-  Py_ssize_t n = size == 0;
-  for (const char *p = text, *end = text + size; p < end; n++) {
-    const char *newline = memchr(p, '\n', (size_t)(end - p));
-    if (newline == NULL) {
-      n++;
-      break;
-    }
-    p = newline + 1;
+  Py_ssize_t newlines = 0;
+  for (Py_ssize_t i = 0; i < size; i++) {
+    high |= (unsigned char)text[i];
+    newlines += text[i] == '\n';
   }
-  LineSpan *spans = malloc((size_t)n * sizeof(LineSpan));
+  if (high & 0x80) return 0;
+  /* At most one line more than the line ends: the last one, without its own. */
+  LineSpan *spans = malloc((size_t)(newlines + 1) * sizeof(LineSpan));
   if (spans == NULL) {
     *no_memory = 1;
     return 0;
   }
   Py_ssize_t k = 0;
-  if (size == 0) spans[k++] = (LineSpan){0, 0};
+  if (size == 0) spans[k++] = (LineSpan){0, 0}; /* one empty line, as ''.split('\n') is */
   for (Py_ssize_t begin = 0; begin < size; k++) {
     const char *newline = memchr(text + begin, '\n', (size_t)(size - begin));
     Py_ssize_t stop = newline ? newline - text : size;
