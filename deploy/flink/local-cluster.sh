@@ -80,12 +80,12 @@ TOPOLOGY="${FLINK_TOPOLOGY:-single}"
 case "$TOPOLOGY" in
   single) ;;
   production)
-    : "${FLINK_TASKMANAGERS:=2}" "${FLINK_TM_SLOTS:=1}" "${FLINK_TM_PROCESS_SIZE:=2048m}"
+    : "${FLINK_TASKMANAGERS:=2}" "${FLINK_TM_SLOTS:=1}" "${FLINK_TM_PROCESS_SIZE:=2560m}"
     : "${FLINK_WORKER_POOL_PORT:=50000}" "${FLINK_S3_ENDPOINT:=moto}" ;;
   *) echo "FLINK_TOPOLOGY must be single or production, not $TOPOLOGY" >&2; exit 2 ;;
 esac
 TASKMANAGERS="${FLINK_TASKMANAGERS:-1}"
-TM_PROCESS_SIZE="${FLINK_TM_PROCESS_SIZE:-3072m}"
+TM_PROCESS_SIZE="${FLINK_TM_PROCESS_SIZE:-3584m}"
 JM_PROCESS_SIZE="${FLINK_JM_PROCESS_SIZE:-1024m}"
 TM_SLOTS="${FLINK_TM_SLOTS:-2}"
 WORKER_POOL_PORT="${FLINK_WORKER_POOL_PORT:-}"
@@ -224,7 +224,8 @@ taskmanager.numberOfTaskSlots: $TM_SLOTS
 # TaskManager died of "OutOfMemoryError: Metaspace", leaving that TaskManager
 # unable to run any Beam task again. 768 MB holds a dozen jobs or more; a
 # long-lived session cluster still needs its TaskManagers restarted now and
-# then (docs/flink.md).
+# then (docs/flink.md). The process sizes above are 512 MB larger for it, so
+# that the extra metaspace does not come out of the task heap.
 taskmanager.memory.jvm-metaspace.size: 768m
 parallelism.default: 1
 # A job's subtasks go to different TaskManagers while there are free slots: on
