@@ -20,6 +20,8 @@ from typing import Iterable, Optional, Sequence, Tuple
 import boto3
 from botocore.config import Config
 
+from pipeline import parent_death
+
 MOTO_SERVER = os.path.join(os.path.dirname(sys.executable), 'moto_server')
 
 REGION = 'us-east-1'
@@ -58,18 +60,6 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0) 
   raise RuntimeError(f'emulator did not listen on 127.0.0.1:{port} in {timeout} s')
 
 
-def _die_with_parent():
-  """In the child: ask Linux to send SIGTERM when the test process dies, so
-  that a killed test run leaves no emulator behind (a no-op elsewhere)."""
-  try:
-    import ctypes
-
-    libc = ctypes.CDLL('libc.so.6', use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-  except (OSError, AttributeError):
-    pass
-
-
 class EmulatorProcess:
   """A server subprocess on 127.0.0.1 and a free port; a context manager."""
 
@@ -84,12 +74,13 @@ class EmulatorProcess:
 
   def start(self) -> 'EmulatorProcess':
     env = dict(os.environ, **FAKE_AWS_ENV)
+    # SIGTERM when the test process dies, so that a killed test run leaves no
+    # emulator behind.
     self._process = subprocess.Popen(
-      self._command,
+      parent_death.command(signal.SIGTERM, self._command),
       env=env,
       stdout=subprocess.DEVNULL,
       stderr=subprocess.DEVNULL,
-      preexec_fn=_die_with_parent,
     )
     try:
       _wait_for_port(self.port, self._process)

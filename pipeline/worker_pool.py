@@ -35,17 +35,20 @@ from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
 from apache_beam.runners.worker.worker_pool_main import kill_process_gracefully
 from apache_beam.utils import thread_pool_executor
 
+from pipeline import parent_death
+
 _LOG = logging.getLogger('pipeline.worker_pool')
 
 # What a harness prints on stderr once its control channel is up (SdkHarness's
 # constructor waits for that channel).
 READY_MARKER = 'vpc-flow-peers: SDK harness connected'
-# Beam's process-mode harness, plus the marker.
+# Beam's process-mode harness, plus the marker; run after parent_death's
+# prologue (SIGKILL when the pool dies, as a pod's containers die together:
+# a SIGKILLed pool runs no clean-up of its own), so its arguments start at sys.argv[3].
 HARNESS_PROGRAM = (
-  'import sys\n'
   'from apache_beam.runners.worker.sdk_worker import SdkHarness\n'
-  'harness = SdkHarness(sys.argv[1], worker_id=sys.argv[2], state_cache_size=int(sys.argv[3]),\n'
-  '                     data_buffer_time_limit_ms=int(sys.argv[4]))\n'
+  'harness = SdkHarness(sys.argv[3], worker_id=sys.argv[4], state_cache_size=int(sys.argv[5]),\n'
+  '                     data_buffer_time_limit_ms=int(sys.argv[6]))\n'
   f'print({READY_MARKER!r}, file=sys.stderr, flush=True)\n'
   'harness.run()\n'
 )
@@ -53,17 +56,6 @@ DEFAULT_START_TIMEOUT_SECONDS = 90.0
 # The end of a failed harness's output that goes into the error: enough for a traceback.
 ERROR_TAIL_LINES = 30
 ERROR_LINE_CHARS = 500
-
-
-def _die_with_parent():
-  """In a harness: SIGKILL it when the pool dies, as a pod's containers die
-  together (a SIGKILLed pool runs no clean-up of its own)."""
-  try:
-    import ctypes
-
-    ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-  except (OSError, AttributeError):
-    pass
 
 
 class HarnessProcess:
@@ -80,7 +72,6 @@ class HarnessProcess:
       stderr=subprocess.PIPE,
       stdin=subprocess.DEVNULL,
       close_fds=True,
-      preexec_fn=_die_with_parent,
     )
     self._readers = [
       threading.Thread(target=self._copy, args=(self.process.stdout, sys.stdout, False), daemon=True),
@@ -142,15 +133,17 @@ class CheckedWorkerPool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
     self._lock = threading.Lock()
 
   def harness_command(self, request: beam_fn_api_pb2.StartWorkerRequest):
-    return [
+    return parent_death.python_command(
       self._python,
-      '-c',
+      signal.SIGKILL,
       HARNESS_PROGRAM,
-      request.control_endpoint.url,
-      request.worker_id,
-      str(self._state_cache_size),
-      str(self._data_buffer_time_limit_ms),
-    ]
+      [
+        request.control_endpoint.url,
+        request.worker_id,
+        str(self._state_cache_size),
+        str(self._data_buffer_time_limit_ms),
+      ],
+    )
 
   def StartWorker(self, request, context=None):
     try:

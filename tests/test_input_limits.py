@@ -41,10 +41,14 @@ LINE_A = flow_line('10.0.0.1', '10.0.0.2', 1700000410)
 LINE_B = flow_line('10.0.0.3', '10.0.0.4', 1700000420)
 MIB = 1 << 20
 
-# The child: decodes one file with the default limits and prints what came
-# out, one JSON line per item: ["batch", lines] or ["bad", reason, raw_length].
+# The child: limits its own address space to argv[2] bytes (before it imports
+# anything big; a preexec_fn would fork this gRPC-loaded process, see
+# pipeline/parent_death.py), decodes one file with the default limits and
+# prints what came out, one JSON line per item: ["batch", lines] or
+# ["bad", reason, raw_length].
 DECODE_CHILD = """
-import json, sys
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))
 from transforms.decode import BadInput, decode_file
 with open(sys.argv[1], 'rb') as f:
   for item in decode_file(f, 'hostile'):
@@ -58,19 +62,12 @@ with open(sys.argv[1], 'rb') as f:
 def decode_in_bounded_child(path: Path, memory_bytes: int = 512 * MIB, timeout: float = 600):
   """What decode_file makes of the file, decoded in a child process that may
   use at most `memory_bytes` of address space."""
-
-  def limit():
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-
   done = subprocess.run(
-    [sys.executable, '-c', DECODE_CHILD, str(path)],
+    [sys.executable, '-c', DECODE_CHILD, str(path), str(memory_bytes)],
     cwd=REPO,
     capture_output=True,
     text=True,
     timeout=timeout,
-    preexec_fn=limit,
     check=False,
   )
   assert done.returncode == 0, done.stderr[-3000:]

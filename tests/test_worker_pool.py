@@ -3,19 +3,23 @@ SDK harness has connected to the control endpoint it was given, and with the
 harness's own error when the harness cannot start (a python without
 apache_beam), so that Flink fails the task with it instead of waiting."""
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent import futures
 
 import grpc
 import pytest
-from apache_beam.portability.api import beam_fn_api_pb2, endpoints_pb2
+from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc, endpoints_pb2
 
 from devtools.aws_emulator import free_port
 from pipeline import worker_pool
-from tests.waiting import wait_listening
+from tests.child_processes import ForkHandlerCount, ended
+from tests.waiting import wait_for, wait_listening
 
 
 def start_request(control_url: str, worker_id: str = 'w1') -> beam_fn_api_pb2.StartWorkerRequest:
@@ -55,6 +59,64 @@ def test_start_worker_answers_once_the_harness_has_connected(control_endpoint):
   assert response.error == ''
   assert time.monotonic() - started < 60
   pool.stop_all()
+
+
+def test_starting_a_harness_runs_no_fork_handlers(control_endpoint):
+  # A fork() in the pool's gRPC server runs gRPC's fork handlers, and the child
+  # can deadlock in them before it execs: StartWorker then never answers.
+  pool = worker_pool.CheckedWorkerPool(start_timeout=60, python=sys.executable)
+  with ForkHandlerCount() as forks:
+    response = pool.StartWorker(start_request(control_endpoint))
+  pool.stop_all()
+  assert (response.error, forks.seen) == ('', 0)
+
+
+class IdleControl(beam_fn_api_pb2_grpc.BeamFnControlServicer):
+  """A control service that keeps each harness's Control stream open and idle."""
+
+  def __init__(self):
+    self.done = threading.Event()
+
+  def Control(self, request_iterator, context):
+    self.done.wait(120)
+    return iter(())
+
+
+def test_a_harness_dies_with_its_pool_even_when_the_pool_is_sigkilled():
+  control = IdleControl()
+  server = grpc.server(futures.ThreadPoolExecutor(4))
+  beam_fn_api_pb2_grpc.add_BeamFnControlServicer_to_server(control, server)
+  control_port = server.add_insecure_port('127.0.0.1:0')
+  server.start()
+  port = free_port()
+  pool = subprocess.Popen(
+    [sys.executable, '-m', 'pipeline.worker_pool', f'--service_port={port}', f'--python={sys.executable}'],
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  harness = None
+  try:
+    wait_listening(pool, port, 'the pool', timeout=30)
+    with grpc.insecure_channel(f'127.0.0.1:{port}') as channel:
+      answer = beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolStub(channel).StartWorker(
+        start_request(f'127.0.0.1:{control_port}', 'w9'), timeout=60
+      )
+    assert answer.error == ''
+    for line in pool.stderr:
+      if 'SDK harness for worker w9 connected (pid ' in line:
+        harness = int(line.rsplit('(pid ', 1)[1].rstrip(')\n'))
+        break
+    assert harness is not None and not ended(harness)
+    pool.kill()
+    pool.wait(10)
+    wait_for(lambda: ended(harness), 10, 'the harness to end with its pool', interval=0.05)
+  finally:
+    pool.kill()
+    pool.wait(10)
+    control.done.set()
+    server.stop(0)
+    if harness is not None and not ended(harness):
+      os.kill(harness, signal.SIGKILL)
 
 
 def test_a_harness_whose_python_lacks_apache_beam_is_an_error_with_its_output(control_endpoint, tmp_path):
